@@ -1,0 +1,369 @@
+"""The ``helpdeskd`` command line. Exit status: 0 ok, 1 user error (one line), 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from helpdeskd import __version__
+from helpdeskd.checks import check_all
+from helpdeskd.config import Config, default_config_path, load_config
+from helpdeskd.db import check_schema, create_engine, sessionmaker, upgrade
+from helpdeskd.errors import HelpdeskError, UserError
+from helpdeskd.logs import configure
+from helpdeskd.models import Outbox, OutboxRecipient, utcnow
+
+STARTER_CONFIG = """\
+# helpdeskd configuration. Every key is described in the README; secrets live in files
+# (*_file), environment variables (*_env) or systemd credentials (*_credential).
+
+[service]
+name = "Acme Postgres add-on"               # shown in templates and on the status page
+support_address = "support@acme.test"       # the advertised address; tokens are plus-addressed
+public_url = "https://support.acme.test"    # base of unsubscribe and status links
+ticket_prefix = "HD"                        # subjects carry [HD-1042]
+secret_key_file = "{secret}"                # HMAC keys: one 'ID SECRET' per line, first signs
+timezone = "UTC"
+state_dir = "{state}"
+
+[database]
+url = "sqlite:///{database}"                # or postgresql://user@host/db
+
+# One [[mailbox]] per support mailbox:
+# [[mailbox]]
+# name = "support"
+# host = "imap.acme.test"
+# port = 993
+# security = "tls"                          # tls | starttls | none (none only on loopback)
+# username = "support@acme.test"
+# password_file = "/etc/helpdeskd/imap-password"
+# folder = "INBOX"
+# processed_folder = "Processed"            # absent: keep in place, mark $Helpdeskd
+# idle = true
+# poll_interval = 60
+
+# [smtp]
+# host = "smtp.acme.test"
+# port = 587
+# security = "starttls"                     # tls | starttls | none
+# username = "support@acme.test"
+# password_file = "/etc/helpdeskd/smtp-password"
+
+[http]
+listen = "127.0.0.1:8025"
+
+# [[agent]]
+# email = "alice@acme.test"
+# name = "Alice"
+"""
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=None))
+
+
+def _with_db(config: Config, body: Callable[[Any], Awaitable[int]]) -> int:
+    async def main() -> int:
+        engine = create_engine(config.database.url)
+        try:
+            await check_schema(engine)
+            return await body(sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path: Path = args.config or Path("helpdeskd.toml")
+    if path.exists() and not args.force:
+        raise UserError(f"{path} exists; use --force to overwrite it")
+    base = path.resolve().parent
+    state = Path(args.state_dir).resolve() if args.state_dir else base / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    secret = base / "secret.key"
+    if not secret.exists():
+        secret.write_text(f"k1 {secrets.token_urlsafe(32)}\n")
+        secret.chmod(0o600)
+    path.write_text(
+        STARTER_CONFIG.format(secret=secret, state=state, database=state / "helpdeskd.db")
+    )
+    config = load_config(path)
+    upgrade(config.database.url)
+    print(f"wrote {path} and {secret}; database ready at {config.database.url}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, config: Config) -> int:
+    upgrade(config.database.url, args.revision)
+    print("database at head")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    for line in check_all(config):
+        print(line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.daemon import run_daemon
+
+    return run_daemon(config)
+
+
+def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.parsepool import ParsePool
+    from helpdeskd.processor import Processor
+    from helpdeskd.render import Renderer
+    from helpdeskd.sources import read_sources
+
+    async def body(sessions: Any) -> int:
+        pool = ParsePool(config.parse.workers, config.parse.timeout)
+        processor = Processor(
+            config, sessions, Renderer(config.paths.templates), pool, backfill=args.backfill
+        )
+        counts: dict[str, int] = {}
+        try:
+            batch = []
+            for item in read_sources(args.paths):
+                batch.append(item)
+                if len(batch) >= 50:
+                    _report(await processor.process_batch(batch), args.json, counts)
+                    batch = []
+            _report(await processor.process_batch(batch), args.json, counts)
+        finally:
+            pool.close()
+        if not args.json:
+            print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no messages")
+        return 0
+
+    return _with_db(config, body)
+
+
+def _report(outcomes: list[Any], as_json: bool, counts: dict[str, int]) -> None:
+    for outcome in outcomes:
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+        if as_json:
+            _print_json(outcome.as_json())
+        else:
+            ticket = f" {outcome.ticket}" if outcome.ticket else ""
+            print(f"{outcome.outcome}{ticket}\t{outcome.source}\t{outcome.reason}")
+
+
+def cmd_tickets_list(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.views import ticket_rows
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = await ticket_rows(session, config, state=args.state)
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(
+                    f"{row['ref']:<10} {row['state']:<8} {row['priority']:<7} "
+                    f"{row['requester']:<30} {row['subject'][:60]}"
+                )
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_tickets_show(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.views import ticket_detail
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            detail = await ticket_detail(session, config, args.ref)
+        if detail is None:
+            raise UserError(f"no ticket {args.ref}")
+        if args.json:
+            _print_json(detail)
+            return 0
+        print(f"{detail['ref']} [{detail['state']}, {detail['priority']}] {detail['subject']}")
+        print(f"requester: {detail['requester']}  assignee: {detail['assignee'] or '-'}")
+        for message in detail["messages"]:
+            flag = " (internal)" if message["internal"] else ""
+            print(f"\n--- {message['direction']} {message['kind']}{flag} {message['created_at']}")
+            print(f"From: {message['from']}\nSubject: {message['subject']}\n")
+            print(message["text"])
+        print("\nevents:")
+        for event in detail["events"]:
+            print(f"  {event['created_at']} {event['type']} by {event['actor']} {event['detail']}")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.views import outbox_rows
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = await outbox_rows(session, config)
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                rcpts = ",".join(f"{r['address']}={r['state']}" for r in row["recipients"])
+                print(f"{row['id']:<6} {row['state']:<8} {row['kind']:<12} {rcpts}")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
+    async def body(sessions: Any) -> int:
+        async with sessions() as session, session.begin():
+            row = await session.get(Outbox, args.id)
+            if row is None:
+                raise UserError(f"no outbox row {args.id}")
+            if row.state not in ("failed", "pending"):
+                raise UserError(f"outbox row {args.id} is {row.state}; only failed rows retry")
+            await session.execute(
+                update(OutboxRecipient)
+                .where(OutboxRecipient.outbox_id == row.id, OutboxRecipient.state == "failed")
+                .values(state="pending", attempts=0)
+            )
+            row.state, row.next_attempt_at, row.lease_until = "pending", utcnow(), None
+        print(f"outbox row {args.id} queued again")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_quarantine_list(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.views import quarantine_rows
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = await quarantine_rows(session)
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(f"{row['id']:<6} {row['source']}:{row['uid']}  {row['error'][:80]}")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.views import status_rows
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            status = await status_rows(session)
+        status["version"] = __version__
+        if args.json:
+            _print_json(status)
+            return 0
+        print(f"helpdeskd {__version__}")
+        for m in status["mailboxes"]:
+            error = f"  last error: {m['last_error']}" if m["last_error"] else ""
+            print(
+                f"mailbox {m['name']}: last poll {m['last_poll_at']}, ok {m['last_ok_at']}{error}"
+            )
+        print(f"outbox: {status['outbox_depth']} pending (oldest {status['outbox_oldest']})")
+        print(f"quarantine: {status['quarantined']}")
+        return 0
+
+    return _with_db(config, body)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helpdeskd", description="An email helpdesk daemon.")
+    parser.add_argument("--config", type=Path, help="config file (default: $HELPDESKD_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"helpdeskd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a starter config (SQLite) and create the database")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--state-dir")
+    p.set_defaults(func=cmd_init, needs_config=False)
+
+    db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db", required=True)
+    p = db.add_parser("upgrade", help="alembic upgrade head")
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(func=cmd_db_upgrade)
+
+    sub.add_parser("check", help="validate config and templates").set_defaults(func=cmd_check)
+    sub.add_parser("run", help="the daemon, in the foreground").set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ingest", help=".eml, mbox or Maildir through the pipeline")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--backfill", action="store_true", help="store only; send nothing")
+    p.set_defaults(func=cmd_ingest)
+
+    tickets = sub.add_parser("tickets", help="list and show tickets").add_subparsers(
+        dest="tickets", required=True
+    )
+    p = tickets.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state", choices=["new", "open", "pending", "solved", "closed"])
+    p.set_defaults(func=cmd_tickets_list)
+    p = tickets.add_parser("show")
+    p.add_argument("ref")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tickets_show)
+
+    box = sub.add_parser("outbox", help="outgoing mail").add_subparsers(
+        dest="outbox", required=True
+    )
+    p = box.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_outbox_list)
+    p = box.add_parser("retry")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_outbox_retry)
+
+    quarantine = sub.add_parser("quarantine", help="mail that could not be processed")
+    qsub = quarantine.add_subparsers(dest="quarantine", required=True)
+    p = qsub.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quarantine_list)
+
+    p = sub.add_parser("status", help="mailboxes, outbox depth, version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure(
+        json=not sys.stdout.isatty() or args.command == "run",
+        level=os.environ.get("HELPDESKD_LOG_LEVEL", "INFO" if args.command == "run" else "WARNING"),
+    )
+    try:
+        if not getattr(args, "needs_config", True):
+            return int(args.func(args))
+        config = load_config(args.config or default_config_path())
+        return int(args.func(args, config))
+    except HelpdeskError as exc:
+        print(f"helpdeskd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Engines, sessions and the schema check.
+
+SQLite is set up as DESIGN.md asks: WAL, ``synchronous=FULL``, foreign keys on, and SQLAlchemy's
+documented aiosqlite hook that hands BEGIN to us, so every transaction is ``BEGIN IMMEDIATE``
+(writers never deadlock on a lock upgrade) and SAVEPOINT works.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from helpdeskd.config import PACKAGE_DIR
+from helpdeskd.errors import SchemaError
+
+SessionMaker = async_sessionmaker[AsyncSession]
+
+
+def async_url(url: str) -> str:
+    """Return URL with the async driver helpdeskd uses for its dialect."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """Create the async engine for URL, with the SQLite settings applied."""
+    full = async_url(url)
+    if full.startswith("sqlite"):
+        database = make_url(full).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(full, connect_args={"timeout": 60}, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(full, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Stop the driver from issuing BEGIN itself; the "begin" hook below does it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def sessionmaker(engine: AsyncEngine) -> SessionMaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def _data_path(name: str) -> Path:
+    packaged = PACKAGE_DIR / "_data" / name
+    return packaged if packaged.exists() else PACKAGE_DIR.parent / name
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig(str(_data_path("alembic.ini")))
+    cfg.set_main_option("script_location", str(_data_path("migrations")))
+    # Percent signs in a password would be taken for interpolation by configparser.
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return script.get_current_head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    def read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(read)
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise SchemaError unless the database is at the migration head."""
+    current = await current_revision(engine)
+    head = head_revision()
+    if current != head:
+        where = "empty" if current is None else f"at revision {current}"
+        raise SchemaError(
+            f"database schema is {where}, not at head {head}: run 'helpdeskd db upgrade'"
+        )
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)

@@ -1,0 +1,268 @@
+"""The database schema: SQLAlchemy 2 declarative models.
+
+Alembic migrations in ``migrations/`` build exactly these tables; a test checks that
+autogenerate finds no difference on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC that refuses naive datetimes."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: give a timezone")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased
+    name: Mapped[str | None] = mapped_column(String(200))
+    undeliverable: Mapped[bool] = mapped_column(Boolean, default=False)
+    bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    queue: Mapped[str | None] = mapped_column(String(100))
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    requester_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16), default="email")
+    external_ref: Mapped[str | None] = mapped_column(String(100), index=True)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    solved_at: Mapped[datetime | None] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column()
+    first_response_at: Mapped[datetime | None] = mapped_column()
+
+    requester: Mapped[Contact] = relationship(foreign_keys=[requester_id], lazy="raise")
+    assignee: Mapped[Agent | None] = relationship(foreign_keys=[assignee_id], lazy="raise")
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+    __table_args__ = (UniqueConstraint("ticket_id", "contact_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # requester | cc
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RawMessage(Base):
+    """Raw bytes of every mail received, keyed by where it came from."""
+
+    __tablename__ = "raw_messages"
+    __table_args__ = (UniqueConstraint("source", "uidvalidity", "uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(300))  # mailbox name, or file:PATH
+    uidvalidity: Mapped[int] = mapped_column(Integer, default=0)
+    uid: Mapped[int] = mapped_column(Integer)  # IMAP UID, or the position within a file
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)  # None: kept on disk (oversize)
+    path: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(Text)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Message(Base):
+    """One mail on a ticket, inbound or outbound; Message-ID is unique."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(3))  # in | out
+    kind: Mapped[str] = mapped_column(String(20))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    thread_index: Mapped[str | None] = mapped_column(String(200), index=True)
+    from_addr: Mapped[str] = mapped_column(String(320))
+    from_name: Mapped[str | None] = mapped_column(String(200))
+    to: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cc: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    full_text: Mapped[str] = mapped_column(Text, default="")
+    attachments: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    raw: Mapped[RawMessage | None] = relationship(lazy="raise")
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    type: Mapped[str] = mapped_column(String(50))
+    actor: Mapped[str] = mapped_column(String(320))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxState(Base):
+    __tablename__ = "mailbox_state"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    uidvalidity: Mapped[int | None] = mapped_column(Integer)
+    last_uid: Mapped[int] = mapped_column(Integer, default=0)
+    last_poll_at: Mapped[datetime | None] = mapped_column()
+    last_ok_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column()
+
+
+class Outbox(Base):
+    """A fully rendered outgoing mail, written in the transaction that caused it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending|sent|failed|expired
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+    recipients: Mapped[list[OutboxRecipient]] = relationship(
+        back_populates="outbox", lazy="selectin", order_by="OutboxRecipient.id"
+    )
+
+
+class OutboxRecipient(Base):
+    __tablename__ = "outbox_recipients"
+    __table_args__ = (UniqueConstraint("outbox_id", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+    outbox: Mapped[Outbox] = relationship(back_populates="recipients", lazy="raise")
+
+
+class Quarantine(Base):
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    raw_id: Mapped[int] = mapped_column(ForeignKey("raw_messages.id"), index=True)
+    source: Mapped[str] = mapped_column(String(300))
+    error: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    resolved_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AutoReplyLog(Base):
+    """Every automatic reply sent, to cap them per sender per day."""
+
+    __tablename__ = "autoreply_log"
+    __table_args__ = (Index("ix_autoreply_log_address_sent_at", "address", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    kind: Mapped[str] = mapped_column(String(30))
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)

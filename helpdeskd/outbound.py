@@ -1,0 +1,85 @@
+"""Build outgoing RFC 5322 messages: pure functions from plain data to bytes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+
+from helpdeskd.render import one_line
+
+MAX_REFERENCES = 20
+
+
+def new_message_id(domain: str) -> str:
+    """Return a fresh Message-ID with 144 random bits."""
+    return f"<{secrets.token_urlsafe(18)}@{domain}>"
+
+
+def thread_headers(
+    parent_id: str | None, parent_references: Sequence[str], parent_in_reply_to: str | None = None
+) -> tuple[str | None, list[str]]:
+    """Return (In-Reply-To, References) for a reply, per RFC 5322 section 3.6.4.
+
+    References is the parent's References (or, lacking those, its In-Reply-To) followed by the
+    parent's Message-ID; long chains keep the first and the latest entries.
+    """
+    if parent_id is None:
+        return None, []
+    chain = list(parent_references) or ([parent_in_reply_to] if parent_in_reply_to else [])
+    chain = [ref for ref in chain if ref != parent_id] + [parent_id]
+    if len(chain) > MAX_REFERENCES:
+        chain = chain[:1] + chain[-(MAX_REFERENCES - 1) :]
+    return parent_id, chain
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    from_addr: str
+    from_name: str
+    to: tuple[str, ...]
+    subject: str
+    text: str
+    message_id: str
+    date: datetime
+    cc: tuple[str, ...] = ()
+    html: str | None = None
+    reply_to: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _address(address: str, name: str = "") -> Address:
+    local, _, domain = address.rpartition("@")
+    return Address(display_name=one_line(name), username=local, domain=domain)
+
+
+def build_message(mail: OutgoingMail) -> bytes:
+    """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = _address(mail.from_addr, mail.from_name)
+    msg["To"] = [_address(a) for a in mail.to]
+    if mail.cc:
+        msg["Cc"] = [_address(a) for a in mail.cc]
+    if mail.reply_to:
+        msg["Reply-To"] = _address(mail.reply_to)
+    msg["Subject"] = one_line(mail.subject)
+    msg["Date"] = format_datetime(mail.date)
+    msg["Message-ID"] = mail.message_id
+    if mail.in_reply_to:
+        msg["In-Reply-To"] = mail.in_reply_to
+    if mail.references:
+        msg["References"] = " ".join(mail.references)
+    for name, value in mail.extra_headers.items():
+        msg[name] = one_line(value)
+    msg["MIME-Version"] = "1.0"
+    msg.set_content(mail.text, charset="utf-8")
+    if mail.html:
+        msg.add_alternative(mail.html, subtype="html", charset="utf-8")
+    return msg.as_bytes()

@@ -1,0 +1,290 @@
+"""The transactional outbox: rows written with the change that caused them, delivered later.
+
+:func:`enqueue` adds a fully rendered mail to the session of the caller's transaction.
+:class:`OutboxSender` claims due rows (``FOR UPDATE SKIP LOCKED`` with a lease, so several
+daemons share the work), sends each to the recipients that have not accepted it yet, and records
+delivery per recipient: a 4xx or a connection error retries with exponential backoff and jitter,
+a 5xx fails that recipient. A recipient who accepted a mail is never sent it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import aiosmtplib
+import structlog
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from helpdeskd.config import SmtpConfig
+from helpdeskd.db import SessionMaker
+from helpdeskd.models import Event, Outbox, OutboxRecipient, utcnow
+
+log = structlog.get_logger(__name__)
+
+LEASE = timedelta(minutes=5)
+CLAIM_BATCH = 20
+
+
+def enqueue(
+    session: AsyncSession,
+    *,
+    kind: str,
+    message_id: str,
+    envelope_from: str,
+    recipients: Sequence[str],
+    data: bytes,
+    ticket_id: int | None = None,
+    expires_at: datetime | None = None,
+    not_before: datetime | None = None,
+) -> Outbox:
+    """Add an outgoing mail to SESSION; it is sent only once the caller commits."""
+    unique = list(dict.fromkeys(r.lower() for r in recipients))
+    row = Outbox(
+        ticket_id=ticket_id,
+        kind=kind,
+        message_id=message_id,
+        envelope_from=envelope_from,
+        data=data,
+        state="pending",
+        attempts=0,
+        next_attempt_at=not_before or utcnow(),
+        expires_at=expires_at,
+        recipients=[OutboxRecipient(address=a, state="pending", attempts=0) for a in unique],
+    )
+    session.add(row)
+    return row
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Return the delay before attempt ATTEMPTS+1: exponential, capped, with full jitter."""
+    delay = min(cap, base * (2 ** max(0, attempts - 1)))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    accepted: tuple[str, ...]
+    temporary: dict[str, str]
+    permanent: dict[str, str]
+
+
+class OutboxSender:
+    """Deliver due outbox rows over SMTP until stopped."""
+
+    def __init__(
+        self,
+        sessions: SessionMaker,
+        smtp: SmtpConfig,
+        *,
+        wakeup: asyncio.Event | None = None,
+        idle_poll: float = 5.0,
+    ) -> None:
+        self.sessions = sessions
+        self.smtp = smtp
+        self.wakeup = wakeup or asyncio.Event()
+        self.idle_poll = idle_poll
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send until STOP is set; the row in hand is finished first."""
+        try:
+            while not stop.is_set():
+                sent = await self.run_once()
+                if sent:
+                    continue
+                await self._close()
+                self.wakeup.clear()
+                waiters = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self.wakeup.wait()),
+                ]
+                _done, pending = await asyncio.wait(
+                    waiters, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+        finally:
+            await self._close()
+
+    async def run_once(self) -> int:
+        """Claim and attempt every due row once; return how many rows were attempted."""
+        rows = await self._claim()
+        for row_id in rows:
+            await self._deliver(row_id)
+        return len(rows)
+
+    async def drain(self, limit: float = 30.0) -> None:
+        """Send until nothing is due (for the CLI and tests)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while loop.time() < deadline:
+            if not await self.run_once():
+                break
+        await self._close()
+
+    async def _claim(self) -> list[int]:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            query = (
+                select(Outbox)
+                .where(
+                    Outbox.state == "pending",
+                    Outbox.next_attempt_at <= now,
+                    or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
+                )
+                .order_by(Outbox.next_attempt_at, Outbox.id)
+                .limit(CLAIM_BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            rows = list((await session.scalars(query)).all())
+            for row in rows:
+                row.lease_until = now + LEASE
+            return [row.id for row in rows]
+
+    async def _deliver(self, row_id: int) -> None:
+        async with self.sessions() as session:
+            async with session.begin():
+                row = await session.get(Outbox, row_id)
+                if row is None or row.state != "pending":
+                    return
+                now = utcnow()
+                pending = [r.address for r in row.recipients if r.state == "pending"]
+                if row.expires_at is not None and row.expires_at <= now:
+                    row.state, row.lease_until = "expired", None
+                    for rcpt in row.recipients:
+                        if rcpt.state == "pending":
+                            rcpt.state = "expired"
+                    log.info("outbox_expired", outbox_id=row.id, message_id=row.message_id)
+                    return
+                if not pending:
+                    row.state, row.lease_until = "sent", None
+                    return
+                data, envelope_from = row.data, row.envelope_from
+            with structlog.contextvars.bound_contextvars(
+                outbox_id=row_id, message_id=row.message_id, ticket_id=row.ticket_id
+            ):
+                result = await self._send(envelope_from, pending, data)
+                await self._record(session, row_id, result)
+
+    async def _send(self, sender: str, recipients: list[str], data: bytes) -> SendResult:
+        try:
+            client = await self._connect()
+            refused, _ = await client.sendmail(sender, recipients, data)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return _split_refused(
+                {e.recipient: (e.code, e.message) for e in exc.recipients}, recipients
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._close()
+            reason = f"{exc.code} {exc.message}"
+            if 500 <= exc.code < 600:
+                return SendResult((), {}, dict.fromkeys(recipients, reason))
+            return SendResult((), dict.fromkeys(recipients, reason), {})
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._close()
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            return SendResult((), dict.fromkeys(recipients, reason[:300]), {})
+        return _split_refused(
+            {addr: (resp.code, resp.message) for addr, resp in refused.items()}, recipients
+        )
+
+    async def _record(self, session: AsyncSession, row_id: int, result: SendResult) -> None:
+        now = utcnow()
+        async with session.begin():
+            row = await session.get_one(Outbox, row_id, populate_existing=True)
+            row.attempts += 1
+            row.lease_until = None
+            by_address = {r.address: r for r in row.recipients}
+            for address in result.accepted:
+                by_address[address].state = "sent"
+                by_address[address].sent_at = now
+                by_address[address].attempts += 1
+            for address, reason in result.permanent.items():
+                rcpt = by_address[address]
+                rcpt.state, rcpt.last_error = "failed", reason
+                rcpt.attempts += 1
+            for address, reason in result.temporary.items():
+                rcpt = by_address[address]
+                rcpt.last_error = reason
+                rcpt.attempts += 1
+                if rcpt.attempts >= self.smtp.max_attempts:
+                    rcpt.state = "failed"
+            still = [r for r in row.recipients if r.state == "pending"]
+            if still:
+                row.next_attempt_at = now + timedelta(
+                    seconds=backoff(row.attempts, self.smtp.retry_base, self.smtp.retry_max)
+                )
+                row.last_error = next(iter(result.temporary.values()), None)
+                log.warning(
+                    "smtp_deferred",
+                    attempts=row.attempts,
+                    retry_at=row.next_attempt_at.isoformat(),
+                    error=row.last_error,
+                )
+            else:
+                sent = any(r.state == "sent" for r in row.recipients)
+                row.state = "sent" if sent else "failed"
+                row.sent_at = now if sent else None
+            for address, reason in result.permanent.items():
+                session.add(
+                    Event(
+                        ticket_id=row.ticket_id,
+                        type="delivery_failed",
+                        actor="system",
+                        detail={
+                            "recipient": address,
+                            "error": reason,
+                            "message_id": row.message_id,
+                        },
+                    )
+                )
+                log.error("smtp_failed", recipient=address, error=reason)
+            if result.accepted:
+                log.info("mail_sent", recipients=list(result.accepted), kind=row.kind)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        cfg = self.smtp
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            timeout=cfg.timeout,
+            use_tls=cfg.security == "tls",
+            # "starttls" means STARTTLS or fail, never opportunistic; "none" never upgrades.
+            start_tls=cfg.security == "starttls",
+        )
+        await client.connect()
+        if cfg.username and cfg.password is not None:
+            await client.login(cfg.username, cfg.password.reveal())
+        self._client = client
+        return client
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await asyncio.wait_for(client.quit(), timeout=5)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def _split_refused(refused: dict[str, tuple[int, str]], recipients: list[str]) -> SendResult:
+    temporary: dict[str, str] = {}
+    permanent: dict[str, str] = {}
+    lowered = {k.lower(): v for k, v in refused.items()}
+    accepted = []
+    for address in recipients:
+        if address in lowered:
+            code, message = lowered[address]
+            (permanent if 500 <= code < 600 else temporary)[address] = f"{code} {message}"
+        else:
+            accepted.append(address)
+    return SendResult(tuple(accepted), temporary, permanent)

@@ -1,0 +1,250 @@
+"""Parse raw mail into a frozen, picklable :class:`ParsedMessage` (mail-parser underneath).
+
+This runs in worker processes (see :mod:`helpdeskd.parsepool`), so it takes bytes and returns
+plain data. mail-parser gives a header value as ``""``, a ``str`` or a ``list``; everything here
+goes through :func:`_values` so callers only ever see tuples of strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+import html2text
+import mailparser
+from mailparser.utils import decode_header_part, ported_string
+from mailparser_reply import EmailReplyParser
+
+MAX_TEXT = 512 * 1024  # characters of text kept per message
+REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "ja", "cs", "pt"]
+_BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+_MSGID = re.compile(r"<([^<>\s]+)>")
+# mail-parser logs a warning for every MIME part type it does not turn into text.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+_CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    name: str
+    type: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    message_id: str  # with angle brackets; synthesised when the mail has none
+    has_message_id: bool
+    from_: tuple[tuple[str, str], ...]  # (display name, lower-cased address)
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    reply_to: tuple[str, ...]
+    delivered_to: tuple[str, ...]
+    subject: str
+    date: datetime | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    thread_index: str | None
+    content_type: str
+    text: str  # what the writer added: quoted history and signature removed
+    full_text: str
+    html: str | None
+    attachments: tuple[Attachment, ...]
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # (lower-cased name, value)
+    defects: int = 0
+
+    def header(self, name: str) -> str | None:
+        """Return the first value of header NAME, or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+    @property
+    def sender(self) -> str:
+        """The first From address, lower-cased ('' when there is none)."""
+        return self.from_[0][1] if self.from_ else ""
+
+    @property
+    def sender_name(self) -> str:
+        return self.from_[0][0] if self.from_ else ""
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return self.to + self.cc + self.delivered_to
+
+
+def _clean(value: str) -> str:
+    """Drop control characters and fold line breaks: header values are one line."""
+    return _CTL.sub("", " ".join(value.split()))
+
+
+def _raw_values(message: Any, name: str) -> list[str]:
+    """Return every raw (undecoded) value of header NAME, as text."""
+    try:
+        values = message.get_all(name) or []
+    except Exception:  # a header the stdlib cannot even split
+        return []
+    return [ported_string(v) for v in values if v is not None]
+
+
+def _decode(value: str) -> str:
+    try:
+        return _clean(decode_header_part(value))
+    except Exception:
+        return _clean(value)
+
+
+def _addresses(values: list[str]) -> tuple[tuple[str, str], ...]:
+    # Split before decoding: an encoded display name may hold a comma ("Foo, Bar").
+    found: list[tuple[str, str]] = []
+    for value in values:
+        try:
+            pairs = getaddresses([_clean(value)])
+        except (RecursionError, ValueError, IndexError):
+            # The stdlib parser recurses per token; pathological headers get a plain scan.
+            pairs = [("", m) for m in _BARE_ADDRESS.findall(value)]
+        for name, address in pairs:
+            address = address.strip().lower()
+            if "@" in address and " " not in address:
+                found.append((_decode(name), address))
+    return tuple(found)
+
+
+def _msgids(values: list[str]) -> tuple[str, ...]:
+    ids: list[str] = []
+    for value in values:
+        for match in _MSGID.finditer(value):
+            msgid = f"<{match.group(1)}>"
+            if msgid not in ids:
+                ids.append(msgid)
+    return tuple(ids)
+
+
+def _html_to_text(html: str) -> str:
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_images = True
+    converter.ignore_emphasis = True
+    converter.unicode_snob = True
+    return converter.handle(html).strip()
+
+
+def extract_reply(text: str) -> str:
+    """Return what the writer added to TEXT: quoted history and signature removed."""
+    if not text.strip():
+        return ""
+    try:
+        reply = EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text=text)
+    except Exception:  # a heuristic library: never let it lose the message
+        reply = ""
+    reply = (reply or "").strip()
+    return reply if reply else text.strip()
+
+
+def _attachment(item: dict[str, Any]) -> Attachment:
+    payload = item.get("payload") or ""
+    data: bytes
+    if item.get("binary"):
+        try:
+            data = base64.b64decode(payload)
+        except (binascii.Error, ValueError):
+            data = str(payload).encode("utf-8", "replace")
+    else:
+        data = str(payload).encode("utf-8", "replace")
+    return Attachment(
+        name=_clean(str(item.get("filename") or "unnamed"))[:255],
+        type=_clean(str(item.get("mail_content_type") or "application/octet-stream")).lower(),
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def synthetic_message_id(sender: str, date: str, body: str) -> str:
+    """Return a stable Message-ID for mail without one: a hash of From, Date and body."""
+    digest = hashlib.sha256(f"{sender}\0{date}\0{body}".encode("utf-8", "replace")).hexdigest()
+    return f"<{digest[:40]}@no-message-id.helpdeskd.invalid>"
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse RAW (a whole RFC 5322 message) into a ParsedMessage."""
+    mail = mailparser.parse_from_bytes(raw)
+    message = mail.message
+    header_pairs: list[tuple[str, str]] = []
+    for key, value in message.items():
+        header_pairs.append((str(key).lower(), _decode(ported_string(value))))
+
+    def values(name: str) -> list[str]:
+        return [value for key, value in header_pairs if key == name]
+
+    def raw_values(name: str) -> list[str]:
+        return _raw_values(message, name)
+
+    text_plain = "\n".join(part for part in mail.text_plain if part)
+    html_parts = [part for part in mail.text_html if part]
+    html = "\n".join(html_parts) if html_parts else None
+    full_text = text_plain.strip()
+    if not full_text and html:
+        full_text = _html_to_text(html)
+    full_text = full_text.replace("\r\n", "\n").replace("\x00", "")[:MAX_TEXT]
+
+    date: datetime | None = mail.date if isinstance(mail.date, datetime) else None
+    if date is not None and date.tzinfo is None:
+        date = date.replace(tzinfo=UTC)  # mail-parser reports dates in UTC, without tzinfo
+
+    message_ids = _msgids(values("message-id"))
+    from_values = raw_values("from")
+    if message_ids:
+        message_id, has_id = message_ids[0], True
+    else:
+        date_values = values("date")
+        message_id = synthetic_message_id(",".join(from_values), ",".join(date_values), full_text)
+        has_id = False
+
+    content_type = "text/plain"
+    with contextlib.suppress(Exception):
+        content_type = (mail.message.get_content_type() or content_type).lower()
+    thread_index = (values("thread-index") or [None])[0]
+    subject = (values("subject") or [""])[0]
+    return ParsedMessage(
+        message_id=message_id,
+        has_message_id=has_id,
+        from_=_addresses(from_values),
+        to=tuple(a for _, a in _addresses(raw_values("to"))),
+        cc=tuple(a for _, a in _addresses(raw_values("cc"))),
+        reply_to=tuple(a for _, a in _addresses(raw_values("reply-to"))),
+        delivered_to=tuple(
+            a for _, a in _addresses(raw_values("delivered-to") + raw_values("x-original-to"))
+        ),
+        subject=subject[:2000],
+        date=date,
+        in_reply_to=_msgids(values("in-reply-to")),
+        references=_msgids(values("references")),
+        thread_index=_clean(thread_index) if thread_index else None,
+        content_type=content_type,
+        text=extract_reply(full_text)[:MAX_TEXT],
+        full_text=full_text,
+        html=html[:MAX_TEXT] if html else None,
+        attachments=tuple(_attachment(a) for a in mail.attachments),
+        headers=tuple(header_pairs),
+        defects=len(mail.defects or []),
+    )
+
+
+def address_of(value: str) -> str:
+    """Return the lower-cased address in a header value like 'Name <a@b>'."""
+    return parseaddr(_clean(value))[1].lower()

@@ -1,0 +1,129 @@
+"""Shared fixtures: real servers (Dovecot, aiosmtpd, PostgreSQL) and helpdeskd configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpdeskd.config import Config, load_config
+from helpdeskd.db import upgrade
+from tests.servers import postgres
+from tests.servers.smtp import SmtpSink
+
+pytest_plugins = (
+    ["tests.servers.fixtures"]
+    if (ROOT_PLUGIN := __import__("importlib.util").util.find_spec("tests.servers.fixtures"))
+    else []
+)
+
+IN_CI = os.environ.get("CI") == "true"
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def need(reason: str | None) -> None:
+    """Skip for REASON outside CI; in CI a missing server is a failure."""
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a server a test needs must be there)")
+    pytest.skip(reason)
+
+
+_pg_reason: list[str | None] = []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: SQLite in a temp dir, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
+        upgrade(url)
+        yield url
+        return
+    if not _pg_reason:
+        _pg_reason.append(postgres.available())
+    need(_pg_reason[0])
+    url = postgres.create_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+ConfigFactory = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, db_url: str) -> ConfigFactory:
+    """Write a helpdeskd.toml for this test and load it; keyword arguments add sections."""
+
+    def factory(
+        *,
+        smtp: SmtpSink | None = None,
+        mailboxes: list[dict[str, Any]] | None = None,
+        service: dict[str, Any] | None = None,
+        smtp_extra: dict[str, Any] | None = None,
+        agents: list[tuple[str, str]] = (("alice@acme.test", "Alice"),),  # type: ignore[assignment]
+    ) -> Config:
+        secret = tmp_path / "secret.key"
+        if not secret.exists():
+            secret.write_text("k1 test-secret-key-0123456789abcdef\n")
+        lines = [
+            "[service]",
+            'name = "Acme Postgres add-on"',
+            'support_address = "support@acme.test"',
+            'public_url = "https://support.acme.test"',
+            'ticket_prefix = "HD"',
+            f'secret_key_file = "{secret}"',
+            f'state_dir = "{tmp_path / "state"}"',
+        ]
+        for key, value in (service or {}).items():
+            lines.append(f"{key} = {_toml(value)}")
+        lines += ["", "[database]", f'url = "{db_url}"', ""]
+        if smtp is not None:
+            lines += [
+                "[smtp]",
+                f'host = "{smtp.host}"',
+                f"port = {smtp.port}",
+                'security = "none"',
+                "retry_base = 0.2",
+                "retry_max = 1",
+                "timeout = 5",
+            ]
+            for key, value in (smtp_extra or {}).items():
+                lines.append(f"{key} = {_toml(value)}")
+            lines.append("")
+        for mailbox in mailboxes or []:
+            lines.append("[[mailbox]]")
+            lines += [f"{k} = {_toml(v)}" for k, v in mailbox.items()]
+            lines.append("")
+        for email, name in agents:
+            lines += ["[[agent]]", f'email = "{email}"', f'name = "{name}"', ""]
+        lines += ["[parse]", "workers = 2", "timeout = 20"]
+        path = tmp_path / "helpdeskd.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return load_config(path)
+
+    return factory
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
