@@ -265,6 +265,10 @@ class OutboxSender:
         self._client = client
         return client
 
+    async def close(self) -> None:
+        """Close the SMTP connection, if one is open."""
+        await self._close()
+
     async def _close(self) -> None:
         client, self._client = self._client, None
         if client is None:

@@ -1,0 +1,137 @@
+"""The outbox against a real SMTP server: retries, per-recipient state, never twice."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from helpdeskd import outbox
+from helpdeskd.outbound import OutgoingMail, build_message, new_message_id
+from helpdeskd.outbox import OutboxSender, backoff
+from tests.harness import Desk, cli_json
+from tests.servers.smtp import SmtpSink
+
+
+async def _queue(desk: Desk, recipients: list[str], **kwargs: object) -> str:
+    message_id = new_message_id("acme.test")
+    mail = OutgoingMail(
+        from_addr="support@acme.test",
+        from_name="Acme",
+        to=tuple(recipients),
+        subject="hello",
+        text="body",
+        message_id=message_id,
+        date=datetime.now(UTC),
+    )
+    async with desk.sessions() as session, session.begin():
+        outbox.enqueue(
+            session,
+            kind="test",
+            message_id=message_id,
+            envelope_from="support@acme.test",
+            recipients=recipients,
+            data=build_message(mail),
+            **kwargs,
+        )
+    return message_id
+
+
+async def _until_done(sender: OutboxSender, config, rounds: int = 60) -> list[dict]:
+    try:
+        for _ in range(rounds):
+            await sender.run_once()
+            rows = cli_json(config, "outbox", "list")
+            if all(r["state"] != "pending" for r in rows):
+                return rows
+            await asyncio.sleep(0.3)
+        return cli_json(config, "outbox", "list")
+    finally:
+        await sender.close()
+
+
+async def test_sink_down_then_back_delivers_once(make_config):
+    sink = SmtpSink()  # not started: connection refused
+    config = make_config(smtp=sink)
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org"])
+        sender = OutboxSender(desk.sessions, config.smtp)
+        await sender.run_once()
+        [row] = cli_json(config, "outbox", "list")
+        assert row["state"] == "pending" and row["attempts"] == 1 and row["last_error"]
+        sink.start()
+        try:
+            rows = await _until_done(sender, config)
+        finally:
+            sink.stop()
+    assert rows[0]["state"] == "sent"
+    assert [d.recipients for d in sink.deliveries] == [["a@example.org"]]
+
+
+async def test_accepted_recipient_is_never_sent_again(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    smtp_sink.handler.refuse["b@example.org"] = "450 4.2.0 mailbox busy"
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org", "b@example.org"])
+        sender = OutboxSender(desk.sessions, config.smtp)
+        await sender.run_once()
+        await sender.close()
+        [row] = cli_json(config, "outbox", "list")
+        states = {r["address"]: r["state"] for r in row["recipients"]}
+        assert states == {"a@example.org": "sent", "b@example.org": "pending"}
+        del smtp_sink.handler.refuse["b@example.org"]
+        rows = await _until_done(sender, config)
+    assert rows[0]["state"] == "sent"
+    got = smtp_sink.by_recipient()
+    assert len(got["a@example.org"]) == 1
+    assert len(got["b@example.org"]) == 1
+
+
+async def test_permanent_refusal_fails_that_recipient_only(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    smtp_sink.handler.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org", "gone@example.org"])
+        await OutboxSender(desk.sessions, config.smtp).drain(5)
+    [row] = cli_json(config, "outbox", "list")
+    states = {r["address"]: r["state"] for r in row["recipients"]}
+    assert states == {"a@example.org": "sent", "gone@example.org": "failed"}
+    assert row["state"] == "sent"
+    assert "550" in next(r for r in row["recipients"] if r["state"] == "failed")["last_error"]
+
+
+async def test_all_refused_permanently_fails_the_row(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    smtp_sink.handler.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    async with Desk(config) as desk:
+        await _queue(desk, ["gone@example.org"])
+        await OutboxSender(desk.sessions, config.smtp).drain(5)
+    [row] = cli_json(config, "outbox", "list")
+    assert row["state"] == "failed"
+    assert smtp_sink.deliveries == []
+
+
+async def test_temporary_failures_give_up_after_max_attempts(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink, smtp_extra={"max_attempts": 3})
+    smtp_sink.handler.refuse["slow@example.org"] = "451 4.3.0 try later"
+    async with Desk(config) as desk:
+        await _queue(desk, ["slow@example.org"])
+        rows = await _until_done(OutboxSender(desk.sessions, config.smtp), config)
+    assert rows[0]["state"] == "failed"
+    assert rows[0]["recipients"][0]["attempts"] == 3
+
+
+async def test_expired_row_is_not_sent(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org"], expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        await OutboxSender(desk.sessions, config.smtp).drain(5)
+    [row] = cli_json(config, "outbox", "list")
+    assert row["state"] == "expired"
+    assert smtp_sink.deliveries == []
+
+
+def test_backoff_grows_and_is_capped():
+    delays = [backoff(n, 30, 3600) for n in range(1, 12)]
+    assert 15 <= delays[0] <= 30
+    assert all(d <= 3600 for d in delays)
+    assert max(delays[-3:]) >= 1800
