@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from helpdeskd.loops import NO_REPLY_LOCALS, has_our_loop, spam_verdict
+from helpdeskd.loops import NO_REPLY_LOCALS, auto_submitted, has_our_loop, spam_verdict
 from helpdeskd.parsing import ParsedMessage
 
 BOUNCE_SUBJECTS = re.compile(
@@ -21,14 +21,20 @@ BOUNCE_SUBJECTS = re.compile(
     r"non remis|unzustellbar|delivery has failed|warning: could not send message)",
     re.IGNORECASE,
 )
+# An autoresponder's phrase is the whole subject or is followed by a colon, a bracket or a date
+# ("Automatic reply: …", "Abwesend bis …"); a customer's "Out of office hours support?" or "I am
+# out of connections" is not one.
 OUT_OF_OFFICE_SUBJECTS = re.compile(
-    r"^\s*(auto(matic|matische)?[ -]?(reply|response|antwort)|out of (the )?office|"
+    r"^\s*(?:(?:auto(?:matic|matische)?[ -]?(?:reply|response|antwort)|"
+    r"out of (?:the )?office(?: auto-?reply)?|"
     r"abwesenheitsnotiz|abwesend|r[ée]ponse automatique|absence du bureau|"
     r"respuesta autom[aá]tica|fuera de la oficina|risposta automatica|fuori sede|"
     r"automatisch antwoord|afwezig|automatiskt svar|automatisk svar|fraværende|"
     r"automaattinen vastaus|odpowied[zź] automatyczna|resposta autom[aá]tica|"
     r"automatick[aá] odpov[eě]d|自動応答|自动回复|自動回覆|자동 응답|"
-    r"on vacation|vacation reply|i am (currently )?out)",
+    r"on vacation|vacation reply)"
+    r"\s*(?:$|[:：(\[<,.!\-–—]|(?:until|till|through|bis|jusqu|hasta|fino|tot)\b)"
+    r"|(?:i am|i'm|i will be) (?:currently )?out of (?:the )?office)",
     re.IGNORECASE,
 )
 
@@ -47,11 +53,28 @@ class Classification:
     reason: str
 
 
+REPORT_PARTS = {
+    "message/delivery-status": "delivery-status",
+    "message/global-delivery-status": "delivery-status",
+    "message/disposition-notification": "disposition-notification",
+    "message/global-disposition-notification": "disposition-notification",
+    "message/feedback-report": "feedback-report",
+}
+
+
 def _report_type(parsed: ParsedMessage) -> str | None:
+    if parsed.content_type in REPORT_PARTS:
+        return REPORT_PARTS[parsed.content_type]  # the status part without its wrapper
     if parsed.content_type != "multipart/report":
         return None
     match = re.search(r'report-type\s*=\s*"?([\w-]+)', parsed.header("content-type") or "", re.I)
-    return match.group(1).lower() if match else "unknown"
+    declared = match.group(1).lower() if match else "unknown"
+    if declared not in REPORT_PARTS.values():
+        # A missing or garbled report-type: the machine-readable part says what it is.
+        for part_type in parsed.part_types:
+            if part_type in REPORT_PARTS:
+                return REPORT_PARTS[part_type]
+    return declared
 
 
 def _bounce(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
@@ -62,13 +85,12 @@ def _bounce(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
     robot = bool(local) and re.match(r"^(mailer-daemon|postmaster)\b", local, re.I)
     if (robot or not parsed.sender) and BOUNCE_SUBJECTS.search(parsed.subject):
         return f"non-delivery report: {parsed.subject[:60]}"
+    # mail-parser lists few message/* parts as attachments; the top-level part types have them.
+    part_types = {a.type for a in parsed.attachments} | set(parsed.part_types)
     if (
         robot
         and report is None
-        and any(
-            a.type in ("message/delivery-status", "message/rfc822", "text/rfc822-headers")
-            for a in parsed.attachments
-        )
+        and part_types & {"message/delivery-status", "message/rfc822", "text/rfc822-headers"}
     ):
         return "non-delivery report with returned message"
     return_path = parsed.header("return-path")
@@ -115,8 +137,8 @@ def _spam(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
 
 
 def _auto_reply(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
-    auto = (parsed.header("auto-submitted") or "no").strip().lower()
-    if not auto.startswith("no"):
+    auto = auto_submitted(parsed)
+    if auto != "no":
         return f"Auto-Submitted: {auto}"
     for name in ("x-autoreply", "x-autorespond", "x-autoresponder"):
         if parsed.header(name) is not None:

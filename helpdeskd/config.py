@@ -11,6 +11,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,31 @@ def _data_dir(name: str) -> Path:
 
 
 DEFAULT_TEMPLATES = _data_dir("templates")
+_LENIENT_CREDENTIALS: ContextVar[bool] = ContextVar("lenient_credentials", default=False)
 DEFAULT_RULES = _data_dir("rules")
 
 
 class Secret:
     """A secret string that never shows itself in logs, reprs or tracebacks."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_missing", "_value")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, missing: str | None = None) -> None:
         self._value = value
+        self._missing = missing
+
+    @classmethod
+    def unavailable(cls, reason: str) -> Secret:
+        """A secret this process cannot read (a systemd credential outside the service)."""
+        return cls("", missing=reason)
+
+    @property
+    def available(self) -> bool:
+        return self._missing is None
 
     def reveal(self) -> str:
+        if self._missing is not None:
+            raise ConfigError(self._missing)
         return self._value
 
     def __repr__(self) -> str:
@@ -250,6 +264,12 @@ class _Table:
             return Secret(os.environ[env_value])
         if cred_value is not None:
             directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory and _LENIENT_CREDENTIALS.get():
+                return Secret.unavailable(
+                    f"{self.key(name + '_credential')}: only the service can read systemd "
+                    "credentials; run this command through 'systemd-run -p LoadCredential=…' "
+                    "or use a *_file secret"
+                )
             if not directory:
                 raise ConfigError(
                     f"{self.key(name + '_credential')}: $CREDENTIALS_DIRECTORY is not set "
@@ -310,6 +330,8 @@ def _positive(table: _Table, name: str, default: float) -> float:
 def _secret_keys(table: _Table) -> tuple[tuple[str, Secret], ...]:
     secret = table.secret("secret_key", required=True)
     assert secret is not None
+    if not secret.available:
+        return (("k1", secret),)
     keys: list[tuple[str, Secret]] = []
     for number, line in enumerate(secret.reveal().splitlines(), 1):
         line = line.strip()
@@ -449,7 +471,12 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
 
     agents: list[AgentConfig] = []
     root.used.add("agent")
-    for index, item in enumerate(data.get("agent", [])):
+    raw_agents = data.get("agent", [])
+    if not isinstance(raw_agents, list):
+        raise ConfigError("agent: use [[agent]] (an array of tables)")
+    for index, item in enumerate(raw_agents):
+        if not isinstance(item, dict):
+            raise ConfigError(f"agent[{index}]: expected a table")
         agent_t = _Table(item, f"agent[{index}]", base)
         queues = agent_t.get("queues", list, [])
         agents.append(
@@ -488,8 +515,20 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
     )
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate the config file at PATH."""
+def load_config(path: Path, *, lenient_credentials: bool = False) -> Config:
+    """Read and validate the config file at PATH.
+
+    With LENIENT_CREDENTIALS, systemd credentials that this process cannot read (an admin's
+    CLI outside the service) load as unavailable secrets that fail only when used.
+    """
+    token = _LENIENT_CREDENTIALS.set(lenient_credentials)
+    try:
+        return _load_config(path)
+    finally:
+        _LENIENT_CREDENTIALS.reset(token)
+
+
+def _load_config(path: Path) -> Config:
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -25,6 +25,12 @@ SPAM_VERDICTS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+def auto_submitted(parsed: ParsedMessage) -> str:
+    """Return the RFC 3834 Auto-Submitted keyword (its first token), "no" when absent."""
+    value = (parsed.header("auto-submitted") or "no").strip().lower()
+    return re.split(r"[\s;(]", value, maxsplit=1)[0] or "no"
+
+
 def loop_marker(support_address: str) -> str:
     return f"helpdeskd; {support_address.lower()}"
 
@@ -86,8 +92,8 @@ def may_autorespond(
     mail, our own loop marker, robot senders, reports, our own addresses, failed DMARC in our
     trusted Authentication-Results, and upstream spam verdicts.
     """
-    auto = (parsed.header("auto-submitted") or "no").strip().lower()
-    if not auto.startswith("no"):
+    auto = auto_submitted(parsed)
+    if auto != "no":
         return Verdict(False, f"Auto-Submitted: {auto}")
     return_path = parsed.header("return-path")
     if return_path is not None and return_path.strip() in ("<>", ""):

@@ -14,6 +14,9 @@ from email.utils import format_datetime
 from helpdeskd.render import one_line
 
 MAX_REFERENCES = 20
+MAX_LINE = 998  # RFC 5322 section 2.1.1
+# Headers we set verbatim (refold_source="none" leaves str values set with set_raw alone).
+_POLICY = SMTP.clone(refold_source="none")
 
 
 def new_message_id(domain: str) -> str:
@@ -60,9 +63,30 @@ def _address(address: str, name: str = "") -> Address:
     return Address(display_name=one_line(name), username=local, domain=domain)
 
 
+def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LINE) -> None:
+    """Set an ASCII structured header (message ids, List-* URLs) as given, never encoded.
+
+    The stdlib would turn any word longer than a folded line (an Outlook Message-ID, an
+    unsubscribe URL) into RFC 2047 encoded words, which no client decodes in In-Reply-To,
+    References or List-Unsubscribe: replies would not thread and one-click unsubscribe would
+    break. A line longer than WIDTH is folded between words (by default only past RFC 5322's
+    hard limit, so List-Unsubscribe stays on one line as DESIGN.md asks).
+    """
+    value = one_line(value)
+    if not value.isascii():
+        msg[name] = value
+        return
+    lines = [""]
+    for word in value.split():
+        if lines[-1] and len(name) + 2 + len(lines[-1]) + 1 + len(word) > width:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {word}" if lines[-1] else word
+    msg.set_raw(name, "\n ".join(lines))
+
+
 def build_message(mail: OutgoingMail) -> bytes:
     """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = _address(mail.from_addr, mail.from_name)
     msg["To"] = [_address(a) for a in mail.to]
     if mail.cc:
@@ -71,13 +95,13 @@ def build_message(mail: OutgoingMail) -> bytes:
         msg["Reply-To"] = _address(mail.reply_to)
     msg["Subject"] = one_line(mail.subject)
     msg["Date"] = format_datetime(mail.date)
-    msg["Message-ID"] = mail.message_id
+    _set_verbatim(msg, "Message-ID", mail.message_id)
     if mail.in_reply_to:
-        msg["In-Reply-To"] = mail.in_reply_to
+        _set_verbatim(msg, "In-Reply-To", mail.in_reply_to)
     if mail.references:
-        msg["References"] = " ".join(mail.references)
+        _set_verbatim(msg, "References", " ".join(mail.references), width=78)
     for name, value in mail.extra_headers.items():
-        msg[name] = one_line(value)
+        _set_verbatim(msg, name, value)
     msg["MIME-Version"] = "1.0"
     msg.set_content(mail.text, charset="utf-8")
     if mail.html:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email
 import hashlib
 import logging
 import re
@@ -30,6 +31,7 @@ _MSGID = re.compile(r"<([^<>\s]+)>")
 # mail-parser logs a warning for every MIME part type it does not turn into text.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 _CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SIGNATURE = re.compile(r"^-- $", re.MULTILINE)  # RFC 3676 section 4.3 signature separator
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class ParsedMessage:
     attachments: tuple[Attachment, ...]
     headers: tuple[tuple[str, str], ...] = field(repr=False)  # (lower-cased name, value)
     defects: int = 0
+    # Content types of the top-level MIME parts: what a report is when its report-type is not.
+    part_types: tuple[str, ...] = ()
 
     def header(self, name: str) -> str | None:
         """Return the first value of header NAME, or None."""
@@ -148,8 +152,9 @@ def extract_reply(text: str) -> str:
     """Return what the writer added to TEXT: quoted history and signature removed."""
     if not text.strip():
         return ""
+    body = _SIGNATURE.split(text, 1)[0]  # the library keeps signatures
     try:
-        reply = EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text=text)
+        reply = EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text=body)
     except Exception:  # a heuristic library: never let it lose the message
         reply = ""
     reply = (reply or "").strip()
@@ -180,9 +185,33 @@ def synthetic_message_id(sender: str, date: str, body: str) -> str:
     return f"<{digest[:40]}@no-message-id.helpdeskd.invalid>"
 
 
+def _mailparser(raw: bytes) -> Any:
+    try:
+        return mailparser.parse_from_bytes(raw)
+    except AttributeError:
+        # mail-parser reads the top-level epilogue when a part's start boundary is missing and
+        # crashes when a truncated message has none: give it the empty epilogue it means.
+        message = email.message_from_bytes(raw)
+        if message.epilogue is not None or not message.is_multipart():
+            raise
+        message.epilogue = ""
+        return mailparser.MailParser(message)
+
+
+def _part_types(message: Any) -> tuple[str, ...]:
+    try:
+        if not message.is_multipart():
+            return ()
+        return tuple(str(part.get_content_type()).lower() for part in message.get_payload()[:50])
+    except Exception:
+        return ()
+
+
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse RAW (a whole RFC 5322 message) into a ParsedMessage."""
-    mail = mailparser.parse_from_bytes(raw)
+    # Windows tools may save .eml files with a UTF-8 byte order mark, which hides the first header.
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    mail = _mailparser(raw)
     message = mail.message
     header_pairs: list[tuple[str, str]] = []
     for key, value in message.items():
@@ -218,7 +247,8 @@ def parse_message(raw: bytes) -> ParsedMessage:
     content_type = "text/plain"
     with contextlib.suppress(Exception):
         content_type = (mail.message.get_content_type() or content_type).lower()
-    thread_index = (values("thread-index") or [None])[0]
+    thread_indexes = values("thread-index")
+    thread_index = thread_indexes[0] if thread_indexes else None
     subject = (values("subject") or [""])[0]
     return ParsedMessage(
         message_id=message_id,
@@ -242,6 +272,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         attachments=tuple(_attachment(a) for a in mail.attachments),
         headers=tuple(header_pairs),
         defects=len(mail.defects or []),
+        part_types=_part_types(message),
     )
 
 

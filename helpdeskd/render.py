@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from helpdeskd.config import DEFAULT_TEMPLATES
 from helpdeskd.errors import TemplateError
 
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
+# While rendering, line breaks inside a value become these private-use characters, so that a
+# value (a subject, a name) can never start a header line of its own; the body gets the line
+# breaks back, header values fold them to spaces.
+_VALUE_BREAKS = {"\r": "\ue00d", "\n": "\ue00a"}
+_RESTORE_BREAKS = str.maketrans({v: k for k, v in _VALUE_BREAKS.items()})
 ALLOWED_HEADERS = frozenset({"subject", "cc", "reply-to", "x-priority", "importance"})
 
 
@@ -40,7 +46,16 @@ class RenderedMail:
 
 def one_line(value: str) -> str:
     """Fold VALUE to a single header-safe line (no CR, LF or other control characters)."""
-    return re.sub(r"[\x00-\x1f\x7f]+", " ", value).strip()
+    # Also every other character str.splitlines() breaks at: the email package refuses those.
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029\ue00a\ue00d]+", " ", value).strip()
+
+
+def _mark_breaks(value: Any) -> Any:
+    """Jinja ``finalize``: hide the line breaks of a rendered value (see _VALUE_BREAKS)."""
+    if not isinstance(value, str):
+        return value
+    marked = value.replace("\r", _VALUE_BREAKS["\r"]).replace("\n", _VALUE_BREAKS["\n"])
+    return markupsafe.Markup(marked) if isinstance(value, markupsafe.Markup) else marked
 
 
 def _autoescape(name: str | None) -> bool:
@@ -61,6 +76,7 @@ class Renderer:
             keep_trailing_newline=True,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=_mark_breaks,
         )
         self.env.filters["one_line"] = one_line
 
@@ -82,21 +98,30 @@ class Renderer:
 
     def render(self, name: str, context: dict[str, Any]) -> RenderedMail:
         """Render template NAME (``ack.txt.j2``) and its ``.html.j2`` sibling, if any."""
-        try:
-            text = self.env.get_template(name).render(context)
-        except jinja2.TemplateNotFound:
-            raise TemplateError(f"template {name} not found") from None
-        except jinja2.UndefinedError as exc:
-            raise TemplateError(f"{name}: {exc.message}") from None
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from None
+        text = self._render(name, context)
+        assert text is not None
         headers, body = split_headers(text, name)
         html: str | None = None
         if name.endswith(".txt.j2"):
             html_name = name[: -len(".txt.j2")] + ".html.j2"
-            if self.exists(html_name):
-                html = self.env.get_template(html_name).render(context)
-        return RenderedMail(headers=headers, text=body, html=html)
+            html = self._render(html_name, context, missing_ok=True)
+            html = html.translate(_RESTORE_BREAKS) if html is not None else None
+        return RenderedMail(headers=headers, text=body.translate(_RESTORE_BREAKS), html=html)
+
+    def _render(self, name: str, context: dict[str, Any], missing_ok: bool = False) -> str | None:
+        """Render template NAME, raising TemplateError (naming NAME) on any Jinja error."""
+        try:
+            return self.env.get_template(name).render(context)
+        except jinja2.TemplateNotFound as exc:
+            if missing_ok and exc.name == name:
+                return None
+            raise TemplateError(f"template {exc.name} not found") from None
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"{name}: {exc.message}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{name}: {exc}") from None
 
 
 def split_headers(text: str, name: str) -> tuple[tuple[tuple[str, str], ...], str]:
@@ -105,7 +130,7 @@ def split_headers(text: str, name: str) -> tuple[tuple[tuple[str, str], ...], st
     if not sep:
         raise TemplateError(f"{name}: a template starts with header lines, then a blank line")
     headers: list[tuple[str, str]] = []
-    for line in head.splitlines():
+    for line in head.split("\n"):  # only the template's own line breaks, not U+2028 & co.
         if not line.strip():
             continue
         match = _HEADER.match(line)

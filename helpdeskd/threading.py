@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-# Reply and forward prefixes in the languages our customers write in, as mail clients emit them.
+# Reply and forward prefixes in the languages our customers write in, as mail clients emit them
+# (some abbreviate with a period: French "Réf. :").
 _PREFIX = re.compile(
     r"^\s*(?:(?:re|aw|antw|antwort|sv|vs|ref|réf|rif|odp|res|r|wg|fw|fwd|fwd?|tr|enc|doorst|"
     r"vb|vl|rv|ynt|atb|παρ|σχετ|ответ|отв|回复|回覆|转发|轉寄|答复|件名|返信|転送|답장|전달|"
-    r"رد|إعادة توجيه|השב|הועבר)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
+    r"رد|إعادة توجيه|השב|הועבר)\.?\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
     re.IGNORECASE,
 )
 _LIST_TAG = re.compile(r"^\s*\[[^\]]{1,40}\]\s*")

@@ -17,7 +17,8 @@ from helpdeskd.config import Secret
 
 MAC_CHARS = 10  # base32 characters: 50 bits
 _TOKEN = re.compile(
-    r"^(?P<ref>[A-Za-z0-9]+-\d+)(?:\.a(?P<agent>\d+))?\.(?P<kid>[A-Za-z0-9]+)\.(?P<mac>[a-z2-7]+)$"
+    r"^(?P<ref>[A-Za-z0-9]+-\d+)(?:\.a(?P<agent>\d+))?\.(?P<kid>[A-Za-z0-9]+)\.(?P<mac>[a-z2-7]+)$",
+    re.IGNORECASE,
 )
 
 
@@ -51,8 +52,10 @@ def verify_reply(keys: tuple[tuple[str, Secret], ...], text: str) -> ReplyToken 
     payload = match["ref"].upper()
     if match["agent"] is not None:
         payload += f".a{match['agent']}"
+    # Mail systems may change the case of an address (parsing lower-cases it), so the key id
+    # and the base32 MAC compare without case, like the ref.
     for kid, key in keys:
-        if kid == match["kid"] and hmac.compare_digest(
+        if kid.lower() == match["kid"].lower() and hmac.compare_digest(
             _mac(key, payload, "reply"), match["mac"].lower()
         ):
             agent = int(match["agent"]) if match["agent"] is not None else None
