@@ -238,7 +238,7 @@ def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
                 .where(OutboxRecipient.outbox_id == row.id, OutboxRecipient.state == "failed")
                 .values(state="pending", attempts=0)
             )
-            row.state, row.next_attempt_at, row.lease_until = "pending", utcnow(), None
+            row.state, row.next_attempt_at = "pending", utcnow()
         print(f"outbox row {args.id} queued again")
         return 0
 
@@ -257,6 +257,49 @@ def cmd_quarantine_list(args: argparse.Namespace, config: Config) -> int:
             for row in rows:
                 print(f"{row['id']:<6} {row['source']}:{row['uid']}  {row['error'][:80]}")
         return 0
+
+    return _with_db(config, body)
+
+
+def cmd_quarantine_show(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.views import quarantine_detail
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            detail = await quarantine_detail(session, args.id)
+        if detail is None:
+            raise UserError(f"no quarantine entry {args.id}")
+        if args.json:
+            _print_json(detail)
+            return 0
+        for key in ("id", "source", "uid", "message_id", "size", "retries", "created_at"):
+            print(f"{key}: {detail[key]}")
+        print(f"error: {detail['error']}\n\n{detail['traceback']}")
+        if args.raw:
+            sys.stdout.write(detail["raw"] or "(raw bytes not stored)\n")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_quarantine_retry(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.parsepool import ParsePool
+    from helpdeskd.processor import Processor
+    from helpdeskd.render import Renderer
+
+    async def body(sessions: Any) -> int:
+        pool = ParsePool(1, config.parse.timeout)
+        processor = Processor(config, sessions, Renderer(config.paths.templates), pool)
+        try:
+            outcome = await processor.retry_quarantined(args.id)
+        finally:
+            pool.close()
+        if args.json:
+            _print_json(outcome.as_json())
+        else:
+            ticket = f" {outcome.ticket}" if outcome.ticket else ""
+            print(f"{outcome.outcome}{ticket}\t{outcome.reason}")
+        return 0 if outcome.outcome != "quarantined" else 1
 
     return _with_db(config, body)
 
@@ -339,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("list")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quarantine_list)
+    p = qsub.add_parser("show")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--raw", action="store_true", help="print the raw message too")
+    p.set_defaults(func=cmd_quarantine_show)
+    p = qsub.add_parser("retry", help="process again from the stored bytes")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quarantine_retry)
 
     p = sub.add_parser("status", help="mailboxes, outbox depth, version")
     p.add_argument("--json", action="store_true")
@@ -349,14 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    daemon = args.command == "run"
+    # The daemon logs JSON lines to stdout for journald; a command keeps stdout for its output.
     configure(
-        json=not sys.stdout.isatty() or args.command == "run",
-        level=os.environ.get("HELPDESKD_LOG_LEVEL", "INFO" if args.command == "run" else "WARNING"),
+        json=daemon or not sys.stderr.isatty(),
+        level=os.environ.get("HELPDESKD_LOG_LEVEL", "INFO" if daemon else "WARNING"),
+        stream=sys.stdout if daemon else sys.stderr,
     )
     try:
         if not getattr(args, "needs_config", True):
             return int(args.func(args))
-        config = load_config(args.config or default_config_path())
+        # Only the daemon (and check, which proves the daemon could start) must read every
+        # secret; an admin's listing works outside the service's credentials too.
+        strict = args.command in ("run", "check")
+        config = load_config(args.config or default_config_path(), lenient_credentials=not strict)
         return int(args.func(args, config))
     except HelpdeskError as exc:
         print(f"helpdeskd: {exc}", file=sys.stderr)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 
-def configure(*, json: bool = True, level: str = "INFO") -> None:
+def configure(*, json: bool = True, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Configure structlog once per process.
 
     The exception renderer is the plain one: structlog's rich/better-exceptions renderers show
@@ -31,7 +31,7 @@ def configure(*, json: bool = True, level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

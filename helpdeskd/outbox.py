@@ -1,10 +1,11 @@
 """The transactional outbox: rows written with the change that caused them, delivered later.
 
 :func:`enqueue` adds a fully rendered mail to the session of the caller's transaction.
-:class:`OutboxSender` claims due rows (``FOR UPDATE SKIP LOCKED`` with a lease, so several
-daemons share the work), sends each to the recipients that have not accepted it yet, and records
-delivery per recipient: a 4xx or a connection error retries with exponential backoff and jitter,
-a 5xx fails that recipient. A recipient who accepted a mail is never sent it again.
+:class:`OutboxSender` claims due rows one at a time (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so several daemons share the work), sends each to the recipients that have not
+accepted it yet, and records delivery per recipient: a 4xx or a connection error retries
+with exponential backoff and jitter, a 5xx fails that recipient. A recipient who accepted a
+mail is never sent it again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 
 import aiosmtplib
 import structlog
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config import SmtpConfig
@@ -26,7 +27,6 @@ from helpdeskd.models import Event, Outbox, OutboxRecipient, utcnow
 
 log = structlog.get_logger(__name__)
 
-LEASE = timedelta(minutes=5)
 CLAIM_BATCH = 20
 
 
@@ -62,7 +62,7 @@ def enqueue(
 
 def backoff(attempts: int, base: float, cap: float) -> float:
     """Return the delay before attempt ATTEMPTS+1: exponential, capped, with full jitter."""
-    delay = min(cap, base * (2 ** max(0, attempts - 1)))
+    delay = min(cap, base * 2.0 ** max(0, attempts - 1))
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -112,11 +112,11 @@ class OutboxSender:
             await self._close()
 
     async def run_once(self) -> int:
-        """Claim and attempt every due row once; return how many rows were attempted."""
-        rows = await self._claim()
-        for row_id in rows:
-            await self._deliver(row_id)
-        return len(rows)
+        """Attempt the due rows once (at most a batch); return how many were attempted."""
+        attempted = 0
+        while attempted < CLAIM_BATCH and await self._deliver_next():
+            attempted += 1
+        return attempted
 
     async def drain(self, limit: float = 30.0) -> None:
         """Send until nothing is due (for the CLI and tests)."""
@@ -127,49 +127,65 @@ class OutboxSender:
                 break
         await self._close()
 
-    async def _claim(self) -> list[int]:
-        now = utcnow()
-        async with self.sessions() as session, session.begin():
-            query = (
-                select(Outbox)
-                .where(
-                    Outbox.state == "pending",
-                    Outbox.next_attempt_at <= now,
-                    or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
-                )
-                .order_by(Outbox.next_attempt_at, Outbox.id)
-                .limit(CLAIM_BATCH)
-                .with_for_update(skip_locked=True)
-            )
-            rows = list((await session.scalars(query)).all())
-            for row in rows:
-                row.lease_until = now + LEASE
-            return [row.id for row in rows]
+    async def _deliver_next(self) -> bool:
+        """Claim one due row, send it and record the result; False when none is due.
 
-    async def _deliver(self, row_id: int) -> None:
+        On PostgreSQL the row stays locked (``FOR UPDATE SKIP LOCKED``) in one transaction
+        from claim to record, so another daemon skips it, and a daemon that dies mid-send
+        releases it at once. SQLite serves one daemon, so the row is read and recorded in two
+        short transactions and the write lock is not held while SMTP talks.
+        """
         async with self.sessions() as session:
-            async with session.begin():
-                row = await session.get(Outbox, row_id)
-                if row is None or row.state != "pending":
-                    return
-                now = utcnow()
-                pending = [r.address for r in row.recipients if r.state == "pending"]
-                if row.expires_at is not None and row.expires_at <= now:
-                    row.state, row.lease_until = "expired", None
-                    for rcpt in row.recipients:
-                        if rcpt.state == "pending":
-                            rcpt.state = "expired"
-                    log.info("outbox_expired", outbox_id=row.id, message_id=row.message_id)
-                    return
-                if not pending:
-                    row.state, row.lease_until = "sent", None
-                    return
-                data, envelope_from = row.data, row.envelope_from
-            with structlog.contextvars.bound_contextvars(
-                outbox_id=row_id, message_id=row.message_id, ticket_id=row.ticket_id
-            ):
-                result = await self._send(envelope_from, pending, data)
-                await self._record(session, row_id, result)
+            hold = session.bind is not None and session.bind.dialect.name == "postgresql"
+            transaction = await session.begin()
+            try:
+                claim = await self._claim(session)
+                if claim is None or isinstance(claim, bool):
+                    await transaction.commit()
+                    return bool(claim)
+                row_id, message_id, ticket_id, envelope_from, pending, data = claim
+                if not hold:
+                    await transaction.commit()
+                with structlog.contextvars.bound_contextvars(
+                    outbox_id=row_id, message_id=message_id, ticket_id=ticket_id
+                ):
+                    result = await self._send(envelope_from, pending, data)
+                    if not hold:
+                        transaction = await session.begin()
+                    await self._record(session, row_id, result)
+                await transaction.commit()
+                return True
+            except BaseException:
+                if transaction.is_active:
+                    await transaction.rollback()
+                raise
+
+    async def _claim(
+        self, session: AsyncSession
+    ) -> tuple[int, str, int | None, str, list[str], bytes] | bool | None:
+        """Lock the next due row; settle it here if it expired or has nobody left to send to."""
+        now = utcnow()
+        row = await session.scalar(
+            select(Outbox)
+            .where(Outbox.state == "pending", Outbox.next_attempt_at <= now)
+            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if row is None:
+            return None
+        pending = [r.address for r in row.recipients if r.state == "pending"]
+        if row.expires_at is not None and row.expires_at <= now:
+            row.state = "expired"
+            for rcpt in row.recipients:
+                if rcpt.state == "pending":
+                    rcpt.state = "expired"
+            log.info("outbox_expired", outbox_id=row.id, message_id=row.message_id)
+            return True
+        if not pending:
+            row.state = "sent"
+            return True
+        return row.id, row.message_id, row.ticket_id, row.envelope_from, pending, row.data
 
     async def _send(self, sender: str, recipients: list[str], data: bytes) -> SendResult:
         try:
@@ -195,57 +211,55 @@ class OutboxSender:
 
     async def _record(self, session: AsyncSession, row_id: int, result: SendResult) -> None:
         now = utcnow()
-        async with session.begin():
-            row = await session.get_one(Outbox, row_id, populate_existing=True)
-            row.attempts += 1
-            row.lease_until = None
-            by_address = {r.address: r for r in row.recipients}
-            for address in result.accepted:
-                by_address[address].state = "sent"
-                by_address[address].sent_at = now
-                by_address[address].attempts += 1
-            for address, reason in result.permanent.items():
-                rcpt = by_address[address]
-                rcpt.state, rcpt.last_error = "failed", reason
-                rcpt.attempts += 1
-            for address, reason in result.temporary.items():
-                rcpt = by_address[address]
-                rcpt.last_error = reason
-                rcpt.attempts += 1
-                if rcpt.attempts >= self.smtp.max_attempts:
-                    rcpt.state = "failed"
-            still = [r for r in row.recipients if r.state == "pending"]
-            if still:
-                row.next_attempt_at = now + timedelta(
-                    seconds=backoff(row.attempts, self.smtp.retry_base, self.smtp.retry_max)
+        row = await session.get_one(Outbox, row_id, populate_existing=True)
+        row.attempts += 1
+        by_address = {r.address: r for r in row.recipients}
+        for address in result.accepted:
+            by_address[address].state = "sent"
+            by_address[address].sent_at = now
+            by_address[address].attempts += 1
+        for address, reason in result.permanent.items():
+            rcpt = by_address[address]
+            rcpt.state, rcpt.last_error = "failed", reason
+            rcpt.attempts += 1
+        for address, reason in result.temporary.items():
+            rcpt = by_address[address]
+            rcpt.last_error = reason
+            rcpt.attempts += 1
+            if rcpt.attempts >= self.smtp.max_attempts:
+                rcpt.state = "failed"
+        still = [r for r in row.recipients if r.state == "pending"]
+        if still:
+            row.next_attempt_at = now + timedelta(
+                seconds=backoff(row.attempts, self.smtp.retry_base, self.smtp.retry_max)
+            )
+            row.last_error = next(iter(result.temporary.values()), None)
+            log.warning(
+                "smtp_deferred",
+                attempts=row.attempts,
+                retry_at=row.next_attempt_at.isoformat(),
+                error=row.last_error,
+            )
+        else:
+            sent = any(r.state == "sent" for r in row.recipients)
+            row.state = "sent" if sent else "failed"
+            row.sent_at = now if sent else None
+        for address, reason in result.permanent.items():
+            session.add(
+                Event(
+                    ticket_id=row.ticket_id,
+                    type="delivery_failed",
+                    actor="system",
+                    detail={
+                        "recipient": address,
+                        "error": reason,
+                        "message_id": row.message_id,
+                    },
                 )
-                row.last_error = next(iter(result.temporary.values()), None)
-                log.warning(
-                    "smtp_deferred",
-                    attempts=row.attempts,
-                    retry_at=row.next_attempt_at.isoformat(),
-                    error=row.last_error,
-                )
-            else:
-                sent = any(r.state == "sent" for r in row.recipients)
-                row.state = "sent" if sent else "failed"
-                row.sent_at = now if sent else None
-            for address, reason in result.permanent.items():
-                session.add(
-                    Event(
-                        ticket_id=row.ticket_id,
-                        type="delivery_failed",
-                        actor="system",
-                        detail={
-                            "recipient": address,
-                            "error": reason,
-                            "message_id": row.message_id,
-                        },
-                    )
-                )
-                log.error("smtp_failed", recipient=address, error=reason)
-            if result.accepted:
-                log.info("mail_sent", recipients=list(result.accepted), kind=row.kind)
+            )
+            log.error("smtp_failed", recipient=address, error=reason)
+        if result.accepted:
+            log.info("mail_sent", recipients=list(result.accepted), kind=row.kind)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:

@@ -26,6 +26,7 @@ from helpdeskd import outbox
 from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.config import Config
 from helpdeskd.db import SessionMaker
+from helpdeskd.errors import UserError
 from helpdeskd.loops import automatic_headers, may_autorespond
 from helpdeskd.models import (
     AutoReplyLog,
@@ -282,13 +283,62 @@ class Processor:
             state.uidvalidity, state.last_uid = mark.uidvalidity, 0
         state.last_uid = max(state.last_uid or 0, mark.last_uid)
 
+    async def retry_quarantined(self, quarantine_id: int) -> Outcome:
+        """Process a quarantined message again from its stored raw bytes."""
+        async with self._lock:
+            async with self.sessions() as session:
+                entry = await session.get(Quarantine, quarantine_id)
+                if entry is None or entry.resolved_at is not None:
+                    raise UserError(f"no open quarantine entry {quarantine_id}")
+                raw = await session.get_one(RawMessage, entry.raw_id)
+                if raw.data is None:
+                    raise UserError(
+                        f"quarantine entry {quarantine_id} has no stored bytes ({raw.reason})"
+                    )
+                item = Incoming(raw.source, raw.uid, raw.data, raw.size, raw.uidvalidity)
+                await session.rollback()
+            parsed: ParsedMessage | Exception
+            try:
+                parsed = await self.parse_pool.parse(item.raw or b"")
+            except Exception as exc:
+                parsed = exc
+            async with self.sessions() as session, session.begin():
+                entry = await session.get_one(Quarantine, quarantine_id)
+                raw = await session.get_one(RawMessage, entry.raw_id)
+                entry.retries += 1
+                message_id = raw.message_id
+                try:
+                    if isinstance(parsed, Exception):
+                        raise parsed
+                    async with session.begin_nested():
+                        outcome = await self._handle(session, item, parsed, raw=raw)
+                except Exception as exc:
+                    # The savepoint's rollback expired what it touched: load the entry afresh.
+                    entry = await session.get_one(Quarantine, quarantine_id, populate_existing=True)
+                    entry.error = f"{type(exc).__name__}: {exc}"[:2000]
+                    entry.traceback = "".join(traceback.format_exception(exc))
+                    log.warning("quarantine_retry_failed", quarantine_id=quarantine_id)
+                    return Outcome(item.source, message_id, "quarantined", None, entry.error)
+                entry.resolved_at = utcnow()
+            if self.outbox_wakeup is not None:
+                self.outbox_wakeup.set()
+            log.info("quarantine_released", quarantine_id=quarantine_id, outcome=outcome.outcome)
+            return outcome
+
     # --- one message -------------------------------------------------------------------------
 
     async def _handle(
-        self, session: AsyncSession, item: Incoming, parsed: ParsedMessage
+        self,
+        session: AsyncSession,
+        item: Incoming,
+        parsed: ParsedMessage,
+        raw: RawMessage | None = None,
     ) -> Outcome:
-        raw = self._raw_row(item, parsed.message_id)
-        session.add(raw)
+        if raw is None:
+            raw = self._raw_row(item, parsed.message_id)
+            session.add(raw)
+        else:
+            raw.message_id = parsed.message_id
 
         def done(outcome: str, ticket: Ticket | None, reason: str) -> Outcome:
             raw.outcome, raw.reason = outcome, reason[:2000]

@@ -159,6 +159,26 @@ async def quarantine_rows(session: AsyncSession) -> list[dict[str, Any]]:
     ]
 
 
+async def quarantine_detail(session: AsyncSession, quarantine_id: int) -> dict[str, Any] | None:
+    entry = await session.get(Quarantine, quarantine_id)
+    if entry is None:
+        return None
+    raw = await session.get_one(RawMessage, entry.raw_id)
+    return {
+        "id": entry.id,
+        "source": entry.source,
+        "uid": raw.uid,
+        "message_id": raw.message_id,
+        "size": raw.size,
+        "error": entry.error,
+        "traceback": entry.traceback,
+        "retries": entry.retries,
+        "resolved_at": iso(entry.resolved_at),
+        "created_at": iso(entry.created_at),
+        "raw": raw.data.decode("utf-8", "replace") if raw.data is not None else None,
+    }
+
+
 async def status_rows(session: AsyncSession) -> dict[str, Any]:
     mailboxes = await session.scalars(select(MailboxState).order_by(MailboxState.name))
     depth = await session.scalar(select(func.count(Outbox.id)).where(Outbox.state == "pending"))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 20:47:47.248867
+Create Date: 2026-11-26 20:57:40.246619
 """
 
 from collections.abc import Sequence
@@ -133,7 +133,6 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=10), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("lease_until", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("expires_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),

@@ -1,0 +1,51 @@
+"""Quarantine keeps what could not be processed, and retry processes it after a fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.harness import cli, cli_json
+from tests.mailgen import customer_mail
+
+
+def test_retry_after_fixing_the_cause(make_config, smtp_sink, tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    ack = templates / "ack.txt.j2"
+    ack.write_text("Subject: {{ no_such_variable }}\n\nhello\n")
+    config = make_config(smtp=smtp_sink)
+    source = Path(config.source)
+    source.write_text(source.read_text() + f'\n[paths]\ntemplates = "{templates}"\n')
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(customer_mail(1))
+
+    [line] = cli(config, "ingest", "--json", str(mail)).stdout.splitlines()
+    assert json.loads(line)["outcome"] == "quarantined"
+    [entry] = cli_json(config, "quarantine", "list")
+    assert "no_such_variable" in entry["error"]
+    shown = cli_json(config, "quarantine", "show", str(entry["id"]))
+    assert "Traceback" in shown["traceback"] and "cannot reach the database" in shown["raw"]
+    assert cli_json(config, "tickets", "list") == []
+
+    failed = cli(config, "quarantine", "retry", str(entry["id"]), check=False)
+    assert failed.returncode == 1 and cli_json(config, "quarantine", "list")[0]["retries"] == 1
+
+    ack.write_text("Subject: Re: {{ ticket.subject }}\n\nWe have your mail.\n")
+    outcome = json.loads(cli(config, "quarantine", "retry", str(entry["id"]), "--json").stdout)
+    assert outcome["outcome"] == "new_ticket" and outcome["ticket"]
+    assert cli_json(config, "quarantine", "list") == []
+    [ticket] = cli_json(config, "tickets", "list")
+    assert ticket["ref"] == outcome["ticket"]
+    [row] = cli_json(config, "outbox", "list")
+    assert row["kind"] == "ack" and row["state"] == "pending"
+    # Ingesting the same file again is a duplicate, not a second ticket.
+    [again] = cli(config, "ingest", "--json", str(mail)).stdout.splitlines()
+    assert json.loads(again)["outcome"] == "duplicate"
+
+
+def test_retry_of_unknown_entry_is_a_one_line_error(make_config):
+    config = make_config()
+    proc = cli(config, "quarantine", "retry", "99", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "helpdeskd: no open quarantine entry 99"
