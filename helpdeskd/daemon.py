@@ -1,0 +1,207 @@
+"""``helpdeskd run``: wire the parts together and supervise them until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from helpdeskd.checks import check_templates
+from helpdeskd.config import Config, load_config
+from helpdeskd.db import SessionMaker, check_schema, create_engine, sessionmaker
+from helpdeskd.errors import HelpdeskError
+from helpdeskd.imap import FetchedMail, MailboxWatcher
+from helpdeskd.models import Agent, MailboxState, utcnow
+from helpdeskd.outbox import OutboxSender
+from helpdeskd.parsepool import ParsePool
+from helpdeskd.processor import Incoming, MailboxMark, Processor
+from helpdeskd.render import Renderer
+from helpdeskd.sdnotify import Notifier, watchdog_interval
+from helpdeskd.supervisor import Supervisor
+
+log = structlog.get_logger(__name__)
+
+
+async def sync_agents(sessions: SessionMaker, config: Config) -> None:
+    """Make the agents table match the config: add new agents, deactivate removed ones."""
+    async with sessions() as session, session.begin():
+        rows = {a.email: a for a in (await session.scalars(select(Agent))).all()}
+        for agent in config.agents:
+            row = rows.pop(agent.email, None)
+            if row is None:
+                session.add(Agent(email=agent.email, name=agent.name, active=True))
+            else:
+                row.name, row.active = agent.name, True
+        for row in rows.values():
+            row.active = False
+
+
+class ProcessorSink:
+    """Adapt the IMAP watcher's callbacks to the processor and the mailbox state table."""
+
+    def __init__(self, processor: Processor, sessions: SessionMaker) -> None:
+        self.processor = processor
+        self.sessions = sessions
+
+    async def store_batch(
+        self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
+    ) -> None:
+        items = [
+            Incoming(source=mailbox, uid=m.uid, raw=m.raw, size=m.size, uidvalidity=uidvalidity)
+            for m in mails
+        ]
+        mark = MailboxMark(mailbox, uidvalidity, max(m.uid for m in mails))
+        await self.processor.process_batch(items, mark=mark)
+
+    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            state = await session.get(MailboxState, mailbox)
+            if state is None:
+                state = MailboxState(name=mailbox, last_uid=0)
+                session.add(state)
+            state.last_poll_at = now
+            if ok:
+                state.last_ok_at = now
+                state.last_error = None
+            else:
+                state.last_error, state.last_error_at = (error or "error")[:1000], now
+
+
+async def _mailbox_lock(engine: AsyncEngine, name: str, stop: asyncio.Event) -> object | None:
+    """On PostgreSQL, hold an advisory lock so one daemon polls each mailbox; None elsewhere."""
+    if engine.dialect.name != "postgresql":
+        return None
+    key = zlib.crc32(f"helpdeskd-mailbox:{name}".encode())
+    while not stop.is_set():
+        conn = await engine.connect()
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+        await conn.commit()
+        if got:
+            return conn
+        await conn.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=10)
+    return None
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.notifier = Notifier()
+        self.stop = asyncio.Event()
+        self.outbox_wakeup = asyncio.Event()
+
+    async def run(self) -> int:
+        config = self.config
+        engine = create_engine(config.database.url)
+        parse_pool = ParsePool(config.parse.workers, config.parse.timeout)
+        try:
+            await check_schema(engine)
+            sessions = sessionmaker(engine)
+            await sync_agents(sessions, config)
+            self.processor = Processor(
+                config,
+                sessions,
+                Renderer(config.paths.templates),
+                parse_pool,
+                outbox_wakeup=self.outbox_wakeup,
+            )
+            supervisor = Supervisor(self.stop)
+            if config.smtp is not None:
+                sender = OutboxSender(sessions, config.smtp, wakeup=self.outbox_wakeup)
+                supervisor.add("outbox", sender.run)
+            sink = ProcessorSink(self.processor, sessions)
+            for mailbox in config.mailboxes:
+                supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
+            interval = watchdog_interval()
+            if interval:
+                supervisor.add("watchdog", self._watchdog(supervisor, interval))
+            self._install_signals()
+            self.notifier.ready(
+                f"watching {len(config.mailboxes)} mailbox(es)"
+                + (", sending mail" if config.smtp else "")
+            )
+            log.info("daemon_started", mailboxes=[m.name for m in config.mailboxes])
+            code = await supervisor.run()
+            self.notifier.stopping()
+            log.info("daemon_stopped", code=code, reason=supervisor.failed)
+            return code
+        finally:
+            parse_pool.close()
+            await engine.dispose()
+            self.notifier.close()
+
+    def _watch(self, engine: AsyncEngine, name: str, sink: ProcessorSink):  # type: ignore[no-untyped-def]
+        async def task(stop: asyncio.Event) -> None:
+            lock = await _mailbox_lock(engine, name, stop)
+            try:
+                mailbox = next(m for m in self.config.mailboxes if m.name == name)
+                await MailboxWatcher(mailbox, sink, stop=stop).run()
+            finally:
+                if lock is not None:
+                    await lock.close()  # type: ignore[attr-defined]
+
+        return task
+
+    def _watchdog(self, supervisor: Supervisor, interval: float):  # type: ignore[no-untyped-def]
+        async def task(stop: asyncio.Event) -> None:
+            # The ping comes from this loop, so a wedged event loop stops it and systemd acts.
+            while not stop.is_set():
+                started = time.monotonic()
+                await asyncio.sleep(0)
+                if time.monotonic() - started < interval:
+                    self.notifier.watchdog()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+
+        return task
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, name: str) -> None:
+        log.info("stop_requested", signal=name)
+        self.notifier.stopping()
+        self.stop.set()
+
+    def _on_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            source = self.config.source
+            if source is None:
+                raise HelpdeskError("no config file to reload")
+            fresh = load_config(Path(source))
+            check_templates(fresh)
+        except HelpdeskError as exc:
+            log.error("reload_refused", error=str(exc))
+            self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
+            return
+        # Mailboxes, database and SMTP settings take a restart; templates, agents and service
+        # settings take effect now.
+        self.config = replace(
+            self.config,
+            service=fresh.service,
+            agents=fresh.agents,
+            paths=fresh.paths,
+            heroku=fresh.heroku,
+        )
+        self.processor.reload(self.config, Renderer(fresh.paths.templates))
+        log.info("config_reloaded", source=str(source))
+        self.notifier.notify("READY=1", "STATUS=configuration reloaded")
+
+
+def run_daemon(config: Config) -> int:
+    return asyncio.run(Daemon(config).run())
