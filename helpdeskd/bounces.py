@@ -1,0 +1,716 @@
+"""Read a bounce (non-delivery report) or an ARF complaint: bytes in, frozen dataclasses out.
+
+Pure: no I/O, no DB. The classifier decides *that* a mail is a bounce or a report; this module
+says *who* bounced, how badly, and which of our mails it was, so the processor can mark the
+contact undeliverable, tell the agent, and suppress complainants (DESIGN.md "Classification").
+
+Bounces come in two shapes:
+
+* ``dsn`` — RFC 3464: a ``message/delivery-status`` part of per-message fields then per-recipient
+  blocks. The stdlib parses that part into header blocks and gets it wrong when a blank line is
+  missing or doubled, or when a filter base64-encodes a block, so the part is flattened back to
+  text and read here (:func:`_dsn_records`).
+* ``ndr`` — the non-standard texts of Exchange/Office 365, Gmail, qmail, Exim, Postfix, Amazon
+  SES and friends. They are read only when the mail comes from the mail system (null sender,
+  ``MAILER-DAEMON``/``postmaster``, ``X-Failed-Recipients`` …): a customer who pastes or forwards
+  a bounce to support is a customer, not a bounce.
+
+Hardness (:attr:`BouncedRecipient.hard`): a permanent failure is ``action: failed`` with a 5.x.x
+status, or a 5xx SMTP code when there is no status. A full mailbox (X.2.2, a bare SMTP 552, or
+"mailbox full"/"over quota" in the text) is *soft* even when RFC 3463 calls 5.2.2 permanent: it
+is a state of the mailbox, not of the address, and most desks retry it. ``delayed`` is never
+hard, and neither is ``failed`` with a 4.x.x status (the MTA gave up on a temporary problem).
+An NDR that calls its failure permanent ("failed permanently", "This is a permanent error") but
+gives no code at all gets status 5.0.0, RFC 3463's "permanent, otherwise undefined".
+
+The bounced mail is found from the returned message/rfc822 or text/rfc822-headers part, else from
+the copy quoted in an NDR's text, else from the NDR's own In-Reply-To (Exchange and Office 365 set
+it to the bounced mail's Message-ID).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import quopri
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.generator import BytesGenerator
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser
+from email.policy import compat32
+from email.utils import collapse_rfc2231_value
+
+# Same limits as parsing.py: longer cannot be a real address or Message-ID.
+MAX_ADDRESS = 320
+MAX_MSGID = 900
+MAX_DIAGNOSTIC = 300
+MAX_TEXT = 200_000  # characters of notice text searched; bounds the regex work on huge mail
+MAX_PARTS = 500
+
+ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
+DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
+RETURNED_TYPES = frozenset(
+    {
+        "message/rfc822",
+        "message/global",
+        "text/rfc822-headers",
+        "message/global-headers",
+        "message/rfc822-headers",
+    }
+)
+FEEDBACK_TYPE = "message/feedback-report"
+VERP_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
+
+# Bounded parts (RFC 5321: 64-octet local part, 63-octet labels) keep a search linear even
+# over a long run of address characters.
+_ADDR = (
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+_ADDRESS = re.compile(_ADDR)
+_MSGID = re.compile(r"<([^<>\s]+)>")
+# RFC 3463 enhanced status code; not part of a dotted quad or a longer number.
+_STATUS = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
+# An SMTP reply code as it appears in diagnostics: "550 ...", "550-5.1.1", "#550", "said: 552".
+_SMTP_CODE = re.compile(r"(?<![\w.])([245]\d\d)(?=[ \-]|$)")
+_MAILBOX_FULL = re.compile(
+    r"mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:storage|its quota)|"
+    r"insufficient (?:system )?storage",
+    re.IGNORECASE,
+)
+_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
+_BASE64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
+_DIAG_TYPE = re.compile(r"^[\w-]+;\s*")
+_PER_RECIPIENT = frozenset({"action", "status", "diagnostic-code"})
+_RECIPIENT_FIELDS = ("original-recipient", "final-recipient")
+
+# --- what marks a mail as coming from the mail system (only then is NDR text read) ---
+_DAEMON_LOCAL = re.compile(
+    r"^(?:mailer[-_]?daemon|mail[-_]?daemon|postmaster|mdaemon|microsoftexchange[0-9a-f]*)$",
+    re.IGNORECASE,
+)
+_PERMANENT = re.compile(
+    r"failed permanently|permanent (?:error|failure|fatal error)|permanently rejected",
+    re.IGNORECASE,
+)
+_DAEMON_NAME = re.compile(r"mail delivery (?:sub)?system|mailer[-_ ]daemon", re.IGNORECASE)
+
+# --- non-standard NDR text ---
+# Everything from the returned copy of our mail onwards is not the notice; cut it off so its
+# From/To addresses are not mistaken for recipients.
+_RETURNED_COPY = re.compile(
+    r"^[ \t]*(?:"
+    r"-+[ \t]*original[ \t]+message[ \t]*-*"  # Gmail, Outlook
+    r"|original message follows"
+    r"|original message headers"  # Exchange
+    r"|-+[ \t]*below this line is a copy of the message"  # qmail
+    r"|-+[ \t]*this is a copy of the message"  # Exim
+    r"|-+[ \t]*(?:the )?headers? of the original message"
+    r"|-+[ \t]*(?:returned|undelivered|forwarded) message"
+    r"|(?:return-path|received|dkim-signature|mime-version|message-id):[ \t]"
+    r")",
+    re.IGNORECASE | re.MULTILINE,
+)
+# A list of recipients follows these lines, one entry per address (see _list_entries).
+_LIST_INTRO = re.compile(
+    r"delivery has failed to these recipients or groups:?"  # Exchange / Office 365
+    r"|delivery is delayed to these recipients or groups:?"
+    r"|the following recipient\(s\) (?:cannot|could not) be reached:?"  # Exchange 2003
+    r"|delivery to the following recipients? (?:failed permanently|failed|has been delayed|"
+    r"was delayed)[^:\n]*:?"  # Gmail (classic)
+    r"|the following address\(es\) failed:?"  # Exim
+    r"|the address(?:es)? to which the message has not yet been delivered (?:is|are):?"
+    r"|i wasn't able to deliver your message to the following addresses\.?"  # qmail
+    r"|an error occurred while trying to deliver the mail to the following recipients?:?"  # SES
+    r"|^[ \t]*the mail system[ \t]*$"  # Postfix
+    r"|-+ ?the following addresses had (?:permanent fatal errors|delivery problems|"
+    r"transient non-fatal errors) ?-+",  # Sendmail
+    re.IGNORECASE | re.MULTILINE,
+)
+# One address named in a sentence.
+_INLINE = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        rf"your message to\s+<?(?P<addr>{_ADDR})>?\s+(?:couldn'?t|could not) be delivered",
+        rf"(?:wasn'?t|was not|couldn'?t be|could not be|has not been) delivered to\s+"
+        rf"<?(?P<addr>{_ADDR})>?",
+        rf"problem delivering your message to\s+<?(?P<addr>{_ADDR})>?",
+        rf"delivery to\s+<?(?P<addr>{_ADDR})>?\s+(?:has )?(?:failed|been delayed|was delayed)",
+        rf"(?:unable to|could not|couldn'?t) deliver (?:your |the )?(?:message |mail )?to\s+"
+        rf"<?(?P<addr>{_ADDR})>?",
+        rf"delivery failed[^\n:@]{{0,60}}:\s*<?(?P<addr>{_ADDR})>?",
+    )
+)
+# "<user@example.com>: host ... said: 550 ..." (Postfix, qmail and many others).
+_ANGLE_ENTRY = re.compile(
+    rf"^<(?P<addr>{_ADDR})>(?:[ \t]*\(expanded from[^)\n]*\))?:", re.MULTILINE | re.IGNORECASE
+)
+# "550 5.1.1 <user@example.com>: Recipient address rejected" anywhere in the notice.
+_SMTP_REJECT = re.compile(
+    rf"(?<![\w.])[45]\d\d[ \-](?:[245]\.\d{{1,3}}\.\d{{1,3}}[ \t]+)?<(?P<addr>{_ADDR})>",
+    re.IGNORECASE,
+)
+# One entry of a recipient list: a line that starts with an address, optionally after a display
+# name ("Jane Doe (jane@example.com)", "jane@example.com<mailto:jane@example.com>").
+_ENTRY = re.compile(
+    r"^[ \t]*(?:(?:\"[^\"\n]{0,80}\"|[^<>@:\"\n]{1,80}?)[ \t]*[(<][ \t]*)?"
+    rf"<?(?P<addr>{_ADDR})>?"
+)
+_SEPARATOR = re.compile(r"^\s*(?:-{3,}|\*{3,}|#{3,}|={3,})")
+# Where the notice names the error for all recipients at once.
+_GLOBAL_DIAGNOSTIC = tuple(
+    re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+    for pattern in (
+        r"remote server returned '([^'\n]+)'",  # Exchange
+        r"reported error:[ \t]*(.+)",  # Office 365
+        r"the (?:error that the other server returned was|response (?:from the remote server )?"
+        r"was):?\s*([^\n]+(?:\n[^\n]+)*)",  # Gmail
+        r"remote host said:[ \t]*(.+)",  # qmail
+        r"diagnostic-code:[ \t]*(.+)",
+        r"status code:[ \t]*(.+)",  # Office 365
+        r"technical details of (?:permanent|temporary) failure:\s*([^\n]+(?:\n[^\n]+)*)",
+    )
+)
+_DELAYED = re.compile(
+    r"this is a warning (?:message )?only|delivery is delayed|has been delayed|"
+    r"has not yet been delivered|will be retried|still being retried|will (?:keep )?try"
+    r"|will retry|delivery attempts will continue|delivery incomplete|temporary problem delivering",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class BouncedRecipient:
+    address: str  # lower-cased; the original recipient when the DSN gives it, else the final
+    action: str  # failed | delayed | delivered | relayed | expanded | unknown
+    status: str  # RFC 3463 code, e.g. "5.1.1"; "" when unknown
+    diagnostic: str  # one line, at most MAX_DIAGNOSTIC characters
+
+    @property
+    def hard(self) -> bool:
+        """Say whether this address failed for good (see the module docstring for soft cases)."""
+        if self.action != "failed" or _MAILBOX_FULL.search(self.diagnostic):
+            return False
+        if self.status:
+            return self.status.startswith("5.") and self.status.split(".")[1:] != ["2", "2"]
+        code = _SMTP_CODE.search(self.diagnostic)
+        return code is not None and code.group(1).startswith("5") and code.group(1) != "552"
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    recipients: tuple[BouncedRecipient, ...]
+    original_message_id: str | None  # "<...>" of the mail that bounced
+    original_references: tuple[str, ...]  # its In-Reply-To then References, "<...>" each
+    verp_token: str | None  # TOKEN of a bounces+TOKEN@domain envelope recipient
+    kind: str  # "dsn" (RFC 3464) | "ndr" (non-standard text)
+
+
+@dataclass(frozen=True)
+class Complaint:
+    complainant: str | None  # our recipient who complained; None when the report redacts it
+    feedback_type: str  # abuse | fraud | not-spam | virus | other | ... ("unknown" if missing)
+    original_message_id: str | None
+
+
+def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | None:
+    """Read a bounce; return None when nothing bounce-like can be read.
+
+    A DSN part is enough to be a bounce (the report may then have no readable recipients but
+    still name the original Message-ID); NDR text needs the mail system as sender and at least
+    one recipient. ``verp_local`` is the local part before ``+TOKEN`` of our VERP address.
+    """
+    msg = _parse(raw)
+    leaves = list(_leaves(msg))
+    dsn_parts = [part for part in leaves if part.get_content_type() in DSN_TYPES]
+    report_type = _report_type(msg)
+    if not dsn_parts and report_type not in ("", "delivery-status"):
+        return None  # a read receipt or a feedback report, not a bounce
+
+    recipients: dict[str, BouncedRecipient] = {}
+    for part in dsn_parts:
+        for record in _dsn_records(_part_text(part)):
+            recipient = _dsn_recipient(record)
+            if recipient is not None:
+                recipients.setdefault(recipient.address, recipient)
+
+    if dsn_parts:
+        kind = "dsn"
+        if not recipients:
+            recipients = _ndr_recipients(msg, _notice_text(leaves))
+    elif _from_mail_system(msg):
+        kind = "ndr"
+        recipients = _ndr_recipients(msg, _notice_text(leaves))
+        if not recipients:
+            return None
+    else:
+        return None
+
+    returned = _returned_headers(leaves)
+    if returned is None and kind == "ndr":
+        returned = _inline_returned_headers(_text_of(leaves))
+    original_id = _msgid(_header(returned, "Message-ID")) if returned is not None else None
+    if original_id is None:
+        # Exchange and Office 365 answer the bounced mail: their NDR's In-Reply-To names it.
+        original_id = _msgid(_header(msg, "In-Reply-To"))
+    references: tuple[str, ...] = ()
+    if returned is not None:
+        references = _msgids(
+            _header(returned, "In-Reply-To") + " " + _header(returned, "References")
+        )
+    if not recipients and original_id is None:
+        return None
+    return BounceReport(
+        recipients=tuple(recipients.values()),
+        original_message_id=original_id,
+        original_references=references,
+        verp_token=_verp_token(msg, returned, verp_local),
+        kind=kind,
+    )
+
+
+def parse_complaint(raw: bytes) -> Complaint | None:
+    """Read an ARF (RFC 5965) feedback report; return None when the mail is not one."""
+    msg = _parse(raw)
+    leaves = list(_leaves(msg))
+    reports = [part for part in leaves if part.get_content_type() == FEEDBACK_TYPE]
+    if not reports and _report_type(msg) != "feedback-report":
+        return None
+    fields: dict[str, str] = {}
+    if reports:
+        for record in _field_blocks(_part_text(reports[0])):
+            for name, value in record:
+                fields.setdefault(name, value)
+    feedback_type = (fields.get("feedback-type", "").split() or ["unknown"])[0].lower()
+    returned = _returned_headers(leaves)
+
+    complainant = _address(fields.get("original-rcpt-to", "")) or _address(
+        fields.get("removal-recipient", "")
+    )
+    if complainant is None and returned is not None:
+        found = _ADDRESS.findall(_header(returned, "To"))
+        complainant = found[0].lower() if len(found) == 1 else None
+    # AOL replaces the complainant's mailbox with a placeholder it names in Redacted-Address
+    # (RFC 6590); the original Message-ID still leads to our recipient.
+    redacted = fields.get("redacted-address", "").strip().lower()
+    if complainant is not None and complainant.split("@")[0] in {redacted, "redacted"}:
+        complainant = None
+    return Complaint(
+        complainant=complainant,
+        feedback_type=feedback_type,
+        original_message_id=_msgid(_header(returned, "Message-ID")) if returned else None,
+    )
+
+
+# --- MIME plumbing ---
+
+
+def _parse(raw: bytes) -> Message:
+    # A byte-order mark before the first header (mimekit's feedback-report) would turn the
+    # whole header block into body text.
+    return BytesParser(policy=compat32).parsebytes(raw.removeprefix(b"\xef\xbb\xbf"))
+
+
+def _leaves(msg: Message) -> Iterator[Message]:
+    """Yield the leaf parts in order, not descending into attached messages.
+
+    A bounce forwarded as an attachment is the forwarder's mail, not a bounce; and message/*
+    parts (the returned mail, the delivery-status blocks) are read as wholes.
+    """
+    stack = [msg]
+    count = 0
+    while stack and count < MAX_PARTS:
+        part = stack.pop()
+        count += 1
+        payload = part.get_payload()
+        if part.get_content_maintype() == "multipart" and isinstance(payload, list):
+            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
+        else:
+            yield part
+
+
+def _report_type(msg: Message) -> str:
+    """Return the report-type of a multipart/report mail, lower-cased; "" for other mail."""
+    if msg.get_content_type() != "multipart/report":
+        return ""
+    value = msg.get_param("report-type")
+    if value is None:
+        return ""
+    return str(collapse_rfc2231_value(value) if isinstance(value, tuple) else value).lower()
+
+
+def _header(msg: Message | None, name: str) -> str:
+    if msg is None:
+        return ""
+    # compat32 hands back an email.header.Header when the value has undecodable bytes.
+    return " ".join(str(value) for value in msg.get_all(name, []))
+
+
+def _flatten(part: Message) -> bytes:
+    out = io.BytesIO()
+    BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=compat32).flatten(part)
+    return out.getvalue()
+
+
+def _part_bytes(part: Message) -> bytes:
+    """Return the decoded body of a part, also for message/* parts the stdlib pre-parsed."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        flat = _flatten(part).replace(b"\r\n", b"\n")
+        body = flat.split(b"\n\n", 1)[1] if b"\n\n" in flat else b""
+        encoding = _header(part, "Content-Transfer-Encoding").strip().lower()
+        if encoding == "base64":
+            try:
+                return base64.b64decode(body, validate=False)
+            except (binascii.Error, ValueError):
+                return body
+        if encoding == "quoted-printable":
+            return quopri.decodestring(body)
+        return body
+    decoded = part.get_payload(decode=True)
+    return decoded if isinstance(decoded, bytes) else b""
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        text = data.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        text = data.decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _part_text(part: Message) -> str:
+    return _decode(_part_bytes(part), part.get_content_charset())
+
+
+def _text_of(leaves: list[Message]) -> str:
+    """Return the human-readable text of the mail: its text/plain parts, else its HTML."""
+    plain = [_part_text(p) for p in leaves if p.get_content_type() == "text/plain"]
+    if any(text.strip() for text in plain):
+        return "\n\n".join(plain)[:MAX_TEXT]
+    html = [_part_text(p) for p in leaves if p.get_content_type() == "text/html"]
+    text = "\n".join(html)[:MAX_TEXT]
+    text = re.sub(r"(?i)<br\s*/?>|</(?:p|div|tr|li|h\d)>", "\n", text)
+    text = re.sub(r"<[^<>]*>", " ", text)
+    return (
+        text.replace("&lt;", "<").replace("&gt;", ">").replace("&nbsp;", " ").replace("&amp;", "&")
+    )
+
+
+def _notice_text(leaves: list[Message]) -> str:
+    """Return the NDR's own words: its text up to the returned copy of our mail."""
+    text = _text_of(leaves)
+    cut = _RETURNED_COPY.search(text)
+    return text[: cut.start()] if cut else text
+
+
+# --- RFC 3464 delivery-status fields ---
+
+
+def _field_blocks(text: str) -> list[list[tuple[str, str]]]:
+    """Split header-style text into blocks of (lower-cased name, unfolded value) fields.
+
+    Blocks end at blank lines. A block whose fields say ``Content-Transfer-Encoding: base64``
+    is followed by encoded lines (a mail filter's doing): those are decoded and read too.
+    """
+    blocks: list[list[tuple[str, str]]] = []
+    fields: list[tuple[str, str]] = []
+    loose: list[str] = []  # non-field lines of the current block
+
+    def close() -> None:
+        nonlocal fields, loose
+        encoded = bool(blocks) and ("content-transfer-encoding", "base64") in blocks[-1]
+        if loose and encoded and all(_BASE64_LINE.match(line) for line in loose):
+            try:
+                decoded = base64.b64decode("".join(loose), validate=False)
+            except (binascii.Error, ValueError):
+                decoded = b""
+            blocks.extend(_field_blocks(_decode(decoded, "utf-8")))
+        if fields:
+            blocks.append([(name, value.strip()) for name, value in fields])
+        fields, loose = [], []
+
+    for line in text.split("\n"):
+        if not line.strip():
+            close()
+        elif line[:1] in (" ", "\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value} {line.strip()}")
+        elif match := _FIELD.match(line):
+            name = match.group(1).lower()
+            value = (
+                match.group(2).lower() if name == "content-transfer-encoding" else match.group(2)
+            )
+            fields.append((name, value))
+        else:
+            loose.append(line.strip())
+    close()
+    return blocks
+
+
+def _dsn_records(text: str) -> list[dict[str, str]]:
+    """Return one field dict per recipient block of a delivery-status text.
+
+    Per-recipient blocks are recognised by their recipient fields; a block is split again where
+    a second recipient starts without the blank line between them.
+    """
+    records: list[dict[str, str]] = []
+    for block in _field_blocks(text):
+        record: dict[str, str] = {}
+        for name, value in block:
+            if name in _RECIPIENT_FIELDS and (
+                name in record or any(field in record for field in _PER_RECIPIENT)
+            ):
+                records.append(record)
+                record = {}
+            record.setdefault(name, value)
+        records.append(record)
+    return [r for r in records if any(field in r for field in _RECIPIENT_FIELDS)]
+
+
+def _dsn_recipient(record: dict[str, str]) -> BouncedRecipient | None:
+    # The original recipient is the address we handed to the MTA (our contact's); the final one
+    # may be where an alias or forward led.
+    address = _address(record.get("original-recipient", "")) or _address(
+        record.get("final-recipient", "")
+    )
+    if address is None:
+        return None
+    diagnostic = _one_line(_DIAG_TYPE.sub("", record.get("diagnostic-code", "")))
+    status = _status(record.get("status", "")) or _status(diagnostic)
+    action = (record.get("action", "").split() or [""])[0].lower()
+    if not action:
+        action = _action_from_codes(status, diagnostic)
+    elif action not in ACTIONS:
+        action = "unknown"
+    return BouncedRecipient(address=address, action=action, status=status, diagnostic=diagnostic)
+
+
+def _action_from_codes(status: str, diagnostic: str) -> str:
+    """Infer a missing Action field from the status (or SMTP code) class."""
+    code = status[:1]
+    if not code and (smtp := _SMTP_CODE.search(diagnostic)):
+        code = smtp.group(1)[:1]
+    return {"5": "failed", "4": "delayed", "2": "delivered"}.get(code, "unknown")
+
+
+# --- non-standard NDR text ---
+
+
+def _from_mail_system(msg: Message) -> bool:
+    if (
+        _header(msg, "Return-Path").strip() == "<>"
+        or _header(msg, "X-Envelope-From").strip() == "<>"
+    ):
+        return True
+    if (
+        msg.get("X-Failed-Recipients") is not None
+        or msg.get("X-MS-Exchange-Message-Is-Ndr") is not None
+    ):
+        return True
+    if "mailer-daemon" in (msg.get_unixfrom() or "").lower():
+        return True
+    sender = _header(msg, "From")
+    address = _ADDRESS.search(sender)
+    if address and _DAEMON_LOCAL.match(address.group(0).split("@")[0]):
+        return True
+    return bool(_DAEMON_NAME.search(sender))
+
+
+def _ndr_recipients(msg: Message, notice: str) -> dict[str, BouncedRecipient]:
+    entries = _list_entries(notice) or _inline_entries(notice)
+    if not entries and (first := _ANGLE_ENTRY.search(notice)):
+        entries = _entries(notice[first.start() :])
+    if not entries:
+        for match in _SMTP_REJECT.finditer(notice):
+            line_start = notice.rfind("\n", 0, match.start()) + 1
+            line_end = notice.find("\n", match.end())
+            entries.setdefault(match.group("addr").lower(), []).append(
+                notice[line_start : line_end if line_end >= 0 else None]
+            )
+    if not entries:
+        for address in _ADDRESS.findall(_header(msg, "X-Failed-Recipients")):
+            entries.setdefault(address.lower(), [])
+    general = _general_diagnostic(notice)
+    action = "delayed" if _DELAYED.search(notice) else "failed"
+    recipients: dict[str, BouncedRecipient] = {}
+    for address, chunks in entries.items():
+        if len(address) > MAX_ADDRESS:
+            continue
+        lines = [_one_line(chunk.strip(" \t:;,.")) for chunk in chunks]
+        coded = [line for line in lines if _status(line) or _SMTP_CODE.search(line)]
+        diagnostic = (
+            coded or ([general] if general else []) or [line for line in lines if line] or [""]
+        )[0]
+        status = _status(diagnostic)
+        if not status and action == "failed" and not _SMTP_CODE.search(diagnostic):
+            status = "5.0.0" if _PERMANENT.search(notice) else ""
+        recipients[address] = BouncedRecipient(
+            address=address, action=action, status=status, diagnostic=diagnostic
+        )
+    return recipients
+
+
+def _list_entries(notice: str) -> dict[str, list[str]]:
+    intros = list(_LIST_INTRO.finditer(notice))
+    entries: dict[str, list[str]] = {}
+    for index, intro in enumerate(intros):
+        end = intros[index + 1].start() if index + 1 < len(intros) else len(notice)
+        for address, chunks in _entries(notice[intro.end() : end]).items():
+            entries.setdefault(address, []).extend(chunks)
+    return entries
+
+
+def _entries(block: str) -> dict[str, list[str]]:
+    """Read a list of recipients into address -> what the text says about it.
+
+    An entry starts on a line that begins with its address; the lines below it, indented deeper
+    or up to the end of its paragraph, say what went wrong. Exchange names an address twice
+    (for the user, then for administrators): both chunks are kept.
+    """
+    found: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    entry_indent = 0
+    after_blank = False
+    for line in block.split("\n"):
+        if not line.strip():
+            after_blank = True
+            continue
+        indent = len(line) - len(line.lstrip())
+        match = _ENTRY.match(line)
+        if match and (not found or indent <= entry_indent):
+            entry_indent = indent if not found else entry_indent
+            current = [line[match.end() :].strip()]
+            found.append((match.group("addr").lower(), current))
+        elif current is not None:
+            has_content = bool(" ".join(current).strip(" \t:;,.<>"))
+            if _SEPARATOR.match(line) or (after_blank and indent <= entry_indent and has_content):
+                current = None
+            else:
+                current.append(line.strip())
+        after_blank = False
+    entries: dict[str, list[str]] = {}
+    for address, lines in found:
+        entries.setdefault(address, []).append(" ".join(lines))
+    return entries
+
+
+def _inline_entries(notice: str) -> dict[str, list[str]]:
+    for pattern in _INLINE:
+        match = pattern.search(notice)
+        if match:
+            line_end = notice.find("\n", match.end())
+            return {
+                match.group("addr").lower(): [
+                    notice[match.end() : line_end if line_end >= 0 else None]
+                ]
+            }
+    return {}
+
+
+def _general_diagnostic(notice: str) -> str:
+    for pattern in _GLOBAL_DIAGNOSTIC:
+        match = pattern.search(notice)
+        if match and match.group(1).strip():
+            return _one_line(_DIAG_TYPE.sub("", match.group(1).strip()))
+    return ""
+
+
+# --- the returned mail ---
+
+
+def _returned_headers(leaves: list[Message]) -> Message | None:
+    """Return the headers of our mail as the report returned it (whole or headers only)."""
+    found: Message | None = None
+    for part in leaves:
+        if part.get_content_type() not in RETURNED_TYPES:
+            continue
+        payload = part.get_payload()
+        encoding = _header(part, "Content-Transfer-Encoding").strip().lower()
+        if (
+            isinstance(payload, list)
+            and payload
+            and isinstance(payload[0], Message)
+            and encoding not in ("base64", "quoted-printable")
+        ):
+            headers = payload[0]
+        else:
+            headers = BytesHeaderParser(policy=compat32).parsebytes(_part_bytes(part).lstrip())
+        if headers.get("Message-ID") is not None:
+            return headers
+        found = found or headers
+    return found
+
+
+def _inline_returned_headers(text: str) -> Message | None:
+    """Return the header block of our mail quoted in an NDR's text (Gmail, qmail, Exim …)."""
+    cut = _RETURNED_COPY.search(text)
+    if cut is None:
+        return None
+    rest = text[cut.start() :]
+    if not re.match(r"[ \t]*[\w-]+:[ \t]", rest):
+        rest = rest.split("\n", 1)[1] if "\n" in rest else ""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(
+        rest.lstrip().encode("utf-8", "replace")
+    )
+    if headers.get("Message-ID") is None:
+        # Indented or otherwise mangled copies: any Message-ID line will do.
+        loose = re.search(r"(?im)^[ \t]*message-id:[ \t]*(<[^<>\s]+>)", rest)
+        if loose:
+            headers["Message-ID"] = loose.group(1)
+    return headers
+
+
+def _verp_token(msg: Message, returned: Message | None, local: str) -> str | None:
+    pattern = re.compile(rf"(?<![\w.+-]){re.escape(local)}\+([^@\s<>\"',;]+)@", re.IGNORECASE)
+    for name in VERP_HEADERS:
+        match = pattern.search(_header(msg, name))
+        if match:
+            return match.group(1)
+    # The returned mail's Return-Path is the envelope sender we used.
+    match = pattern.search(_header(returned, "Return-Path"))
+    return match.group(1) if match else None
+
+
+# --- small helpers ---
+
+
+def _address(value: str) -> str | None:
+    """Return the address of a DSN/ARF address field ("rfc822; <a@b>"), lower-cased."""
+    value = value.split(";", 1)[1] if ";" in value else value
+    match = _ADDRESS.search(value)
+    if match is None or len(match.group(0)) > MAX_ADDRESS:
+        return None
+    return match.group(0).lower()
+
+
+def _status(text: str) -> str:
+    match = _STATUS.search(text)
+    return match.group(1) if match else ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:MAX_DIAGNOSTIC]
+
+
+def _msgid(value: str) -> str | None:
+    ids = _msgids(value)
+    if ids:
+        return ids[0]
+    bare = value.strip()
+    # Some senders leave out the angle brackets (mimekit's feedback-report).
+    if bare and " " not in bare and "@" in bare and len(bare) + 2 <= MAX_MSGID:
+        return f"<{bare}>"
+    return None
+
+
+def _msgids(value: str) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for match in _MSGID.finditer(value):
+        msgid = f"<{match.group(1)}>"
+        if len(msgid) <= MAX_MSGID:
+            seen.setdefault(msgid, None)
+    return tuple(seen)
