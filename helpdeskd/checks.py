@@ -8,7 +8,7 @@ from helpdeskd.config import Config
 from helpdeskd.errors import ConfigError, TemplateError
 from helpdeskd.render import Renderer
 
-REQUIRED_TEMPLATES = ("ack.txt.j2", "agent_notification.txt.j2")
+REQUIRED_TEMPLATES = ("ack.txt.j2", "agent_notification.txt.j2", "oversize.txt.j2")
 
 SAMPLE_CONTEXT = {
     "service": {"name": "Example", "support_address": "support@example.org"},
@@ -22,7 +22,15 @@ SAMPLE_CONTEXT = {
         "message_count": 1,
     },
     "requester": {"name": "Sam Sample", "email": "sam@example.org"},
-    "message": {"text": "Sample text", "from": "sam@example.org"},
+    "message": {
+        "text": "Sample text",
+        "from": "sam@example.org",
+        "from_name": "Sam",
+        "kind": "customer",
+        "attachments": [],
+    },
+    "agent": {"name": "Alice", "email": "alice@example.org"},
+    "limit": "25 MB",
 }
 
 
@@ -35,8 +43,10 @@ def check_templates(config: Config) -> list[str]:
     names = sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*.j2") if p.is_file())
     for name in names:
         renderer.check(name)
-    for name in REQUIRED_TEMPLATES:
-        renderer.render(name, SAMPLE_CONTEXT)
+    # Canned replies are rendered when an agent asks for them: prove they render now.
+    for name in (*REQUIRED_TEMPLATES, *(n for n in names if n.startswith("replies/"))):
+        if name.endswith(".txt.j2"):
+            renderer.render(name, SAMPLE_CONTEXT)
     return names
 
 

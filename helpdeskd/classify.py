@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from helpdeskd.heroku import HerokuConfig, recognise
 from helpdeskd.loops import NO_REPLY_LOCALS, auto_submitted, has_our_loop, spam_verdict
 from helpdeskd.parsing import ParsedMessage
 
@@ -45,6 +46,7 @@ class ClassifyContext:
     own_addresses: frozenset[str]
     agent_addresses: frozenset[str]
     blocked: tuple[str, ...] = ()  # addresses or @domains
+    heroku: HerokuConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,13 @@ def _blocked(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
     return None
 
 
+def _heroku(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
+    if ctx.heroku is None:
+        return None
+    found = recognise(parsed, ctx.heroku)
+    return f"Heroku support ticket #{found.ticket_number}" if found else None
+
+
 def _agent(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
     # A From with several mailboxes is never treated as an agent's.
     if len(parsed.from_) == 1 and parsed.sender in ctx.agent_addresses:
@@ -177,6 +186,8 @@ CHAIN: tuple[tuple[str, Callable[[ParsedMessage, ClassifyContext], str | None]],
     ("report", _report),
     ("unsubscribe", _unsubscribe),
     ("blocked", _blocked),
+    # Before the robot checks: the desk's notifications may well say Auto-Submitted.
+    ("heroku_forward", _heroku),
     ("spam", _spam),
     ("auto_reply", _auto_reply),
     ("agent_reply", _agent),

@@ -14,10 +14,13 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from helpdeskd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from helpdeskd.heroku import HerokuConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -84,6 +87,13 @@ class ServiceConfig:
     flood_messages: int = 10
     flood_minutes: int = 10
     reopen_window_days: int = 14
+    agent_auth: str = "token"  # token | token+dkim
+    authserv_id: str | None = None  # our own server's Authentication-Results id
+    agent_reply_state: str = "pending"  # where a public agent reply moves an open ticket
+    receipts: str = "always"  # always | errors: mail agents a receipt of applied commands
+    blocked_senders: tuple[str, ...] = ()  # addresses or @domains whose mail is recorded only
+    max_message_bytes: int = 25 * 1024 * 1024  # larger mail is kept on disk, not processed
+    alert_after: float = 900.0  # seconds a mailbox may fail before the agents are told
 
     @property
     def support_domain(self) -> str:
@@ -169,6 +179,7 @@ class Config:
     agents: tuple[AgentConfig, ...]
     paths: PathsConfig
     parse: ParseConfig = field(default_factory=ParseConfig)
+    heroku: HerokuConfig | None = None
     source: Path | None = None
 
     def agent(self, email: str) -> AgentConfig | None:
@@ -421,7 +432,18 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         flood_messages=int(service_t.get("flood_messages", int, 10)),
         flood_minutes=int(service_t.get("flood_minutes", int, 10)),
         reopen_window_days=int(service_t.get("reopen_window_days", int, 14)),
+        agent_auth=service_t.choice("agent_auth", ("token", "token+dkim"), "token"),
+        authserv_id=service_t.get("authserv_id", str, None),
+        agent_reply_state=service_t.choice(
+            "agent_reply_state", ("open", "pending", "solved"), "pending"
+        ),
+        receipts=service_t.choice("receipts", ("always", "errors"), "always"),
+        blocked_senders=tuple(str(v).lower() for v in service_t.get("blocked_senders", list, [])),
+        max_message_bytes=int(_positive(service_t, "max_message_bytes", 25 * 1024 * 1024)),
+        alert_after=float(service_t.get("alert_after", (int, float), 900)),
     )
+    if service.agent_auth == "token+dkim" and not service.authserv_id:
+        raise ConfigError("service.authserv_id: required when agent_auth is token+dkim")
     service_t.check_unknown()
 
     db_t = root.table("database", default_empty=False)
@@ -501,6 +523,14 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         timeout=_positive(parse_t, "timeout", 20),
     )
     parse_t.check_unknown()
+    heroku = None
+    if "heroku" in data:
+        from helpdeskd.heroku import parse_heroku_config
+
+        root.used.add("heroku")
+        if not isinstance(data["heroku"], dict):
+            raise ConfigError("heroku: expected a table")
+        heroku = parse_heroku_config(data["heroku"])
     root.check_unknown()
     return Config(
         service=service,
@@ -511,6 +541,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         agents=tuple(agents),
         paths=paths,
         parse=parse,
+        heroku=heroku,
         source=source,
     )
 

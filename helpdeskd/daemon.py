@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from helpdeskd.checks import check_templates
 from helpdeskd.config import Config, load_config
@@ -56,14 +56,24 @@ class ProcessorSink:
         self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
     ) -> None:
         items = [
-            Incoming(source=mailbox, uid=m.uid, raw=m.raw, size=m.size, uidvalidity=uidvalidity)
+            Incoming(
+                source=mailbox,
+                uid=m.uid,
+                raw=m.raw,
+                size=m.size,
+                uidvalidity=uidvalidity,
+                path=m.path,
+            )
             for m in mails
         ]
         mark = MailboxMark(mailbox, uidvalidity, max(m.uid for m in mails))
         await self.processor.process_batch(items, mark=mark)
 
     async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
+        """Record a poll; tell the agents once when a mailbox keeps failing, and once more
+        when it recovers."""
         now = utcnow()
+        config = self.processor.config
         async with self.sessions() as session, session.begin():
             state = await session.get(MailboxState, mailbox)
             if state is None:
@@ -71,10 +81,39 @@ class ProcessorSink:
                 session.add(state)
             state.last_poll_at = now
             if ok:
-                state.last_ok_at = now
-                state.last_error = None
-            else:
-                state.last_error, state.last_error_at = (error or "error")[:1000], now
+                state.last_ok_at, state.last_error, state.failing_since = now, None, None
+                if state.alerted_at is not None:
+                    state.alerted_at = None
+                    await self._tell_agents(
+                        session,
+                        f"Mailbox {mailbox} works again",
+                        f"helpdeskd polls mailbox {mailbox} again; mail that arrived while it "
+                        "failed is being processed now.\n",
+                    )
+                    log.info("mailbox_recovered", mailbox=mailbox)
+                return
+            state.last_error, state.last_error_at = (error or "error")[:1000], now
+            state.failing_since = state.failing_since or now
+            failing = (now - state.failing_since).total_seconds()
+            if state.alerted_at is None and failing >= config.service.alert_after:
+                state.alerted_at = now
+                await self._tell_agents(
+                    session,
+                    f"Mailbox {mailbox} cannot be polled",
+                    f"helpdeskd has not been able to poll mailbox {mailbox} since "
+                    f"{state.failing_since.isoformat(timespec='seconds')}.\n\n"
+                    f"Last error: {state.last_error}\n\nCustomers' mail waits on the server "
+                    "and nothing is lost, but nothing is answered either. Check the password or "
+                    "token, the server and its certificate. You will get one more mail when it "
+                    "works again.\n",
+                )
+                log.error("mailbox_alert", mailbox=mailbox, error=state.last_error)
+
+    async def _tell_agents(self, session: AsyncSession, subject: str, text: str) -> None:
+        for configured in self.processor.config.agents:
+            agent = await self.processor.agents.agent(session, configured.email)
+            if agent is not None:
+                await self.processor.agents.tell(session, agent, None, subject, text)
 
 
 async def _mailbox_lock(engine: AsyncEngine, name: str, stop: asyncio.Event) -> object | None:
@@ -146,7 +185,8 @@ class Daemon:
             lock = await _mailbox_lock(engine, name, stop)
             try:
                 mailbox = next(m for m in self.config.mailboxes if m.name == name)
-                await MailboxWatcher(mailbox, sink, stop=stop).run()
+                spool = self.config.service.state_dir / "oversize"
+                await MailboxWatcher(mailbox, sink, stop=stop, spool_dir=spool).run()
             finally:
                 if lock is not None:
                     await lock.close()  # type: ignore[attr-defined]

@@ -37,11 +37,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import os
 import random
 import re
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import aioimaplib
@@ -49,12 +53,14 @@ import structlog
 
 from helpdeskd.config import MailboxConfig
 from helpdeskd.errors import HelpdeskError
+from helpdeskd.spool import sync_directory
 
 log = structlog.get_logger(__name__)
 
 KEYWORD = "$Helpdeskd"
 MAX_FETCH = 100  # messages per FETCH: aioimaplib parses a read recursively, line by line
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # message bytes held in memory per batch (at least one)
+SPOOL_CHUNK = 4 * 1024 * 1024  # bytes per partial FETCH of an oversize message
 BYTES_PER_SECOND = 100_000  # a FETCH may take its timeout plus a second per 100 kB
 LOGOUT_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 1.0
@@ -76,8 +82,9 @@ class FetchedMail:
 
     uid: int
     size: int  # RFC822.SIZE
-    raw: bytes | None  # None when size > max_message_bytes (not fetched)
+    raw: bytes | None  # None when size > max_message_bytes: then spooled to `path`
     internal_date: str | None = None
+    path: str | None = None  # an oversize message's bytes on disk (None: not kept)
 
 
 class MailSink(Protocol):
@@ -133,8 +140,8 @@ _FETCH_START = re.compile(rb"\d+ FETCH \(")
 _FETCH_UID = re.compile(rb"[( ]UID (\d+)")
 _FETCH_SIZE = re.compile(rb"[( ]RFC822\.SIZE (\d+)")
 _FETCH_DATE = re.compile(rb'[( ]INTERNALDATE "([^"]*)"')
-_FETCH_BODY_LITERAL = re.compile(rb"[( ]BODY\[\] ~?\{(\d+)\}$")
-_FETCH_BODY_QUOTED = re.compile(rb'[( ]BODY\[\] "((?:[^"\\]|\\.)*)"')
+_FETCH_BODY_LITERAL = re.compile(rb"[( ]BODY\[\](?:<\d+>)? ~?\{(\d+)\}$")
+_FETCH_BODY_QUOTED = re.compile(rb'[( ]BODY\[\](?:<\d+>)? "((?:[^"\\]|\\.)*)"')
 _SEARCH_LINE = re.compile(rb"[0-9 ]*")
 _UNTAGGED_EXISTS = re.compile(rb"\* \d+ EXISTS\b")
 
@@ -456,8 +463,12 @@ class MailboxWatcher:
         stop: asyncio.Event,
         ssl_context: ssl.SSLContext | None = None,
         token_provider: Callable[[], Awaitable[str]] | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         """Watch CONFIG's folder into SINK until STOP is set.
+
+        SPOOL_DIR receives oversize messages (over ``max_message_bytes``), fetched in
+        pieces straight to disk so that they never sit in memory whole.
 
         SSL_CONTEXT replaces the default (system CAs, hostname checked) for ``tls`` and
         ``starttls``. TOKEN_PROVIDER, for ``auth = "xoauth2"``, returns a fresh access token
@@ -471,6 +482,7 @@ class MailboxWatcher:
         self._stop = stop
         self._ssl_context = ssl_context
         self._token_provider = token_provider
+        self._spool_dir = spool_dir
         self._failures = 0
         self._uidvalidity: int | None = None
         self._log = log.bind(mailbox=config.name)
@@ -786,7 +798,8 @@ class MailboxWatcher:
             size = record.size or 0
             if size > limit:
                 self._log.warning("imap_message_oversize", uid=uid, size=size, limit=limit)
-                mails.append(FetchedMail(uid, size, None, record.internal_date))
+                path = await self._spool(session, uid, size)
+                mails.append(FetchedMail(uid, size, None, record.internal_date, path))
                 continue
             body = bodies.get(uid)
             if body is None or body.body is None:
@@ -795,6 +808,44 @@ class MailboxWatcher:
                 continue
             mails.append(FetchedMail(uid, size, body.body, record.internal_date))
         return mails
+
+    async def _spool(self, session: _Session, uid: int, size: int) -> str | None:
+        """Fetch message UID piece by piece into the spool folder; return its path."""
+        if self._spool_dir is None:
+            return None
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, partial = tempfile.mkstemp(dir=self._spool_dir, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                offset = 0
+                while offset < size:
+                    response = await session.call(
+                        session.client.uid(
+                            "fetch", str(uid), f"(UID BODY.PEEK[]<{offset}.{SPOOL_CHUNK}>)"
+                        ),
+                        timeout=self.config.timeout + SPOOL_CHUNK / BYTES_PER_SECOND,
+                    )
+                    record = parse_fetch(_check(response, "UID FETCH BODY.PEEK[]<>").lines)
+                    piece = record[uid].body if uid in record else None
+                    if not piece:
+                        break
+                    out.write(piece)
+                    digest.update(piece)
+                    offset += len(piece)
+                    if len(piece) < SPOOL_CHUNK:
+                        break
+                out.flush()
+                os.fsync(out.fileno())
+            final = self._spool_dir / f"{digest.hexdigest()}.eml"
+            os.replace(partial, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        sync_directory(self._spool_dir)  # the rename itself must survive a crash
+        self._log.info("imap_message_spooled", uid=uid, size=size, path=str(final))
+        return str(final)
 
     async def _mark(self, session: _Session, uids: list[int]) -> None:
         """Move UIDS to the processed folder, or give them the keyword."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from helpdeskd.authresults import dmarc_failed
 from helpdeskd.parsing import ParsedMessage
 
 NO_REPLY_LOCALS = re.compile(
@@ -63,16 +64,6 @@ def spam_verdict(parsed: ParsedMessage) -> str | None:
     return None
 
 
-def _trusted_auth_results(parsed: ParsedMessage, authserv_id: str | None) -> str | None:
-    """Return the topmost Authentication-Results added by our own server, if configured."""
-    if not authserv_id:
-        return None
-    for value in parsed.header_all("authentication-results"):
-        if value.split(";", 1)[0].strip().split()[0:1] == [authserv_id]:
-            return value
-    return None
-
-
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
@@ -119,8 +110,7 @@ def may_autorespond(
         return Verdict(False, "our own address")
     if parsed.content_type == "multipart/report":
         return Verdict(False, "multipart/report")
-    trusted = _trusted_auth_results(parsed, authserv_id)
-    if trusted and re.search(r"\bdmarc=fail\b", trusted, re.IGNORECASE):
+    if dmarc_failed(parsed, authserv_id):
         return Verdict(False, "dmarc=fail")
     verdict = spam_verdict(parsed)
     if verdict:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -80,6 +81,8 @@ class Contact(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     undeliverable: Mapped[bool] = mapped_column(Boolean, default=False)
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    # An ARF complaint: no more automatic or optional mail to this address.
+    suppressed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -178,6 +181,21 @@ class Message(Base):
     raw: Mapped[RawMessage | None] = relationship(lazy="raise")
 
 
+class ThreadRef(Base):
+    """A Message-ID that a ticket's mail referred to before we had seen it.
+
+    Two replies to the same original, processed before the original itself (a Cc race), meet
+    here: the first opens a ticket and records the IDs it references; the second, or the
+    original arriving late, finds the ticket through them.
+    """
+
+    __tablename__ = "thread_refs"
+
+    message_id: Mapped[str] = mapped_column(String(998), primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Event(Base):
     __tablename__ = "events"
 
@@ -199,6 +217,8 @@ class MailboxState(Base):
     last_ok_at: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column()
+    failing_since: Mapped[datetime | None] = mapped_column()
+    alerted_at: Mapped[datetime | None] = mapped_column()  # agents told it is failing
 
 
 class Outbox(Base):

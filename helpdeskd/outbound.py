@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 
+from helpdeskd.parsing import is_address
 from helpdeskd.render import one_line
 
 MAX_REFERENCES = 20
 MAX_LINE = 998  # RFC 5322 section 2.1.1
 # Headers we set verbatim (refold_source="none" leaves str values set with set_raw alone).
 _POLICY = SMTP.clone(refold_source="none")
+# Text that looks like an RFC 2047 encoded word. The stdlib's header parser decodes these in any
+# value it is handed (a subject, a display name, even an addr-spec or a quoted string) and, before
+# the CVE-2024-6923 fix, writes what they decode to, CR LF included, back out verbatim: a
+# customer whose name or subject reads "=?utf-8?q?x=0D=0ABcc:_...?=" once decoded could add
+# headers to our mail. Such text is encoded by us instead (see _set_text).
+_ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
+# A quoted display name longer than this may need folding inside the quotes, where the stdlib
+# (3.11) drops them: "Eve <eve@evil.test>, xxx…" would become a second From mailbox.
+_MAX_PLAIN_NAME = 60
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")  # RFC 2045 token: a MIME type's halves
 
 
 def new_message_id(domain: str) -> str:
@@ -56,11 +69,30 @@ class OutgoingMail:
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[tuple[str, str, bytes], ...] = ()  # (file name, content type, bytes)
 
 
 def _address(address: str, name: str = "") -> Address:
+    if not is_address(address):
+        # The stdlib checks next to nothing here and would write, say, an encoded word or a
+        # stray "<" out as header syntax (see _ENCODED_WORD).
+        raise ValueError(f"not a mail address: {address[:80]!r}")
     local, _, domain = address.rpartition("@")
     return Address(display_name=one_line(name), username=local, domain=domain)
+
+
+def _encode_text(name: str, value: str) -> str:
+    """Return VALUE as RFC 2047 encoded words that decode to exactly VALUE, folded."""
+    return Header(value, "utf-8", header_name=name).encode(linesep="\n")
+
+
+def _set_text(msg: EmailMessage, name: str, value: str) -> None:
+    """Set unstructured header NAME to the text VALUE, which is never decoded again."""
+    value = one_line(value)
+    if _ENCODED_WORD.search(value):
+        msg.set_raw(name, _encode_text(name, value))
+    else:
+        msg[name] = value
 
 
 def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LINE) -> None:
@@ -74,7 +106,7 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
     """
     value = one_line(value)
     if not value.isascii():
-        msg[name] = value
+        _set_text(msg, name, value)
         return
     lines = [""]
     for word in value.split():
@@ -87,13 +119,20 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
 def build_message(mail: OutgoingMail) -> bytes:
     """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
     msg = EmailMessage(policy=_POLICY)
-    msg["From"] = _address(mail.from_addr, mail.from_name)
+    from_name = one_line(mail.from_name)
+    quoted = len(from_name) + from_name.count('"') + from_name.count("\\")  # escapes count
+    if quoted > _MAX_PLAIN_NAME or _ENCODED_WORD.search(from_name):
+        # A customer's name reaches here ("NAME via SERVICE"): encode it ourselves.
+        sender = _address(mail.from_addr).addr_spec
+        msg.set_raw("From", f"{_encode_text('From', from_name)} <{sender}>")
+    else:
+        msg["From"] = _address(mail.from_addr, from_name)
     msg["To"] = [_address(a) for a in mail.to]
     if mail.cc:
         msg["Cc"] = [_address(a) for a in mail.cc]
     if mail.reply_to:
         msg["Reply-To"] = _address(mail.reply_to)
-    msg["Subject"] = one_line(mail.subject)
+    _set_text(msg, "Subject", mail.subject)
     msg["Date"] = format_datetime(mail.date)
     _set_verbatim(msg, "Message-ID", mail.message_id)
     if mail.in_reply_to:
@@ -106,4 +145,16 @@ def build_message(mail: OutgoingMail) -> bytes:
     msg.set_content(mail.text, charset="utf-8")
     if mail.html:
         msg.add_alternative(mail.html, subtype="html", charset="utf-8")
+    for name, content_type, data in mail.attachments:
+        maintype, _, subtype = content_type.partition("/")
+        if (
+            not _TOKEN.fullmatch(maintype)
+            or not _TOKEN.fullmatch(subtype)
+            or maintype.lower() in ("multipart", "message")
+        ):
+            maintype, subtype = "application", "octet-stream"
+        # As (charset, language, value) the name is written per RFC 2231 or plainly quoted, and
+        # never read back as encoded words (see _ENCODED_WORD).
+        filename = ("utf-8", "", one_line(name))
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes()

@@ -11,6 +11,8 @@ import base64
 import binascii
 import contextlib
 import email
+import email.errors
+import email.parser
 import hashlib
 import logging
 import re
@@ -25,11 +27,25 @@ from mailparser.utils import decode_header_part, ported_string
 from mailparser_reply import EmailReplyParser
 
 MAX_TEXT = 512 * 1024  # characters of text kept per message
+# Longer cannot be real and would not fit the database columns (models.py): an address has at
+# most 64 + 1 + 255 octets (RFC 5321 section 4.5.3.1), and a Message-ID must fit one 998-octet
+# header line, also after "In-Reply-To: " when we answer it.
+MAX_ADDRESS = 320
+MAX_MSGID = 900
 REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "ja", "cs", "pt"]
 _BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 _MSGID = re.compile(r"<([^<>\s]+)>")
-# mail-parser logs a warning for every MIME part type it does not turn into text.
-logging.getLogger("mailparser").setLevel(logging.ERROR)
+# RFC 2047 section 5: an encoded word is never part of an addr-spec. One left in an address
+# (a doubly encoded header) is hostile: the stdlib would decode it when we write the address into
+# a header of our own.
+_ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
+_DOMAIN = re.compile(r'[^\s()<>@,;:\\"\[\]]+|\[[^\s\[\]\\]*\]')  # dot-atom-ish or a literal
+# Control characters, and U+FFFD: what undecodable bytes became, so no address anyone has.
+_NOT_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
+# mail-parser logs a warning for every MIME part type it does not turn into text, and an error
+# quoting the raw header (line breaks and all) for every encoded word it cannot decode: hostile
+# text in the worker's stderr, and noise. Defects are counted in ParsedMessage instead.
+logging.getLogger("mailparser").setLevel(logging.CRITICAL)
 _CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SIGNATURE = re.compile(r"^-- $", re.MULTILINE)  # RFC 3676 section 4.3 signature separator
 
@@ -92,9 +108,26 @@ class ParsedMessage:
         return self.to + self.cc + self.delivered_to
 
 
+def _unicode(value: str) -> str:
+    """Return VALUE as valid Unicode: 8-bit header bytes arrive as lone surrogates.
+
+    The stdlib keeps undecodable header bytes as surrogate escapes; a string holding one cannot
+    be encoded, so the database driver (or any UTF-8 sink) would refuse the whole message.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:  # the raw bytes were most likely UTF-8 after all
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _clean(value: str) -> str:
     """Drop control characters and fold line breaks: header values are one line."""
-    return _CTL.sub("", " ".join(value.split()))
+    return _CTL.sub("", " ".join(_unicode(value).split()))
 
 
 def _raw_values(message: Any, name: str) -> list[str]:
@@ -113,6 +146,23 @@ def _decode(value: str) -> str:
         return _clean(value)
 
 
+def is_address(text: str) -> bool:
+    """Whether TEXT is an address we store and write into our own mail's headers.
+
+    A local part may be anything the stdlib can quote; the domain must not hold specials, and
+    nothing may hold whitespace, control characters, U+FFFD or an encoded word.
+    """
+    local, _, domain = text.rpartition("@")
+    return (
+        bool(local)
+        and len(text) <= MAX_ADDRESS
+        and _DOMAIN.fullmatch(domain) is not None
+        and not any(c.isspace() for c in text)
+        and not _NOT_IN_ADDRESS.search(text)
+        and not _ENCODED_WORD.search(text)
+    )
+
+
 def _addresses(values: list[str]) -> tuple[tuple[str, str], ...]:
     # Split before decoding: an encoded display name may hold a comma ("Foo, Bar").
     found: list[tuple[str, str]] = []
@@ -124,7 +174,7 @@ def _addresses(values: list[str]) -> tuple[tuple[str, str], ...]:
             pairs = [("", m) for m in _BARE_ADDRESS.findall(value)]
         for name, address in pairs:
             address = address.strip().lower()
-            if "@" in address and " " not in address:
+            if is_address(address):
                 found.append((_decode(name), address))
     return tuple(found)
 
@@ -134,7 +184,7 @@ def _msgids(values: list[str]) -> tuple[str, ...]:
     for value in values:
         for match in _MSGID.finditer(value):
             msgid = f"<{match.group(1)}>"
-            if msgid not in ids:
+            if msgid not in ids and len(msgid) <= MAX_MSGID:
                 ids.append(msgid)
     return tuple(ids)
 
@@ -185,24 +235,48 @@ def synthetic_message_id(sender: str, date: str, body: str) -> str:
     return f"<{digest[:40]}@no-message-id.helpdeskd.invalid>"
 
 
+def _too_deep(exc: BaseException) -> bool:
+    """Whether EXC is a RecursionError, or mail-parser's wrapper around one."""
+    return isinstance(exc, RecursionError) or isinstance(exc.__cause__, RecursionError)
+
+
+def _headers_only(raw: bytes) -> Any:
+    """Parse the top-level headers of RAW alone, with an empty body and a defect noted.
+
+    The stdlib parser recurses once per MIME level, so a tree nested about 1000 deep exhausts
+    the stack. The raw bytes are kept anyway; the headers still make a ticket, thread it and
+    classify it, rather than losing the message to quarantine.
+    """
+    message = email.parser.BytesHeaderParser().parsebytes(raw)
+    message.set_payload("")
+    message.defects.append(email.errors.MessageDefect("MIME tree nested too deep to parse"))
+    return mailparser.MailParser(message)
+
+
 def _mailparser(raw: bytes) -> Any:
     try:
-        return mailparser.parse_from_bytes(raw)
-    except AttributeError:
-        # mail-parser reads the top-level epilogue when a part's start boundary is missing and
-        # crashes when a truncated message has none: give it the empty epilogue it means.
-        message = email.message_from_bytes(raw)
-        if message.epilogue is not None or not message.is_multipart():
+        try:
+            return mailparser.parse_from_bytes(raw)
+        except AttributeError:
+            # mail-parser reads the top-level epilogue when a part's start boundary is missing
+            # and crashes when a truncated message has none: give it the empty epilogue it means.
+            message = email.message_from_bytes(raw)
+            if message.epilogue is not None or not message.is_multipart():
+                raise
+            message.epilogue = ""
+            return mailparser.MailParser(message)
+    except Exception as exc:  # RecursionError is an Exception; mail-parser wraps it in its own
+        if not _too_deep(exc):
             raise
-        message.epilogue = ""
-        return mailparser.MailParser(message)
+        return _headers_only(raw)
 
 
 def _part_types(message: Any) -> tuple[str, ...]:
     try:
         if not message.is_multipart():
             return ()
-        return tuple(str(part.get_content_type()).lower() for part in message.get_payload()[:50])
+        parts = message.get_payload()[:50]
+        return tuple(_clean(str(part.get_content_type())).lower() for part in parts)
     except Exception:
         return ()
 
@@ -228,7 +302,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
     html = "\n".join(html_parts) if html_parts else None
     full_text = text_plain.strip()
     if not full_text and html:
-        full_text = _html_to_text(html)
+        # Only the HTML we keep (html2text takes ~2 s a megabyte): a 10 MB newsletter would
+        # otherwise run past the worker's timeout for text that is cut to MAX_TEXT anyway.
+        full_text = _html_to_text(html[:MAX_TEXT])
     full_text = full_text.replace("\r\n", "\n").replace("\x00", "")[:MAX_TEXT]
 
     date: datetime | None = mail.date if isinstance(mail.date, datetime) else None
@@ -246,7 +322,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
     content_type = "text/plain"
     with contextlib.suppress(Exception):
-        content_type = (mail.message.get_content_type() or content_type).lower()
+        content_type = _clean(mail.message.get_content_type() or content_type).lower()
     thread_indexes = values("thread-index")
     thread_index = thread_indexes[0] if thread_indexes else None
     subject = (values("subject") or [""])[0]

@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from helpdeskd import outbox
+from helpdeskd.agents import AgentDesk, forwarded_sender
+from helpdeskd.bounces import parse_bounce, parse_complaint
 from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.config import Config
 from helpdeskd.db import SessionMaker
 from helpdeskd.errors import UserError
+from helpdeskd.heroku import recognise
 from helpdeskd.loops import automatic_headers, may_autorespond
+from helpdeskd.mailer import Envelope, Parent, queue_mail
 from helpdeskd.models import (
     AutoReplyLog,
     Contact,
@@ -37,13 +42,14 @@ from helpdeskd.models import (
     Participant,
     Quarantine,
     RawMessage,
+    ThreadRef,
     Ticket,
     utcnow,
 )
-from helpdeskd.outbound import OutgoingMail, build_message, new_message_id, thread_headers
 from helpdeskd.parsepool import ParsePool
 from helpdeskd.parsing import ParsedMessage
 from helpdeskd.render import Renderer
+from helpdeskd.spool import spool
 from helpdeskd.threading import (
     Candidates,
     ThreadMatch,
@@ -58,6 +64,9 @@ from helpdeskd.threading import (
 from helpdeskd.tokens import ReplyToken, reply_address, tokens_in, verify_reply
 
 log = structlog.get_logger(__name__)
+
+HEADER_READ = 256 * 1024  # bytes read from an oversize mail to find its header block
+SOFT_BOUNCE_LIMIT = 3  # failed deliveries without a permanent status before we stop mailing
 
 OUTCOMES = (
     "new_ticket",
@@ -76,13 +85,22 @@ OUTCOMES = (
 
 @dataclass(frozen=True)
 class Incoming:
-    """One received mail: where it came from and its bytes (None when oversize)."""
+    """One received mail: where it came from and its bytes.
+
+    An oversize mail has no bytes in memory: they are in a spool file at PATH (or, when the
+    watcher could not keep them, nowhere, and the mail is quarantined with its size).
+    """
 
     source: str
     uid: int
     raw: bytes | None
     size: int
     uidvalidity: int = 0
+    path: str | None = None
+
+    @property
+    def oversize(self) -> bool:
+        return self.raw is None
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,38 @@ class MailboxMark:
     name: str
     uidvalidity: int
     last_uid: int
+
+
+def human_size(size: int) -> str:
+    """Return SIZE in bytes as people write it: 25 MB, 50 kB."""
+    if size >= 1_000_000:
+        return f"{size / 1_000_000:.3g} MB"
+    return f"{size / 1000:.3g} kB"
+
+
+_BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def with_fallback_sender(parsed: ParsedMessage) -> ParsedMessage:
+    """Give mail whose From holds no usable mailbox the sender other headers name.
+
+    Broken clients write ``From: Big Bug bb@bug.com`` or leave From out; the mail is still a
+    customer's. The bare address in From, then Sender, Reply-To and Return-Path are used, in
+    that order. Mail with none of them has nobody to answer and goes to quarantine.
+    """
+    if parsed.from_:
+        return parsed
+    for name in ("from", "sender", "reply-to", "return-path"):
+        for value in parsed.header_all(name):
+            match = _BARE_ADDRESS.search(value)
+            if match and len(match.group(0)) <= 320:
+                return replace(parsed, from_=((("", match.group(0).lower())),))
+    return parsed
+
+
+def _read_head(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(HEADER_READ)
 
 
 def ticket_ref(config: Config, ticket_id: int) -> str:
@@ -143,10 +193,22 @@ class Processor:
         self.backfill = backfill
         self.outbox_wakeup = outbox_wakeup
         self._lock = asyncio.Lock()
-        self.classify_context = ClassifyContext(
+        self.agents = AgentDesk(config, renderer, backfill=backfill)
+
+    def reload(self, config: Config, renderer: Renderer) -> None:
+        """Take a validated new config and templates; the next message uses them."""
+        self.config, self.renderer = config, renderer
+        self.agents = AgentDesk(config, renderer, backfill=self.backfill)
+
+    @property
+    def classify_context(self) -> ClassifyContext:
+        config = self.config
+        return ClassifyContext(
             support_address=config.service.support_address.lower(),
             own_addresses=config.own_addresses(),
             agent_addresses=frozenset(a.email for a in config.agents),
+            blocked=config.service.blocked_senders,
+            heroku=config.heroku,
         )
 
     # --- the batch ---------------------------------------------------------------------------
@@ -158,6 +220,7 @@ class Processor:
         if not items:
             return []
         async with self._lock:
+            items = [self._spool_if_oversize(item) for item in items]
             known = await self._known_raw(items)
             parsed = await asyncio.gather(
                 *(self._parse(item) for item, seen in zip(items, known, strict=True) if not seen),
@@ -189,10 +252,24 @@ class Processor:
                 )
             return outcomes
 
+    def _spool_if_oversize(self, item: Incoming) -> Incoming:
+        """Move an oversize mail read from a file out of memory into the spool folder."""
+        if item.raw is None or item.size <= self.config.service.max_message_bytes:
+            return item
+        path = spool(self.config.service.state_dir / "oversize", item.raw)
+        return replace(item, raw=None, path=str(path))
+
     async def _parse(self, item: Incoming) -> ParsedMessage | None:
-        if item.raw is None:
+        if item.raw is not None:
+            return await self.parse_pool.parse(item.raw)
+        if item.path is None:
             return None
-        return await self.parse_pool.parse(item.raw)
+        # Only the header block of an oversize mail is read: enough for a ticket and a reply.
+        head = await asyncio.to_thread(_read_head, item.path)
+        end = min(
+            (i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=len(head)
+        )
+        return await self.parse_pool.parse(head[:end] + b"\r\n\r\n")
 
     async def _known_raw(self, items: Sequence[Incoming]) -> list[bool]:
         async with self.sessions() as session:
@@ -216,7 +293,7 @@ class Processor:
             text = "".join(traceback.format_exception(result))
             return await self._quarantine(session, item, None, f"parse failed: {result}", text)
         if result is None:
-            limit = self.config.mailboxes[0].max_message_bytes if self.config.mailboxes else 0
+            limit = self.config.service.max_message_bytes
             return await self._quarantine(
                 session, item, None, f"oversize message: {item.size} bytes (limit {limit})", ""
             )
@@ -264,13 +341,17 @@ class Processor:
 
     def _raw_row(self, item: Incoming, message_id: str | None) -> RawMessage:
         data = item.raw
+        digest = hashlib.sha256(data).hexdigest() if data is not None else ""
+        if data is None and item.path:
+            digest = Path(item.path).stem  # spool files are named by their SHA-256
         return RawMessage(
             source=item.source,
             uidvalidity=item.uidvalidity,
             uid=item.uid,
-            sha256=hashlib.sha256(data).hexdigest() if data is not None else "",
+            sha256=digest,
             size=item.size,
             data=data,
+            path=item.path,
             message_id=message_id,
         )
 
@@ -355,13 +436,29 @@ class Processor:
                 return done("ignored", ticket, "our own outgoing mail came back")
             return done("duplicate", ticket, "Message-ID already stored")
 
+        parsed = with_fallback_sender(parsed)
         kind = classify(parsed, self.classify_context)
-        if kind.kind in ("bounce", "report", "unsubscribe", "spam", "ignored", "blocked"):
+        if kind.kind == "bounce":
+            ticket, reason = await self._bounce(session, item.raw or b"")
+            return done("bounce", ticket, f"{kind.reason}; {reason}")
+        if kind.kind == "report":
+            ticket, reason = await self._report(session, item.raw or b"")
+            return done("report", ticket, f"{kind.reason}; {reason}")
+        if kind.kind in ("unsubscribe", "spam", "ignored", "blocked"):
             return done(kind.kind, None, kind.reason)
 
         sender = parsed.sender
         if not sender:
             raise ValueError("no usable From address")
+        if item.oversize:
+            limit = self.config.service.max_message_bytes
+            note = (
+                f"[This message is {human_size(item.size)}, over the {human_size(limit)} "
+                f"limit, and was not processed. Its bytes are kept at {item.path}.]"
+            )
+            parsed = replace(parsed, text=note, full_text=note, attachments=())
+        if kind.kind == "heroku_forward":
+            return await self._heroku(session, parsed, raw, done)
         is_agent = kind.kind == "agent_reply"
         match = resolve_thread(sender, is_agent, await self._candidates(session, parsed))
         ticket = await self._ticket(session, match.ticket) if match.ticket else None
@@ -372,34 +469,225 @@ class Processor:
             self._add_message(session, ticket, parsed, raw, kind="auto_reply", internal=False)
             self._event(session, ticket, "auto_reply_received", sender, {"reason": kind.reason})
             return done("auto_reply", ticket, f"{kind.reason}; kept on the ticket, not answered")
+        if is_agent:
+            return await self._agent_mail(session, parsed, raw, match, ticket, done)
 
-        now = utcnow()
         if ticket is not None:
             action = reopen_action(
                 ticket.state,
                 ticket.closed_at,
-                now,
+                utcnow(),
                 timedelta(days=self.config.service.reopen_window_days),
             )
             if action == "follow_up":
                 parent = ticket
-                ticket = await self._new_ticket(session, parsed, raw, match, parent=parent)
+                ticket, message = await self._new_ticket(session, parsed, raw, match, parent=parent)
+                await self._notify(session, ticket, message)
                 return done(
                     "new_ticket",
                     ticket,
                     f"follow-up to closed {ticket_ref(self.config, parent.id)}",
                 )
-            await self._append(
-                session, ticket, parsed, raw, match, is_agent, reopen=action == "reopen"
+            message = await self._append(
+                session, ticket, parsed, raw, match, reopen=action == "reopen"
             )
+            if item.oversize:
+                contact = await self.contact(session, parsed.sender, parsed.sender_name)
+                await self._acknowledge(
+                    session, ticket, contact, parsed, message, template="oversize.txt.j2"
+                )
+            await self._notify(session, ticket, message)
             return done("reply", ticket, match.reason)
 
-        if is_agent:
-            # An agent writing to support without a thread opens a ticket as themselves; the
-            # customer-forward case and authenticated replies are handled in agents.py.
-            ticket = await self._new_ticket(session, parsed, raw, match, ack=False)
+        template = "oversize.txt.j2" if item.oversize else "ack.txt.j2"
+        ticket, message = await self._new_ticket(session, parsed, raw, match, template=template)
+        await self._notify(session, ticket, message)
+        return done("new_ticket", ticket, match.reason)
+
+    async def _ticket_of_mail(
+        self, session: AsyncSession, message_id: str | None, references: Sequence[str] = ()
+    ) -> tuple[Ticket | None, Message | None]:
+        """Find the ticket (and our stored message) that a returned mail was about."""
+        ids = [i for i in [message_id, *reversed(references)] if i]
+        if not ids:
+            return None, None
+        found = await session.scalars(select(Message).where(Message.message_id.in_(ids)))
+        by_id = {m.message_id: m for m in found}
+        for mid in ids:
+            if mid in by_id:
+                message = by_id[mid]
+                return await session.get(Ticket, message.ticket_id), message
+        return None, None
+
+    async def _bounce(self, session: AsyncSession, raw: bytes) -> tuple[Ticket | None, str]:
+        """Record a bounce: mark the contact, note it on the ticket, tell the agent who wrote."""
+        report = parse_bounce(raw)
+        if report is None:
+            return None, "no recipient could be read"
+        ticket, message = await self._ticket_of_mail(
+            session, report.original_message_id, report.original_references
+        )
+        lines = []
+        for rcpt in report.recipients:
+            contact = await session.scalar(select(Contact).where(Contact.email == rcpt.address))
+            if contact is not None and rcpt.action == "failed":
+                contact.bounce_count += 1
+                if rcpt.hard or contact.bounce_count >= SOFT_BOUNCE_LIMIT:
+                    contact.undeliverable = True
+            state = "hard" if rcpt.hard else rcpt.action
+            lines.append(f"{rcpt.address} {state} {rcpt.status} {rcpt.diagnostic}".strip())
+        summary = "; ".join(lines) or "no recipient listed"
+        if ticket is not None:
+            self._event(
+                session,
+                ticket,
+                "bounce",
+                "system",
+                {"message_id": report.original_message_id, "recipients": lines},
+            )
+            if message is not None and message.kind == "reply":
+                await self._tell_writer(session, ticket, message, summary)
+        log.info("bounce_recorded", recipients=lines, ticket=ticket.id if ticket else None)
+        return ticket, summary
+
+    async def _tell_writer(
+        self, session: AsyncSession, ticket: Ticket, message: Message, summary: str
+    ) -> None:
+        """Tell the agent whose reply MESSAGE bounced."""
+        events = await session.scalars(
+            select(Event).where(Event.ticket_id == ticket.id, Event.type == "reply_sent")
+        )
+        writer = next(
+            (e.actor for e in events if (e.detail or {}).get("message_id") == message.message_id),
+            None,
+        )
+        agent = await self.agents.agent(session, writer) if writer else None
+        if agent is None:
+            return
+        await self.agents.tell(
+            session,
+            agent,
+            ticket,
+            "Undeliverable: " + ticket.subject,
+            f"Your reply on {ticket_ref(self.config, ticket.id)} could not be delivered:\n"
+            f"  {summary}\n",
+            parent=Parent.of(message),
+        )
+
+    async def _report(self, session: AsyncSession, raw: bytes) -> tuple[Ticket | None, str]:
+        """Record a report; an ARF complaint suppresses the complainant."""
+        complaint = parse_complaint(raw)
+        if complaint is None:
+            return None, "recorded"
+        ticket, _ = await self._ticket_of_mail(session, complaint.original_message_id)
+        if complaint.complainant:
+            contact = await self.contact(session, complaint.complainant, None)
+            contact.suppressed = True
+        if ticket is not None:
+            self._event(
+                session,
+                ticket,
+                "complaint",
+                complaint.complainant or "unknown",
+                {"feedback_type": complaint.feedback_type},
+            )
+        who = complaint.complainant or "an unnamed recipient"
+        return ticket, f"{complaint.feedback_type} complaint from {who}; suppressed"
+
+    async def _agent_mail(
+        self,
+        session: AsyncSession,
+        parsed: ParsedMessage,
+        raw: RawMessage,
+        match: ThreadMatch,
+        ticket: Ticket | None,
+        done: Callable[[str, Ticket | None, str], Outcome],
+    ) -> Outcome:
+        agent = await self.agents.agent(session, parsed.sender)
+        assert agent is not None  # classify() said this is an agent's address
+        if ticket is None:
+            forwarded = forwarded_sender(parsed.full_text)
+            if forwarded is not None and self._joinable(forwarded[1]):
+                # An agent forwarding a customer's mail to support opens the customer's ticket.
+                ticket, message = await self._new_ticket(
+                    session,
+                    parsed,
+                    raw,
+                    match,
+                    ack=False,
+                    requester_of=forwarded,
+                    subject=normalize_subject(parsed.subject, self.config.service.ticket_prefix),
+                )
+                self._event(
+                    session, ticket, "opened_from_forward", agent.email, {"customer": forwarded[1]}
+                )
+                await self.agents.notify(session, ticket, message, exclude=agent.id)
+                return done("new_ticket", ticket, f"forwarded by {agent.email} for {forwarded[1]}")
+            ticket, _ = await self._new_ticket(session, parsed, raw, match, ack=False)
             return done("new_ticket", ticket, f"{match.reason}; from an agent, no acknowledgement")
-        ticket = await self._new_ticket(session, parsed, raw, match)
+        message = self._add_message(session, ticket, parsed, raw, kind="agent_reply", internal=True)
+        self._event(
+            session,
+            ticket,
+            "message_received",
+            agent.email,
+            {"message_id": parsed.message_id, "thread": match.reason},
+        )
+        verdict = self.agents.authenticate(parsed, agent, ticket_ref(self.config, ticket.id))
+        if not verdict.authenticated:
+            await self.agents.hold(session, ticket, agent, message, verdict.reason, security=True)
+            return done("reply", ticket, f"agent mail held as a draft: {verdict.reason}")
+        reason = await self.agents.reply(session, ticket, agent, message, raw, parsed)
+        return done("reply", ticket, reason)
+
+    async def _heroku(
+        self,
+        session: AsyncSession,
+        parsed: ParsedMessage,
+        raw: RawMessage,
+        done: Callable[[str, Ticket | None, str], Outcome],
+    ) -> Outcome:
+        assert self.config.heroku is not None
+        found = recognise(parsed, self.config.heroku)
+        assert found is not None  # classify() recognised it
+        ticket = await session.scalar(
+            select(Ticket)
+            .where(
+                Ticket.channel == "heroku",
+                Ticket.external_ref == found.ticket_number,
+                Ticket.merged_into_id.is_(None),
+            )
+            .order_by(Ticket.id.desc())
+            .limit(1)
+        )
+        match = ThreadMatch(None, "external_ref", f"Heroku ticket #{found.ticket_number}")
+        if ticket is not None:
+            reopen = ticket.state in ("solved", "closed")
+            message = await self._append(
+                session, ticket, parsed, raw, match, reopen=reopen, kind="heroku_update"
+            )
+            message.text = parsed.text
+            await self._notify(session, ticket, message)
+            return done("reply", ticket, match.reason)
+        requester = (
+            (found.requester_name or "", found.requester_email)
+            if found.requester_email
+            else (parsed.sender_name, parsed.sender)
+        )
+        # Nothing automatic ever goes to the desk: no acknowledgement.
+        ticket, message = await self._new_ticket(
+            session,
+            parsed,
+            raw,
+            match,
+            ack=False,
+            requester_of=requester,
+            channel="heroku",
+            external_ref=found.ticket_number,
+            subject=found.subject,
+            kind="heroku_forward",
+        )
+        await self._notify(session, ticket, message)
         return done("new_ticket", ticket, match.reason)
 
     async def _candidates(self, session: AsyncSession, parsed: ParsedMessage) -> Candidates:
@@ -412,12 +700,9 @@ class Processor:
                 if by_token is not None:
                     break
         ids = list(parsed.in_reply_to) + list(reversed(parsed.references))
-        if by_token is None and ids:
-            rows = await session.execute(
-                select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
-            )
-            found = {mid: tid for mid, tid in rows}
-            for mid in ids:
+        if by_token is None:
+            found = await self._referenced_tickets(session, ids, parsed.message_id)
+            for mid in [*ids, parsed.message_id]:
                 if mid in found:
                     by_reference = await self._view(session, found[mid])
                     break
@@ -443,6 +728,50 @@ class Processor:
             by_thread_index=by_thread_index,
             by_subject=by_subject,
         )
+
+    async def _referenced_tickets(
+        self, session: AsyncSession, ids: list[str], own_id: str
+    ) -> dict[str, int]:
+        """Map Message-IDs to tickets: stored mail, and IDs earlier mail referred to.
+
+        OWN_ID is looked up among the referred-to IDs only: an original that arrives after
+        replies to it joins their ticket.
+        """
+        found: dict[str, int] = {}
+        if ids:
+            rows = await session.execute(
+                select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
+            )
+            found.update({mid: tid for mid, tid in rows})
+        missing = [mid for mid in [*ids, own_id] if mid not in found]
+        if missing:
+            rows = await session.execute(
+                select(ThreadRef.message_id, ThreadRef.ticket_id).where(
+                    ThreadRef.message_id.in_(missing)
+                )
+            )
+            found.update({mid: tid for mid, tid in rows})
+        return found
+
+    async def _remember_references(
+        self, session: AsyncSession, ticket: Ticket, parsed: ParsedMessage
+    ) -> None:
+        """Record the IDs PARSED refers to that we have not seen, for mail that comes later."""
+        ids = list(dict.fromkeys([*parsed.in_reply_to, *parsed.references]))
+        if not ids:
+            return
+        known = set(
+            await session.scalars(select(Message.message_id).where(Message.message_id.in_(ids)))
+        )
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        for mid in ids:
+            if mid not in known:
+                await session.execute(
+                    insert(ThreadRef)
+                    .values(message_id=mid, ticket_id=ticket.id, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["message_id"])
+                )
 
     async def _view_by_ref(self, session: AsyncSession, ref: str) -> TicketView | None:
         ticket_id = ref_to_id(self.config, ref)
@@ -527,16 +856,25 @@ class Processor:
         *,
         parent: Ticket | None = None,
         ack: bool = True,
-    ) -> Ticket:
-        requester = await self.contact(session, parsed.sender, parsed.sender_name)
-        subject = normalize_subject(parsed.subject, self.config.service.ticket_prefix)
+        requester_of: tuple[str, str] | None = None,
+        channel: str = "email",
+        external_ref: str | None = None,
+        subject: str | None = None,
+        kind: str = "customer",
+        template: str = "ack.txt.j2",
+    ) -> tuple[Ticket, Message]:
+        name, email = requester_of or (parsed.sender_name, parsed.sender)
+        requester = await self.contact(session, email, name)
+        if subject is None:
+            subject = normalize_subject(parsed.subject, self.config.service.ticket_prefix)
         now = utcnow()
         ticket = Ticket(
             subject=subject or "(no subject)",
             state="new",
             priority="normal",
             requester_id=requester.id,
-            channel="email",
+            channel=channel,
+            external_ref=external_ref,
             tags=[],
             parent_id=parent.id if parent else None,
             created_at=now,
@@ -545,19 +883,21 @@ class Processor:
         session.add(ticket)
         await session.flush()
         await self._add_participant(session, ticket, requester, "requester")
-        for address in parsed.cc + parsed.to:
-            if self._joinable(address) and address != requester.email:
-                cc = await self.contact(session, address, None)
-                await self._add_participant(session, ticket, cc, "cc")
-        message = self._add_message(session, ticket, parsed, raw, kind="customer", internal=False)
+        if channel == "email" and requester_of is None:
+            for address in parsed.cc + parsed.to:
+                if self._joinable(address) and address != requester.email:
+                    cc = await self.contact(session, address, None)
+                    await self._add_participant(session, ticket, cc, "cc")
+        message = self._add_message(session, ticket, parsed, raw, kind=kind, internal=False)
+        await self._remember_references(session, ticket, parsed)
         detail: dict[str, object] = {"message_id": parsed.message_id, "thread": match.reason}
         if parent is not None:
             detail["follow_up_to"] = ticket_ref(self.config, parent.id)
         self._event(session, ticket, "ticket_created", parsed.sender, detail)
         await session.flush()
         if ack:
-            await self._acknowledge(session, ticket, requester, parsed, message)
-        return ticket
+            await self._acknowledge(session, ticket, requester, parsed, message, template=template)
+        return ticket, message
 
     async def _append(
         self,
@@ -566,15 +906,12 @@ class Processor:
         parsed: ParsedMessage,
         raw: RawMessage,
         match: ThreadMatch,
-        is_agent: bool,
         *,
         reopen: bool,
-    ) -> None:
+        kind: str = "customer",
+    ) -> Message:
         now = utcnow()
-        kind = "agent_reply" if is_agent else "customer"
-        # Agent replies are taken only when authenticated (agents.py); until then a reply from
-        # an agent address is kept as an internal draft and never sent.
-        self._add_message(session, ticket, parsed, raw, kind=kind, internal=is_agent)
+        message = self._add_message(session, ticket, parsed, raw, kind=kind, internal=False)
         self._event(
             session,
             ticket,
@@ -582,7 +919,7 @@ class Processor:
             parsed.sender,
             {"message_id": parsed.message_id, "thread": match.reason, "step": match.step},
         )
-        if match.trusted and not is_agent:
+        if match.trusted:
             for address in parsed.cc + parsed.to:
                 if self._joinable(address):
                     contact = await self.contact(session, address, None)
@@ -590,23 +927,19 @@ class Processor:
                         self._event(
                             session, ticket, "participant_added", parsed.sender, {"email": address}
                         )
-        if not is_agent:
-            if reopen:
-                self._event(session, ticket, "reopened", parsed.sender, {"from": ticket.state})
-                ticket.state, ticket.solved_at, ticket.closed_at = "open", None, None
-            elif ticket.state == "pending":
-                ticket.state = "open"
-                self._event(
-                    session,
-                    ticket,
-                    "state_changed",
-                    parsed.sender,
-                    {"from": "pending", "to": "open"},
-                )
+        if reopen:
+            self._event(session, ticket, "reopened", parsed.sender, {"from": ticket.state})
+            ticket.state, ticket.solved_at, ticket.closed_at = "open", None, None
+        elif ticket.state == "pending":
+            ticket.state = "open"
+            self._event(
+                session, ticket, "state_changed", parsed.sender, {"from": "pending", "to": "open"}
+            )
+        if match.trusted and ticket.channel == "email":
             sender = await self.contact(session, parsed.sender, parsed.sender_name)
-            if match.trusted:
-                await self._add_participant(session, ticket, sender, "cc")
+            await self._add_participant(session, ticket, sender, "cc")
         ticket.updated_at = now
+        return message
 
     def _add_message(
         self,
@@ -664,9 +997,12 @@ class Processor:
         requester: Contact,
         parsed: ParsedMessage,
         message: Message,
+        *,
+        template: str = "ack.txt.j2",
     ) -> None:
+        """Queue the automatic answer TEMPLATE to REQUESTER, unless a loop rule forbids it."""
         service = self.config.service
-        reason = await self._ack_blocker(session, parsed, requester)
+        reason = await self._ack_blocker(session, parsed, requester, ticket)
         if reason is not None:
             self._event(session, ticket, "ack_suppressed", "system", {"reason": reason})
             log.info("ack_suppressed", reason=reason)
@@ -676,64 +1012,39 @@ class Processor:
             "service": {"name": service.name, "support_address": service.support_address},
             "ticket": {"ref": ref, "subject": ticket.subject, "state": ticket.state},
             "requester": {"name": requester.name or "", "email": requester.email},
+            "limit": human_size(service.max_message_bytes),
         }
-        rendered = self.renderer.render("ack.txt.j2", context)
-        in_reply_to, references = thread_headers(
-            parsed.message_id,
-            parsed.references,
-            parsed.in_reply_to[0] if parsed.in_reply_to else None,
-        )
-        message_id = new_message_id(service.support_domain)
-        now = utcnow()
-        mail = OutgoingMail(
-            from_addr=service.support_address,
-            from_name=f"{service.name} support",
-            to=(requester.email,),
+        rendered = self.renderer.render(template, context)
+        sent = await queue_mail(
+            session,
+            domain=service.support_domain,
+            kind="ack",
+            envelope=Envelope(
+                from_addr=service.support_address,
+                from_name=f"{service.name} support",
+                to=(requester.email,),
+                reply_to=reply_address(
+                    service.support_address, service.secret_keys, ReplyToken(ref)
+                ),
+            ),
             subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
             text=rendered.text,
             html=rendered.html,
-            message_id=message_id,
-            date=now,
-            reply_to=reply_address(service.support_address, service.secret_keys, ReplyToken(ref)),
-            in_reply_to=in_reply_to,
-            references=tuple(references),
+            parent=Parent(
+                parsed.message_id,
+                parsed.references,
+                parsed.in_reply_to[0] if parsed.in_reply_to else None,
+            ),
+            ticket_id=ticket.id,
             extra_headers=automatic_headers(service.support_address, "auto-replied"),
         )
-        row = outbox.enqueue(
-            session,
-            kind="ack",
-            message_id=message_id,
-            envelope_from=service.support_address,
-            recipients=[requester.email],
-            data=build_message(mail),
-            ticket_id=ticket.id,
-        )
-        await session.flush()
-        session.add(
-            Message(
-                ticket_id=ticket.id,
-                direction="out",
-                kind="ack",
-                message_id=message_id,
-                in_reply_to=in_reply_to,
-                references=references,
-                from_addr=service.support_address,
-                from_name=mail.from_name,
-                to=[requester.email],
-                cc=[],
-                subject=mail.subject,
-                text=rendered.text,
-                full_text=rendered.text,
-                attachments=[],
-                internal=False,
-                outbox_id=row.id,
-            )
-        )
+        assert sent is not None
+        message_id = sent.message_id
         session.add(AutoReplyLog(address=requester.email, ticket_id=ticket.id, kind="ack"))
         self._event(session, ticket, "ack_queued", "system", {"message_id": message_id})
 
     async def _ack_blocker(
-        self, session: AsyncSession, parsed: ParsedMessage, requester: Contact
+        self, session: AsyncSession, parsed: ParsedMessage, requester: Contact, ticket: Ticket
     ) -> str | None:
         service = self.config.service
         if self.backfill:
@@ -744,10 +1055,13 @@ class Processor:
             return "no [smtp] configured"
         if requester.undeliverable:
             return "requester is undeliverable"
+        if requester.suppressed:
+            return "requester complained (ARF): suppressed"
         verdict = may_autorespond(
             parsed,
             support_address=service.support_address,
             own_addresses=self.classify_context.own_addresses,
+            authserv_id=service.authserv_id,
         )
         if not verdict.allowed:
             return verdict.reason
@@ -759,16 +1073,59 @@ class Processor:
         )
         if (sent or 0) >= service.autoreply_limit:
             return f"autoreply_limit of {service.autoreply_limit} per 24 h reached"
-        window = utcnow() - timedelta(minutes=service.flood_minutes)
-        recent = await session.scalar(
-            select(func.count(Message.id)).where(
-                Message.from_addr == requester.email,
-                Message.direction == "in",
-                Message.created_at >= window,
-            )
-        )
-        if (recent or 0) > service.flood_messages:
-            return (
-                f"flood: more than {service.flood_messages} messages in {service.flood_minutes} min"
-            )
+        flood = await self._flood(session, requester.email, ticket)
+        if flood:
+            return flood
         return None
+
+    async def _flood(self, session: AsyncSession, sender: str, ticket: Ticket) -> str | None:
+        """Return why automatic mail stops for SENDER or TICKET (a flood); tell agents once."""
+        service = self.config.service
+        since = utcnow() - timedelta(minutes=service.flood_minutes)
+        inbound = select(func.count(Message.id)).where(
+            Message.direction == "in", Message.created_at >= since
+        )
+        by_sender = await session.scalar(inbound.where(Message.from_addr == sender)) or 0
+        heroku = self.config.heroku
+        if heroku is not None and sender in heroku.senders:
+            by_sender = 0  # the desk writes for all its customers: only a ticket can flood
+        by_ticket = await session.scalar(inbound.where(Message.ticket_id == ticket.id)) or 0
+        limit = service.flood_messages
+        if by_sender <= limit and by_ticket <= limit:
+            return None
+        reason = (
+            f"flood: more than {limit} messages in {service.flood_minutes} min "
+            f"from {sender}"
+            + ("" if by_sender > limit else f" on {ticket_ref(self.config, ticket.id)}")
+        )
+        told = await session.scalar(
+            select(Event.id)
+            .where(
+                Event.type == "flood_detected",
+                Event.created_at >= since,
+                or_(Event.actor == sender, Event.ticket_id == ticket.id),
+            )
+            .limit(1)
+        )
+        if told is None:
+            self._event(session, ticket, "flood_detected", sender, {"reason": reason})
+            log.warning("flood_detected", sender=sender, ticket=ticket.id)
+            ref = ticket_ref(self.config, ticket.id)
+            for configured in self.config.agents:
+                agent = await self.agents.agent(session, configured.email)
+                if agent is not None and not self.backfill:
+                    await self.agents.tell(
+                        session,
+                        agent,
+                        ticket,
+                        "Mail flood: " + ticket.subject,
+                        f"{sender} sent more than {limit} messages in {service.flood_minutes} "
+                        f"minutes. Automatic mail to them and per-message notifications for "
+                        f"{ref} are paused until the flood ends; all their mail is stored.\n",
+                    )
+        return reason
+
+    async def _notify(self, session: AsyncSession, ticket: Ticket, message: Message) -> None:
+        """Tell the agents about MESSAGE, unless a flood has paused notifications."""
+        if await self._flood(session, message.from_addr, ticket) is None:
+            await self.agents.notify(session, ticket, message)

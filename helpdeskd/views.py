@@ -32,6 +32,7 @@ async def ticket_rows(
 ) -> list[dict[str, Any]]:
     counts = (
         select(Message.ticket_id, func.count(Message.id).label("n"))
+        .where(Message.internal.is_(False))  # the conversation, not agents' notifications
         .group_by(Message.ticket_id)
         .subquery()
     )

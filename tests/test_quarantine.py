@@ -37,8 +37,11 @@ def test_retry_after_fixing_the_cause(make_config, smtp_sink, tmp_path):
     assert cli_json(config, "quarantine", "list") == []
     [ticket] = cli_json(config, "tickets", "list")
     assert ticket["ref"] == outcome["ticket"]
-    [row] = cli_json(config, "outbox", "list")
-    assert row["kind"] == "ack" and row["state"] == "pending"
+    rows = cli_json(config, "outbox", "list")
+    assert [(r["kind"], r["state"]) for r in rows] == [
+        ("ack", "pending"),
+        ("agent_notification", "pending"),
+    ]
     # Ingesting the same file again is a duplicate, not a second ticket.
     [again] = cli(config, "ingest", "--json", str(mail)).stdout.splitlines()
     assert json.loads(again)["outcome"] == "duplicate"

@@ -1,0 +1,121 @@
+"""Queue one outgoing mail: build it, write its outbox row and its ticket message together.
+
+Every mail helpdeskd sends (acknowledgements, agent notifications, agent replies, receipts,
+alerts) comes through :func:`queue_mail`, so each is in the outbox with its final Message-ID and,
+when it belongs to a ticket, stored as an outbound message that later replies can thread on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from helpdeskd import outbox
+from helpdeskd.models import Message, utcnow
+from helpdeskd.outbound import OutgoingMail, build_message, new_message_id, thread_headers
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The mail being answered, for In-Reply-To and References."""
+
+    message_id: str
+    references: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> Parent:
+        return cls(message.message_id, tuple(message.references or ()), message.in_reply_to)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    from_addr: str
+    from_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    reply_to: str | None = None
+    envelope_from: str | None = None  # the SMTP MAIL FROM; the From address when None
+
+
+async def queue_mail(
+    session: AsyncSession,
+    *,
+    domain: str,
+    kind: str,
+    envelope: Envelope,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    parent: Parent | None = None,
+    ticket_id: int | None = None,
+    internal: bool = False,
+    extra_headers: Mapping[str, str] | None = None,
+    attachments: Sequence[tuple[str, str, bytes]] = (),
+    expires_at: datetime | None = None,
+) -> Message | None:
+    """Add the mail to SESSION's transaction; return its ticket message (None without a ticket).
+
+    INTERNAL marks mail that only agents see (notifications, receipts); it is still sent to
+    its recipients, who are agents, but never shown to a customer as part of the ticket.
+    """
+    in_reply_to, references = (
+        thread_headers(parent.message_id, parent.references, parent.in_reply_to)
+        if parent is not None
+        else (None, [])
+    )
+    message_id = new_message_id(domain)
+    mail = OutgoingMail(
+        from_addr=envelope.from_addr,
+        from_name=envelope.from_name,
+        to=envelope.to,
+        cc=envelope.cc,
+        subject=subject,
+        text=text,
+        html=html,
+        message_id=message_id,
+        date=utcnow(),
+        reply_to=envelope.reply_to,
+        in_reply_to=in_reply_to,
+        references=tuple(references),
+        extra_headers=dict(extra_headers or {}),
+        attachments=tuple(attachments),
+    )
+    row = outbox.enqueue(
+        session,
+        kind=kind,
+        message_id=message_id,
+        envelope_from=envelope.envelope_from or envelope.from_addr,
+        recipients=[*envelope.to, *envelope.cc],
+        data=build_message(mail),
+        ticket_id=ticket_id,
+        expires_at=expires_at,
+    )
+    if ticket_id is None:
+        return None
+    await session.flush()
+    message = Message(
+        ticket_id=ticket_id,
+        direction="out",
+        kind=kind,
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        from_addr=envelope.from_addr,
+        from_name=envelope.from_name,
+        to=list(envelope.to),
+        cc=list(envelope.cc),
+        subject=subject,
+        text=text,
+        full_text=text,
+        attachments=[
+            {"name": name, "type": ctype, "size": len(data)} for name, ctype, data in attachments
+        ],
+        internal=internal,
+        outbox_id=row.id,
+    )
+    session.add(message)
+    return message
