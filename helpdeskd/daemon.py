@@ -13,12 +13,13 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from helpdeskd.checks import check_templates
 from helpdeskd.config import Config, load_config
 from helpdeskd.db import SessionMaker, check_schema, create_engine, sessionmaker
 from helpdeskd.errors import HelpdeskError
+from helpdeskd.housekeeping import remind_quarantine
 from helpdeskd.imap import FetchedMail, MailboxWatcher
 from helpdeskd.models import Agent, MailboxState, utcnow
 from helpdeskd.outbox import OutboxSender
@@ -26,9 +27,11 @@ from helpdeskd.parsepool import ParsePool
 from helpdeskd.processor import Incoming, MailboxMark, Processor
 from helpdeskd.render import Renderer
 from helpdeskd.sdnotify import Notifier, watchdog_interval
-from helpdeskd.supervisor import Supervisor
+from helpdeskd.supervisor import Supervisor, TaskFactory
 
 log = structlog.get_logger(__name__)
+
+HOUSEKEEPING_EVERY = 3600.0  # seconds between housekeeping rounds
 
 
 async def sync_agents(sessions: SessionMaker, config: Config) -> None:
@@ -116,7 +119,9 @@ class ProcessorSink:
                 await self.processor.agents.tell(session, agent, None, subject, text)
 
 
-async def _mailbox_lock(engine: AsyncEngine, name: str, stop: asyncio.Event) -> object | None:
+async def _mailbox_lock(
+    engine: AsyncEngine, name: str, stop: asyncio.Event
+) -> AsyncConnection | None:
     """On PostgreSQL, hold an advisory lock so one daemon polls each mailbox; None elsewhere."""
     if engine.dialect.name != "postgresql":
         return None
@@ -162,6 +167,7 @@ class Daemon:
             sink = ProcessorSink(self.processor, sessions)
             for mailbox in config.mailboxes:
                 supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
+            supervisor.add("housekeeping", self._housekeeping())
             interval = watchdog_interval()
             if interval:
                 supervisor.add("watchdog", self._watchdog(supervisor, interval))
@@ -180,7 +186,7 @@ class Daemon:
             await engine.dispose()
             self.notifier.close()
 
-    def _watch(self, engine: AsyncEngine, name: str, sink: ProcessorSink):  # type: ignore[no-untyped-def]
+    def _watch(self, engine: AsyncEngine, name: str, sink: ProcessorSink) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
             lock = await _mailbox_lock(engine, name, stop)
             try:
@@ -189,11 +195,23 @@ class Daemon:
                 await MailboxWatcher(mailbox, sink, stop=stop, spool_dir=spool).run()
             finally:
                 if lock is not None:
-                    await lock.close()  # type: ignore[attr-defined]
+                    await lock.close()
 
         return task
 
-    def _watchdog(self, supervisor: Supervisor, interval: float):  # type: ignore[no-untyped-def]
+    def _housekeeping(self) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                if await remind_quarantine(self.processor):
+                    self.outbox_wakeup.set()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
+                except TimeoutError:
+                    pass
+
+        return task
+
+    def _watchdog(self, supervisor: Supervisor, interval: float) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
             # The ping comes from this loop, so a wedged event loop stops it and systemd acts.
             while not stop.is_set():

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from helpdeskd import outbox
 from helpdeskd.models import Message, utcnow
 from helpdeskd.outbound import OutgoingMail, build_message, new_message_id, thread_headers
+from helpdeskd.threading import thread_index_child
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,16 @@ class Parent:
     message_id: str
     references: tuple[str, ...] = ()
     in_reply_to: str | None = None
+    thread_index: str | None = None  # the Outlook conversation root (base64), if any
 
     @classmethod
     def of(cls, message: Message) -> Parent:
-        return cls(message.message_id, tuple(message.references or ()), message.in_reply_to)
+        return cls(
+            message.message_id,
+            tuple(message.references or ()),
+            message.in_reply_to,
+            message.thread_index,
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,11 @@ async def queue_mail(
         else (None, [])
     )
     message_id = new_message_id(domain)
+    headers = dict(extra_headers or {})
+    root = parent.thread_index if parent is not None else None
+    child = thread_index_child(root, utcnow()) if root else None
+    if child:
+        headers["Thread-Index"] = child
     mail = OutgoingMail(
         from_addr=envelope.from_addr,
         from_name=envelope.from_name,
@@ -81,7 +93,7 @@ async def queue_mail(
         reply_to=envelope.reply_to,
         in_reply_to=in_reply_to,
         references=tuple(references),
-        extra_headers=dict(extra_headers or {}),
+        extra_headers=headers,
         attachments=tuple(attachments),
     )
     row = outbox.enqueue(
@@ -104,6 +116,7 @@ async def queue_mail(
         message_id=message_id,
         in_reply_to=in_reply_to,
         references=references,
+        thread_index=root if child else None,
         from_addr=envelope.from_addr,
         from_name=envelope.from_name,
         to=list(envelope.to),

@@ -1034,6 +1034,7 @@ class Processor:
                 parsed.message_id,
                 parsed.references,
                 parsed.in_reply_to[0] if parsed.in_reply_to else None,
+                thread_index_root(parsed.thread_index),
             ),
             ticket_id=ticket.id,
             extra_headers=automatic_headers(service.support_address, "auto-replied"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 # Reply and forward prefixes in the languages our customers write in, as mail clients emit them
 # (some abbreviate with a period: French "Réf. :").
@@ -125,3 +126,26 @@ def reopen_action(state: str, closed_at: datetime | None, now: datetime, window:
             return "reopen"
         return "follow_up"
     return "append"
+
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def thread_index_child(root: str, now: datetime) -> str | None:
+    """Return an Outlook Thread-Index that continues the conversation ROOT (base64, 22 bytes).
+
+    A reply's index is its conversation's 22-byte header plus a 5-byte block: the time since
+    the header's FILETIME in 2**18 units (31 bits after a code bit), then random bits. Outlook
+    groups mail by the header, so every reply we send stays in the customer's conversation.
+    """
+    try:
+        header = base64.b64decode(root, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(header) != 22:
+        return None
+    started = int.from_bytes(header[1:6] + b"\0\0\0", "big")  # the high 40 bits of a FILETIME
+    current = int((now - _FILETIME_EPOCH).total_seconds() * 10_000_000)
+    delta = max(0, current - started) >> 18
+    block = ((delta & 0x7FFFFFFF) << 8) | secrets.randbits(8)
+    return base64.b64encode(header + block.to_bytes(5, "big")).decode()

@@ -52,3 +52,19 @@ def test_retry_of_unknown_entry_is_a_one_line_error(make_config):
     proc = cli(config, "quarantine", "retry", "99", check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "helpdeskd: no open quarantine entry 99"
+
+
+async def test_agents_are_reminded_of_quarantine_once_a_day(make_config, smtp_sink):
+    from helpdeskd.housekeeping import remind_quarantine
+    from tests.harness import Desk
+
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        assert not await remind_quarantine(desk.processor)  # empty: nothing to say
+        await desk.ingest([b"not a mail\r\n"])
+        assert await remind_quarantine(desk.processor)
+        assert not await remind_quarantine(desk.processor)  # once a day
+        await desk.send_all()
+    [reminder] = [d.message for d in smtp_sink.deliveries]
+    assert "1 message(s) in quarantine" in reminder["Subject"]
+    assert "helpdeskd quarantine retry" in reminder.get_content()

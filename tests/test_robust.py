@@ -280,3 +280,22 @@ async def test_failing_mailbox_alerts_agents_once_then_all_clear(make_config, sm
     clear = [m for m in mails_to(smtp_sink, ALICE) if "works again" in str(m["Subject"])]
     assert len(clear) == 1
     assert cli_json(config, "status")["mailboxes"][0]["last_error"] is None
+
+
+async def test_outlook_thread_index_is_continued_and_joins_replies(config, smtp_sink):
+    import base64
+
+    root = base64.b64encode(bytes([1]) + b"\x01\xd9\x8a\x11\x22" + bytes(range(16))).decode()
+    first = customer_mail(7, headers={"Thread-Index": root, "Thread-Topic": "sync"})
+    async with Desk(config) as desk:
+        [created] = await desk.ingest([first])
+        await desk.send_all()
+        [ack] = mails_to(smtp_sink, "customer7@example.org")
+        continued = base64.b64decode(ack["Thread-Index"])
+        assert continued[:22] == base64.b64decode(root) and len(continued) == 27
+        # Outlook's reply lost In-Reply-To and References, and the subject changed.
+        reply_index = base64.b64encode(continued + b"\x00\x00\x00\x10\x01").decode()
+        lost = customer_mail(7, subject="new words", headers={"Thread-Index": reply_index})
+        [joined] = await desk.ingest([lost])
+    assert joined.outcome == "reply" and joined.ticket == created.ticket
+    assert "Thread-Index" in joined.reason

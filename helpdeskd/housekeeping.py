@@ -1,0 +1,63 @@
+"""Periodic duties of the daemon that are not tied to one message."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import func, select
+
+from helpdeskd.models import Event, Quarantine, utcnow
+from helpdeskd.processor import Processor
+
+log = structlog.get_logger(__name__)
+
+REMIND_EVERY = timedelta(hours=24)
+
+
+async def remind_quarantine(processor: Processor) -> bool:
+    """Tell the agents, at most once a day, that quarantine holds mail; True when told."""
+    async with processor.sessions() as session, session.begin():
+        entries = list(
+            await session.scalars(
+                select(Quarantine).where(Quarantine.resolved_at.is_(None)).order_by(Quarantine.id)
+            )
+        )
+        if not entries:
+            return False
+        last = await session.scalar(
+            select(func.max(Event.created_at)).where(Event.type == "quarantine_reminder")
+        )
+        now = utcnow()
+        if last is not None and now - last < REMIND_EVERY:
+            return False
+        session.add(
+            Event(
+                ticket_id=None,
+                type="quarantine_reminder",
+                actor="system",
+                detail={"open": len(entries)},
+            )
+        )
+        lines = [
+            f"{len(entries)} message(s) could not be processed and wait in quarantine. "
+            "Nothing is lost: each keeps its raw bytes.",
+            "",
+            *(f"  #{q.id}  {q.source}  {q.error[:100]}" for q in entries[:20]),
+            *(["  …"] if len(entries) > 20 else []),
+            "",
+            "See one:   helpdeskd quarantine show ID --raw",
+            "Retry one: helpdeskd quarantine retry ID   (after fixing the cause)",
+        ]
+        for configured in processor.config.agents:
+            agent = await processor.agents.agent(session, configured.email)
+            if agent is not None:
+                await processor.agents.tell(
+                    session,
+                    agent,
+                    None,
+                    f"{len(entries)} message(s) in quarantine",
+                    "\n".join(lines) + "\n",
+                )
+        log.warning("quarantine_reminder", open=len(entries))
+        return True
