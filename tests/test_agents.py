@@ -340,3 +340,22 @@ async def test_heroku_round_trip(make_config, smtp_sink):
     assert sender.addr_spec == "heroku-agent@acme.test"
     assert reply["Reply-To"] is None and reply["Auto-Submitted"] is None
     assert mails_to(smtp_sink, "jane.doe@example.com") == []
+
+
+async def test_a_note_quoted_in_another_agents_reply_never_reaches_the_customer(config, smtp_sink):
+    async with Desk(config) as desk:
+        scene = Scene(desk, smtp_sink)
+        await scene.open(1)
+        await scene.answer("#note\nSECRET-NOTE: the customer owes us money")
+        note_to_bob = scene.notification(BOB)
+        assert "SECRET-NOTE" in note_to_bob.get_content()  # agents see notes
+        await scene.answer(
+            "Your database is back.\n\nOn Mon, Nov 2, 2026 at 10:00 Alice wrote:\n"
+            "> SECRET-NOTE: the customer owes us money\n",
+            agent=BOB,
+            html="<p>Your database is back.</p><blockquote>SECRET-NOTE in html</blockquote>",
+        )
+    to_customer = [d for d in smtp_sink.deliveries if "customer1@example.org" in d.recipients]
+    assert len(to_customer) == 2  # the acknowledgement and Bob's reply
+    assert all(b"SECRET-NOTE" not in d.data for d in to_customer)
+    assert b"Your database is back." in to_customer[-1].data

@@ -1,0 +1,53 @@
+"""What the writer added, across the quote formats of the major mail clients."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpdeskd.parsing import extract_reply
+
+NEW = "We restarted the server; please try again."
+OLD = "my app cannot reach the database"
+
+CLIENTS = {
+    "gmail": f"{NEW}\n\nOn Mon, Nov 2, 2026 at 9:00 AM Ada <ada@example.org> wrote:\n> {OLD}\n",
+    "outlook": (
+        f"{NEW}\n\n________________________________\nFrom: Ada <ada@example.org>\n"
+        "Sent: Monday, November 2, 2026 9:00 AM\nTo: support@acme.test\n"
+        f"Subject: database\n\n{OLD}\n"
+    ),
+    "outlook-original": f"{NEW}\n\n-----Original Message-----\nFrom: Ada\nSent: Mon\n\n{OLD}\n",
+    "apple-mail": (
+        f"{NEW}\n\n> On 2 Nov 2026, at 09:00, Ada <ada@example.org> wrote:\n> \n> {OLD}\n"
+    ),
+    "thunderbird": f"{NEW}\n\nOn 02/11/2026 09:00, Ada wrote:\n> {OLD}\n",
+    "iphone": (
+        f"{NEW}\n\nSent from my iPhone\n\n> On Nov 2, 2026, at 09:00, Ada <ada@example.org> "
+        f"wrote:\n> \n> {OLD}\n"
+    ),
+    "android-gmail": (
+        f"{NEW}\n\nOn Mon, 2 Nov 2026, 09:00 Ada, <ada@example.org> wrote:\n\n> {OLD}\n"
+    ),
+    "yahoo": (
+        f"{NEW}\n\n\n    On Monday, November 2, 2026, 09:00:00 AM GMT+1, Ada "
+        f"<ada@example.org> wrote:\n\n\n{OLD}\n"
+    ),
+    "german-outlook": (
+        f"{NEW}\n\nVon: Ada <ada@example.org>\nGesendet: Montag, 2. November 2026 09:00\n"
+        f"An: support@acme.test\nBetreff: Datenbank\n\n{OLD}\n"
+    ),
+    "signature": f"{NEW}\n\n-- \nAlice\nAcme Postgres support\n",
+    "mobile-signature": f"{NEW}\n\nGet Outlook for Android\n",
+}
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_quoted_history_and_signature_are_removed(client: str) -> None:
+    text = extract_reply(CLIENTS[client])
+    assert text.startswith(NEW)
+    assert OLD not in text
+    assert "wrote:" not in text and "Sent from my" not in text and "Get Outlook" not in text
+
+
+def test_a_reply_that_is_only_quote_keeps_nothing_new() -> None:
+    assert extract_reply(f"> {OLD}\n") in ("", f"> {OLD}")
