@@ -48,6 +48,14 @@ _NOT_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
 logging.getLogger("mailparser").setLevel(logging.CRITICAL)
 _CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SIGNATURE = re.compile(r"^-- $", re.MULTILINE)  # RFC 3676 section 4.3 signature separator
+# The one-line signatures phones add, when they are the last thing the writer wrote.
+_MOBILE_SIGNATURE = re.compile(
+    r"\n\s*(sent from my \S.{0,40}|sent from (yahoo )?mail (for|on) \S.{0,30}|"
+    r"get outlook for (ios|android)|von meinem \S.{0,30} gesendet|envoy[ée] de mon \S.{0,30}|"
+    r"enviado desde mi \S.{0,30}|inviato da(l mio)? \S.{0,30}|verzonden (vanaf|met) \S.{0,30})"
+    r"\s*$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,7 @@ def extract_reply(text: str) -> str:
         reply = EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text=body)
     except Exception:  # a heuristic library: never let it lose the message
         reply = ""
-    reply = (reply or "").strip()
+    reply = _MOBILE_SIGNATURE.sub("", (reply or "").strip()).strip()
     return reply if reply else text.strip()
 
 
