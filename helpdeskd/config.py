@@ -148,6 +148,7 @@ class SmtpConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str | None = None
+    metrics_listen: str | None = None  # serve /metrics here (a private address) instead
 
 
 @dataclass(frozen=True)
@@ -487,8 +488,10 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
 
     http_t = root.table("http")
     listen = http_t.get("listen", str, None)
-    if listen is not None and ":" not in listen:
-        raise ConfigError("http.listen: expected HOST:PORT")
+    metrics_listen = http_t.get("metrics_listen", str, None)
+    for key, value in (("listen", listen), ("metrics_listen", metrics_listen)):
+        if value is not None and not value.rpartition(":")[2].isdigit():
+            raise ConfigError(f"http.{key}: expected HOST:PORT, not {value!r}")
     http_t.check_unknown()
 
     agents: list[AgentConfig] = []
@@ -537,7 +540,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         database=DatabaseConfig(url=url),
         mailboxes=tuple(mailboxes),
         smtp=smtp,
-        http=HttpConfig(listen=listen),
+        http=HttpConfig(listen=listen, metrics_listen=metrics_listen),
         agents=tuple(agents),
         paths=paths,
         parse=parse,

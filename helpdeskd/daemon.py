@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -28,6 +28,7 @@ from helpdeskd.processor import Incoming, MailboxMark, Processor
 from helpdeskd.render import Renderer
 from helpdeskd.sdnotify import Notifier, watchdog_interval
 from helpdeskd.supervisor import Supervisor, TaskFactory
+from helpdeskd.web import LoopMonitor, health_routes, metrics_routes, start_site, stop_sites
 
 log = structlog.get_logger(__name__)
 
@@ -144,6 +145,7 @@ class Daemon:
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.outbox_wakeup = asyncio.Event()
+        self.monitor = LoopMonitor()
 
     async def run(self) -> int:
         config = self.config
@@ -168,16 +170,21 @@ class Daemon:
             for mailbox in config.mailboxes:
                 supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
             supervisor.add("housekeeping", self._housekeeping())
+            supervisor.add("loop-monitor", self.monitor.run)
             interval = watchdog_interval()
             if interval:
-                supervisor.add("watchdog", self._watchdog(supervisor, interval))
+                supervisor.add("watchdog", self._watchdog(interval))
+            runners = await self._start_http(sessions)
             self._install_signals()
             self.notifier.ready(
                 f"watching {len(config.mailboxes)} mailbox(es)"
                 + (", sending mail" if config.smtp else "")
             )
             log.info("daemon_started", mailboxes=[m.name for m in config.mailboxes])
-            code = await supervisor.run()
+            try:
+                code = await supervisor.run()
+            finally:
+                await stop_sites(runners)
             self.notifier.stopping()
             log.info("daemon_stopped", code=code, reason=supervisor.failed)
             return code
@@ -211,18 +218,31 @@ class Daemon:
 
         return task
 
-    def _watchdog(self, supervisor: Supervisor, interval: float) -> TaskFactory:
+    def _watchdog(self, interval: float) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
-            # The ping comes from this loop, so a wedged event loop stops it and systemd acts.
+            # The ping comes from this loop and only while the loop monitor sees it turning,
+            # so a wedged event loop stops the pings and systemd acts.
             while not stop.is_set():
-                started = time.monotonic()
-                await asyncio.sleep(0)
-                if time.monotonic() - started < interval:
+                if self.monitor.alive:
                     self.notifier.watchdog()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=interval)
 
         return task
+
+    async def _start_http(self, sessions: SessionMaker) -> list[web.AppRunner]:
+        http = self.config.http
+        runners = []
+        if http.listen:
+            routes = health_routes(self.config, sessions, self.monitor)
+            if not http.metrics_listen:
+                routes += metrics_routes(self.config, sessions)
+            runners.append(await start_site(http.listen, routes))
+        if http.metrics_listen:
+            runners.append(
+                await start_site(http.metrics_listen, metrics_routes(self.config, sessions))
+            )
+        return runners
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
