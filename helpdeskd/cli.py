@@ -327,6 +327,148 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return _with_db(config, body)
 
 
+def cmd_customers_import(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.customers import import_csv
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session, session.begin():
+            created, updated = await import_csv(session, args.file)
+        print(f"{created} customers added, {updated} updated")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_customers_list(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.customers import customer_rows
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = await customer_rows(session)
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(
+                    f"{row['email']:<36} {row['status']:<14} {row['plan'] or '-':<14} "
+                    f"{row['app'] or '-'}"
+                )
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_contacts_show(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.customers import contact_detail
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            detail = await contact_detail(session, config, args.email)
+        if detail is None:
+            raise UserError(f"no contact {args.email}")
+        if args.json:
+            _print_json(detail)
+            return 0
+        for key in (
+            "email",
+            "name",
+            "status",
+            "plan",
+            "app",
+            "addon_id",
+            "undeliverable",
+            "suppressed",
+        ):
+            print(f"{key}: {detail[key]}")
+        print("notices:")
+        for name, pref in detail["preferences"].items():
+            print(f"  {name:<16} {pref}")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.clock import parse_time, show_time
+    from helpdeskd.notices import Audience, queue_notice
+    from helpdeskd.render import Renderer
+
+    audience = Audience.parse(args.to)
+    send_at = parse_time(args.at, config.service.timezone) if args.at else None
+    extra = dict(_pairs(args.var))
+
+    async def body(sessions: Any) -> int:
+        progress = _progress_bar("rendering") if sys.stderr.isatty() else None
+        async with sessions() as session, session.begin():
+            report = await queue_notice(
+                session,
+                config,
+                Renderer(config.paths.templates),
+                category=args.category,
+                template=args.template,
+                audience=audience,
+                send_at=send_at,
+                extra=extra,
+                dry_run=args.dry_run,
+                progress=progress,
+            )
+        if progress is not None:
+            sys.stderr.write("\n")
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
+        when = show_time(send_at, config.service.timezone) if send_at else "now"
+        verb = "would queue" if args.dry_run else f"notice {report.notice_id}: queued"
+        print(
+            f"{verb} {report.queued} of {report.recipients} recipients for {when}; "
+            f"skipped: {skipped}; subject: {report.subject}"
+        )
+        return 0
+
+    return _with_db(config, body)
+
+
+def _pairs(items: list[str] | None) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"--var {item!r}: expected NAME=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def _progress_bar(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        if done % 25 and done != total:
+            return
+        filled = 30 * done // max(total, 1)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_notice_list(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.notices import notice_rows
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = await notice_rows(session, getattr(args, "id", None))
+        if getattr(args, "id", None) is not None and not rows:
+            raise UserError(f"no notice {args.id}")
+        if args.json:
+            _print_json(rows[0] if getattr(args, "id", None) is not None else rows)
+            return 0
+        for row in rows:
+            print(
+                f"{row['id']:<5} {row['category']:<15} queued {row['queued']:<6} sent "
+                f"{row['sent']:<6} failed {row['failed']:<5} skipped {row['skipped']:<5} "
+                f"expired {row['expired']:<5} {row['subject']}"
+            )
+        return 0
+
+    return _with_db(config, body)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -391,6 +533,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quarantine_retry)
+
+    customers = sub.add_parser("customers", help="customers from the add-on's records")
+    csub = customers.add_subparsers(dest="customers", required=True)
+    p = csub.add_parser("import", help="email,name,plan,app,addon_id,status; re-import updates")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_customers_import)
+    p = csub.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_customers_list)
+
+    contacts = sub.add_parser("contacts", help="one contact and their notice preferences")
+    p = contacts.add_subparsers(dest="contacts", required=True).add_parser("show")
+    p.add_argument("email")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_contacts_show)
+
+    notice = sub.add_parser("notice", help="notices to customers")
+    nsub = notice.add_subparsers(dest="notice", required=True)
+    p = nsub.add_parser("send", help="queue a notice for the customers")
+    p.add_argument("category")
+    p.add_argument("--template", required=True, help="templates/notices/NAME.txt.j2")
+    p.add_argument("--to", help="all (default), plan=NAME, app=NAME, addon_id=ID, email=ADDR")
+    p.add_argument("--at", help="send time: with an offset, or in the configured time zone")
+    p.add_argument("--var", action="append", help="NAME=VALUE for the template (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="count and render; queue nothing")
+    p.set_defaults(func=cmd_notice_send)
+    p = nsub.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_notice_list)
+    p = nsub.add_parser("show")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_notice_list)
 
     p = sub.add_parser("status", help="mailboxes, outbox depth, version")
     p.add_argument("--json", action="store_true")

@@ -170,6 +170,37 @@ class ParseConfig:
     timeout: float = 20.0
 
 
+DEFAULT_CATEGORIES = {
+    "maintenance": True,
+    "incident": True,
+    "overage": True,
+    "tos": True,
+    "feature_update": False,
+    "survey": False,
+}
+
+
+@dataclass(frozen=True)
+class NoticesConfig:
+    """User notices: who they come from, and which categories are critical."""
+
+    from_address: str
+    postal_address: str
+    categories: tuple[tuple[str, bool], ...]  # (name, critical)
+    rate: float = 20.0  # mails per second the outbox may send of one notice
+    min_notice_hours: float = 24.0  # maintenance is announced at least this far ahead
+    reminder_hours: float = 2.0  # a maintenance reminder this long before the start (0: none)
+
+    def critical(self, category: str) -> bool | None:
+        """Whether CATEGORY is critical; None when there is no such category."""
+        return dict(self.categories).get(category)
+
+
+@dataclass(frozen=True)
+class StatusPageConfig:
+    components: tuple[tuple[str, str], ...] = ()  # (key, display name)
+
+
 @dataclass(frozen=True)
 class Config:
     service: ServiceConfig
@@ -181,6 +212,8 @@ class Config:
     paths: PathsConfig
     parse: ParseConfig = field(default_factory=ParseConfig)
     heroku: HerokuConfig | None = None
+    notices: NoticesConfig | None = None
+    status_page: StatusPageConfig = field(default_factory=StatusPageConfig)
     source: Path | None = None
 
     def agent(self, email: str) -> AgentConfig | None:
@@ -195,6 +228,8 @@ class Config:
         addresses = {self.service.support_address.lower()}
         addresses.update(m.username.lower() for m in self.mailboxes if "@" in m.username)
         addresses.add(f"notices@{self.service.support_domain}".lower())
+        if self.notices is not None:
+            addresses.add(self.notices.from_address.lower())
         return frozenset(addresses)
 
 
@@ -405,6 +440,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _notices(table: _Table, service: ServiceConfig) -> NoticesConfig:
+    categories = dict(DEFAULT_CATEGORIES)
+    for name, kind in table.get("categories", dict, {}).items():
+        if kind not in ("critical", "optional"):
+            raise ConfigError(
+                f'notices.categories.{name}: must be "critical" or "optional", not {kind!r}'
+            )
+        if not str(name).replace("_", "").isalnum():
+            raise ConfigError(f"notices.categories.{name}: letters, digits and _ only")
+        categories[str(name)] = kind == "critical"
+    notices = NoticesConfig(
+        from_address=_address(table, "from", f"notices@{service.support_domain}"),
+        postal_address=table.get("postal_address", str, ""),
+        categories=tuple(sorted(categories.items())),
+        rate=_positive(table, "rate", 20),
+        min_notice_hours=float(table.get("min_notice_hours", (int, float), 24)),
+        reminder_hours=float(table.get("reminder_hours", (int, float), 2)),
+    )
+    table.check_unknown()
+    return notices
+
+
 def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; relative paths are taken from BASE."""
     root = _Table(data, "", base)
@@ -534,6 +591,13 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         if not isinstance(data["heroku"], dict):
             raise ConfigError("heroku: expected a table")
         heroku = parse_heroku_config(data["heroku"])
+    notices = _notices(root.table("notices"), service)
+    status_t = root.table("status_page")
+    components = status_t.get("components", dict, {})
+    status_page = StatusPageConfig(
+        components=tuple((str(k), str(v)) for k, v in components.items())
+    )
+    status_t.check_unknown()
     root.check_unknown()
     return Config(
         service=service,
@@ -545,6 +609,8 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         paths=paths,
         parse=parse,
         heroku=heroku,
+        notices=notices,
+        status_page=status_page,
         source=source,
     )
 

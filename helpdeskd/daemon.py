@@ -15,6 +15,7 @@ from aiohttp import web
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from helpdeskd import notices
 from helpdeskd.checks import check_templates
 from helpdeskd.config import Config, load_config
 from helpdeskd.db import SessionMaker, check_schema, create_engine, sessionmaker
@@ -28,6 +29,7 @@ from helpdeskd.processor import Incoming, MailboxMark, Processor
 from helpdeskd.render import Renderer
 from helpdeskd.sdnotify import Notifier, watchdog_interval
 from helpdeskd.supervisor import Supervisor, TaskFactory
+from helpdeskd.unsubscribe import UnsubscribePages
 from helpdeskd.web import LoopMonitor, health_routes, metrics_routes, start_site, stop_sites
 
 log = structlog.get_logger(__name__)
@@ -164,7 +166,9 @@ class Daemon:
             )
             supervisor = Supervisor(self.stop)
             if config.smtp is not None:
-                sender = OutboxSender(sessions, config.smtp, wakeup=self.outbox_wakeup)
+                sender = OutboxSender(
+                    sessions, config.smtp, wakeup=self.outbox_wakeup, recheck=notices.recheck
+                )
                 supervisor.add("outbox", sender.run)
             sink = ProcessorSink(self.processor, sessions)
             for mailbox in config.mailboxes:
@@ -235,6 +239,7 @@ class Daemon:
         runners = []
         if http.listen:
             routes = health_routes(self.config, sessions, self.monitor)
+            routes += UnsubscribePages(self.config, sessions).routes()
             if not http.metrics_listen:
                 routes += metrics_routes(self.config, sessions)
             runners.append(await start_site(http.listen, routes))

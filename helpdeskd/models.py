@@ -83,6 +83,11 @@ class Contact(Base):
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     # An ARF complaint: no more automatic or optional mail to this address.
     suppressed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Customer data from `customers import`; status None: a correspondent, not a customer.
+    plan: Mapped[str | None] = mapped_column(String(100))
+    app: Mapped[str | None] = mapped_column(String(200))
+    addon_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str | None] = mapped_column(String(20), index=True)  # active | deprovisioned
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -229,6 +234,7 @@ class Outbox(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    notice_id: Mapped[int | None] = mapped_column(ForeignKey("notices.id"), index=True)
     kind: Mapped[str] = mapped_column(String(30))
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     envelope_from: Mapped[str] = mapped_column(String(320))
@@ -259,6 +265,76 @@ class OutboxRecipient(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
 
     outbox: Mapped[Outbox] = relationship(back_populates="recipients", lazy="raise")
+
+
+class OptOut(Base):
+    """A contact's opt-out of one notice category (per category, idempotent)."""
+
+    __tablename__ = "optouts"
+    __table_args__ = (UniqueConstraint("contact_id", "category"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    category: Mapped[str] = mapped_column(String(50))
+    via: Mapped[str] = mapped_column(String(20))  # web | one-click | mail | cli
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notice(Base):
+    """One notice sent to many customers; its mails are outbox rows with its id."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    category: Mapped[str] = mapped_column(String(50))
+    template: Mapped[str] = mapped_column(String(200))
+    audience: Mapped[str] = mapped_column(String(200))  # the --to filter, as given
+    critical: Mapped[bool] = mapped_column(Boolean)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    send_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    skipped: Mapped[int] = mapped_column(Integer, default=0)  # suppressed before queueing
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Maintenance(Base):
+    __tablename__ = "maintenances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text, default="")
+    components: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    start: Mapped[datetime] = mapped_column()
+    end: Mapped[datetime] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20), default="scheduled")
+    forced_reason: Mapped[str | None] = mapped_column(Text)
+    reminded_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    impact: Mapped[str] = mapped_column(String(20))  # minor | major | critical
+    components: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(20), default="investigating")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column()
+    postmortem: Mapped[str | None] = mapped_column(Text)
+    postmortem_at: Mapped[datetime | None] = mapped_column()
+    reminded_at: Mapped[datetime | None] = mapped_column()  # post-mortem reminder
+
+
+class IncidentUpdate(Base):
+    __tablename__ = "incident_updates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Quarantine(Base):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,6 +28,9 @@ from helpdeskd.models import Event, Outbox, OutboxRecipient, utcnow
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH = 20
+
+# Given a claimed row, return the recipients to skip now, with the reason.
+Recheck = Callable[[AsyncSession, Outbox], Awaitable[dict[str, str]]]
 
 
 def enqueue(
@@ -83,8 +86,10 @@ class OutboxSender:
         *,
         wakeup: asyncio.Event | None = None,
         idle_poll: float = 5.0,
+        recheck: Recheck | None = None,
     ) -> None:
         self.sessions = sessions
+        self.recheck = recheck
         self.smtp = smtp
         self.wakeup = wakeup or asyncio.Event()
         self.idle_poll = idle_poll
@@ -174,6 +179,12 @@ class OutboxSender:
         )
         if row is None:
             return None
+        if self.recheck is not None:
+            # Suppression is checked again at send time: an opt-out since queueing counts.
+            skip = await self.recheck(session, row)
+            for rcpt in row.recipients:
+                if rcpt.state == "pending" and rcpt.address in skip:
+                    rcpt.state, rcpt.last_error = "skipped", skip[rcpt.address]
         pending = [r.address for r in row.recipients if r.state == "pending"]
         if row.expires_at is not None and row.expires_at <= now:
             row.state = "expired"
@@ -183,7 +194,10 @@ class OutboxSender:
             log.info("outbox_expired", outbox_id=row.id, message_id=row.message_id)
             return True
         if not pending:
-            row.state = "sent"
+            states = {r.state for r in row.recipients}
+            row.state = (
+                "sent" if "sent" in states else "skipped" if "skipped" in states else "failed"
+            )
             return True
         return row.id, row.message_id, row.ticket_id, row.envelope_from, pending, row.data
 

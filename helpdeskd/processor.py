@@ -46,6 +46,7 @@ from helpdeskd.models import (
     Ticket,
     utcnow,
 )
+from helpdeskd.notices import opt_out
 from helpdeskd.parsepool import ParsePool
 from helpdeskd.parsing import ParsedMessage
 from helpdeskd.render import Renderer
@@ -61,7 +62,13 @@ from helpdeskd.threading import (
     tag_subject,
     thread_index_root,
 )
-from helpdeskd.tokens import ReplyToken, reply_address, tokens_in, verify_reply
+from helpdeskd.tokens import (
+    ReplyToken,
+    reply_address,
+    tokens_in,
+    verify_reply,
+    verify_unsubscribe,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -444,7 +451,9 @@ class Processor:
         if kind.kind == "report":
             ticket, reason = await self._report(session, item.raw or b"")
             return done("report", ticket, f"{kind.reason}; {reason}")
-        if kind.kind in ("unsubscribe", "spam", "ignored", "blocked"):
+        if kind.kind == "unsubscribe":
+            return done("unsubscribe", None, await self._unsubscribe_by_mail(session, parsed))
+        if kind.kind in ("spam", "ignored", "blocked"):
             return done(kind.kind, None, kind.reason)
 
         sender = parsed.sender
@@ -593,6 +602,25 @@ class Processor:
             )
         who = complaint.complainant or "an unnamed recipient"
         return ticket, f"{complaint.feedback_type} complaint from {who}; suppressed"
+
+    async def _unsubscribe_by_mail(self, session: AsyncSession, parsed: ParsedMessage) -> str:
+        """Opt out whoever a mail to ``unsubscribe+TOKEN@`` names (the mailto: link)."""
+        domain = self.config.service.support_domain.lower()
+        for address in parsed.recipients:
+            local, _, a_domain = address.rpartition("@")
+            base, _, text = local.partition("+")
+            if a_domain != domain or base != "unsubscribe":
+                continue
+            token = verify_unsubscribe(self.config.service.secret_keys, text)
+            if token is None:
+                continue
+            contact = await session.get(Contact, token.contact_id)
+            if contact is None:
+                continue
+            new = await opt_out(session, contact, token.category, "mail")
+            state = "opted out" if new else "already opted out"
+            return f"{contact.email} {state} of {token.category}"
+        return "no valid unsubscribe token: nothing changed"
 
     async def _agent_mail(
         self,

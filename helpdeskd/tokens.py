@@ -82,3 +82,39 @@ def tokens_in(addresses: list[str], support_address: str) -> list[str]:
         if plus and base.lower() == local and tag:
             found.append(tag)
     return found
+
+
+# --- unsubscribe tokens ----------------------------------------------------------------------
+
+# Short enough for "unsubscribe+TOKEN" to stay within a 64-octet local part (RFC 5321).
+_UNSUB = re.compile(
+    r"^(?P<contact>\d+)-(?P<category>[A-Za-z0-9_]+|\*)\.(?P<kid>[A-Za-z0-9]+)\.(?P<mac>[a-z2-7]+)$"
+)
+ALL_CATEGORIES = "*"  # a token for the preferences page: every category
+
+
+@dataclass(frozen=True)
+class UnsubscribeToken:
+    contact_id: int
+    category: str  # a notice category, or ALL_CATEGORIES
+
+
+def sign_unsubscribe(keys: tuple[tuple[str, Secret], ...], token: UnsubscribeToken) -> str:
+    """Return a URL- and address-safe token naming a contact and a category, signed."""
+    kid, key = keys[0]
+    payload = f"{token.contact_id}-{token.category}"
+    return f"{payload}.{kid}.{_mac(key, payload, 'unsubscribe')}"
+
+
+def verify_unsubscribe(keys: tuple[tuple[str, Secret], ...], text: str) -> UnsubscribeToken | None:
+    """Return the contact and category TEXT names, if any configured key signed it."""
+    match = _UNSUB.match(text.strip())
+    if not match:
+        return None
+    payload = f"{match['contact']}-{match['category']}"
+    for kid, key in keys:
+        if kid.lower() == match["kid"].lower() and hmac.compare_digest(
+            _mac(key, payload, "unsubscribe"), match["mac"].lower()
+        ):
+            return UnsubscribeToken(int(match["contact"]), match["category"])
+    return None

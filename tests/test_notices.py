@@ -1,0 +1,183 @@
+"""Notices with working unsubscribe, end to end over real SMTP, HTTP and databases."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from helpdeskd.outbox import OutboxSender
+from helpdeskd.unsubscribe import UnsubscribePages
+from tests.harness import Desk, cli, cli_json
+from tests.mailgen import customer_mail
+from tests.servers.smtp import free_port
+
+CSV = """email,name,plan,app,addon_id,status
+ada@customer.example,Ada,premium,ada-api,addon-1,active
+bob@customer.example,Bob,basic,bob-web,addon-2,active
+cy@customer.example,Cy,basic,cy-old,addon-3,deprovisioned
+"""
+
+
+@pytest.fixture
+def config(make_config, smtp_sink, tmp_path):
+    config = make_config(smtp=smtp_sink)
+    source = Path(config.source)
+    source.write_text(
+        source.read_text() + '\n[notices]\npostal_address = "Acme Inc., 1 Main St, Springfield"\n'
+    )
+    customers = tmp_path / "customers.csv"
+    customers.write_text(CSV)
+    assert cli(config, "customers", "import", str(customers)).stdout.startswith("3 customers added")
+    from helpdeskd.config import load_config
+
+    return load_config(source)
+
+
+def sent_to(sink, address):
+    return [d.message for d in sink.deliveries if address in d.recipients]
+
+
+def link(message) -> str:
+    [url] = re.findall(r"<(https?://[^>]+)>", message["List-Unsubscribe"])
+    return url
+
+
+def test_customers_import_and_list(config):
+    rows = cli_json(config, "customers", "list")
+    assert [(r["email"], r["status"], r["plan"]) for r in rows] == [
+        ("ada@customer.example", "active", "premium"),
+        ("bob@customer.example", "active", "basic"),
+        ("cy@customer.example", "deprovisioned", "basic"),
+    ]
+
+
+def test_optional_notice_without_unsubscribe_link_is_refused(config, tmp_path):
+    folder = tmp_path / "templates" / "notices"
+    folder.mkdir(parents=True)
+    (folder / "bare.txt.j2").write_text("Subject: News\n\nNo way out of this list.\n")
+    source = Path(config.source)
+    source.write_text(source.read_text() + f'\n[paths]\ntemplates = "{tmp_path / "templates"}"\n')
+    proc = cli(config, "notice", "send", "feature_update", "--template", "bare", check=False)
+    assert proc.returncode == 1
+    assert "unsubscribe" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert cli_json(config, "notice", "list") == []
+    assert cli_json(config, "outbox", "list") == []
+
+
+async def test_one_click_opt_out_then_optional_skips_and_critical_reaches(config, smtp_sink):
+    sent = cli(
+        config,
+        "notice",
+        "send",
+        "feature_update",
+        "--template",
+        "feature_update",
+        "--var",
+        "message=Connection pooling is here.",
+    )
+    assert "queued 2 of 3" in sent.stdout and "1 deprovisioned" in sent.stdout
+    async with Desk(config) as desk:
+        await desk.send_all()
+        [ada] = sent_to(smtp_sink, "ada@customer.example")
+        assert sent_to(smtp_sink, "cy@customer.example") == []
+        assert ada["From"].addresses[0].addr_spec == "notices@acme.test"
+        assert ada["Reply-To"].addresses[0].addr_spec == "support@acme.test"
+        assert ada["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "mailto:unsubscribe+" in ada["List-Unsubscribe"]
+        assert "feature-update.notices.acme.test" in ada["List-Id"]
+        body = ada.get_content()
+        assert link(ada) in body and "Acme Inc., 1 Main St" in body
+
+        port = free_port()
+        app = web.Application()
+        app.add_routes(UnsubscribePages(config, desk.sessions).routes())
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = link(ada).replace(config.service.public_url, f"http://127.0.0.1:{port}")
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url) as response:  # a link scanner: changes nothing
+                    assert response.status == 200 and "<form" in await response.text()
+                assert (
+                    cli_json(config, "contacts", "show", "ada@customer.example")["preferences"][
+                        "feature_update"
+                    ]
+                    == "subscribed"
+                )
+                for _ in range(2):  # RFC 8058 one-click, twice: idempotent
+                    async with http.post(url, data={"List-Unsubscribe": "One-Click"}) as response:
+                        assert response.status == 200
+                        assert "You are unsubscribed" in await response.text()
+                forged = url[:-3] + ("aaa" if not url.endswith("aaa") else "bbb")
+                async with http.post(forged, data={"List-Unsubscribe": "One-Click"}) as response:
+                    assert response.status == 400
+        finally:
+            await runner.cleanup()
+        prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
+        assert prefs["feature_update"].startswith("opted out (one-click")
+        assert prefs["maintenance"] == "always (critical)"
+
+        again = cli(config, "notice", "send", "feature_update", "--template", "feature_update")
+        assert "queued 1 of 3" in again.stdout and "1 opted out" in again.stdout
+        critical = cli(
+            config,
+            "notice",
+            "send",
+            "incident",
+            "--template",
+            "incident",
+            "--var",
+            "title=Database outage",
+            "--var",
+            "status=investigating",
+            "--var",
+            "message=We are on it.",
+            "--var",
+            "status_url=https://status.acme.test",
+        )
+        assert "queued 2 of 3" in critical.stdout
+        await desk.send_all()
+    ada_mails = sent_to(smtp_sink, "ada@customer.example")
+    assert [m["Subject"] for m in ada_mails][-1].endswith("Database outage")
+    assert ada_mails[-1]["List-Unsubscribe"] is None  # critical: no opting out
+    assert len(ada_mails) == 2
+    rows = cli_json(config, "notice", "list")
+    assert [(r["category"], r["sent"], r["skipped"]) for r in rows] == [
+        ("feature_update", 2, 1),
+        ("feature_update", 1, 2),
+        ("incident", 2, 1),
+    ]
+
+
+async def test_suppression_is_checked_again_at_send_time(config, smtp_sink):
+    cli(config, "notice", "send", "survey", "--template", "survey")
+    async with Desk(config) as desk:
+        # Bob opts out by mail (the mailto: link) after the notice was queued.
+        rows = cli_json(config, "outbox", "list")
+        assert len(rows) == 2
+        from sqlalchemy import select
+
+        from helpdeskd.models import Contact
+        from helpdeskd.notices import unsubscribe_mailto
+
+        async with desk.sessions() as session:
+            bob = await session.scalar(
+                select(Contact).where(Contact.email == "bob@customer.example")
+            )
+        mailto = unsubscribe_mailto(config, bob.id, "survey")
+        [outcome] = await desk.ingest(
+            [customer_mail(1, sender="bob@customer.example", to=mailto, subject="unsubscribe")]
+        )
+        assert outcome.outcome == "unsubscribe" and "opted out of survey" in outcome.reason
+        from helpdeskd import notices
+
+        await OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck).drain(10)
+    assert sent_to(smtp_sink, "bob@customer.example") == []
+    assert len(sent_to(smtp_sink, "ada@customer.example")) == 1
+    [row] = cli_json(config, "notice", "list")
+    assert (row["sent"], row["skipped"]) == (1, 2)  # Cy deprovisioned, Bob opted out
