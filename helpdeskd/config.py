@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from helpdeskd.errors import ConfigError
 
 if TYPE_CHECKING:
+    from helpdeskd.dkimsign import DkimConfig
     from helpdeskd.heroku import HerokuConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -213,6 +214,7 @@ class Config:
     parse: ParseConfig = field(default_factory=ParseConfig)
     heroku: HerokuConfig | None = None
     notices: NoticesConfig | None = None
+    dkim: DkimConfig | None = None
     status_page: StatusPageConfig = field(default_factory=StatusPageConfig)
     source: Path | None = None
 
@@ -592,6 +594,14 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
             raise ConfigError("heroku: expected a table")
         heroku = parse_heroku_config(data["heroku"])
     notices = _notices(root.table("notices"), service)
+    dkim = None
+    if "dkim" in data:
+        from helpdeskd.dkimsign import parse_dkim_config
+
+        root.used.add("dkim")
+        if not isinstance(data["dkim"], dict):
+            raise ConfigError("dkim: expected a table")
+        dkim = parse_dkim_config(data["dkim"], base)
     status_t = root.table("status_page")
     components = status_t.get("components", dict, {})
     status_page = StatusPageConfig(
@@ -610,6 +620,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
         parse=parse,
         heroku=heroku,
         notices=notices,
+        dkim=dkim,
         status_page=status_page,
         source=source,
     )

@@ -167,7 +167,11 @@ class Daemon:
             supervisor = Supervisor(self.stop)
             if config.smtp is not None:
                 sender = OutboxSender(
-                    sessions, config.smtp, wakeup=self.outbox_wakeup, recheck=notices.recheck
+                    sessions,
+                    config.smtp,
+                    wakeup=self.outbox_wakeup,
+                    recheck=notices.recheck,
+                    dkim=config.dkim,
                 )
                 supervisor.add("outbox", sender.run)
             sink = ProcessorSink(self.processor, sessions)

@@ -181,3 +181,31 @@ async def test_suppression_is_checked_again_at_send_time(config, smtp_sink):
     assert len(sent_to(smtp_sink, "ada@customer.example")) == 1
     [row] = cli_json(config, "notice", "list")
     assert (row["sent"], row["skipped"]) == (1, 2)  # Cy deprovisioned, Bob opted out
+
+
+async def test_the_daemons_outbox_dkim_signs_notices_including_list_headers(config, smtp_sink):
+    import dkim
+
+    from helpdeskd import notices
+    from helpdeskd.config import load_config
+    from tests.test_unit_dkimsign import _dns, _rsa
+
+    key = _rsa()
+    key_file = Path(config.source).parent / "dkim.pem"
+    key_file.write_text(key.pem)
+    source = Path(config.source)
+    source.write_text(
+        source.read_text() + f'\n[dkim]\ndomain = "acme.test"\nselector = "s1"\n'
+        f'key_file = "{key_file}"\n'
+    )
+    config = load_config(source)
+    cli(config, "notice", "send", "feature_update", "--template", "feature_update")
+    async with Desk(config) as desk:
+        sender = OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck, dkim=config.dkim)
+        await sender.drain(20)
+    [delivery] = [d for d in smtp_sink.deliveries if "ada@customer.example" in d.recipients]
+    assert delivery.data.startswith(b"DKIM-Signature:")
+    assert dkim.verify(delivery.data, dnsfunc=_dns(key, b"s1._domainkey.acme.test."))
+    signed = delivery.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    h = re.search(rb"\bh=([^;]+)", signed).group(1).replace(b" ", b"").lower()
+    assert b"list-unsubscribe" in h and b"list-unsubscribe-post" in h
