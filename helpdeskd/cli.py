@@ -469,6 +469,171 @@ def cmd_notice_list(args: argparse.Namespace, config: Config) -> int:
     return _with_db(config, body)
 
 
+def _report_notice(report: Any) -> str:
+    if report is None:
+        return "no mail sent"
+    skipped = sum(report.skipped.values())
+    return f"notice {report.notice_id}: {report.queued} mails queued, {skipped} skipped"
+
+
+def cmd_maintenance_schedule(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.clock import parse_time, show_time
+    from helpdeskd.incidents import schedule_maintenance
+    from helpdeskd.notices import Audience
+    from helpdeskd.render import Renderer
+
+    if args.force and not args.reason:
+        raise UserError("--force needs --reason: say why customers get less notice")
+    tz = config.service.timezone
+    start, end = parse_time(args.start, tz), parse_time(args.end, tz)
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session, session.begin():
+            row, report = await schedule_maintenance(
+                session,
+                config,
+                Renderer(config.paths.templates),
+                title=args.title,
+                start=start,
+                end=end,
+                message=args.message or "",
+                components=_list(args.components),
+                force_reason=args.reason if args.force else None,
+                notify=not args.no_notify,
+                audience=Audience.parse(args.to),
+            )
+        print(
+            f"maintenance {row.id}: {show_time(start, tz)} – {show_time(end, tz)}; "
+            f"{_report_notice(report)}"
+        )
+        return 0
+
+    return _with_db(config, body)
+
+
+def _list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def cmd_maintenance_set(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.incidents import set_maintenance_status
+    from helpdeskd.render import Renderer
+
+    status = {"start": "in_progress", "complete": "completed", "cancel": "cancelled"}[
+        args.maintenance
+    ]
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session, session.begin():
+            await set_maintenance_status(
+                session,
+                config,
+                Renderer(config.paths.templates),
+                args.id,
+                status,
+                notify=not args.no_notify,
+            )
+        print(f"maintenance {args.id}: {status}")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_incident(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd import incidents
+    from helpdeskd.notices import Audience
+    from helpdeskd.render import Renderer
+
+    renderer = Renderer(config.paths.templates)
+    text = ""
+    if args.incident == "postmortem":
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{args.file}: cannot read: {exc.strerror}") from None
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session, session.begin():
+            action = args.incident
+            report = None
+            if action == "open":
+                row, report = await incidents.open_incident(
+                    session,
+                    config,
+                    renderer,
+                    title=args.title,
+                    impact=args.impact,
+                    components=_list(args.components),
+                    message=args.message,
+                    notify=args.notify,
+                    audience=Audience.parse(args.to),
+                )
+            elif action in ("update", "resolve"):
+                status = args.status if action == "update" else "resolved"
+                row, report = await incidents.update_incident(
+                    session,
+                    config,
+                    renderer,
+                    args.id,
+                    status=status,
+                    message=args.message,
+                    notify=args.notify,
+                    audience=Audience.parse(args.to),
+                )
+            else:
+                row = await incidents.publish_postmortem(session, args.id, text)
+        print(
+            f"incident {row.id}: {row.status}"
+            + (", post-mortem published" if action == "postmortem" else "")
+            + (f"; {_report_notice(report)}" if action != "postmortem" else "")
+        )
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_incident_list(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import select as sql_select
+
+    from helpdeskd.incidents import incident_json
+    from helpdeskd.models import Incident, IncidentUpdate
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = []
+            for row in await session.scalars(sql_select(Incident).order_by(Incident.id)):
+                updates = list(
+                    await session.scalars(
+                        sql_select(IncidentUpdate)
+                        .where(IncidentUpdate.incident_id == row.id)
+                        .order_by(IncidentUpdate.id)
+                    )
+                )
+                rows.append(incident_json(row, updates, config.service.timezone))
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(f"{row['id']:<5} {row['status']:<14} {row['impact']:<9} {row['title']}")
+        return 0
+
+    return _with_db(config, body)
+
+
+def cmd_status_page_export(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd import statuspage
+    from helpdeskd.incidents import status_data
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            data = await status_data(session, config)
+        written = statuspage.export(data, Path(args.dir))
+        print(f"wrote {len(written)} files to {args.dir}")
+        return 0
+
+    return _with_db(config, body)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -566,6 +731,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_notice_list)
+
+    maintenance = sub.add_parser("maintenance", help="scheduled maintenance")
+    msub = maintenance.add_subparsers(dest="maintenance", required=True)
+    p = msub.add_parser("schedule", help="announce maintenance (at least min_notice ahead)")
+    p.add_argument("--start", required=True)
+    p.add_argument("--end", required=True)
+    p.add_argument("--title", required=True)
+    p.add_argument("--message")
+    p.add_argument("--components", help="comma-separated component keys")
+    p.add_argument("--to", help="the customers to tell (default all)")
+    p.add_argument("--force", action="store_true", help="allow less than min_notice")
+    p.add_argument("--reason", help="why, with --force")
+    p.add_argument("--no-notify", action="store_true", help="status page only, no mail")
+    p.set_defaults(func=cmd_maintenance_schedule)
+    for name in ("start", "complete", "cancel"):
+        p = msub.add_parser(name)
+        p.add_argument("id", type=int)
+        p.add_argument("--no-notify", action="store_true")
+        p.set_defaults(func=cmd_maintenance_set)
+
+    incident = sub.add_parser("incident", help="incidents and post-mortems")
+    isub = incident.add_subparsers(dest="incident", required=True)
+    p = isub.add_parser("open")
+    p.add_argument("--title", required=True)
+    p.add_argument("--impact", required=True, choices=["minor", "major", "critical"])
+    p.add_argument("--components")
+    p.add_argument("--message", required=True)
+    p.add_argument("--notify", action="store_true", help="mail the affected customers")
+    p.add_argument("--to", help="the customers to tell (default all)")
+    p.set_defaults(func=cmd_incident)
+    p = isub.add_parser("update")
+    p.add_argument("id", type=int)
+    p.add_argument("--status", required=True, choices=["identified", "monitoring"])
+    p.add_argument("--message", required=True)
+    p.add_argument("--notify", action="store_true")
+    p.add_argument("--to")
+    p.set_defaults(func=cmd_incident)
+    p = isub.add_parser("resolve")
+    p.add_argument("id", type=int)
+    p.add_argument("--message", required=True)
+    p.add_argument("--notify", action="store_true")
+    p.add_argument("--to")
+    p.set_defaults(func=cmd_incident)
+    p = isub.add_parser("postmortem")
+    p.add_argument("id", type=int)
+    p.add_argument("--file", required=True, help="the post-mortem, Markdown")
+    p.set_defaults(func=cmd_incident)
+    p = isub.add_parser("list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_incident_list)
+
+    page = sub.add_parser("status-page", help="the public status page")
+    p = page.add_subparsers(dest="status_page", required=True).add_parser(
+        "export", help="write the page as static files to host elsewhere"
+    )
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_status_page_export)
 
     p = sub.add_parser("status", help="mailboxes, outbox depth, version")
     p.add_argument("--json", action="store_true")

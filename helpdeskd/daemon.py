@@ -20,7 +20,7 @@ from helpdeskd.checks import check_templates
 from helpdeskd.config import Config, load_config
 from helpdeskd.db import SessionMaker, check_schema, create_engine, sessionmaker
 from helpdeskd.errors import HelpdeskError
-from helpdeskd.housekeeping import remind_quarantine
+from helpdeskd.housekeeping import remind_quarantine, tick_operations
 from helpdeskd.imap import FetchedMail, MailboxWatcher
 from helpdeskd.models import Agent, MailboxState, utcnow
 from helpdeskd.outbox import OutboxSender
@@ -34,7 +34,7 @@ from helpdeskd.web import LoopMonitor, health_routes, metrics_routes, start_site
 
 log = structlog.get_logger(__name__)
 
-HOUSEKEEPING_EVERY = 3600.0  # seconds between housekeeping rounds
+HOUSEKEEPING_EVERY = 60.0  # seconds between housekeeping rounds (maintenance runs by time)
 
 
 async def sync_agents(sessions: SessionMaker, config: Config) -> None:
@@ -217,7 +217,8 @@ class Daemon:
     def _housekeeping(self) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
             while not stop.is_set():
-                if await remind_quarantine(self.processor):
+                told = await remind_quarantine(self.processor)
+                if told or await tick_operations(self.processor):
                     self.outbox_wakeup.set()
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)

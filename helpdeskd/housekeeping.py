@@ -7,6 +7,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import func, select
 
+from helpdeskd.incidents import due_postmortems, maintenance_tick
 from helpdeskd.models import Event, Quarantine, utcnow
 from helpdeskd.processor import Processor
 
@@ -61,3 +62,27 @@ async def remind_quarantine(processor: Processor) -> bool:
                 )
         log.warning("quarantine_reminder", open=len(entries))
         return True
+
+
+async def tick_operations(processor: Processor) -> int:
+    """Move maintenance along by time and remind agents of owed post-mortems; return steps."""
+    async with processor.sessions() as session, session.begin():
+        steps = await maintenance_tick(session, processor.config, processor.renderer)
+        for incident in await due_postmortems(session):
+            ref = f"incident {incident.id}"
+            for configured in processor.config.agents:
+                agent = await processor.agents.agent(session, configured.email)
+                if agent is not None:
+                    await processor.agents.tell(
+                        session,
+                        agent,
+                        None,
+                        f"Post-mortem owed: {incident.title}",
+                        f"{ref} ({incident.title}) was resolved on "
+                        f"{incident.resolved_at:%Y-%m-%d}. Customers are owed a post-mortem: "
+                        "what went wrong and what prevents it next time. Publish it with\n\n"
+                        f"  helpdeskd incident postmortem {incident.id} --file PM.md\n\n"
+                        "This reminder comes daily until then.\n",
+                    )
+            steps += 1
+        return steps
