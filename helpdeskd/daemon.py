@@ -30,7 +30,14 @@ from helpdeskd.render import Renderer
 from helpdeskd.sdnotify import Notifier, watchdog_interval
 from helpdeskd.supervisor import Supervisor, TaskFactory
 from helpdeskd.unsubscribe import UnsubscribePages
-from helpdeskd.web import LoopMonitor, health_routes, metrics_routes, start_site, stop_sites
+from helpdeskd.web import (
+    LoopMonitor,
+    health_routes,
+    metrics_routes,
+    start_site,
+    status_routes,
+    stop_sites,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -245,6 +252,7 @@ class Daemon:
         if http.listen:
             routes = health_routes(self.config, sessions, self.monitor)
             routes += UnsubscribePages(self.config, sessions).routes()
+            routes += status_routes(self.config, sessions)
             if not http.metrics_listen:
                 routes += metrics_routes(self.config, sessions)
             runners.append(await start_site(http.listen, routes))

@@ -198,3 +198,41 @@ async def start_site(listen: str, routes: list[web.RouteDef]) -> web.AppRunner:
 
 async def stop_sites(runners: list[web.AppRunner]) -> None:
     await asyncio.gather(*(runner.cleanup() for runner in runners), return_exceptions=True)
+
+
+def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
+    """The public status page, rendered from the database at each request."""
+    from helpdeskd import statuspage
+    from helpdeskd.incidents import status_data
+
+    templates = config.paths.templates
+
+    async def data() -> statuspage.StatusData:
+        async with sessions() as session:
+            return await status_data(session, config)
+
+    def respond(body: str, kind: str) -> web.Response:
+        return web.Response(
+            text=body,
+            headers={"Content-Type": statuspage.CONTENT_TYPES[kind], "Cache-Control": "max-age=30"},
+        )
+
+    async def page(request: web.Request) -> web.Response:
+        return respond(statuspage.render_html(await data(), templates=templates), "html")
+
+    async def document(request: web.Request) -> web.Response:
+        return respond(statuspage.render_json(await data()), "json")
+
+    async def feed(request: web.Request) -> web.Response:
+        return respond(statuspage.render_atom(await data()), "atom")
+
+    async def css(request: web.Request) -> web.Response:
+        return respond(statuspage.render_css(templates=templates), "css")
+
+    return [
+        web.get("/status", page),
+        web.get("/status/", page),
+        web.get("/status.json", document),
+        web.get("/status/feed.atom", feed),
+        web.get("/status/status.css", css),
+    ]

@@ -173,3 +173,92 @@ async def test_incident_steps_notices_postmortem_and_reminders(config, smtp_sink
     cli(config, "incident", "postmortem", "1", "--file", str(early))
     [row] = cli_json(config, "incident", "list")
     assert row["postmortem"] and row["status"] == "resolved"
+
+
+def test_status_and_unsubscribe_pages_served_by_the_daemon_in_chromium(config, smtp_sink, tmp_path):
+    from tests.servers import browser
+    from tests.servers.smtp import free_port
+    from tests.test_daemon import start_daemon
+    from tests.test_web import get, wait_until
+
+    browser.require_chromium()
+    port = free_port()
+    source = Path(config.source)
+    source.write_text(source.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    base = f"http://127.0.0.1:{port}"
+    later = datetime.now(UTC) + timedelta(days=3)
+    cli(
+        config,
+        "maintenance",
+        "schedule",
+        "--start",
+        _iso(later),
+        "--end",
+        _iso(later + timedelta(hours=1)),
+        "--title",
+        "Storage move",
+        "--components",
+        "databases",
+        "--no-notify",
+    )
+    cli(
+        config,
+        "incident",
+        "open",
+        "--title",
+        "Connection errors",
+        "--impact",
+        "major",
+        "--components",
+        "databases",
+        "--message",
+        "Looking into connection timeouts.",
+    )
+    cli(
+        config,
+        "incident",
+        "update",
+        "1",
+        "--status",
+        "identified",
+        "--message",
+        "A faulty switch drops connections.",
+    )
+    cli(config, "notice", "send", "survey", "--template", "survey")
+    proc = start_daemon(config)
+    try:
+        wait_until(lambda: get(base + "/status.json")[0] == 200)
+        dom = browser.dump_dom(base + "/status")
+        for text in (
+            "Connection errors",
+            "Identified",
+            "A faulty switch drops connections.",
+            "Investigating",
+            "Storage move",
+            "Partial outage",
+            "UTC",
+        ):
+            assert text in dom, text
+        shot = tmp_path / "status.png"
+        browser.screenshot(base + "/status", shot)
+        assert shot.stat().st_size > 10_000
+        print("status page screenshot:", shot)
+        document = json.loads(get(base + "/status.json")[1])
+        assert document["incidents"][0]["status"] == "identified"
+        assert b"<feed" in get(base + "/status/feed.atom")[1]
+
+        # The unsubscribe link of the survey, opened in a browser: a confirm page, no change.
+        wait_until(
+            lambda: any("ada@customer.example" in d.recipients for d in smtp_sink.deliveries)
+        )
+        [mail] = [d.message for d in smtp_sink.deliveries if "ada@customer.example" in d.recipients]
+        url = mail["List-Unsubscribe"].split("<")[1].split(">")[0]
+        url = url.replace(config.service.public_url, base)
+        page = browser.dump_dom(url)
+        assert "Unsubscribe from survey?" in page and "<form" in page
+        browser.screenshot(url, tmp_path / "unsubscribe.png")
+        prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
+        assert prefs["survey"] == "subscribed"
+    finally:
+        proc.terminate()
+        proc.wait(30)
