@@ -231,19 +231,50 @@ class AgentDesk:
         )
         return len(agents)
 
+    async def notify_address(
+        self, session: AsyncSession, ticket: Ticket, message: Message, address: str
+    ) -> None:
+        """Send a rule's notification about MESSAGE to ADDRESS (not an agent: no reply token)."""
+        service = self.config.service
+        ref = ref_of(self.config, ticket.id)
+        writer = message.from_name or message.from_addr
+        await queue_mail(
+            session,
+            domain=service.support_domain,
+            kind="rule_notification",
+            envelope=Envelope(
+                from_addr=service.support_address,
+                from_name=f"{writer} via {service.name}",
+                to=(address,),
+            ),
+            subject=tag_subject(ticket.subject, ref, service.ticket_prefix),
+            text=f"{message.text}\n\n-- \n{ref} · {ticket.state} · {ticket.priority} priority\n",
+            parent=Parent.of(message),
+            ticket_id=ticket.id,
+            internal=True,
+            extra_headers=automatic_headers(service.support_address, "auto-generated"),
+        )
+
     async def tell(
         self,
         session: AsyncSession,
-        agent: Agent,
+        agent: Agent | str,
         ticket: Ticket | None,
         subject: str,
         text: str,
         *,
         parent: Parent | None = None,
     ) -> None:
-        """Send AGENT a short note from the desk (errors, receipts, security notices)."""
+        """Send AGENT (or a plain address) a short note from the desk: errors, receipts,
+        security notices, alerts. Only an agent gets a reply address for the ticket."""
         service = self.config.service
         ref = ref_of(self.config, ticket.id) if ticket else None
+        address = agent.email if isinstance(agent, Agent) else agent
+        reply = (
+            self.agent_reply_to(ticket.id, agent)
+            if ticket is not None and isinstance(agent, Agent)
+            else None
+        )
         await queue_mail(
             session,
             domain=service.support_domain,
@@ -251,8 +282,8 @@ class AgentDesk:
             envelope=Envelope(
                 from_addr=service.support_address,
                 from_name=f"{service.name} helpdesk",
-                to=(agent.email,),
-                reply_to=self.agent_reply_to(ticket.id, agent) if ticket else None,
+                to=(address,),
+                reply_to=reply,
             ),
             subject=tag_subject(subject, ref, service.ticket_prefix) if ref else subject,
             text=text,

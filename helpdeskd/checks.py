@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpdeskd import routing
 from helpdeskd.config import Config
 from helpdeskd.errors import ConfigError, TemplateError
 from helpdeskd.render import Renderer
@@ -58,4 +59,9 @@ def check_all(config: Config) -> list[str]:
     except TemplateError as exc:
         raise TemplateError(f"templates: {exc}") from None
     lines.append(f"templates: {len(names)} ok in {config.paths.templates}")
+    rules = routing.load(config)
+    lines.append(
+        f"rules: {len(rules.rules)} routing, {len(rules.time_rules)} time, {len(rules.slas)} SLA "
+        f"rules ok in {config.paths.rules}"
+    )
     return lines

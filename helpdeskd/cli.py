@@ -327,6 +327,39 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return _with_db(config, body)
 
 
+def cmd_rules_test(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd import routing
+    from helpdeskd.classify import classify
+    from helpdeskd.parsing import parse_message
+    from helpdeskd.processor import Processor
+    from helpdeskd.rules import evaluate
+
+    try:
+        raw = args.message.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{args.message}: cannot read: {exc.strerror}") from None
+    rules = routing.load(config)
+    parsed = parse_message(raw)
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            plan = await routing.plan_of(session, parsed.sender)
+        kind = classify(parsed, Processor.context_for(config))
+        facts = routing.facts(
+            parsed, mailbox=args.mailbox or "", kind=kind.kind, plan=plan, ticket=None
+        )
+        decision = evaluate(rules, facts)
+        if args.json:
+            _print_json({"kind": kind.kind, "kind_reason": kind.reason, **decision.as_json()})
+        else:
+            print(f"kind: {kind.kind} ({kind.reason})")
+            for line in decision.describe():
+                print(line)
+        return 0
+
+    return _with_db(config, body)
+
+
 def cmd_customers_import(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.customers import import_csv
 
@@ -698,6 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quarantine_retry)
+
+    rules = sub.add_parser("rules", help="routing and time rules")
+    p = rules.add_subparsers(dest="rules", required=True).add_parser(
+        "test", help="which rules match a message, and why (changes nothing)"
+    )
+    p.add_argument("message", type=Path)
+    p.add_argument("--mailbox", help="the mailbox it arrived in")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rules_test)
 
     customers = sub.add_parser("customers", help="customers from the add-on's records")
     csub = customers.add_subparsers(dest="customers", required=True)

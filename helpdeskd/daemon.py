@@ -15,7 +15,8 @@ from aiohttp import web
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from helpdeskd import notices
+from helpdeskd import notices, routing
+from helpdeskd.automation import Automation
 from helpdeskd.checks import check_templates
 from helpdeskd.config import Config, load_config
 from helpdeskd.db import SessionMaker, check_schema, create_engine, sessionmaker
@@ -185,6 +186,7 @@ class Daemon:
             for mailbox in config.mailboxes:
                 supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
             supervisor.add("housekeeping", self._housekeeping())
+            supervisor.add("scheduler", self._scheduler())
             supervisor.add("loop-monitor", self.monitor.run)
             interval = watchdog_interval()
             if interval:
@@ -218,6 +220,19 @@ class Daemon:
             finally:
                 if lock is not None:
                     await lock.close()
+
+        return task
+
+    def _scheduler(self) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            automation = Automation(self.processor)
+            while not stop.is_set():
+                steps, wake = await automation.run_due()
+                if steps:
+                    self.outbox_wakeup.set()
+                delay = max(0.0, (wake - utcnow()).total_seconds())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
 
         return task
 
@@ -281,6 +296,7 @@ class Daemon:
                 raise HelpdeskError("no config file to reload")
             fresh = load_config(Path(source))
             check_templates(fresh)
+            rules = routing.load(fresh)
         except HelpdeskError as exc:
             log.error("reload_refused", error=str(exc))
             self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
@@ -294,7 +310,7 @@ class Daemon:
             paths=fresh.paths,
             heroku=fresh.heroku,
         )
-        self.processor.reload(self.config, Renderer(fresh.paths.templates))
+        self.processor.reload(self.config, Renderer(fresh.paths.templates), rules)
         log.info("config_reloaded", source=str(source))
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
 

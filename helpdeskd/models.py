@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     false,
 )
 from sqlalchemy.engine import Dialect
@@ -106,6 +107,8 @@ class Ticket(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     subject: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    # When the ticket entered its state: set on every change (see the listener below).
+    state_since: Mapped[datetime | None] = mapped_column()
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     queue: Mapped[str | None] = mapped_column(String(100))
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
@@ -123,6 +126,13 @@ class Ticket(Base):
 
     requester: Mapped[Contact] = relationship(foreign_keys=[requester_id], lazy="raise")
     assignee: Mapped[Agent | None] = relationship(foreign_keys=[assignee_id], lazy="raise")
+
+
+@event.listens_for(Ticket.state, "set")
+def _state_changed(target: Ticket, value: str, oldvalue: object, _initiator: object) -> None:
+    """Stamp state_since whenever a ticket's state changes, wherever the change is made."""
+    if value != oldvalue:
+        target.state_since = utcnow()
 
 
 class Participant(Base):

@@ -35,11 +35,8 @@ MAX_MSGID = 900
 REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "ja", "cs", "pt"]
 _BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 _MSGID = re.compile(r"<([^<>\s]+)>")
-# RFC 2047 section 5: an encoded word is never part of an addr-spec. One left in an address
-# (a doubly encoded header) is hostile: the stdlib would decode it when we write the address into
-# a header of our own.
-_ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
-_DOMAIN = re.compile(r'[^\s()<>@,;:\\"\[\]]+|\[[^\s\[\]\\]*\]')  # dot-atom-ish or a literal
+_ATOMS = re.compile(r'[^\s()<>@,;:\\"\[\]]+')  # dot-atom-ish: no specials, no quoting needed
+_LITERAL = re.compile(r"\[[^\s\[\]\\]*\]")  # a domain literal: [192.0.2.1]
 # Control characters, and U+FFFD: what undecodable bytes became, so no address anyone has.
 _NOT_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
 # mail-parser logs a warning for every MIME part type it does not turn into text, and an error
@@ -157,17 +154,21 @@ def _decode(value: str) -> str:
 def is_address(text: str) -> bool:
     """Whether TEXT is an address we store and write into our own mail's headers.
 
-    A local part may be anything the stdlib can quote; the domain must not hold specials, and
-    nothing may hold whitespace, control characters, U+FFFD or an encoded word.
+    Neither part may hold specials, so no quoted local part ("a,b"@x): the stdlib (3.11) drops
+    the quotes of a long one when it folds the header. Nothing may hold whitespace, control
+    characters, U+FFFD or "=?". An encoded word is never part of an addr-spec (RFC 2047 section
+    5): one left in an address (a doubly encoded header) is hostile, and the stdlib would decode
+    it when we write the address into our own mail's header, or misread even a broken one
+    ("=?x?q?y" as a domain).
     """
     local, _, domain = text.rpartition("@")
     return (
-        bool(local)
-        and len(text) <= MAX_ADDRESS
-        and _DOMAIN.fullmatch(domain) is not None
+        len(text) <= MAX_ADDRESS
+        and _ATOMS.fullmatch(local) is not None
+        and (_ATOMS.fullmatch(domain) is not None or _LITERAL.fullmatch(domain) is not None)
         and not any(c.isspace() for c in text)
         and not _NOT_IN_ADDRESS.search(text)
-        and not _ENCODED_WORD.search(text)
+        and "=?" not in text
     )
 
 
@@ -248,23 +249,44 @@ def _too_deep(exc: BaseException) -> bool:
     return isinstance(exc, RecursionError) or isinstance(exc.__cause__, RecursionError)
 
 
-def _headers_only(raw: bytes) -> Any:
-    """Parse the top-level headers of RAW alone, with an empty body and a defect noted.
+# mail-parser decodes the display names in these itself, and raises HeaderParseError on a
+# truncated base64 encoded word ("From: =?utf-8?B?A?= <a@b>"); parse_message reads them raw.
+_MAILPARSER_ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to", "delivered-to")
 
-    The stdlib parser recurses once per MIME level, so a tree nested about 1000 deep exhausts
-    the stack. The raw bytes are kept anyway; the headers still make a ticket, thread it and
-    classify it, rather than losing the message to quarantine.
+
+def _recover(raw: bytes, too_deep: bool) -> tuple[Any, Any]:
+    """Return (mail-parser's view, the headers) of RAW, which mail-parser could not parse.
+
+    mail-parser sees RAW without the address headers it chokes on; when the MIME tree is too
+    deep for the stdlib parser (it recurses once per level and exhausts the stack about 1000
+    deep), it sees the top-level headers alone, with an empty body. The raw bytes are kept
+    anyway; the headers still make a ticket, thread it and classify it, rather than losing the
+    message to quarantine.
     """
-    message = email.parser.BytesHeaderParser().parsebytes(raw)
-    message.set_payload("")
-    message.defects.append(email.errors.MessageDefect("MIME tree nested too deep to parse"))
-    return mailparser.MailParser(message)
+    headers = email.parser.BytesHeaderParser().parsebytes(raw)
+    if not too_deep:
+        body = email.message_from_bytes(raw)
+        for name in _MAILPARSER_ADDRESS_HEADERS:
+            del body[name]
+        body.defects.append(email.errors.MessageDefect("an address header mail-parser refused"))
+        try:
+            return mailparser.MailParser(body), headers
+        except Exception as exc:
+            if not _too_deep(exc):
+                raise
+    body = email.parser.BytesHeaderParser().parsebytes(raw)
+    body.set_payload("")
+    for name in _MAILPARSER_ADDRESS_HEADERS:
+        del body[name]
+    body.defects.append(email.errors.MessageDefect("MIME tree nested too deep to parse"))
+    return mailparser.MailParser(body), headers
 
 
-def _mailparser(raw: bytes) -> Any:
+def _mailparser(raw: bytes) -> tuple[Any, Any]:
+    """Return (mail-parser's view of RAW, the stdlib message whose headers parse_message reads)."""
     try:
         try:
-            return mailparser.parse_from_bytes(raw)
+            mail = mailparser.parse_from_bytes(raw)
         except AttributeError:
             # mail-parser reads the top-level epilogue when a part's start boundary is missing
             # and crashes when a truncated message has none: give it the empty epilogue it means.
@@ -272,11 +294,14 @@ def _mailparser(raw: bytes) -> Any:
             if message.epilogue is not None or not message.is_multipart():
                 raise
             message.epilogue = ""
-            return mailparser.MailParser(message)
+            mail = mailparser.MailParser(message)
+        return mail, mail.message
     except Exception as exc:  # RecursionError is an Exception; mail-parser wraps it in its own
-        if not _too_deep(exc):
-            raise
-        return _headers_only(raw)
+        if _too_deep(exc):
+            return _recover(raw, too_deep=True)
+        if isinstance(exc, email.errors.HeaderParseError):
+            return _recover(raw, too_deep=False)
+        raise
 
 
 def _part_types(message: Any) -> tuple[str, ...]:
@@ -293,8 +318,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse RAW (a whole RFC 5322 message) into a ParsedMessage."""
     # Windows tools may save .eml files with a UTF-8 byte order mark, which hides the first header.
     raw = raw.removeprefix(b"\xef\xbb\xbf")
-    mail = _mailparser(raw)
-    message = mail.message
+    mail, message = _mailparser(raw)
     header_pairs: list[tuple[str, str]] = []
     for key, value in message.items():
         header_pairs.append((str(key).lower(), _decode(ported_string(value))))
@@ -356,7 +380,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         attachments=tuple(_attachment(a) for a in mail.attachments),
         headers=tuple(header_pairs),
         defects=len(mail.defects or []),
-        part_types=_part_types(message),
+        part_types=_part_types(mail.message),
     )
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd import routing
 from helpdeskd.agents import AgentDesk, forwarded_sender
 from helpdeskd.bounces import parse_bounce, parse_complaint
 from helpdeskd.classify import ClassifyContext, classify
@@ -50,6 +51,7 @@ from helpdeskd.notices import opt_out
 from helpdeskd.parsepool import ParsePool
 from helpdeskd.parsing import ParsedMessage
 from helpdeskd.render import Renderer
+from helpdeskd.rules import Decision, RuleSet, evaluate
 from helpdeskd.spool import spool
 from helpdeskd.threading import (
     Candidates,
@@ -137,6 +139,10 @@ class MailboxMark:
     last_uid: int
 
 
+def _setter(decision: Decision, action: str) -> str:
+    return next((a.rule for a in decision.applied if a.name == action), "?")
+
+
 def human_size(size: int) -> str:
     """Return SIZE in bytes as people write it: 25 MB, 50 kB."""
     if size >= 1_000_000:
@@ -201,15 +207,19 @@ class Processor:
         self.outbox_wakeup = outbox_wakeup
         self._lock = asyncio.Lock()
         self.agents = AgentDesk(config, renderer, backfill=backfill)
+        self.rules = routing.load(config)
 
-    def reload(self, config: Config, renderer: Renderer) -> None:
-        """Take a validated new config and templates; the next message uses them."""
-        self.config, self.renderer = config, renderer
+    def reload(self, config: Config, renderer: Renderer, rules: RuleSet) -> None:
+        """Take a validated new config, templates and rules; the next message uses them."""
+        self.config, self.renderer, self.rules = config, renderer, rules
         self.agents = AgentDesk(config, renderer, backfill=self.backfill)
 
     @property
     def classify_context(self) -> ClassifyContext:
-        config = self.config
+        return self.context_for(self.config)
+
+    @staticmethod
+    def context_for(config: Config) -> ClassifyContext:
         return ClassifyContext(
             support_address=config.service.support_address.lower(),
             own_addresses=config.own_addresses(),
@@ -467,7 +477,7 @@ class Processor:
             )
             parsed = replace(parsed, text=note, full_text=note, attachments=())
         if kind.kind == "heroku_forward":
-            return await self._heroku(session, parsed, raw, done)
+            return await self._heroku(session, item, parsed, raw, done)
         is_agent = kind.kind == "agent_reply"
         match = resolve_thread(sender, is_agent, await self._candidates(session, parsed))
         ticket = await self._ticket(session, match.ticket) if match.ticket else None
@@ -497,9 +507,11 @@ class Processor:
                     ticket,
                     f"follow-up to closed {ticket_ref(self.config, parent.id)}",
                 )
+            decision = await self._route(session, parsed, item, kind.kind, ticket)
             message = await self._append(
                 session, ticket, parsed, raw, match, reopen=action == "reopen"
             )
+            await self._carry_out(session, ticket, message, decision)
             if item.oversize:
                 contact = await self.contact(session, parsed.sender, parsed.sender_name)
                 await self._acknowledge(
@@ -508,10 +520,46 @@ class Processor:
             await self._notify(session, ticket, message)
             return done("reply", ticket, match.reason)
 
-        template = "oversize.txt.j2" if item.oversize else "ack.txt.j2"
-        ticket, message = await self._new_ticket(session, parsed, raw, match, template=template)
+        decision = await self._route(session, parsed, item, kind.kind, None)
+        if decision.actions.spam:
+            return done("spam", None, f"rule {_setter(decision, 'spam')} marked it as spam")
+        auto = decision.actions.auto_reply
+        template = "ack.txt.j2" if auto in (None, "none") else f"{auto}.txt.j2"
+        if item.oversize:
+            template = "oversize.txt.j2"
+        ticket, message = await self._new_ticket(
+            session, parsed, raw, match, template=template, ack=auto != "none" or item.oversize
+        )
+        await self._carry_out(session, ticket, message, decision)
         await self._notify(session, ticket, message)
         return done("new_ticket", ticket, match.reason)
+
+    async def _route(
+        self,
+        session: AsyncSession,
+        parsed: ParsedMessage,
+        item: Incoming,
+        kind: str,
+        ticket: Ticket | None,
+        channel: str = "email",
+    ) -> Decision:
+        """Evaluate the routing rules for this message (the ticket as it was before it)."""
+        plan = await routing.plan_of(session, parsed.sender)
+        facts = routing.facts(
+            parsed, mailbox=item.source, kind=kind, plan=plan, ticket=ticket, channel=channel
+        )
+        decision = evaluate(self.rules, facts)
+        if decision.hits:
+            log.info("rules_matched", rules=[hit.rule for hit in decision.hits])
+        return decision
+
+    async def _carry_out(
+        self, session: AsyncSession, ticket: Ticket, message: Message, decision: Decision
+    ) -> None:
+        """Apply DECISION to TICKET, and mail whoever a rule said to notify."""
+        for target in await routing.apply(session, self.config, ticket, decision):
+            if target != "agents":
+                await self.agents.notify_address(session, ticket, message, target)
 
     async def _ticket_of_mail(
         self, session: AsyncSession, message_id: str | None, references: Sequence[str] = ()
@@ -671,6 +719,7 @@ class Processor:
     async def _heroku(
         self,
         session: AsyncSession,
+        item: Incoming,
         parsed: ParsedMessage,
         raw: RawMessage,
         done: Callable[[str, Ticket | None, str], Outcome],
@@ -703,6 +752,7 @@ class Processor:
             else (parsed.sender_name, parsed.sender)
         )
         # Nothing automatic ever goes to the desk: no acknowledgement.
+        decision = await self._route(session, parsed, item, "heroku_forward", None, "heroku")
         ticket, message = await self._new_ticket(
             session,
             parsed,
@@ -715,6 +765,7 @@ class Processor:
             subject=found.subject,
             kind="heroku_forward",
         )
+        await self._carry_out(session, ticket, message, decision)
         await self._notify(session, ticket, message)
         return done("new_ticket", ticket, match.reason)
 

@@ -70,6 +70,29 @@ ConfigFactory = Callable[..., Config]
 @pytest.fixture
 def make_config(tmp_path: Path, db_url: str) -> ConfigFactory:
     """Write a helpdeskd.toml for this test and load it; keyword arguments add sections."""
+    return config_factory(tmp_path, db_url)
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, for tests that only make sense there."""
+    if not _pg_reason:
+        _pg_reason.append(postgres.available())
+    need(_pg_reason[0])
+    url = postgres.create_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture
+def make_pg_config(tmp_path: Path, pg_url: str) -> ConfigFactory:
+    return config_factory(tmp_path, pg_url)
+
+
+def config_factory(tmp_path: Path, db_url: str) -> ConfigFactory:
 
     def factory(
         *,
@@ -78,6 +101,8 @@ def make_config(tmp_path: Path, db_url: str) -> ConfigFactory:
         service: dict[str, Any] | None = None,
         smtp_extra: dict[str, Any] | None = None,
         agents: list[tuple[str, str]] = (("alice@acme.test", "Alice"),),  # type: ignore[assignment]
+        rules: Path | None = None,
+        templates: Path | None = None,
     ) -> Config:
         secret = tmp_path / "secret.key"
         if not secret.exists():
@@ -113,7 +138,14 @@ def make_config(tmp_path: Path, db_url: str) -> ConfigFactory:
             lines.append("")
         for email, name in agents:
             lines += ["[[agent]]", f'email = "{email}"', f'name = "{name}"', ""]
-        lines += ["[parse]", "workers = 2", "timeout = 20"]
+        # No routing rules unless a test brings some: the shipped ones depend on the clock.
+        if rules is None:
+            rules = tmp_path / "no-rules"
+            rules.mkdir(exist_ok=True)
+        lines += ["[paths]", f'rules = "{rules}"']
+        if templates is not None:
+            lines.append(f'templates = "{templates}"')
+        lines += ["", "[parse]", "workers = 2", "timeout = 20"]
         path = tmp_path / "helpdeskd.toml"
         path.write_text("\n".join(lines) + "\n")
         return load_config(path)

@@ -143,9 +143,7 @@ def test_sighup_with_broken_template_keeps_old_config(make_config, smtp_sink, tm
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "ack.txt.j2").write_text("Subject: hi {{ ticket.ref }}\n\nbody\n")
-    config = make_config(smtp=smtp_sink)
-    source = Path(config.source)
-    source.write_text(source.read_text() + f'\n[paths]\ntemplates = "{templates}"\n')
+    config = make_config(smtp=smtp_sink, templates=templates)
     proc = start_daemon(config)
     try:
         _wait_for_log(config, "daemon_started")

@@ -60,7 +60,10 @@ def test_optional_notice_without_unsubscribe_link_is_refused(config, tmp_path):
     folder.mkdir(parents=True)
     (folder / "bare.txt.j2").write_text("Subject: News\n\nNo way out of this list.\n")
     source = Path(config.source)
-    source.write_text(source.read_text() + f'\n[paths]\ntemplates = "{tmp_path / "templates"}"\n')
+    text = source.read_text().replace(
+        "[paths]\n", f'[paths]\ntemplates = "{tmp_path / "templates"}"\n'
+    )
+    source.write_text(text)
     proc = cli(config, "notice", "send", "feature_update", "--template", "bare", check=False)
     assert proc.returncode == 1
     assert "unsubscribe" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

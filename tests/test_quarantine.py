@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tests.harness import cli, cli_json
 from tests.mailgen import customer_mail
@@ -14,9 +13,7 @@ def test_retry_after_fixing_the_cause(make_config, smtp_sink, tmp_path):
     templates.mkdir()
     ack = templates / "ack.txt.j2"
     ack.write_text("Subject: {{ no_such_variable }}\n\nhello\n")
-    config = make_config(smtp=smtp_sink)
-    source = Path(config.source)
-    source.write_text(source.read_text() + f'\n[paths]\ntemplates = "{templates}"\n')
+    config = make_config(smtp=smtp_sink, templates=templates)
     mail = tmp_path / "mail.eml"
     mail.write_bytes(customer_mail(1))
 

@@ -1,0 +1,201 @@
+"""Rules end to end: routing of live mail, rules test, validation, time rules and SLAs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from helpdeskd.automation import Automation
+from helpdeskd.models import Ticket
+from tests.harness import Desk, cli, cli_json
+from tests.mailgen import customer_mail
+from tests.test_agents import AGENTS, mails_to
+from tests.test_daemon import _wait_for_log, start_daemon
+
+ROUTING = """\
+- name: billing-to-billing-queue
+  when:
+    subject_matches: '(?i)\\binvoice\\b|billing|refund'
+  then:
+    - queue: billing
+    - priority: high
+    - tags: [+billing]
+    - assign: least-loaded
+- name: premium-plans-first
+  when:
+    plan: [premium, enterprise]
+  then:
+    - priority: urgent
+- name: drop-lottery-spam
+  when:
+    subject_matches: '(?i)you have won'
+  then:
+    - spam: true
+  stop: true
+"""
+
+TIMED = """\
+- name: close-solved
+  after: {state: solved, days: 4}
+  then: [close]
+- name: remind-pending
+  after: {state: pending, days: 3}
+  then:
+    - remind: replies/pending-reminder
+- name: solve-after-reminder
+  after: {state: pending, days: 4, since: remind-pending}
+  then: [solve]
+- name: standard
+  sla: {first_response: 4h, warn_at: 0.5, escalate: agents}
+"""
+
+
+def rules_dir(tmp_path: Path, *files: str) -> Path:
+    folder = tmp_path / "rules"
+    folder.mkdir(exist_ok=True)
+    for index, text in enumerate(files):
+        (folder / f"{index:02}.yaml").write_text(text)
+    return folder
+
+
+@pytest.fixture
+def routed(make_config, smtp_sink, tmp_path):
+    agents = [("alice@acme.test", "Alice"), ("bob@acme.test", "Bob")]
+    return make_config(smtp=smtp_sink, agents=agents, rules=rules_dir(tmp_path, ROUTING))
+
+
+async def test_live_mail_is_routed_and_every_action_names_its_rule(routed, tmp_path):
+    customers = tmp_path / "c.csv"
+    customers.write_text("email,plan\ncustomer2@example.org,premium\n")
+    cli(routed, "customers", "import", str(customers))
+    async with Desk(routed) as desk:
+        [billing, premium, spam] = await desk.ingest(
+            [
+                customer_mail(1, subject="Question about my invoice"),
+                customer_mail(2, subject="Hello"),
+                customer_mail(3, subject="YOU HAVE WON a prize"),
+            ]
+        )
+    assert spam.outcome == "spam" and "drop-lottery-spam" in spam.reason
+    tickets = {t["ref"]: t for t in cli_json(routed, "tickets", "list")}
+    assert len(tickets) == 2
+    first = tickets[billing.ticket]
+    assert (first["queue"], first["priority"], first["tags"]) == ("billing", "high", ["billing"])
+    assert first["assignee"] in ("alice@acme.test", "bob@acme.test")
+    assert tickets[premium.ticket]["priority"] == "urgent"
+    events = cli_json(routed, "tickets", "show", billing.ticket)["events"]
+    applied = [e for e in events if e["type"] == "rule_applied"]
+    assert {e["actor"] for e in applied} == {"rule:billing-to-billing-queue"}
+    assert {e["detail"]["action"] for e in applied} >= {"queue", "priority", "tags", "assign"}
+
+
+def test_rules_test_explains_and_touches_nothing(routed, tmp_path):
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(customer_mail(1, subject="Refund please"))
+    shown = cli(routed, "rules", "test", str(mail)).stdout
+    assert "billing-to-billing-queue" in shown and "premium-plans-first" in shown
+    as_json = json.loads(cli(routed, "rules", "test", str(mail), "--json").stdout)
+    assert as_json["kind"] == "customer"
+    assert cli_json(routed, "tickets", "list") == []
+
+
+def test_invalid_rules_are_refused_with_file_and_line(make_config, tmp_path):
+    folder = rules_dir(tmp_path, ROUTING.replace("'(?i)you have won'", "'(unclosed'"))
+    config = make_config(rules=folder)
+    proc = cli(config, "check", check=False)
+    assert proc.returncode == 1
+    assert "00.yaml:" in proc.stderr and "unclosed" not in proc.stderr.split(":")[0]
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sighup_with_invalid_rules_keeps_the_old_ones(make_config, smtp_sink, tmp_path):
+    folder = rules_dir(tmp_path, ROUTING)
+    config = make_config(smtp=smtp_sink, rules=folder)
+    proc = start_daemon(config)
+    try:
+        _wait_for_log(config, "daemon_started")
+        (folder / "00.yaml").write_text(ROUTING + "- name: Bad Name\n  then: [{queue: x}]\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for_log(config, "reload_refused")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def _age(desk: Desk, ref: str, *, state: str, days: float) -> None:
+    """Put ticket REF in STATE as if it entered it DAYS ago."""
+    async with desk.sessions() as session, session.begin():
+        past = datetime.now(UTC) - timedelta(days=days)
+        await session.execute(
+            update(Ticket)
+            .where(Ticket.id == int(ref.split("-")[1]))
+            .values(state=state, state_since=past, created_at=past, first_response_at=past)
+        )
+
+
+async def test_time_rules_remind_solve_and_close(make_config, smtp_sink, tmp_path):
+    config = make_config(smtp=smtp_sink, agents=AGENTS, rules=rules_dir(tmp_path, TIMED))
+    async with Desk(config) as desk:
+        [pending, solved] = await desk.ingest([customer_mail(1), customer_mail(2)])
+        await _age(desk, pending.ticket, state="pending", days=3.1)
+        await _age(desk, solved.ticket, state="solved", days=4.1)
+        automation = Automation(desk.processor)
+        steps, _ = await automation.run_due()
+        assert steps == 2
+        assert (await automation.run_due())[0] == 0  # once only
+        # Four days after the reminder the pending ticket is solved (an injected clock).
+        later = datetime.now(UTC) + timedelta(days=4, minutes=1)
+        assert (await automation.run_due(later))[0] == 1
+        await desk.send_all()
+    states = {t["ref"]: t["state"] for t in cli_json(config, "tickets", "list")}
+    assert states == {pending.ticket: "solved", solved.ticket: "closed"}
+    reminders = [
+        m
+        for m in mails_to(smtp_sink, "customer1@example.org")
+        if "waiting for your answer" in m.get_content()
+    ]
+    assert len(reminders) == 1
+
+
+async def test_sla_warning_then_breach_mail(make_config, smtp_sink, tmp_path):
+    config = make_config(smtp=smtp_sink, agents=AGENTS, rules=rules_dir(tmp_path, TIMED))
+    async with Desk(config) as desk:
+        await desk.ingest([customer_mail(5)])
+        async with desk.sessions() as session, session.begin():
+            past = datetime.now(UTC) - timedelta(hours=3)
+            await session.execute(update(Ticket).values(created_at=past, state="open"))
+        automation = Automation(desk.processor)
+        assert (await automation.run_due())[0] == 1  # the warning (half of 4 h)
+        assert (await automation.run_due(datetime.now(UTC) + timedelta(hours=2)))[0] == 1
+        assert (await automation.run_due(datetime.now(UTC) + timedelta(hours=2)))[0] == 0
+        await desk.send_all()
+    subjects = [str(m["Subject"]) for m in mails_to(smtp_sink, "alice@acme.test")]
+    assert any("SLA warning (first response)" in s for s in subjects)
+    assert any("SLA breached (first response)" in s for s in subjects)
+
+
+async def test_two_daemons_on_postgresql_act_once(make_pg_config, smtp_sink, tmp_path):
+    config = make_pg_config(smtp=smtp_sink, agents=AGENTS, rules=rules_dir(tmp_path, TIMED))
+    async with Desk(config) as first, Desk(config) as second:
+        outcomes = await first.ingest([customer_mail(n) for n in range(10)])
+        for outcome in outcomes:
+            await _age(first, outcome.ticket, state="pending", days=3.1)
+        results = await asyncio.gather(
+            Automation(first.processor).run_due(), Automation(second.processor).run_due()
+        )
+        assert sum(steps for steps, _ in results) == 10
+        await first.send_all()
+        async with first.sessions() as session:
+            states = list(await session.scalars(select(Ticket.state)))
+    assert states.count("pending") == 10
+    reminders = [d for d in smtp_sink.deliveries if b"waiting for your answer" in d.data]
+    assert len(reminders) == 10  # one per ticket, never two
