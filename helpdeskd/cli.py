@@ -423,7 +423,7 @@ def cmd_contacts_show(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.clock import parse_time, show_time
-    from helpdeskd.notices import Audience, queue_notice
+    from helpdeskd.notices import Audience, send_notice
     from helpdeskd.render import Renderer
 
     audience = Audience.parse(args.to)
@@ -432,19 +432,18 @@ def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
 
     async def body(sessions: Any) -> int:
         progress = _progress_bar("rendering") if sys.stderr.isatty() else None
-        async with sessions() as session, session.begin():
-            report = await queue_notice(
-                session,
-                config,
-                Renderer(config.paths.templates),
-                category=args.category,
-                template=args.template,
-                audience=audience,
-                send_at=send_at,
-                extra=extra,
-                dry_run=args.dry_run,
-                progress=progress,
-            )
+        report = await send_notice(
+            sessions,
+            config,
+            Renderer(config.paths.templates),
+            category=args.category,
+            template=args.template,
+            audience=audience,
+            send_at=send_at,
+            extra=extra,
+            dry_run=args.dry_run,
+            progress=progress,
+        )
         if progress is not None:
             sys.stderr.write("\n")
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"

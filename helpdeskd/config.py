@@ -549,7 +549,7 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
     listen = http_t.get("listen", str, None)
     metrics_listen = http_t.get("metrics_listen", str, None)
     for key, value in (("listen", listen), ("metrics_listen", metrics_listen)):
-        if value is not None and not value.rpartition(":")[2].isdigit():
+        if value is not None and (":" not in value or not value.rpartition(":")[2].isdigit()):
             raise ConfigError(f"http.{key}: expected HOST:PORT, not {value!r}")
     http_t.check_unknown()
 

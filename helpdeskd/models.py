@@ -171,6 +171,8 @@ class Message(Base):
     """One mail on a ticket, inbound or outbound; Message-ID is unique."""
 
     __tablename__ = "messages"
+    # The flood breaker counts a sender's recent mail for every message it stores.
+    __table_args__ = (Index("ix_messages_from_addr_created_at", "from_addr", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)

@@ -8,6 +8,7 @@ anything is queued. Suppression is checked again when each mail is sent.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd import outbox
 from helpdeskd.config import Config
+from helpdeskd.db import SessionMaker
 from helpdeskd.errors import UserError
 from helpdeskd.loops import automatic_headers
 from helpdeskd.models import Contact, Event, Notice, OptOut, Outbox, OutboxRecipient, utcnow
@@ -147,7 +149,18 @@ def _context(
     }
 
 
-async def queue_notice(
+@dataclass(frozen=True)
+class Plan:
+    """Who a notice goes to: everything rendering needs, read in one short transaction."""
+
+    category: str
+    critical: bool
+    template: str  # the file, notices/NAME.txt.j2
+    contacts: tuple[Contact, ...]
+    reasons: Mapping[int, str]  # suppressed contacts by id, with the reason
+
+
+async def plan_notice(
     session: AsyncSession,
     config: Config,
     renderer: Renderer,
@@ -155,17 +168,7 @@ async def queue_notice(
     category: str,
     template: str,
     audience: Audience,
-    send_at: datetime | None = None,
-    expires_at: datetime | None = None,
-    extra: Mapping[str, Any] | None = None,
-    dry_run: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> NoticeReport:
-    """Render NOTICE for every recipient and queue it in SESSION's transaction.
-
-    Raises UserError, queueing nothing, for an unknown category or template, and for an
-    optional notice whose rendered text lacks the recipient's unsubscribe link.
-    """
+) -> Plan:
     notices = config.notices
     critical = notices.critical(category) if notices else None
     if notices is None or critical is None:
@@ -176,21 +179,46 @@ async def queue_notice(
         raise UserError(f"no notice template {name}")
     contacts = await recipients(session, audience)
     reasons = await suppressed(session, contacts, category, critical)
+    return Plan(category, critical, name, tuple(contacts), reasons)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    mails: tuple[tuple[str, bytes, str], ...]  # (address, message, Message-ID)
+    subject: str
+
+
+def render_notice(
+    config: Config,
+    renderer: Renderer,
+    plan: Plan,
+    *,
+    send_at: datetime,
+    extra: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Rendered:
+    """Render the notice for every recipient of PLAN (no database: no lock held meanwhile).
+
+    Raises UserError for an optional notice whose text lacks the recipient's unsubscribe link.
+    """
+    notices = config.notices
+    assert notices is not None
     service = config.service
-    send_at = send_at or utcnow()
-    mails: list[tuple[Contact, bytes, str]] = []
+    category, critical = plan.category, plan.critical
+    mails: list[tuple[str, bytes, str]] = []
     subject = ""
-    for done, contact in enumerate(contacts, 1):
+    total = len(plan.contacts)
+    for done, contact in enumerate(plan.contacts, 1):
         if progress is not None:
-            progress(done, len(contacts))
-        if contact.id in reasons:
+            progress(done, total)
+        if contact.id in plan.reasons:
             continue
         context = _context(config, contact, category, critical, extra or {})
-        rendered = renderer.render(name, context)
+        rendered = renderer.render(plan.template, context)
         if not critical and context["unsubscribe_url"] not in rendered.text:
             raise UserError(
-                f"{name}: an optional ({category}) notice must contain the unsubscribe link "
-                "{{ unsubscribe_url }} and instructions; nothing was queued"
+                f"{plan.template}: an optional ({category}) notice must contain the unsubscribe "
+                "link {{ unsubscribe_url }} and instructions; nothing was queued"
             )
         subject = subject or rendered.subject
         headers = dict(automatic_headers(service.support_address, "auto-generated"))
@@ -216,32 +244,50 @@ async def queue_notice(
                 extra_headers=headers,
             )
         )
-        mails.append((contact, data, message_id))
+        mails.append((contact.email, data, message_id))
+    return Rendered(tuple(mails), subject)
+
+
+def _skipped(plan: Plan) -> dict[str, int]:
     skipped: dict[str, int] = {}
-    for reason in reasons.values():
+    for reason in plan.reasons.values():
         key = reason.split(" of ")[0]
         skipped[key] = skipped.get(key, 0) + 1
-    if dry_run:
-        return NoticeReport(None, len(contacts), len(mails), skipped, subject)
+    return skipped
+
+
+async def store_notice(
+    session: AsyncSession,
+    config: Config,
+    plan: Plan,
+    rendered: Rendered,
+    *,
+    audience: Audience,
+    send_at: datetime,
+    expires_at: datetime | None,
+) -> NoticeReport:
+    """Queue the rendered mails in SESSION's transaction, spaced by the configured rate."""
+    notices = config.notices
+    assert notices is not None
     notice = Notice(
-        category=category,
-        template=template,
+        category=plan.category,
+        template=plan.template.removeprefix("notices/").removesuffix(".txt.j2"),
         audience=str(audience),
-        critical=critical,
-        subject=subject,
+        critical=plan.critical,
+        subject=rendered.subject,
         send_at=send_at,
         expires_at=expires_at,
-        skipped=len(reasons),
+        skipped=len(plan.reasons),
     )
     session.add(notice)
     await session.flush()
-    for index, (contact, data, message_id) in enumerate(mails):
+    for index, (address, data, message_id) in enumerate(rendered.mails):
         row = outbox.enqueue(
             session,
             kind="notice",
             message_id=message_id,
             envelope_from=notices.from_address,
-            recipients=[contact.email],
+            recipients=[address],
             data=data,
             expires_at=expires_at,
             # The configured rate spreads a large notice over time; the sender keeps order.
@@ -253,11 +299,85 @@ async def queue_notice(
             ticket_id=None,
             type="notice_queued",
             actor="cli",
-            detail={"notice": notice.id, "category": category, "queued": len(mails)},
+            detail={"notice": notice.id, "category": plan.category, "queued": len(rendered.mails)},
         )
     )
-    log.info("notice_queued", notice=notice.id, category=category, queued=len(mails))
-    return NoticeReport(notice.id, len(contacts), len(mails), skipped, subject)
+    log.info("notice_queued", notice=notice.id, category=plan.category, queued=len(rendered.mails))
+    return NoticeReport(
+        notice.id, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
+    )
+
+
+async def queue_notice(
+    session: AsyncSession,
+    config: Config,
+    renderer: Renderer,
+    *,
+    category: str,
+    template: str,
+    audience: Audience,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> NoticeReport:
+    """Plan, render and queue a notice in SESSION's transaction (see send_notice for a large
+    one sent on its own: it keeps the database free while rendering)."""
+    send_at = send_at or utcnow()
+    plan = await plan_notice(
+        session, config, renderer, category=category, template=template, audience=audience
+    )
+    rendered = render_notice(
+        config, renderer, plan, send_at=send_at, extra=extra, progress=progress
+    )
+    if dry_run:
+        return NoticeReport(
+            None, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
+        )
+    return await store_notice(
+        session, config, plan, rendered, audience=audience, send_at=send_at, expires_at=expires_at
+    )
+
+
+async def send_notice(
+    sessions: SessionMaker,
+    config: Config,
+    renderer: Renderer,
+    *,
+    category: str,
+    template: str,
+    audience: Audience,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> NoticeReport:
+    """Like queue_notice, in three steps so that no transaction is open while rendering: a
+    running daemon keeps storing mail while ten thousand notices are rendered."""
+    send_at = send_at or utcnow()
+    async with sessions() as session, session.begin():
+        plan = await plan_notice(
+            session, config, renderer, category=category, template=template, audience=audience
+        )
+    rendered = await asyncio.to_thread(
+        render_notice, config, renderer, plan, send_at=send_at, extra=extra, progress=progress
+    )
+    if dry_run:
+        return NoticeReport(
+            None, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
+        )
+    async with sessions() as session, session.begin():
+        return await store_notice(
+            session,
+            config,
+            plan,
+            rendered,
+            audience=audience,
+            send_at=send_at,
+            expires_at=expires_at,
+        )
 
 
 async def opt_out(session: AsyncSession, contact: Contact, category: str, via: str) -> bool:

@@ -206,6 +206,7 @@ class Processor:
         self.backfill = backfill
         self.outbox_wakeup = outbox_wakeup
         self._lock = asyncio.Lock()
+        self._flood_seen: dict[tuple[str, int], str | None] = {}
         self.agents = AgentDesk(config, renderer, backfill=backfill)
         self.rules = routing.load(config)
 
@@ -294,6 +295,7 @@ class Processor:
             rows = await session.execute(
                 select(RawMessage.source, RawMessage.uidvalidity, RawMessage.uid).where(
                     RawMessage.source.in_(sources),
+                    RawMessage.uidvalidity.in_({item.uidvalidity for item in items}),
                     RawMessage.uid.in_([item.uid for item in items]),
                 )
             )
@@ -432,6 +434,7 @@ class Processor:
         parsed: ParsedMessage,
         raw: RawMessage | None = None,
     ) -> Outcome:
+        self._flood_seen.clear()
         if raw is None:
             raw = self._raw_row(item, parsed.message_id)
             session.add(raw)
@@ -1159,7 +1162,16 @@ class Processor:
         return None
 
     async def _flood(self, session: AsyncSession, sender: str, ticket: Ticket) -> str | None:
-        """Return why automatic mail stops for SENDER or TICKET (a flood); tell agents once."""
+        """Return why automatic mail stops for SENDER or TICKET (a flood); tell agents once.
+
+        Asked twice per message (acknowledgement, notification): the answer is kept for it.
+        """
+        key = (sender, ticket.id)
+        if key not in self._flood_seen:
+            self._flood_seen[key] = await self._flood_check(session, sender, ticket)
+        return self._flood_seen[key]
+
+    async def _flood_check(self, session: AsyncSession, sender: str, ticket: Ticket) -> str | None:
         service = self.config.service
         since = utcnow() - timedelta(minutes=service.flood_minutes)
         inbound = select(func.count(Message.id)).where(
