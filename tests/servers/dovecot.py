@@ -221,16 +221,6 @@ class Dovecot:
         # the master is gone; its children notice and exit, but do not wait for that forever
         deadline = time.monotonic() + STOP_TIMEOUT
         while _group_members(pgid):
-            import sys
-
-            print(
-                "MEMBERS",
-                [
-                    Path(f"/proc/{x}/cmdline").read_text().replace(chr(0), " ")
-                    for x in _group_members(pgid)
-                ],
-                file=sys.stderr,
-            )
             if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,585 @@
+"""Notice benchmark: queueing a notice to many customers, and sending it through the outbox.
+
+    .venv/bin/python -m tests.bench.notices [--recipients 10000] [--send 2000]
+
+Not a test: pytest never collects it (it is not named ``test_*.py``) and nothing here asserts
+a speed; it prints figures. One run, one fresh SQLite database (WAL, ``synchronous=FULL``, set by
+``helpdeskd.db.create_engine``) in a temporary directory, one aiosmtpd ``SmtpSink``; both are
+removed or stopped at the end, on error and on Ctrl-C (or SIGTERM) alike.
+
+Phases:
+
+1. setup (in a child process, so that its memory does not count in phase 2's peak RSS):
+   ``helpdeskd.db.upgrade``, then N customers from a generated CSV through
+   ``helpdeskd.customers.import_csv`` in one transaction, as ``helpdeskd customers import``.
+2. queue: ``queue_notice`` of the optional category ``feature_update`` with the shipped
+   template ``feature_update`` to every customer (``Audience()``: all), then COMMIT, in one
+   transaction as ``helpdeskd notice send``. Wall time, recipients/s, and the process's peak
+   RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) before and after.
+3. raw arm: the first M rendered mails (the ``data`` column of their outbox rows) sent by one
+   ``aiosmtplib.SMTP`` connection, ``sendmail`` one after the other; timed from connect to QUIT.
+4. helpdeskd arm: ``OutboxSender(sessions, smtp, recheck=notices.recheck).drain()`` delivering
+   those M rows. ``queue_notice`` spreads a notice over time (row i is due ``i / rate`` seconds
+   after ``send_at``, ``[notices] rate`` defaults to 20/s); the config here sets
+   ``rate = 1e9`` so that every row is due at once and the sender runs flat out. The rows after
+   the first M stay in the table (a 10,000-row queue) but are moved a day ahead, so that
+   ``drain()`` stops after M.
+5. raw arm again; the raw figure used for the ratio is the mean of the two runs.
+
+The sink runs in its own process (``--inproc-sink`` puts it in a thread of this one, as the
+tests do), so its work does not compete with the sender for this process's GIL. helpdeskd logs
+as the daemon does (``helpdeskd.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
+``CPU ms/mail`` is this process's CPU time (all its threads, aiosqlite's included) over the
+arm, which does not depend on how busy the (possibly shared) machine is; ``machine busy`` says
+how busy all cores were meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from sqlalchemy import event, func, select, update
+
+SERVICE_NAME = "Acme Postgres add-on"
+DAY = timedelta(days=1)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run as intended (wrong counts, a server that failed)."""
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# --- process and machine accounting -----------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine_ticks() -> tuple[int, int]:
+    """Return (busy, total) jiffies of all cores since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass
+class Span:
+    """Wall and CPU time of one measured stretch, and how busy the machine was."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    busy: float = 0.0
+
+
+@contextmanager
+def measure() -> Iterator[Span]:
+    span = Span()
+    ticks = machine_ticks()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    try:
+        yield span
+    finally:
+        span.wall = time.perf_counter() - start
+        span.cpu = time.process_time() - cpu
+        busy, total = machine_ticks()
+        span.busy = (busy - ticks[0]) / max(1, total - ticks[1])
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem PATH is on (fsync costs nothing on tmpfs)."""
+    best, kind = "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
+# --- the SMTP sink ----------------------------------------------------------------------------
+
+
+def _sink_main(conn: Connection) -> None:
+    """Child process: run an SmtpSink and answer "count" until told "stop"."""
+    from tests.servers.smtp import SmtpSink
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it, Ctrl-C or not
+
+    sink = SmtpSink()
+    sink.start()
+    try:
+        conn.send((sink.host, sink.port))
+        while True:
+            command = conn.recv()
+            if command == "count":
+                with sink.handler.lock:
+                    conn.send(len(sink.handler.deliveries))
+            else:
+                break
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        sink.stop()
+
+
+class Sink:
+    """An SmtpSink in a child process (default) or in a thread of this process."""
+
+    def __init__(self, *, inproc: bool) -> None:
+        self._local: Any = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        if inproc:
+            from tests.servers.smtp import SmtpSink
+
+            self._local = SmtpSink()
+            self._local.start()
+            self.host, self.port = self._local.host, self._local.port
+            return
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_sink_main, args=(child,), daemon=True)
+        self._process.start()
+        child.close()
+        if not self._conn.poll(30):
+            raise BenchError("the SMTP sink did not start within 30 s")
+        self.host, self.port = self._conn.recv()
+
+    def count(self) -> int:
+        if self._local is not None:
+            return len(self._local.deliveries)
+        assert self._conn is not None
+        self._conn.send("count")
+        return int(self._conn.recv())
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.stop()
+            self._local = None
+        if self._process is not None:
+            try:
+                assert self._conn is not None
+                self._conn.send("stop")
+            except (OSError, ValueError):
+                pass
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+            self._process = None
+
+
+# --- setup: config, database, customers -------------------------------------------------------
+
+
+def write_config(workdir: Path, host: str, port: int) -> Path:
+    secret = workdir / "secret.key"
+    secret.write_text("k1 bench-secret-key-0123456789abcdef\n")
+    secret.chmod(0o600)
+    lines = [
+        "[service]",
+        f'name = "{SERVICE_NAME}"',
+        'support_address = "support@acme.test"',
+        'public_url = "https://support.acme.test"',
+        'ticket_prefix = "HD"',
+        f'secret_key_file = "{secret}"',
+        f'state_dir = "{workdir / "state"}"',
+        "",
+        "[database]",
+        f'url = "sqlite:///{workdir / "helpdeskd.db"}"',
+        "",
+        "[smtp]",
+        f'host = "{host}"',
+        f"port = {port}",
+        'security = "none"',
+        "timeout = 30",
+        "",
+        "[[agent]]",
+        'email = "alice@acme.test"',
+        'name = "Alice"',
+        "",
+        "[notices]",
+        'postal_address = "Acme Inc., 1 Main St, Springfield"',
+        "# every row due at once: the benchmark measures the sender, not the configured rate",
+        "rate = 1e9",
+        "",
+    ]
+    path = workdir / "helpdeskd.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_customers(path: Path, count: int) -> None:
+    plans = ("basic", "standard", "premium", "enterprise")
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("email,name,plan,app,addon_id,status\n")
+        for i in range(count):
+            out.write(
+                f"customer{i:06d}@customer{i % 97:02d}.example,Customer {i:06d},"
+                f"{plans[i % len(plans)]},app-{i:06d},addon-{i:06d},active\n"
+            )
+
+
+def _setup_main(url: str, csv_path: str, conn: Connection) -> None:
+    """Child process: migrate the database and import the customers, as the CLI does."""
+    from helpdeskd.customers import import_csv
+    from helpdeskd.db import create_engine, sessionmaker, upgrade
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent kills it on Ctrl-C
+
+    start = time.perf_counter()
+    upgrade(url)
+    migrated = time.perf_counter() - start
+
+    async def load() -> tuple[int, int]:
+        engine = create_engine(url)
+        try:
+            async with sessionmaker(engine)() as session, session.begin():
+                return await import_csv(session, Path(csv_path))
+        finally:
+            await engine.dispose()
+
+    start = time.perf_counter()
+    created, updated = asyncio.run(load())
+    conn.send((migrated, created, updated, time.perf_counter() - start, peak_rss_mb()))
+
+
+def setup_database(url: str, csv_path: Path) -> tuple[float, int, int, float, float]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_setup_main, args=(url, str(csv_path), child), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(1800):
+            raise BenchError("the database setup took longer than 30 minutes")
+        result = parent.recv()
+        process.join(10)
+    except EOFError:
+        raise BenchError(f"the database setup failed (exit code {process.exitcode})") from None
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return result
+
+
+# --- the raw arm ------------------------------------------------------------------------------
+
+
+async def raw_send(host: str, port: int, mails: list[tuple[str, str, bytes]]) -> Span:
+    """Send MAILS over one aiosmtplib connection, one sendmail after the other."""
+    with measure() as span:
+        client = aiosmtplib.SMTP(
+            hostname=host, port=port, timeout=30, use_tls=False, start_tls=False
+        )
+        await client.connect()
+        try:
+            for sender, recipient, data in mails:
+                await client.sendmail(sender, [recipient], data)
+        finally:
+            await client.quit()
+    return span
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+class StatementCounter:
+    """Count the SQL statements and COMMITs an engine runs."""
+
+    def __init__(self, engine: Any) -> None:
+        self.statements = 0
+        self.commits = 0
+        event.listen(engine.sync_engine, "before_cursor_execute", self._statement)
+        event.listen(engine.sync_engine, "commit", self._commit)
+
+    def _statement(self, *_args: Any) -> None:
+        self.statements += 1
+
+    def _commit(self, *_args: Any) -> None:
+        self.commits += 1
+
+    def reading(self) -> tuple[int, int]:
+        return self.statements, self.commits
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def arm_line(name: str, count: int, span: Span) -> str:
+    return (
+        f"  {name:<22} {count} mails in {span.wall:6.2f} s = {rate(count, span.wall):7.1f} "
+        f"mails/s, CPU {1000 * span.cpu / max(1, count):5.2f} ms/mail, "
+        f"machine {100 * span.busy:3.0f}% busy"
+    )
+
+
+async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None:
+    from helpdeskd import notices
+    from helpdeskd.config import NoticesConfig, load_config
+    from helpdeskd.db import create_engine, sessionmaker
+    from helpdeskd.models import Outbox, OutboxRecipient, utcnow
+    from helpdeskd.notices import Audience, queue_notice
+    from helpdeskd.outbox import OutboxSender
+    from helpdeskd.render import Renderer
+
+    config = load_config(config_path)
+    assert config.notices is not None and config.smtp is not None
+    engine = create_engine(config.database.url)
+    counter = StatementCounter(engine)
+    sessions = sessionmaker(engine)
+    try:
+        async with engine.connect() as conn:
+            journal = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            synchronous = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+        say(
+            f"SQLite: journal_mode={journal}, synchronous={synchronous} (2 = FULL), "
+            f"on {filesystem_of(Path(args.workdir))}"
+        )
+        say(f"[notices] rate = {config.notices.rate:g}/s (default 20/s): every row due at once")
+
+        # --- queue ---------------------------------------------------------------------------
+        say()
+        say(f"queue: feature_update (optional, shipped template) to {args.recipients} customers")
+        renderer = Renderer(config.paths.templates)
+        rss_before, rss_now = peak_rss_mb(), current_rss_mb()
+        statements0 = counter.reading()
+        with measure() as total:
+            async with sessions() as session, session.begin():
+                with measure() as render:
+                    report = await queue_notice(
+                        session,
+                        config,
+                        renderer,
+                        category="feature_update",
+                        template="feature_update",
+                        audience=Audience(),
+                        extra={"message": "Connection pooling is here."},
+                    )
+                commit_start = time.perf_counter()
+        commit = time.perf_counter() - commit_start
+        rss_after = peak_rss_mb()
+        statements = counter.reading()
+        if report.queued != args.recipients or report.notice_id is None:
+            raise BenchError(f"queued {report.queued} of {report.recipients}: {report.skipped}")
+        async with sessions() as session:
+            size = await session.scalar(select(func.avg(func.length(Outbox.data))))
+        say(
+            f"  queue_notice + commit  {total.wall:6.2f} s = "
+            f"{rate(report.queued, total.wall):7.1f} recipients/s  "
+            f"(queue_notice {render.wall:.2f} s, flush + commit {commit:.2f} s; "
+            f"CPU {total.cpu:.2f} s, machine {100 * total.busy:.0f}% busy)"
+        )
+        say(
+            f"  peak RSS               {rss_after:6.1f} MiB after commit; {rss_before:.1f} MiB "
+            f"peak ({rss_now:.1f} MiB current) before queue_notice: +{rss_after - rss_before:.1f} "
+            f"MiB, {1024 * (rss_after - rss_before) / report.queued:.1f} KiB/recipient"
+        )
+        say(
+            f"  {report.queued} outbox rows, {size or 0:.0f} bytes/mail on average; "
+            f"{statements[0] - statements0[0]} SQL statements, "
+            f"{statements[1] - statements0[1]} COMMIT"
+        )
+
+        # --- keep only the first M rows due --------------------------------------------------
+        send = min(args.send, report.queued)
+        async with sessions() as session, session.begin():
+            ids = list(
+                await session.scalars(
+                    select(Outbox.id)
+                    .where(Outbox.notice_id == report.notice_id)
+                    .order_by(Outbox.next_attempt_at, Outbox.id)
+                    .limit(send)
+                )
+            )
+            await session.execute(
+                update(Outbox)
+                .where(Outbox.notice_id == report.notice_id, Outbox.id.not_in(ids))
+                .values(next_attempt_at=utcnow() + DAY)
+            )
+            rows = (
+                await session.execute(
+                    select(Outbox.envelope_from, OutboxRecipient.address, Outbox.data)
+                    .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
+                    .where(Outbox.id.in_(ids))
+                    .order_by(Outbox.next_attempt_at, Outbox.id)
+                )
+            ).all()
+        mails = [(str(s), str(a), bytes(d)) for s, a, d in rows]
+        if len(mails) != send:
+            raise BenchError(f"expected {send} rendered mails, read {len(mails)}")
+
+        say()
+        say(
+            f"send: the first {send} of the {report.queued} queued mails to an aiosmtpd sink "
+            f"({'in this process' if args.inproc_sink else 'in its own process'}), "
+            "no DKIM, no TLS"
+        )
+
+        async def raw(label: str) -> Span:
+            before = sink.count()
+            span = await raw_send(config.smtp.host, config.smtp.port, mails)
+            got = sink.count() - before
+            if got != send:
+                raise BenchError(f"{label}: the sink got {got} mails, not {send}")
+            say(arm_line(label, send, span))
+            return span
+
+        raw1 = await raw("raw aiosmtplib (1)")
+
+        sender = OutboxSender(sessions, config.smtp, recheck=notices.recheck)
+        before_count, before_sql = sink.count(), counter.reading()
+        with measure() as desk:
+            await sender.drain(limit=args.drain_limit)
+        got = sink.count() - before_count
+        sql = counter.reading()
+        async with sessions() as session:
+            states = dict(
+                (
+                    await session.execute(
+                        select(Outbox.state, func.count(Outbox.id))
+                        .where(Outbox.notice_id == report.notice_id)
+                        .group_by(Outbox.state)
+                    )
+                ).all()
+            )
+        if got != send or states.get("sent") != send:
+            raise BenchError(
+                f"helpdeskd: the sink got {got} mails, outbox states {states}, expected {send} "
+                f"sent (raise --drain-limit, now {args.drain_limit:g} s?)"
+            )
+        say(arm_line("helpdeskd OutboxSender", send, desk))
+        say(
+            f"  {'':<22} {(sql[0] - before_sql[0]) / send:.1f} SQL statements and "
+            f"{(sql[1] - before_sql[1]) / send:.1f} COMMITs per mail (synchronous=FULL)"
+        )
+
+        raw2 = await raw("raw aiosmtplib (2)")
+
+        raw_rate = (rate(send, raw1.wall) + rate(send, raw2.wall)) / 2
+        raw_cpu = (raw1.cpu + raw2.cpu) / 2
+        say()
+        say(
+            f"ratio helpdeskd/raw: {rate(send, desk.wall) / raw_rate:.3f} by rate "
+            f"({rate(send, desk.wall):.1f} / {raw_rate:.1f} mails/s, raw = mean of both runs); "
+            f"CPU per mail {desk.cpu / max(raw_cpu, 1e-9):.1f}x the raw loop's"
+        )
+        default_rate = NoticesConfig.rate
+        say(
+            f"at the default [notices] rate of {default_rate:g}/s, {report.queued} recipients "
+            f"take {report.queued / default_rate / 60:.1f} min to send whatever the sender's speed"
+        )
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.notices",
+        description="Queue a notice to N customers and send M of them through the outbox.",
+    )
+    parser.add_argument("--recipients", type=int, default=10_000, help="customers (N)")
+    parser.add_argument("--send", type=int, default=2_000, help="mails to send (M)")
+    parser.add_argument(
+        "--drain-limit", type=float, default=600.0, help="drain()'s time limit, seconds"
+    )
+    parser.add_argument(
+        "--inproc-sink", action="store_true", help="run the SMTP sink in a thread of this process"
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary dir")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary dir")
+    args = parser.parse_args(argv)
+    if args.recipients < 1 or args.send < 1:
+        parser.error("--recipients and --send must be at least 1")
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM as Ctrl-C; and Ctrl-C at once, even inside queue_notice's rendering loop (which
+    # never awaits, so asyncio.run's own SIGINT handler would wait until the loop ends).
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, interrupt)
+    if previous_sigint is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
+
+    from helpdeskd.logs import configure
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    configure(json=True, level="INFO", stream=devnull)
+    workdir = Path(tempfile.mkdtemp(prefix="helpdeskd-bench-notices-", dir=args.dir))
+    args.workdir = workdir
+    sink: Sink | None = None
+    try:
+        say(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, work dir {workdir}")
+        sink = Sink(inproc=args.inproc_sink)
+        config_path = write_config(workdir, sink.host, sink.port)
+        csv_path = workdir / "customers.csv"
+        write_customers(csv_path, args.recipients)
+        url = f"sqlite:///{workdir / 'helpdeskd.db'}"
+        migrated, created, _updated, seconds, child_rss = setup_database(url, csv_path)
+        if created != args.recipients:
+            raise BenchError(f"import_csv created {created} customers, not {args.recipients}")
+        say(
+            f"setup (child process): migrations {migrated:.1f} s; import_csv of {created} "
+            f"customers {seconds:.2f} s = {rate(created, seconds):.0f}/s, "
+            f"child peak RSS {child_rss:.1f} MiB"
+        )
+        asyncio.run(bench(args, config_path, sink))
+        return 0
+    except KeyboardInterrupt:
+        say("\ninterrupted; cleaning up")
+        return 130
+    except BenchError as exc:
+        say(f"benchmark failed: {exc}")
+        return 1
+    finally:
+        # Cleaning up takes seconds at most; a second Ctrl-C must not leave a server behind.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if sink is not None:
+            sink.close()
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        devnull.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, previous_sigint)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
