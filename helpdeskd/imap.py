@@ -60,6 +60,8 @@ log = structlog.get_logger(__name__)
 KEYWORD = "$Helpdeskd"
 MAX_FETCH = 100  # messages per FETCH: aioimaplib parses a read recursively, line by line
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # message bytes held in memory per batch (at least one)
+CATCH_UP_TRIES = 3  # fetches of one UID within one catch-up
+CATCH_UP_PAUSE = 0.5  # seconds before fetching a UID again
 SPOOL_CHUNK = 4 * 1024 * 1024  # bytes per partial FETCH of an oversize message
 BYTES_PER_SECOND = 100_000  # a FETCH may take its timeout plus a second per 100 kB
 LOGOUT_TIMEOUT = 5.0
@@ -700,11 +702,13 @@ class MailboxWatcher:
     async def _catch_up(self, session: _Session) -> int:
         """Handle everything still unprocessed in the folder; return how many."""
         handled = 0
-        attempted: set[int] = set()
+        # A UID the server did not return in full (no size, no body: a race with another
+        # client, an odd answer) is tried again a few times before the next wake-up.
+        attempts: dict[int, int] = {}
         while True:
             exists_before = session.exists_seen
             uids = await self._search(session)
-            fresh = [uid for uid in uids if uid not in attempted]
+            fresh = [uid for uid in uids if attempts.get(uid, 0) < CATCH_UP_TRIES]
             if not fresh:
                 if uids:
                     self._log.warning("imap_mark_ineffective", uids=uid_set(uids))
@@ -712,7 +716,10 @@ class MailboxWatcher:
                 if session.exists_seen == exists_before or self._stop.is_set():
                     break
                 continue
-            attempted.update(fresh)
+            if any(uid in attempts for uid in fresh):
+                await asyncio.sleep(CATCH_UP_PAUSE)
+            for uid in fresh:
+                attempts[uid] = attempts.get(uid, 0) + 1
             handled += await self._handle(session, fresh)
             if self._stop.is_set():
                 break
@@ -835,6 +842,10 @@ class MailboxWatcher:
                     offset += len(piece)
                     if len(piece) < SPOOL_CHUNK:
                         break
+                if offset != size:
+                    # Never keep a part for the whole: the mail stays unmarked and is fetched
+                    # again at the next catch-up.
+                    raise ImapError(f"UID {uid}: got {offset} of {size} bytes")
                 out.flush()
                 os.fsync(out.fileno())
             final = self._spool_dir / f"{digest.hexdigest()}.eml"

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 import aiosmtplib
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config import SmtpConfig
@@ -112,7 +112,7 @@ class OutboxSender:
                     asyncio.ensure_future(self.wakeup.wait()),
                 ]
                 _done, pending = await asyncio.wait(
-                    waiters, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
+                    waiters, timeout=await self._until_due(), return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in pending:
                     task.cancel()
@@ -125,6 +125,17 @@ class OutboxSender:
         while attempted < CLAIM_BATCH and await self._deliver_next():
             attempted += 1
         return attempted
+
+    async def _until_due(self) -> float:
+        """Seconds until the next row is due (a retry's backoff), at most idle_poll."""
+        async with self.sessions() as session:
+            due = await session.scalar(
+                select(func.min(Outbox.next_attempt_at)).where(Outbox.state == "pending")
+            )
+            await session.rollback()
+        if due is None:
+            return self.idle_poll
+        return min(self.idle_poll, max(0.05, (due - utcnow()).total_seconds()))
 
     async def drain(self, limit: float = 30.0) -> None:
         """Send until nothing is due (for the CLI and tests)."""
