@@ -359,3 +359,51 @@ async def test_a_note_quoted_in_another_agents_reply_never_reaches_the_customer(
     assert len(to_customer) == 2  # the acknowledgement and Bob's reply
     assert all(b"SECRET-NOTE" not in d.data for d in to_customer)
     assert b"Your database is back." in to_customer[-1].data
+
+
+def test_agent_round_trip_through_dovecot_and_the_daemon(make_config, smtp_sink, dovecot):
+    """A customer writes, the agent answers from the notification, over real IMAP and SMTP."""
+    from tests.test_daemon import start_daemon
+    from tests.test_web import wait_until
+
+    mailbox = {
+        "name": "support",
+        "host": dovecot.host,
+        "port": dovecot.port,
+        "security": "none",
+        "username": "support@acme.test",
+        "password": "secret",
+        "processed_folder": "Processed",
+        "poll_interval": 600,
+    }
+    config = make_config(smtp=smtp_sink, agents=AGENTS, mailboxes=[mailbox])
+    proc = start_daemon(config)
+    try:
+        dovecot.append("support@acme.test", "secret", customer_mail(1))
+        note = wait_until(
+            lambda: next((m for m in mails_to(smtp_sink, ALICE) if "via" in str(m["From"])), None)
+        )
+        reply = agent_mail(
+            reply_to(note),
+            "#priority high\n\nRestarted; please try again.",
+            subject=f"Re: {note['Subject']}",
+            in_reply_to=note["Message-ID"],
+        )
+        dovecot.append("support@acme.test", "secret", reply)
+        answer = wait_until(
+            lambda: next(
+                (
+                    m
+                    for m in mails_to(smtp_sink, "customer1@example.org")
+                    if m["Auto-Submitted"] is None
+                ),
+                None,
+            )
+        )
+        assert "Restarted; please try again." in answer.get_content()
+        assert "#priority" not in answer.get_content()
+        wait_until(lambda: cli_json(config, "tickets", "list")[0]["priority"] == "high")
+        assert dovecot.list_uids("support@acme.test", "secret", "INBOX") == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
