@@ -26,6 +26,8 @@ import mailparser
 from mailparser.utils import decode_header_part, ported_string
 from mailparser_reply import EmailReplyParser
 
+from helpdeskd.attachments import expand_tnef, is_tnef
+
 MAX_TEXT = 512 * 1024  # characters of text kept per message
 # Longer cannot be real and would not fit the database columns (models.py): an address has at
 # most 64 + 1 + 255 octets (RFC 5321 section 4.5.3.1), and a Message-ID must fit one 998-octet
@@ -36,7 +38,8 @@ REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "ja", "cs", "
 _BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _ATOMS = re.compile(r'[^\s()<>@,;:\\"\[\]]+')  # dot-atom-ish: no specials, no quoting needed
-_LITERAL = re.compile(r"\[[^\s\[\]\\]*\]")  # a domain literal: [192.0.2.1]
+# A domain is dot-separated labels (the stdlib cannot read "x." or "x..y" back) or a literal.
+_DOMAIN = re.compile(r'[^\s()<>@,;:\\"\[\].]+(?:\.[^\s()<>@,;:\\"\[\].]+)*|\[[^\s\[\]\\]*\]')
 # Control characters, and U+FFFD: what undecodable bytes became, so no address anyone has.
 _NOT_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
 # mail-parser logs a warning for every MIME part type it does not turn into text, and an error
@@ -61,6 +64,7 @@ class Attachment:
     type: str
     size: int
     sha256: str
+    data: bytes = field(default=b"", repr=False, compare=False)  # kept content-addressed
 
 
 @dataclass(frozen=True)
@@ -155,17 +159,18 @@ def is_address(text: str) -> bool:
     """Whether TEXT is an address we store and write into our own mail's headers.
 
     Neither part may hold specials, so no quoted local part ("a,b"@x): the stdlib (3.11) drops
-    the quotes of a long one when it folds the header. Nothing may hold whitespace, control
-    characters, U+FFFD or "=?". An encoded word is never part of an addr-spec (RFC 2047 section
-    5): one left in an address (a doubly encoded header) is hostile, and the stdlib would decode
-    it when we write the address into our own mail's header, or misread even a broken one
-    ("=?x?q?y" as a domain).
+    the quotes of a long one when it folds the header. A local part may have stray dots, as
+    some mobile carriers' do ("foo..bar.@docomo.ne.jp"); a domain may not. Nothing may hold
+    whitespace, control characters, U+FFFD or "=?". An encoded word is never part of an
+    addr-spec (RFC 2047 section 5): one left in an address (a doubly encoded header) is hostile,
+    and the stdlib would decode it when we write the address into our own mail's header, or
+    misread even a broken one ("=?x?q?y" as a domain).
     """
     local, _, domain = text.rpartition("@")
     return (
         len(text) <= MAX_ADDRESS
         and _ATOMS.fullmatch(local) is not None
-        and (_ATOMS.fullmatch(domain) is not None or _LITERAL.fullmatch(domain) is not None)
+        and _DOMAIN.fullmatch(domain) is not None
         and not any(c.isspace() for c in text)
         and not _NOT_IN_ADDRESS.search(text)
         and "=?" not in text
@@ -220,6 +225,35 @@ def extract_reply(text: str) -> str:
     return reply if reply else text.strip()
 
 
+def _attachments(items: list[dict[str, Any]]) -> tuple[tuple[Attachment, ...], str]:
+    """Decode mail-parser's attachments, unpacking Outlook's winmail.dat (TNEF).
+
+    Returns the attachments and the text body a TNEF blob carried (Outlook sometimes puts
+    the whole message there), '' when none did.
+    """
+    found: list[Attachment] = []
+    tnef_text = ""
+    for item in items:
+        attachment = _attachment(item)
+        if is_tnef(attachment.name, attachment.type):
+            files, text = expand_tnef(attachment.data)
+            if files or text:
+                tnef_text = tnef_text or text
+                found.extend(
+                    Attachment(
+                        name=_clean(name)[:255],
+                        type=ctype,
+                        size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        data=data,
+                    )
+                    for name, ctype, data in files
+                )
+                continue
+        found.append(attachment)
+    return tuple(found), tnef_text
+
+
 def _attachment(item: dict[str, Any]) -> Attachment:
     payload = item.get("payload") or ""
     data: bytes
@@ -235,6 +269,7 @@ def _attachment(item: dict[str, Any]) -> Attachment:
         type=_clean(str(item.get("mail_content_type") or "application/octet-stream")).lower(),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
+        data=data,
     )
 
 
@@ -337,6 +372,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
         # Only the HTML we keep (html2text takes ~2 s a megabyte): a 10 MB newsletter would
         # otherwise run past the worker's timeout for text that is cut to MAX_TEXT anyway.
         full_text = _html_to_text(html[:MAX_TEXT])
+    attachments, tnef_text = _attachments(mail.attachments)
+    if not full_text and tnef_text:
+        full_text = tnef_text  # Outlook put the whole message into winmail.dat
     full_text = full_text.replace("\r\n", "\n").replace("\x00", "")[:MAX_TEXT]
 
     date: datetime | None = mail.date if isinstance(mail.date, datetime) else None
@@ -377,7 +415,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         text=extract_reply(full_text)[:MAX_TEXT],
         full_text=full_text,
         html=html[:MAX_TEXT] if html else None,
-        attachments=tuple(_attachment(a) for a in mail.attachments),
+        attachments=attachments,
         headers=tuple(header_pairs),
         defects=len(mail.defects or []),
         part_types=_part_types(mail.message),

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd import routing
 from helpdeskd.agents import AgentDesk, forwarded_sender
+from helpdeskd.attachments import store as store_attachment
 from helpdeskd.bounces import parse_bounce, parse_complaint
 from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.config import Config
@@ -244,6 +245,7 @@ class Processor:
                 *(self._parse(item) for item, seen in zip(items, known, strict=True) if not seen),
                 return_exceptions=True,
             )
+            await asyncio.to_thread(self._keep_attachments, parsed)
             parsed_iter = iter(parsed)
             outcomes: list[Outcome] = []
             async with self.sessions() as session, session.begin():
@@ -269,6 +271,15 @@ class Processor:
                     reason=outcome.reason,
                 )
             return outcomes
+
+    def _keep_attachments(self, results: Sequence[object]) -> None:
+        """Store every attachment's bytes content-addressed under the state folder."""
+        folder = self.config.service.state_dir / "attachments"
+        for result in results:
+            if isinstance(result, ParsedMessage):
+                for attachment in result.attachments:
+                    if attachment.data:
+                        store_attachment(folder, attachment.data)
 
     def _spool_if_oversize(self, item: Incoming) -> Incoming:
         """Move an oversize mail read from a file out of memory into the spool folder."""

@@ -299,3 +299,50 @@ async def test_outlook_thread_index_is_continued_and_joins_replies(config, smtp_
         [joined] = await desk.ingest([lost])
     assert joined.outcome == "reply" and joined.ticket == created.ticket
     assert "Thread-Index" in joined.reason
+
+
+def _tnef(files: list[tuple[str, bytes]], body: bytes = b"") -> bytes:
+    """A minimal TNEF (winmail.dat) blob, as Outlook writes it."""
+    import struct
+
+    def attr(level: int, attribute: int, data: bytes) -> bytes:
+        head = struct.pack("<BII", level, attribute, len(data))
+        return head + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+    blob = struct.pack("<IH", 0x223E9F78, 0x1234) + attr(1, 0x9006, struct.pack("<I", 0x10000))
+    if body:
+        blob += attr(1, 0x800C, body + b"\x00")
+    for name, data in files:
+        blob += attr(2, 0x9002, b"\x00" * 14)
+        blob += attr(2, 0x8010, name.encode() + b"\x00")
+        blob += attr(2, 0x800F, data)
+    return blob
+
+
+async def test_winmail_dat_is_unpacked_and_attachments_kept_by_content(config, smtp_sink):
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    msg = EmailMessage()
+    msg["From"] = "Outlook User <outlook@example.org>"
+    msg["To"] = "support@acme.test"
+    msg["Subject"] = "Logs attached"
+    msg["Message-ID"] = "<tnef-1@example.org>"
+    msg.set_content("")
+    msg.add_attachment(
+        _tnef([("server.log", b"ERROR connection refused\n")], b"Please see the log."),
+        maintype="application",
+        subtype="ms-tnef",
+        filename="winmail.dat",
+    )
+    async with Desk(config) as desk:
+        [outcome] = await desk.ingest([msg.as_bytes(policy=SMTP)])
+    detail = cli_json(config, "tickets", "show", outcome.ticket)
+    [message] = [m for m in detail["messages"] if m["direction"] == "in"]
+    assert message["attachments"] == [
+        {"name": "server.log", "type": "application/octet-stream", "size": 25}
+    ]
+    assert "Please see the log." in message["full_text"]
+    digest = hashlib.sha256(b"ERROR connection refused\n").hexdigest()
+    kept = config.service.state_dir / "attachments" / digest[:2] / digest
+    assert kept.read_bytes() == b"ERROR connection refused\n"
