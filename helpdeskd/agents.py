@@ -24,7 +24,7 @@ from helpdeskd.authresults import dkim_aligned
 from helpdeskd.commands import Command, ParsedCommands, describe, parse_commands
 from helpdeskd.config import Config
 from helpdeskd.loops import automatic_headers
-from helpdeskd.mailer import Envelope, Parent, queue_mail
+from helpdeskd.mailer import Envelope, Parent, customer_envelope, queue_mail
 from helpdeskd.models import Agent, Contact, Event, Message, Participant, RawMessage, Ticket, utcnow
 from helpdeskd.parsing import ParsedMessage, extract_reply
 from helpdeskd.render import Renderer
@@ -667,14 +667,12 @@ class AgentDesk:
                 )
                 if c.email != requester.email
             ]
-            envelope = Envelope(
-                from_addr=service.support_address,
+            envelope = customer_envelope(
+                service,
+                ref,
+                (requester.email,),
                 from_name=f"{agent.name} ({service.name})",
-                to=(requester.email,),
                 cc=tuple(ccs),
-                reply_to=reply_address(
-                    service.support_address, service.secret_keys, ReplyToken(ref)
-                ),
             )
             subject = tag_subject(f"Re: {ticket.subject}", ref, service.ticket_prefix)
         sent = await queue_mail(

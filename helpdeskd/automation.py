@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.loops import automatic_headers
-from helpdeskd.mailer import Envelope, queue_mail
+from helpdeskd.mailer import customer_envelope, queue_mail
 from helpdeskd.models import Agent, Contact, Event, Ticket, utcnow
 from helpdeskd.processor import Processor, ticket_ref
 from helpdeskd.schedule import (
@@ -27,7 +27,6 @@ from helpdeskd.schedule import (
     sla_deadlines,
 )
 from helpdeskd.threading import tag_subject
-from helpdeskd.tokens import ReplyToken, reply_address
 
 log = structlog.get_logger(__name__)
 
@@ -231,14 +230,7 @@ class Automation:
             session,
             domain=service.support_domain,
             kind="reminder",
-            envelope=Envelope(
-                from_addr=service.support_address,
-                from_name=f"{service.name} support",
-                to=(requester.email,),
-                reply_to=reply_address(
-                    service.support_address, service.secret_keys, ReplyToken(ref)
-                ),
-            ),
+            envelope=customer_envelope(service, ref, (requester.email,)),
             subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
             text=rendered.text,
             ticket_id=ticket.id,

@@ -14,9 +14,11 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd import outbox
+from helpdeskd.config import ServiceConfig
 from helpdeskd.models import Message, utcnow
 from helpdeskd.outbound import OutgoingMail, build_message, new_message_id, thread_headers
 from helpdeskd.threading import thread_index_child
+from helpdeskd.tokens import ReplyToken, reply_address
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,25 @@ class Envelope:
     cc: tuple[str, ...] = ()
     reply_to: str | None = None
     envelope_from: str | None = None  # the SMTP MAIL FROM; the From address when None
+
+
+def customer_envelope(
+    service: ServiceConfig,
+    ref: str,
+    to: tuple[str, ...],
+    *,
+    from_name: str | None = None,
+    cc: tuple[str, ...] = (),
+) -> Envelope:
+    """From the support address, Reply-To the ticket's signed token address: how every mail
+    to a customer about ticket REF is addressed, so that the answer finds the ticket."""
+    return Envelope(
+        from_addr=service.support_address,
+        from_name=from_name or f"{service.name} support",
+        to=to,
+        cc=cc,
+        reply_to=reply_address(service.support_address, service.secret_keys, ReplyToken(ref)),
+    )
 
 
 async def queue_mail(

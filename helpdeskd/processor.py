@@ -34,7 +34,7 @@ from helpdeskd.db import SessionMaker
 from helpdeskd.errors import UserError
 from helpdeskd.heroku import recognise
 from helpdeskd.loops import automatic_headers, may_autorespond
-from helpdeskd.mailer import Envelope, Parent, queue_mail
+from helpdeskd.mailer import Parent, customer_envelope, queue_mail
 from helpdeskd.models import (
     AutoReplyLog,
     Contact,
@@ -66,8 +66,6 @@ from helpdeskd.threading import (
     thread_index_root,
 )
 from helpdeskd.tokens import (
-    ReplyToken,
-    reply_address,
     tokens_in,
     verify_reply,
     verify_unsubscribe,
@@ -1112,14 +1110,7 @@ class Processor:
             session,
             domain=service.support_domain,
             kind="ack",
-            envelope=Envelope(
-                from_addr=service.support_address,
-                from_name=f"{service.name} support",
-                to=(requester.email,),
-                reply_to=reply_address(
-                    service.support_address, service.secret_keys, ReplyToken(ref)
-                ),
-            ),
+            envelope=customer_envelope(service, ref, (requester.email,)),
             subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
             text=rendered.text,
             html=rendered.html,

@@ -45,6 +45,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         upgrade(url)
         yield url
         return
+    yield from _pg_database()
+
+
+def _pg_database() -> Iterator[str]:
     if not _pg_reason:
         _pg_reason.append(postgres.available())
     need(_pg_reason[0])
@@ -76,15 +80,7 @@ def make_config(tmp_path: Path, db_url: str) -> ConfigFactory:
 @pytest.fixture
 def pg_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database, for tests that only make sense there."""
-    if not _pg_reason:
-        _pg_reason.append(postgres.available())
-    need(_pg_reason[0])
-    url = postgres.create_database()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        postgres.drop_database(url)
+    yield from _pg_database()
 
 
 @pytest.fixture
