@@ -119,6 +119,11 @@ class Outcome:
     ticket: str | None
     reason: str
 
+    def __post_init__(self) -> None:
+        # `ingest --json` promises these outcomes and no others (DESIGN.md).
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.outcome!r}")
+
     def as_json(self) -> dict[str, str | None]:
         return {
             "source": self.source,
