@@ -255,6 +255,17 @@ class AgentDesk:
             extra_headers=automatic_headers(service.support_address, "auto-generated"),
         )
 
+    async def tell_all(
+        self, session: AsyncSession, ticket: Ticket | None, subject: str, text: str
+    ) -> None:
+        """Send every configured agent the same short note (alerts, reminders)."""
+        if self.backfill:
+            return
+        for configured in self.config.agents:
+            agent = await self.agent(session, configured.email)
+            if agent is not None:
+                await self.tell(session, agent, ticket, subject, text)
+
     async def tell(
         self,
         session: AsyncSession,

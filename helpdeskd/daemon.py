@@ -124,10 +124,7 @@ class ProcessorSink:
                 log.error("mailbox_alert", mailbox=mailbox, error=state.last_error)
 
     async def _tell_agents(self, session: AsyncSession, subject: str, text: str) -> None:
-        for configured in self.processor.config.agents:
-            agent = await self.processor.agents.agent(session, configured.email)
-            if agent is not None:
-                await self.processor.agents.tell(session, agent, None, subject, text)
+        await self.processor.agents.tell_all(session, None, subject, text)
 
 
 async def _mailbox_lock(

@@ -50,16 +50,9 @@ async def remind_quarantine(processor: Processor) -> bool:
             "See one:   helpdeskd quarantine show ID --raw",
             "Retry one: helpdeskd quarantine retry ID   (after fixing the cause)",
         ]
-        for configured in processor.config.agents:
-            agent = await processor.agents.agent(session, configured.email)
-            if agent is not None:
-                await processor.agents.tell(
-                    session,
-                    agent,
-                    None,
-                    f"{len(entries)} message(s) in quarantine",
-                    "\n".join(lines) + "\n",
-                )
+        await processor.agents.tell_all(
+            session, None, f"{len(entries)} message(s) in quarantine", "\n".join(lines) + "\n"
+        )
         log.warning("quarantine_reminder", open=len(entries))
         return True
 
@@ -69,20 +62,15 @@ async def tick_operations(processor: Processor) -> int:
     async with processor.sessions() as session, session.begin():
         steps = await maintenance_tick(session, processor.config, processor.renderer)
         for incident in await due_postmortems(session):
-            ref = f"incident {incident.id}"
-            for configured in processor.config.agents:
-                agent = await processor.agents.agent(session, configured.email)
-                if agent is not None:
-                    await processor.agents.tell(
-                        session,
-                        agent,
-                        None,
-                        f"Post-mortem owed: {incident.title}",
-                        f"{ref} ({incident.title}) was resolved on "
-                        f"{incident.resolved_at:%Y-%m-%d}. Customers are owed a post-mortem: "
-                        "what went wrong and what prevents it next time. Publish it with\n\n"
-                        f"  helpdeskd incident postmortem {incident.id} --file PM.md\n\n"
-                        "This reminder comes daily until then.\n",
-                    )
+            await processor.agents.tell_all(
+                session,
+                None,
+                f"Post-mortem owed: {incident.title}",
+                f"Incident {incident.id} ({incident.title}) was resolved on "
+                f"{incident.resolved_at:%Y-%m-%d}. Customers are owed a post-mortem: what went "
+                "wrong and what prevents it next time. Publish it with\n\n"
+                f"  helpdeskd incident postmortem {incident.id} --file PM.md\n\n"
+                "This reminder comes daily until then.\n",
+            )
             steps += 1
         return steps

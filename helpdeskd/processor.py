@@ -1210,18 +1210,14 @@ class Processor:
             self._event(session, ticket, "flood_detected", sender, {"reason": reason})
             log.warning("flood_detected", sender=sender, ticket=ticket.id)
             ref = ticket_ref(self.config, ticket.id)
-            for configured in self.config.agents:
-                agent = await self.agents.agent(session, configured.email)
-                if agent is not None and not self.backfill:
-                    await self.agents.tell(
-                        session,
-                        agent,
-                        ticket,
-                        "Mail flood: " + ticket.subject,
-                        f"{sender} sent more than {limit} messages in {service.flood_minutes} "
-                        f"minutes. Automatic mail to them and per-message notifications for "
-                        f"{ref} are paused until the flood ends; all their mail is stored.\n",
-                    )
+            await self.agents.tell_all(
+                session,
+                ticket,
+                "Mail flood: " + ticket.subject,
+                f"{sender} sent more than {limit} messages in {service.flood_minutes} minutes. "
+                f"Automatic mail to them and per-message notifications for {ref} are paused "
+                "until the flood ends; all their mail is stored.\n",
+            )
         return reason
 
     async def _notify(self, session: AsyncSession, ticket: Ticket, message: Message) -> None:
