@@ -18,6 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.header import Header, decode_header
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
@@ -145,7 +146,29 @@ def _raw_values(message: Any, name: str) -> list[str]:
         values = message.get_all(name) or []
     except Exception:  # a header the stdlib cannot even split
         return []
-    return [ported_string(v) for v in values if v is not None]
+    return [_header_text(v) for v in values if v is not None]
+
+
+def _header_text(value: Any) -> str:
+    """Return a raw header value as text; 8-bit bytes (RFC 6532 UTF-8) decoded as UTF-8.
+
+    The stdlib (compat32) wraps a header with 8-bit bytes in a Header whose chunks keep them
+    as surrogate escapes; str() of it would turn each byte into U+FFFD.
+    """
+    if isinstance(value, Header):
+        parts = []
+        for chunk, charset in decode_header(value):
+            if isinstance(chunk, str):
+                parts.append(chunk)
+                continue
+            try:
+                parts.append(chunk.decode("utf-8"))
+            except UnicodeDecodeError:
+                known = charset not in (None, "unknown-8bit")
+                parts.append(chunk.decode(charset if known else "cp1252", "replace"))
+        return "".join(parts)
+    text: str = ported_string(value)
+    return text
 
 
 def _decode(value: str) -> str:
@@ -356,7 +379,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     mail, message = _mailparser(raw)
     header_pairs: list[tuple[str, str]] = []
     for key, value in message.items():
-        header_pairs.append((str(key).lower(), _decode(ported_string(value))))
+        header_pairs.append((str(key).lower(), _decode(_header_text(value))))
 
     def values(name: str) -> list[str]:
         return [value for key, value in header_pairs if key == name]
