@@ -212,3 +212,40 @@ async def test_the_daemons_outbox_dkim_signs_notices_including_list_headers(conf
     signed = delivery.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
     h = re.search(rb"\bh=([^;]+)", signed).group(1).replace(b" ", b"").lower()
     assert b"list-unsubscribe" in h and b"list-unsubscribe-post" in h
+
+
+async def test_preferences_page_shows_and_saves_every_optional_category(config):
+    from sqlalchemy import select
+
+    from helpdeskd.models import Contact
+    from helpdeskd.notices import preferences_url
+
+    async with Desk(config) as desk:
+        async with desk.sessions() as session:
+            ada = await session.scalar(
+                select(Contact).where(Contact.email == "ada@customer.example")
+            )
+        port = free_port()
+        app = web.Application()
+        app.add_routes(UnsubscribePages(config, desk.sessions).routes())
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = preferences_url(config, ada.id).replace(
+            config.service.public_url, f"http://127.0.0.1:{port}"
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url) as response:
+                    page = await response.text()
+                assert response.status == 200
+                assert 'value="feature_update"' in page and 'value="survey"' in page
+                assert "maintenance" in page  # named as always sent, not offered
+                async with http.post(url, data={"subscribe": "survey"}) as response:
+                    assert response.status == 200 and "Saved." in await response.text()
+                async with http.get(url.replace("-*.", "-survey.")) as response:
+                    assert response.status == 400  # a token for one category is not this page
+        finally:
+            await runner.cleanup()
+    prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
+    assert prefs["survey"] == "subscribed" and prefs["feature_update"].startswith("opted out (web")
