@@ -156,6 +156,10 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
+        # Stop signals first: a SIGTERM during start-up then stops the daemon cleanly.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
         engine = create_engine(config.database.url)
         parse_pool = ParsePool(config.parse.workers, config.parse.timeout)
         try:
@@ -275,10 +279,8 @@ class Daemon:
         return runners
 
     def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        # Reload only once there is something to reload into (stop signals come first).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_reload)
 
     def _on_stop(self, name: str) -> None:
         log.info("stop_requested", signal=name)
