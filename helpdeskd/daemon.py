@@ -42,6 +42,7 @@ from helpdeskd.web import (
 
 log = structlog.get_logger(__name__)
 
+LOCK_CHECK_EVERY = 5.0  # seconds between checks that a mailbox's advisory lock still holds
 HOUSEKEEPING_EVERY = 60.0  # seconds between housekeeping rounds (maintenance runs by time)
 
 
@@ -146,6 +147,16 @@ async def _mailbox_lock(
     return None
 
 
+async def _still_locked(lock: AsyncConnection) -> bool:
+    """Whether the advisory lock's connection is still alive (the lock with it)."""
+    try:
+        await asyncio.wait_for(lock.scalar(text("SELECT 1")), timeout=10)
+        await lock.commit()  # not idle in a transaction; a session-level lock outlives it
+    except Exception:
+        return False
+    return True
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -214,12 +225,33 @@ class Daemon:
     def _watch(self, engine: AsyncEngine, name: str, sink: ProcessorSink) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
             lock = await _mailbox_lock(engine, name, stop)
-            try:
-                mailbox = next(m for m in self.config.mailboxes if m.name == name)
-                spool = self.config.service.state_dir / "oversize"
+            mailbox = next(m for m in self.config.mailboxes if m.name == name)
+            spool = self.config.service.state_dir / "oversize"
+            if lock is None:
                 await MailboxWatcher(mailbox, sink, stop=stop, spool_dir=spool).run()
+                return
+            # The lock lives as long as its connection: if PostgreSQL drops it (a restart),
+            # this watcher finishes its batch and stops, and the supervisor locks again.
+            mine = asyncio.Event()
+            watcher = asyncio.create_task(
+                MailboxWatcher(mailbox, sink, stop=mine, spool_dir=spool).run()
+            )
+            try:
+                while not watcher.done():
+                    if stop.is_set():
+                        mine.set()
+                    elif not await _still_locked(lock):
+                        log.error("mailbox_lock_lost", mailbox=name)
+                        mine.set()
+                        await watcher
+                        raise HelpdeskError(f"lost the lock on mailbox {name}")
+                    await asyncio.wait({watcher}, timeout=LOCK_CHECK_EVERY)
+                await watcher
             finally:
-                if lock is not None:
+                mine.set()
+                if not watcher.done():
+                    watcher.cancel()
+                with contextlib.suppress(Exception):
                     await lock.close()
 
         return task
