@@ -71,6 +71,30 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=None))
 
 
+Row = dict[str, Any]
+
+
+def _listing(
+    args: argparse.Namespace,
+    config: Config,
+    fetch: Callable[[Any], Awaitable[list[Row]]],
+    line: Callable[[Row], str],
+) -> int:
+    """Run a listing command: FETCH the rows in a session, then JSON or one LINE each."""
+
+    async def body(sessions: Any) -> int:
+        async with sessions() as session:
+            rows = await fetch(session)
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(line(row))
+        return 0
+
+    return _with_db(config, body)
+
+
 def _with_db(config: Config, body: Callable[[Any], Awaitable[int]]) -> int:
     async def main() -> int:
         engine = create_engine(config.database.url)
@@ -166,20 +190,15 @@ def _report(outcomes: list[Any], as_json: bool, counts: dict[str, int]) -> None:
 def cmd_tickets_list(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.views import ticket_rows
 
-    async def body(sessions: Any) -> int:
-        async with sessions() as session:
-            rows = await ticket_rows(session, config, state=args.state)
-        if args.json:
-            _print_json(rows)
-        else:
-            for row in rows:
-                print(
-                    f"{row['ref']:<10} {row['state']:<8} {row['priority']:<7} "
-                    f"{row['requester']:<30} {row['subject'][:60]}"
-                )
-        return 0
-
-    return _with_db(config, body)
+    return _listing(
+        args,
+        config,
+        lambda session: ticket_rows(session, config, state=args.state),
+        lambda row: (
+            f"{row['ref']:<10} {row['state']:<8} {row['priority']:<7} "
+            f"{row['requester']:<30} {row['subject'][:60]}"
+        ),
+    )
 
 
 def cmd_tickets_show(args: argparse.Namespace, config: Config) -> int:
@@ -211,18 +230,11 @@ def cmd_tickets_show(args: argparse.Namespace, config: Config) -> int:
 def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.views import outbox_rows
 
-    async def body(sessions: Any) -> int:
-        async with sessions() as session:
-            rows = await outbox_rows(session, config)
-        if args.json:
-            _print_json(rows)
-        else:
-            for row in rows:
-                rcpts = ",".join(f"{r['address']}={r['state']}" for r in row["recipients"])
-                print(f"{row['id']:<6} {row['state']:<8} {row['kind']:<12} {rcpts}")
-        return 0
+    def line(row: Row) -> str:
+        rcpts = ",".join(f"{r['address']}={r['state']}" for r in row["recipients"])
+        return f"{row['id']:<6} {row['state']:<8} {row['kind']:<12} {rcpts}"
 
-    return _with_db(config, body)
+    return _listing(args, config, lambda session: outbox_rows(session, config), line)
 
 
 def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
@@ -248,17 +260,12 @@ def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
 def cmd_quarantine_list(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.views import quarantine_rows
 
-    async def body(sessions: Any) -> int:
-        async with sessions() as session:
-            rows = await quarantine_rows(session)
-        if args.json:
-            _print_json(rows)
-        else:
-            for row in rows:
-                print(f"{row['id']:<6} {row['source']}:{row['uid']}  {row['error'][:80]}")
-        return 0
-
-    return _with_db(config, body)
+    return _listing(
+        args,
+        config,
+        quarantine_rows,
+        lambda row: f"{row['id']:<6} {row['source']}:{row['uid']}  {row['error'][:80]}",
+    )
 
 
 def cmd_quarantine_show(args: argparse.Namespace, config: Config) -> int:
@@ -375,20 +382,14 @@ def cmd_customers_import(args: argparse.Namespace, config: Config) -> int:
 def cmd_customers_list(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.customers import customer_rows
 
-    async def body(sessions: Any) -> int:
-        async with sessions() as session:
-            rows = await customer_rows(session)
-        if args.json:
-            _print_json(rows)
-        else:
-            for row in rows:
-                print(
-                    f"{row['email']:<36} {row['status']:<14} {row['plan'] or '-':<14} "
-                    f"{row['app'] or '-'}"
-                )
-        return 0
-
-    return _with_db(config, body)
+    return _listing(
+        args,
+        config,
+        customer_rows,
+        lambda row: (
+            f"{row['email']:<36} {row['status']:<14} {row['plan'] or '-':<14} {row['app'] or '-'}"
+        ),
+    )
 
 
 def cmd_contacts_show(args: argparse.Namespace, config: Config) -> int:
@@ -630,26 +631,25 @@ def cmd_incident_list(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.incidents import incident_json
     from helpdeskd.models import Incident, IncidentUpdate
 
-    async def body(sessions: Any) -> int:
-        async with sessions() as session:
-            rows = []
-            for row in await session.scalars(sql_select(Incident).order_by(Incident.id)):
-                updates = list(
-                    await session.scalars(
-                        sql_select(IncidentUpdate)
-                        .where(IncidentUpdate.incident_id == row.id)
-                        .order_by(IncidentUpdate.id)
-                    )
+    async def fetch(session: Any) -> list[Row]:
+        rows = []
+        for row in await session.scalars(sql_select(Incident).order_by(Incident.id)):
+            updates = list(
+                await session.scalars(
+                    sql_select(IncidentUpdate)
+                    .where(IncidentUpdate.incident_id == row.id)
+                    .order_by(IncidentUpdate.id)
                 )
-                rows.append(incident_json(row, updates, config.service.timezone))
-        if args.json:
-            _print_json(rows)
-        else:
-            for row in rows:
-                print(f"{row['id']:<5} {row['status']:<14} {row['impact']:<9} {row['title']}")
-        return 0
+            )
+            rows.append(incident_json(row, updates, config.service.timezone))
+        return rows
 
-    return _with_db(config, body)
+    return _listing(
+        args,
+        config,
+        fetch,
+        lambda row: f"{row['id']:<5} {row['status']:<14} {row['impact']:<9} {row['title']}",
+    )
 
 
 def cmd_status_page_export(args: argparse.Namespace, config: Config) -> int:

@@ -248,6 +248,13 @@ def render_notice(
     return Rendered(tuple(mails), subject)
 
 
+def _would_queue(plan: Plan, rendered: Rendered) -> NoticeReport:
+    """The report of a dry run: what would be queued, nothing stored."""
+    return NoticeReport(
+        None, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
+    )
+
+
 def _skipped(plan: Plan) -> dict[str, int]:
     skipped: dict[str, int] = {}
     for reason in plan.reasons.values():
@@ -332,9 +339,7 @@ async def queue_notice(
         config, renderer, plan, send_at=send_at, extra=extra, progress=progress
     )
     if dry_run:
-        return NoticeReport(
-            None, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
-        )
+        return _would_queue(plan, rendered)
     return await store_notice(
         session, config, plan, rendered, audience=audience, send_at=send_at, expires_at=expires_at
     )
@@ -365,9 +370,7 @@ async def send_notice(
         render_notice, config, renderer, plan, send_at=send_at, extra=extra, progress=progress
     )
     if dry_run:
-        return NoticeReport(
-            None, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
-        )
+        return _would_queue(plan, rendered)
     async with sessions() as session, session.begin():
         return await store_notice(
             session,
