@@ -10,7 +10,7 @@ extracted text only — never the agent's HTML, never a ``#note``. Commands are 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -24,8 +24,26 @@ from helpdeskd.authresults import dkim_aligned
 from helpdeskd.commands import Command, ParsedCommands, describe, parse_commands
 from helpdeskd.config import Config
 from helpdeskd.loops import automatic_headers
-from helpdeskd.mailer import Envelope, Parent, customer_envelope, queue_mail
-from helpdeskd.models import Agent, Contact, Event, Message, Participant, RawMessage, Ticket, utcnow
+from helpdeskd.mailer import (
+    Composed,
+    Envelope,
+    Parent,
+    compose_mail,
+    customer_envelope,
+    queue_mail,
+    store_mail,
+)
+from helpdeskd.models import (
+    Agent,
+    Contact,
+    Event,
+    Message,
+    Participant,
+    RawMessage,
+    Ticket,
+    columns,
+    utcnow,
+)
 from helpdeskd.parsing import ParsedMessage, extract_reply
 from helpdeskd.render import Renderer
 from helpdeskd.threading import tag_subject
@@ -141,19 +159,102 @@ class AgentDesk:
         self, session: AsyncSession, ticket: Ticket, exclude: int | None
     ) -> list[Agent]:
         """The assignee; else the agents of the ticket's queue (all agents without one)."""
-        agents: list[Agent] = []
-        if ticket.assignee_id is not None:
-            assignee = await session.get(Agent, ticket.assignee_id)
-            if assignee is not None and assignee.active:
-                agents = [assignee]
-        if not agents:
+        assignee = await session.get(Agent, ticket.assignee_id) if ticket.assignee_id else None
+        rows: dict[str, Agent] = {}
+        if assignee is None or not assignee.active:
             for configured in self.config.agents:
-                if ticket.queue and configured.queues and ticket.queue not in configured.queues:
-                    continue
                 row = await self.agent(session, configured.email)
                 if row is not None:
-                    agents.append(row)
+                    rows[configured.email] = row
+        return self.agents_for(ticket.queue, assignee, rows, exclude) or []
+
+    def agents_for(
+        self,
+        queue: str | None,
+        assignee: Agent | None,
+        rows: dict[str, Agent],
+        exclude: int | None = None,
+    ) -> list[Agent] | None:
+        """Who hears of a ticket's mail: its active ASSIGNEE, else the agents of QUEUE (all
+        agents without one), from ROWS by address; None when a configured agent has no row."""
+        agents: list[Agent] = []
+        if assignee is not None and assignee.active:
+            agents = [assignee]
+        if not agents:
+            for configured in self.config.agents:
+                if queue and configured.queues and queue not in configured.queues:
+                    continue
+                row = rows.get(configured.email)
+                if row is None:
+                    return None
+                agents.append(row)
         return [a for a in agents if a.id != exclude]
+
+    def notifications(
+        self,
+        ticket: Mapping[str, Any],
+        message: Mapping[str, Any],
+        *,
+        requester: tuple[str, str],
+        message_count: int,
+        assignee: str | None,
+        agents: Sequence[Agent],
+    ) -> list[Composed]:
+        """Compose the mail telling each of AGENTS about MESSAGE, each with their own reply
+        address. TICKET and MESSAGE hold the columns of the ticket and the ticket message."""
+        service = self.config.service
+        ref = ref_of(self.config, ticket["id"])
+        writer = message["from_name"] or message["from_addr"]
+        mails = []
+        for agent in agents:
+            context = {
+                "service": {"name": service.name, "support_address": service.support_address},
+                "ticket": {
+                    "ref": ref,
+                    "subject": ticket["subject"],
+                    "state": ticket["state"],
+                    "priority": ticket["priority"],
+                    "queue": ticket["queue"],
+                    "assignee": assignee,
+                    "message_count": message_count,
+                    "channel": ticket["channel"],
+                    "external_ref": ticket["external_ref"],
+                },
+                "requester": {"name": requester[0], "email": requester[1]},
+                "message": {
+                    "text": message["text"],
+                    "from": message["from_addr"],
+                    "from_name": message["from_name"] or "",
+                    "kind": message["kind"],
+                    "attachments": message["attachments"] or [],
+                },
+                "agent": {"name": agent.name, "email": agent.email},
+            }
+            rendered = self.renderer.render("agent_notification.txt.j2", context)
+            mails.append(
+                compose_mail(
+                    domain=service.support_domain,
+                    kind="agent_notification",
+                    envelope=Envelope(
+                        from_addr=service.support_address,
+                        from_name=f"{writer} via {service.name}",
+                        to=(agent.email,),
+                        reply_to=self.agent_reply_to(ticket["id"], agent),
+                    ),
+                    subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
+                    text=rendered.text,
+                    parent=Parent(
+                        message["message_id"],
+                        tuple(message["references"] or ()),
+                        message["in_reply_to"],
+                        message["thread_index"],
+                    ),
+                    ticket_id=ticket["id"],
+                    internal=True,
+                    extra_headers=automatic_headers(service.support_address, "auto-generated"),
+                )
+            )
+        return mails
 
     async def notify(
         self,
@@ -169,7 +270,6 @@ class AgentDesk:
         agents = await self.recipients_for(session, ticket, exclude)
         if not agents:
             return 0
-        service = self.config.service
         requester = await session.get_one(Contact, ticket.requester_id)
         count = await session.scalar(
             select(func.count(Message.id)).where(
@@ -177,50 +277,15 @@ class AgentDesk:
             )
         )
         assignee = await session.get(Agent, ticket.assignee_id) if ticket.assignee_id else None
-        ref = ref_of(self.config, ticket.id)
-        writer = message.from_name or message.from_addr
-        for agent in agents:
-            context = {
-                "service": {"name": service.name, "support_address": service.support_address},
-                "ticket": {
-                    "ref": ref,
-                    "subject": ticket.subject,
-                    "state": ticket.state,
-                    "priority": ticket.priority,
-                    "queue": ticket.queue,
-                    "assignee": assignee.email if assignee else None,
-                    "message_count": count or 0,
-                    "channel": ticket.channel,
-                    "external_ref": ticket.external_ref,
-                },
-                "requester": {"name": requester.name or "", "email": requester.email},
-                "message": {
-                    "text": message.text,
-                    "from": message.from_addr,
-                    "from_name": message.from_name or "",
-                    "kind": message.kind,
-                    "attachments": message.attachments or [],
-                },
-                "agent": {"name": agent.name, "email": agent.email},
-            }
-            rendered = self.renderer.render("agent_notification.txt.j2", context)
-            await queue_mail(
-                session,
-                domain=service.support_domain,
-                kind="agent_notification",
-                envelope=Envelope(
-                    from_addr=service.support_address,
-                    from_name=f"{writer} via {service.name}",
-                    to=(agent.email,),
-                    reply_to=self.agent_reply_to(ticket.id, agent),
-                ),
-                subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
-                text=rendered.text,
-                parent=Parent.of(message),
-                ticket_id=ticket.id,
-                internal=True,
-                extra_headers=automatic_headers(service.support_address, "auto-generated"),
-            )
+        for mail in self.notifications(
+            columns(ticket),
+            columns(message),
+            requester=(requester.name or "", requester.email),
+            message_count=count or 0,
+            assignee=assignee.email if assignee else None,
+            agents=agents,
+        ):
+            await store_mail(session, mail)
         session.add(
             Event(
                 ticket_id=ticket.id,

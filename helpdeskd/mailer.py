@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,6 +70,98 @@ def customer_envelope(
     )
 
 
+@dataclass(frozen=True)
+class Composed:
+    """One outgoing mail, ready to build and store: its outbox row and ticket message fields."""
+
+    mail: OutgoingMail
+    kind: str
+    envelope_from: str
+    recipients: tuple[str, ...]
+    ticket_id: int | None
+    expires_at: datetime | None
+    message: dict[str, Any]  # the outbound ticket Message's columns, all but outbox_id
+
+    @property
+    def message_id(self) -> str:
+        return self.mail.message_id
+
+
+def compose_mail(
+    *,
+    domain: str,
+    kind: str,
+    envelope: Envelope,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    parent: Parent | None = None,
+    ticket_id: int | None = None,
+    internal: bool = False,
+    extra_headers: Mapping[str, str] | None = None,
+    attachments: Sequence[tuple[str, str, bytes]] = (),
+    expires_at: datetime | None = None,
+) -> Composed:
+    """Give the mail its final Message-ID, thread headers and Outlook Thread-Index (no I/O)."""
+    in_reply_to, references = (
+        thread_headers(parent.message_id, parent.references, parent.in_reply_to)
+        if parent is not None
+        else (None, [])
+    )
+    message_id = new_message_id(domain)
+    headers = dict(extra_headers or {})
+    root = parent.thread_index if parent is not None else None
+    now = utcnow()
+    child = thread_index_child(root, now) if root else None
+    if child:
+        headers["Thread-Index"] = child
+    mail = OutgoingMail(
+        from_addr=envelope.from_addr,
+        from_name=envelope.from_name,
+        to=envelope.to,
+        cc=envelope.cc,
+        subject=subject,
+        text=text,
+        html=html,
+        message_id=message_id,
+        date=now,
+        reply_to=envelope.reply_to,
+        in_reply_to=in_reply_to,
+        references=tuple(references),
+        extra_headers=headers,
+        attachments=tuple(attachments),
+    )
+    message = {
+        "ticket_id": ticket_id,
+        "direction": "out",
+        "kind": kind,
+        "message_id": message_id,
+        "in_reply_to": in_reply_to,
+        "references": list(references),
+        "thread_index": root if child else None,
+        "from_addr": envelope.from_addr,
+        "from_name": envelope.from_name,
+        "to": list(envelope.to),
+        "cc": list(envelope.cc),
+        "subject": subject,
+        "text": text,
+        "full_text": text,
+        "attachments": [
+            {"name": name, "type": ctype, "size": len(data)} for name, ctype, data in attachments
+        ],
+        "internal": internal,
+    }
+    return Composed(
+        mail=mail,
+        kind=kind,
+        envelope_from=envelope.envelope_from or envelope.from_addr,
+        recipients=(*envelope.to, *envelope.cc),
+        ticket_id=ticket_id,
+        expires_at=expires_at,
+        message=message,
+    )
+
+
 async def queue_mail(
     session: AsyncSession,
     *,
@@ -90,66 +183,38 @@ async def queue_mail(
     INTERNAL marks mail that only agents see (notifications, receipts); it is still sent to
     its recipients, who are agents, but never shown to a customer as part of the ticket.
     """
-    in_reply_to, references = (
-        thread_headers(parent.message_id, parent.references, parent.in_reply_to)
-        if parent is not None
-        else (None, [])
-    )
-    message_id = new_message_id(domain)
-    headers = dict(extra_headers or {})
-    root = parent.thread_index if parent is not None else None
-    child = thread_index_child(root, utcnow()) if root else None
-    if child:
-        headers["Thread-Index"] = child
-    mail = OutgoingMail(
-        from_addr=envelope.from_addr,
-        from_name=envelope.from_name,
-        to=envelope.to,
-        cc=envelope.cc,
+    composed = compose_mail(
+        domain=domain,
+        kind=kind,
+        envelope=envelope,
         subject=subject,
         text=text,
         html=html,
-        message_id=message_id,
-        date=utcnow(),
-        reply_to=envelope.reply_to,
-        in_reply_to=in_reply_to,
-        references=tuple(references),
-        extra_headers=headers,
-        attachments=tuple(attachments),
-    )
-    row = outbox.enqueue(
-        session,
-        kind=kind,
-        message_id=message_id,
-        envelope_from=envelope.envelope_from or envelope.from_addr,
-        recipients=[*envelope.to, *envelope.cc],
-        data=build_message(mail),
+        parent=parent,
         ticket_id=ticket_id,
+        internal=internal,
+        extra_headers=extra_headers,
+        attachments=attachments,
         expires_at=expires_at,
     )
-    if ticket_id is None:
+    return await store_mail(session, composed)
+
+
+async def store_mail(session: AsyncSession, composed: Composed) -> Message | None:
+    """Add COMPOSED's outbox row (and its ticket message, if it has a ticket) to SESSION."""
+    row = outbox.enqueue(
+        session,
+        kind=composed.kind,
+        message_id=composed.message_id,
+        envelope_from=composed.envelope_from,
+        recipients=composed.recipients,
+        data=build_message(composed.mail),
+        ticket_id=composed.ticket_id,
+        expires_at=composed.expires_at,
+    )
+    if composed.ticket_id is None:
         return None
     await session.flush()
-    message = Message(
-        ticket_id=ticket_id,
-        direction="out",
-        kind=kind,
-        message_id=message_id,
-        in_reply_to=in_reply_to,
-        references=references,
-        thread_index=root if child else None,
-        from_addr=envelope.from_addr,
-        from_name=envelope.from_name,
-        to=list(envelope.to),
-        cc=list(envelope.cc),
-        subject=subject,
-        text=text,
-        full_text=text,
-        attachments=[
-            {"name": name, "type": ctype, "size": len(data)} for name, ctype, data in attachments
-        ],
-        internal=internal,
-        outbox_id=row.id,
-    )
+    message = Message(**composed.message, outbox_id=row.id)
     session.add(message)
     return message

@@ -57,6 +57,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def columns(row: Base) -> dict[str, Any]:
+    """ROW's column values by column name: the plain data the pure functions take."""
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -8,18 +8,52 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from functools import lru_cache
+from typing import Any
 
 from helpdeskd.parsing import is_address
 from helpdeskd.render import one_line
 
 MAX_REFERENCES = 20
 MAX_LINE = 998  # RFC 5322 section 2.1.1
+
+
+class _Headers(HeaderRegistry):
+    """The stdlib's header factory, remembering what it made.
+
+    Stock HeaderRegistry makes a new header class for every header it is asked for, then parses
+    the value; most of our mail repeats the same headers (Content-Type, MIME-Version, the
+    Auto-Submitted group, the support address), so both are kept: the class per name, and the
+    parsed header (immutable, a str) per (name, str value) for the most recent values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+        self._made = lru_cache(maxsize=1024)(self._make)
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        found = self._classes.get(key)
+        if found is None:
+            found = self._classes[key] = super().__getitem__(name)
+        return found
+
+    def _make(self, name: str, value: str) -> BaseHeader:
+        return self[name](name, value)
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if type(value) is str:
+            return self._made(name, value)
+        return self[name](name, value)
+
+
 # Headers we set verbatim (refold_source="none" leaves str values set with set_raw alone).
-_POLICY = SMTP.clone(refold_source="none")
+_POLICY = SMTP.clone(refold_source="none", header_factory=_Headers())
 # Text that looks like an RFC 2047 encoded word. The stdlib's header parser decodes these in any
 # value it is handed (a subject, a display name, even an addr-spec or a quoted string) and, before
 # the CVE-2024-6923 fix, writes what they decode to, CR LF included, back out verbatim: a
@@ -158,3 +192,8 @@ def build_message(mail: OutgoingMail) -> bytes:
         filename = ("utf-8", "", one_line(name))
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes()
+
+
+def build_messages(mails: Sequence[OutgoingMail]) -> list[bytes]:
+    """Build each of MAILS (in a worker process: see ParsePool.start_build)."""
+    return [build_message(mail) for mail in mails]

@@ -1,4 +1,4 @@
-"""Parse mail in worker processes with a per-message timeout.
+"""Parse received mail and build outgoing mail in worker processes, with a timeout.
 
 A pathological MIME tree must not wedge the daemon, and both cores should work. A message that
 runs past its timeout has its worker killed; the pool is rebuilt and the message is reported as
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import structlog
 
 from helpdeskd.errors import ParseTimeout
+from helpdeskd.outbound import OutgoingMail, build_messages
 from helpdeskd.parsing import ParsedMessage, parse_message
 
 log = structlog.get_logger(__name__)
@@ -53,6 +55,12 @@ class ParsePool:
                 await self._reset(pool)
                 raise ParseTimeout("the parser process died on this message") from None
         raise ParseTimeout("the parser pool kept failing")
+
+    def start_build(self, mails: Sequence[OutgoingMail]) -> asyncio.Future[list[bytes]]:
+        """Start building MAILS' bytes in a worker now; the caller awaits the result, with
+        :attr:`timeout`. A broken pool raises there; parsing rebuilds it (see parse)."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor(), build_messages, list(mails))
 
     async def _reset(self, pool: ProcessPoolExecutor) -> None:
         async with self._lock:

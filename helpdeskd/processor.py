@@ -12,10 +12,12 @@ import asyncio
 import hashlib
 import re
 import traceback
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import func, or_, select
@@ -32,9 +34,16 @@ from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.config import Config
 from helpdeskd.db import SessionMaker
 from helpdeskd.errors import UserError
+from helpdeskd.fastlane import FastLane
 from helpdeskd.heroku import recognise
 from helpdeskd.loops import automatic_headers, may_autorespond
-from helpdeskd.mailer import Parent, customer_envelope, queue_mail
+from helpdeskd.mailer import (
+    Composed,
+    Parent,
+    compose_mail,
+    customer_envelope,
+    store_mail,
+)
 from helpdeskd.models import (
     AutoReplyLog,
     Contact,
@@ -46,6 +55,7 @@ from helpdeskd.models import (
     RawMessage,
     ThreadRef,
     Ticket,
+    columns,
     utcnow,
 )
 from helpdeskd.notices import opt_out
@@ -174,6 +184,30 @@ def with_fallback_sender(parsed: ParsedMessage) -> ParsedMessage:
     return parsed
 
 
+def inbound_message(parsed: ParsedMessage, kind: str, internal: bool) -> dict[str, Any]:
+    """The columns of the ticket Message that stores received mail PARSED (but its ticket)."""
+    return {
+        "direction": "in",
+        "kind": kind,
+        "message_id": parsed.message_id,
+        "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
+        "references": list(parsed.references),
+        "thread_index": thread_index_root(parsed.thread_index),
+        "from_addr": parsed.sender,
+        "from_name": parsed.sender_name or None,
+        "to": list(parsed.to),
+        "cc": list(parsed.cc),
+        "subject": parsed.subject,
+        "text": parsed.text,
+        "full_text": parsed.full_text,
+        "attachments": [
+            {"name": a.name, "type": a.type, "size": a.size, "sha256": a.sha256}
+            for a in parsed.attachments
+        ],
+        "internal": internal,
+    }
+
+
 def _read_head(path: str) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(HEADER_READ)
@@ -202,8 +236,11 @@ class Processor:
         *,
         backfill: bool = False,
         outbox_wakeup: asyncio.Event | None = None,
+        fast_lane: bool = True,
     ) -> None:
         self.config = config
+        self.fast_lane = fast_lane
+        self.lanes: Counter[str] = Counter()  # messages stored by lane; "failed": runs
         self.sessions = sessions
         self.renderer = renderer
         self.parse_pool = parse_pool
@@ -218,6 +255,9 @@ class Processor:
         """Take a validated new config, templates and rules; the next message uses them."""
         self.config, self.renderer, self.rules = config, renderer, rules
         self.agents = AgentDesk(config, renderer, backfill=self.backfill)
+
+    def ref(self, ticket_id: int) -> str:
+        return ticket_ref(self.config, ticket_id)
 
     @property
     def classify_context(self) -> ClassifyContext:
@@ -250,16 +290,29 @@ class Processor:
             )
             await asyncio.to_thread(self._keep_attachments, parsed)
             parsed_iter = iter(parsed)
+            results = [None if seen else next(parsed_iter) for seen in known]
             outcomes: list[Outcome] = []
             async with self.sessions() as session, session.begin():
-                for item, seen in zip(items, known, strict=True):
-                    if seen:
+                while len(outcomes) < len(items):
+                    i = len(outcomes)
+                    item, result = items[i], results[i]
+                    if known[i]:
                         outcomes.append(
                             Outcome(item.source, None, "duplicate", None, "already received")
                         )
                         continue
-                    result = next(parsed_iter)
-                    outcomes.append(await self._store_one(session, item, result))
+                    run = []
+                    for later, later_result, seen in zip(
+                        items[i:], results[i:], known[i:], strict=True
+                    ):
+                        if seen or not isinstance(later_result, ParsedMessage):
+                            break
+                        run.append((later, later_result))
+                    stored = await self._fast(session, run)
+                    outcomes.extend(stored)
+                    if not stored:
+                        outcomes.append(await self._store_one(session, item, result))
+                        self.lanes["message"] += 1
                 if mark is not None:
                     await self._mark_mailbox(session, mark)
             if self.outbox_wakeup is not None:
@@ -274,6 +327,27 @@ class Processor:
                     reason=outcome.reason,
                 )
             return outcomes
+
+    async def _fast(
+        self, session: AsyncSession, run: Sequence[tuple[Incoming, ParsedMessage]]
+    ) -> list[Outcome]:
+        """Store the leading plain customer mail of RUN in the fast lane, all or nothing."""
+        if not self.fast_lane or not run:
+            return []
+        try:
+            async with session.begin_nested():
+                stored = await FastLane(self, session).run(run)
+        except IntegrityError:
+            # Another daemon stored one of these a moment ago: the per-message path sees it.
+            log.info("fast_lane_conflict", messages=len(run))
+            self.lanes["conflict"] += 1
+            return []
+        except Exception as exc:
+            log.error("fast_lane_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self.lanes["failed"] += 1
+            return []
+        self.lanes["fast"] += len(stored)
+        return stored
 
     def _keep_attachments(self, results: Sequence[object]) -> None:
         """Store every attachment's bytes content-addressed under the state folder."""
@@ -373,20 +447,25 @@ class Processor:
         return Outcome(item.source, message_id, "quarantined", None, error[:300])
 
     def _raw_row(self, item: Incoming, message_id: str | None) -> RawMessage:
+        return RawMessage(**self.raw_fields(item, message_id))
+
+    @staticmethod
+    def raw_fields(item: Incoming, message_id: str | None) -> dict[str, Any]:
+        """The columns of ITEM's raw_messages row that say what was received and where."""
         data = item.raw
         digest = hashlib.sha256(data).hexdigest() if data is not None else ""
         if data is None and item.path:
             digest = Path(item.path).stem  # spool files are named by their SHA-256
-        return RawMessage(
-            source=item.source,
-            uidvalidity=item.uidvalidity,
-            uid=item.uid,
-            sha256=digest,
-            size=item.size,
-            data=data,
-            path=item.path,
-            message_id=message_id,
-        )
+        return {
+            "source": item.source,
+            "uidvalidity": item.uidvalidity,
+            "uid": item.uid,
+            "sha256": digest,
+            "size": item.size,
+            "data": data,
+            "path": item.path,
+            "message_id": message_id,
+        }
 
     async def _mark_mailbox(self, session: AsyncSession, mark: MailboxMark) -> None:
         state = await session.get(MailboxState, mark.name)
@@ -563,7 +642,12 @@ class Processor:
         """Evaluate the routing rules for this message (the ticket as it was before it)."""
         plan = await routing.plan_of(session, parsed.sender)
         facts = routing.facts(
-            parsed, mailbox=item.source, kind=kind, plan=plan, ticket=ticket, channel=channel
+            parsed,
+            mailbox=item.source,
+            kind=kind,
+            plan=plan,
+            ticket=columns(ticket) if ticket is not None else None,
+            channel=channel,
         )
         decision = evaluate(self.rules, facts)
         if decision.hits:
@@ -700,7 +784,7 @@ class Processor:
         assert agent is not None  # classify() said this is an agent's address
         if ticket is None:
             forwarded = forwarded_sender(parsed.full_text)
-            if forwarded is not None and self._joinable(forwarded[1]):
+            if forwarded is not None and self.joinable(forwarded[1]):
                 # An agent forwarding a customer's mail to support opens the customer's ticket.
                 ticket, message = await self._new_ticket(
                     session,
@@ -935,7 +1019,7 @@ class Processor:
         session.add(Participant(ticket_id=ticket.id, contact_id=contact.id, role=role))
         return True
 
-    def _joinable(self, address: str) -> bool:
+    def joinable(self, address: str) -> bool:
         """Whether ADDRESS may become a participant: not ours, not an agent, not a token."""
         ctx = self.classify_context
         domain = self.config.service.support_domain.lower()
@@ -981,7 +1065,7 @@ class Processor:
         await self._add_participant(session, ticket, requester, "requester")
         if channel == "email" and requester_of is None:
             for address in parsed.cc + parsed.to:
-                if self._joinable(address) and address != requester.email:
+                if self.joinable(address) and address != requester.email:
                     cc = await self.contact(session, address, None)
                     await self._add_participant(session, ticket, cc, "cc")
         message = self._add_message(session, ticket, parsed, raw, kind=kind, internal=False)
@@ -1017,7 +1101,7 @@ class Processor:
         )
         if match.trusted:
             for address in parsed.cc + parsed.to:
-                if self._joinable(address):
+                if self.joinable(address):
                     contact = await self.contact(session, address, None)
                     if await self._add_participant(session, ticket, contact, "cc"):
                         self._event(
@@ -1047,28 +1131,7 @@ class Processor:
         kind: str,
         internal: bool,
     ) -> Message:
-        message = Message(
-            ticket_id=ticket.id,
-            direction="in",
-            kind=kind,
-            message_id=parsed.message_id,
-            in_reply_to=parsed.in_reply_to[0] if parsed.in_reply_to else None,
-            references=list(parsed.references),
-            thread_index=thread_index_root(parsed.thread_index),
-            from_addr=parsed.sender,
-            from_name=parsed.sender_name or None,
-            to=list(parsed.to),
-            cc=list(parsed.cc),
-            subject=parsed.subject,
-            text=parsed.text,
-            full_text=parsed.full_text,
-            attachments=[
-                {"name": a.name, "type": a.type, "size": a.size, "sha256": a.sha256}
-                for a in parsed.attachments
-            ],
-            internal=internal,
-            raw=raw,
-        )
+        message = Message(ticket_id=ticket.id, raw=raw, **inbound_message(parsed, kind, internal))
         session.add(message)
         return message
 
@@ -1097,25 +1160,39 @@ class Processor:
         template: str = "ack.txt.j2",
     ) -> None:
         """Queue the automatic answer TEMPLATE to REQUESTER, unless a loop rule forbids it."""
-        service = self.config.service
         reason = await self._ack_blocker(session, parsed, requester, ticket)
         if reason is not None:
             self._event(session, ticket, "ack_suppressed", "system", {"reason": reason})
             log.info("ack_suppressed", reason=reason)
             return
-        ref = ticket_ref(self.config, ticket.id)
+        mail = self.ack_mail(
+            columns(ticket), (requester.name or "", requester.email), parsed, template
+        )
+        await store_mail(session, mail)
+        session.add(AutoReplyLog(address=requester.email, ticket_id=ticket.id, kind="ack"))
+        self._event(session, ticket, "ack_queued", "system", {"message_id": mail.message_id})
+
+    def ack_mail(
+        self,
+        ticket: Mapping[str, Any],
+        requester: tuple[str, str],
+        parsed: ParsedMessage,
+        template: str,
+    ) -> Composed:
+        """Compose the automatic answer TEMPLATE to REQUESTER (name, address) about TICKET."""
+        service = self.config.service
+        ref = ticket_ref(self.config, ticket["id"])
         context = {
             "service": {"name": service.name, "support_address": service.support_address},
-            "ticket": {"ref": ref, "subject": ticket.subject, "state": ticket.state},
-            "requester": {"name": requester.name or "", "email": requester.email},
+            "ticket": {"ref": ref, "subject": ticket["subject"], "state": ticket["state"]},
+            "requester": {"name": requester[0], "email": requester[1]},
             "limit": human_size(service.max_message_bytes),
         }
         rendered = self.renderer.render(template, context)
-        sent = await queue_mail(
-            session,
+        return compose_mail(
             domain=service.support_domain,
             kind="ack",
-            envelope=customer_envelope(service, ref, (requester.email,)),
+            envelope=customer_envelope(service, ref, (requester[1],)),
             subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
             text=rendered.text,
             html=rendered.html,
@@ -1125,17 +1202,37 @@ class Processor:
                 parsed.in_reply_to[0] if parsed.in_reply_to else None,
                 thread_index_root(parsed.thread_index),
             ),
-            ticket_id=ticket.id,
+            ticket_id=ticket["id"],
             extra_headers=automatic_headers(service.support_address, "auto-replied"),
         )
-        assert sent is not None
-        message_id = sent.message_id
-        session.add(AutoReplyLog(address=requester.email, ticket_id=ticket.id, kind="ack"))
-        self._event(session, ticket, "ack_queued", "system", {"message_id": message_id})
 
     async def _ack_blocker(
         self, session: AsyncSession, parsed: ParsedMessage, requester: Contact, ticket: Ticket
     ) -> str | None:
+        reason = self.ack_forbidden(parsed, requester.undeliverable, requester.suppressed)
+        if reason is not None:
+            return reason
+        since = utcnow() - timedelta(hours=24)
+        sent = await session.scalar(
+            select(func.count(AutoReplyLog.id)).where(
+                AutoReplyLog.address == requester.email, AutoReplyLog.sent_at >= since
+            )
+        )
+        if (sent or 0) >= self.config.service.autoreply_limit:
+            return self.autoreply_limit_reason
+        flood = await self._flood(session, requester.email, ticket)
+        if flood:
+            return flood
+        return None
+
+    @property
+    def autoreply_limit_reason(self) -> str:
+        return f"autoreply_limit of {self.config.service.autoreply_limit} per 24 h reached"
+
+    def ack_forbidden(
+        self, parsed: ParsedMessage, undeliverable: bool, suppressed: bool
+    ) -> str | None:
+        """Why no automatic answer may go to PARSED's writer, whatever the counts say."""
         service = self.config.service
         if self.backfill:
             return "backfill sends nothing"
@@ -1143,9 +1240,9 @@ class Processor:
             return "acknowledgements are off"
         if self.config.smtp is None:
             return "no [smtp] configured"
-        if requester.undeliverable:
+        if undeliverable:
             return "requester is undeliverable"
-        if requester.suppressed:
+        if suppressed:
             return "requester complained (ARF): suppressed"
         verdict = may_autorespond(
             parsed,
@@ -1155,17 +1252,6 @@ class Processor:
         )
         if not verdict.allowed:
             return verdict.reason
-        since = utcnow() - timedelta(hours=24)
-        sent = await session.scalar(
-            select(func.count(AutoReplyLog.id)).where(
-                AutoReplyLog.address == requester.email, AutoReplyLog.sent_at >= since
-            )
-        )
-        if (sent or 0) >= service.autoreply_limit:
-            return f"autoreply_limit of {service.autoreply_limit} per 24 h reached"
-        flood = await self._flood(session, requester.email, ticket)
-        if flood:
-            return flood
         return None
 
     async def _flood(self, session: AsyncSession, sender: str, ticket: Ticket) -> str | None:

@@ -6,8 +6,10 @@ config and templates know, builds the facts of a message, and carries the decisi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,7 +53,7 @@ def facts(
     mailbox: str,
     kind: str,
     plan: str | None,
-    ticket: Ticket | None,
+    ticket: Mapping[str, Any] | None,
     channel: str = "email",
     received_at: datetime | None = None,
 ) -> Facts:
@@ -64,14 +66,14 @@ def facts(
         subject=parsed.subject,
         body=parsed.full_text,
         headers=parsed.headers,
-        channel=ticket.channel if ticket is not None else channel,
+        channel=ticket["channel"] if ticket is not None else channel,
         kind=kind,
         plan=plan,
         new_ticket=ticket is None,
-        state=ticket.state if ticket is not None else "new",
-        priority=ticket.priority if ticket is not None else "normal",
-        queue=ticket.queue if ticket is not None else None,
-        tags=frozenset(ticket.tags or ()) if ticket is not None else frozenset(),
+        state=ticket["state"] if ticket is not None else "new",
+        priority=ticket["priority"] if ticket is not None else "normal",
+        queue=ticket["queue"] if ticket is not None else None,
+        tags=frozenset(ticket["tags"] or ()) if ticket is not None else frozenset(),
     )
 
 
@@ -122,37 +124,49 @@ async def pick_agent(
     return rows[0]
 
 
+def ticket_updates(tags: Sequence[str], decision: Decision) -> dict[str, Any]:
+    """The ticket columns DECISION sets (queue, priority, tags), for a ticket with TAGS."""
+    actions = decision.actions
+    updates: dict[str, Any] = {}
+    if actions.queue is not None:
+        updates["queue"] = actions.queue
+    if actions.priority is not None:
+        updates["priority"] = actions.priority
+    if actions.tags_add or actions.tags_remove:
+        kept = [t for t in tags if t not in actions.tags_remove]
+        updates["tags"] = kept + [t for t in actions.tags_add if t not in kept]
+    return updates
+
+
+def rule_events(decision: Decision) -> list[dict[str, Any]]:
+    """One ``rule_applied`` event (type, actor, detail) per action DECISION carries out."""
+    return [
+        {
+            "type": "rule_applied",
+            "actor": f"rule:{applied.rule}",
+            "detail": {
+                "action": applied.name,
+                "value": applied.value,
+                "where": f"{applied.file}:{applied.line}",
+            },
+        }
+        for applied in decision.applied
+    ]
+
+
 async def apply(
     session: AsyncSession, config: Config, ticket: Ticket, decision: Decision
 ) -> list[str]:
     """Carry out DECISION's ticket actions on TICKET; return the notify targets it named."""
-    actions = decision.actions
-    if actions.queue is not None:
-        ticket.queue = actions.queue
-    if actions.priority is not None:
-        ticket.priority = actions.priority
-    if actions.tags_add or actions.tags_remove:
-        tags = [t for t in (ticket.tags or []) if t not in actions.tags_remove]
-        tags += [t for t in actions.tags_add if t not in tags]
-        ticket.tags = tags
-    if actions.assign is not None:
-        agent = await pick_agent(session, config, actions.assign, ticket.queue)
+    for name, value in ticket_updates(ticket.tags or [], decision).items():
+        setattr(ticket, name, value)
+    if decision.actions.assign is not None:
+        agent = await pick_agent(session, config, decision.actions.assign, ticket.queue)
         if agent is not None:
             ticket.assignee_id = agent.id
-    for applied in decision.applied:
-        session.add(
-            Event(
-                ticket_id=ticket.id,
-                type="rule_applied",
-                actor=f"rule:{applied.rule}",
-                detail={
-                    "action": applied.name,
-                    "value": applied.value,
-                    "where": f"{applied.file}:{applied.line}",
-                },
-            )
-        )
-    return list(actions.notify)
+    for event in rule_events(decision):
+        session.add(Event(ticket_id=ticket.id, **event))
+    return list(decision.actions.notify)
 
 
 async def plan_of(session: AsyncSession, email: str) -> str | None:
