@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd import routing
-from helpdeskd.classify import classify
+from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.mailer import Composed
 from helpdeskd.models import (
     Agent,
@@ -173,6 +173,16 @@ class FastLane:
             for future in self.building:
                 future.cancel()  # after a failure: the per-message path builds them again
         return outcomes
+
+    @staticmethod
+    def suits(item: Incoming, parsed: ParsedMessage, context: ClassifyContext) -> bool:
+        """Whether the lane may take this message, as far as the message alone tells."""
+        from helpdeskd.processor import with_fallback_sender
+
+        if item.oversize or item.raw is None:
+            return False
+        parsed = with_fallback_sender(parsed)
+        return bool(parsed.sender) and classify(parsed, context).kind == "customer"
 
     # --- looking up ------------------------------------------------------------------------
 
@@ -345,11 +355,9 @@ class FastLane:
         from helpdeskd.processor import Outcome, with_fallback_sender
 
         p, service = self.p, self.config.service
-        if item.oversize or item.raw is None:
+        if not self.suits(item, parsed, self.classify_context):
             return None
         parsed = with_fallback_sender(parsed)
-        if classify(parsed, self.classify_context).kind != "customer" or not parsed.sender:
-            return None
         sender = parsed.sender
         if parsed.message_id in self.messages:
             return None  # a duplicate, or our own mail back: the per-message path says which

@@ -25,8 +25,9 @@ aioimaplib 2.0.3 needs care, and this module works around it:
   :class:`_Protocol` answers with an empty line so the server says NO.
 - It logs every line it sends at DEBUG, scrubbing only the raw password: the XOAUTH2 string
   (the bearer token in base64) and escaped passwords leaked. :class:`_Protocol` does not log.
-- It parses each read recursively, a frame or more per response line, and its FETCH
-  completeness check is quadratic: FETCH asks for at most :data:`MAX_FETCH` messages.
+- It parses each read recursively, a frame or more per response line, each frame keeping a
+  copy of the rest of the read, and its FETCH completeness check is quadratic: FETCH asks for
+  at most :data:`MAX_FETCH` messages and about :data:`FETCH_BYTES` of them.
 - In a FETCH response the ``N FETCH (UID u BODY[] {n}`` line is ``bytes``, the literal follows
   as a separate ``bytearray`` and the rest of the response (``)``) as ``bytes`` again; the
   tagged status text is the last line. :func:`parse_fetch` relies on exactly that.
@@ -43,7 +44,15 @@ import random
 import re
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -60,6 +69,10 @@ log = structlog.get_logger(__name__)
 KEYWORD = "$Helpdeskd"
 MAX_FETCH = 100  # messages per FETCH: aioimaplib parses a read recursively, line by line
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # message bytes held in memory per batch (at least one)
+# Message bytes asked for per FETCH (at least one message). aioimaplib's recursive parse keeps a
+# copy of the rest of each read per response line it has passed: a 256 kB read full of small
+# messages briefly holds tens of MB. Smaller responses keep that small, for a round trip more.
+FETCH_BYTES = 64 * 1024
 CATCH_UP_TRIES = 3  # fetches of one UID within one catch-up
 CATCH_UP_PAUSE = 0.5  # seconds before fetching a UID again
 SPOOL_CHUNK = 4 * 1024 * 1024  # bytes per partial FETCH of an oversize message
@@ -107,6 +120,23 @@ class MailSink(Protocol):
 
 
 # --- parsing (pure) ------------------------------------------------------------------------
+
+
+def _by_bytes(
+    uids: Sequence[int], sizes: Mapping[int, FetchRecord], limit: int
+) -> Iterator[list[int]]:
+    """Split UIDS, in order, into runs of at most LIMIT message bytes (at least one each)."""
+    part: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes[uid].size or 0
+        if part and total + size > limit:
+            yield part
+            part, total = [], 0
+        part.append(uid)
+        total += size
+    if part:
+        yield part
 
 
 @dataclass(frozen=True)
@@ -792,13 +822,13 @@ class MailboxWatcher:
         limit = self.config.max_message_bytes
         wanted = [uid for uid in batch if (sizes[uid].size or 0) <= limit]
         bodies: dict[int, FetchRecord] = {}
-        if wanted:
-            total = sum(sizes[uid].size or 0 for uid in wanted)
+        for part in _by_bytes(wanted, sizes, FETCH_BYTES):
+            total = sum(sizes[uid].size or 0 for uid in part)
             response = await session.call(
-                session.client.uid("fetch", uid_set(wanted), "(UID BODY.PEEK[])"),
+                session.client.uid("fetch", uid_set(part), "(UID BODY.PEEK[])"),
                 timeout=self.config.timeout + total / BYTES_PER_SECOND,
             )
-            bodies = parse_fetch(_check(response, "UID FETCH BODY.PEEK[]").lines)
+            bodies.update(parse_fetch(_check(response, "UID FETCH BODY.PEEK[]").lines))
         mails: list[FetchedMail] = []
         for uid in batch:
             record = sizes[uid]

@@ -14,8 +14,10 @@ from structlog.testing import capture_logs
 
 from helpdeskd.config import MailboxConfig, Secret
 from helpdeskd.imap import (
+    FETCH_BYTES,
     KEYWORD,
     FetchedMail,
+    FetchRecord,
     ImapError,
     MailboxWatcher,
     encode_mailbox,
@@ -24,6 +26,7 @@ from helpdeskd.imap import (
     parse_select,
     uid_set,
 )
+from helpdeskd.imap import _by_bytes as by_bytes
 from tests.servers.dovecot import Dovecot
 from tests.servers.fixtures import SUPPORT_PASSWORD as PASSWORD
 from tests.servers.fixtures import SUPPORT_USER as USER
@@ -140,6 +143,22 @@ async def test_every_mail_reaches_the_sink_once_and_is_moved(dovecot: Dovecot) -
     assert sink.polls == [(True, None)]
     assert await watcher.run_once() == 0
     assert len(sink.mails) == 20
+
+
+async def test_a_batch_bigger_than_one_fetch_arrives_whole_and_intact(dovecot: Dovecot) -> None:
+    # 12 mails of about 24 kB: one batch, fetched in several FETCH commands of <= FETCH_BYTES.
+    raws = [message(n, body=f"line {n} of a long log\r\n" * 1000) for n in range(12)]
+    assert sum(map(len, raws)) > 3 * FETCH_BYTES
+    for raw in raws:
+        dovecot.append(USER, PASSWORD, raw)
+    sink = RecordingSink()
+    watcher = MailboxWatcher(mailbox(dovecot, batch_size=12), sink, stop=asyncio.Event())
+
+    assert await watcher.run_once() == 12
+
+    assert [len(batch) for batch in sink.batches] == [12]
+    assert sink.raws() == set(raws)
+    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
 
 
 async def test_keyword_mode_marks_in_place_and_skips_marked_mail(dovecot: Dovecot) -> None:
@@ -535,6 +554,16 @@ def test_parse_fetch_takes_literals_by_position_not_content() -> None:
     assert records[7].body == b"* 2 FETCH (" and records[7].size == 11
     assert records[9].body == b"abc" and records[9].internal_date == "02-Jun-2025 10:00:00 +0000"
     assert records[10].body is None
+
+
+def test_fetches_are_split_by_bytes_in_order_with_at_least_one_mail_each() -> None:
+    sizes = {
+        uid: FetchRecord(uid=uid, size=size)
+        for uid, size in enumerate([10, 30, 70, 5, 5, 200, 1], 1)
+    }
+    parts = list(by_bytes(list(sizes), sizes, 50))
+    assert parts == [[1, 2], [3], [4, 5], [6], [7]]
+    assert list(by_bytes([], sizes, 50)) == []
 
 
 def test_parse_search_ignores_the_tagged_text() -> None:

@@ -901,7 +901,7 @@ def main_arms(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack: Any
     )
     say(
         f"helpdeskd arm: commit policy: one transaction per fetched batch (batch_size "
-        f"{args.batch_size}), a SAVEPOINT per message"
+        f"{args.batch_size}), a SAVEPOINT per fast-lane run or per message"
     )
     say(
         f"               SQLite journal_mode={stats.journal_mode} "
