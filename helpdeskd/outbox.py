@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import aiosmtplib
@@ -226,9 +226,24 @@ class OutboxSender:
             return data
 
     async def _send(self, sender: str, recipients: list[str], data: bytes) -> SendResult:
+        wide: dict[str, str] = {}
         try:
             client = await self._connect()
-            refused, _ = await client.sendmail(sender, recipients, data)
+            # A non-ASCII address needs SMTPUTF8 (RFC 6531) on the relay.
+            wants_utf8 = not all(a.isascii() for a in [sender, *recipients])
+            try:
+                refused, _ = await client.sendmail(
+                    sender, recipients, data, mail_options=["SMTPUTF8"] if wants_utf8 else []
+                )
+            except aiosmtplib.SMTPNotSupported:
+                # Raised before MAIL FROM: the relay lacks SMTPUTF8 and no retry will give
+                # it. The ASCII addresses still go.
+                reason = "the relay does not offer SMTPUTF8, needed for a non-ASCII address"
+                wide = {r: reason for r in recipients if not r.isascii() or not sender.isascii()}
+                recipients = [r for r in recipients if r not in wide]
+                if not recipients:
+                    return SendResult((), {}, wide)
+                refused, _ = await client.sendmail(sender, recipients, data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return _split_refused(
                 {e.recipient: (e.code, e.message) for e in exc.recipients}, recipients
@@ -243,9 +258,10 @@ class OutboxSender:
             await self._close()
             reason = f"{type(exc).__name__}: {exc}".strip()
             return SendResult((), dict.fromkeys(recipients, reason[:300]), {})
-        return _split_refused(
+        result = _split_refused(
             {addr: (resp.code, resp.message) for addr, resp in refused.items()}, recipients
         )
+        return replace(result, permanent={**result.permanent, **wide})
 
     async def _record(self, session: AsyncSession, row_id: int, result: SendResult) -> None:
         now = utcnow()

@@ -120,6 +120,40 @@ async def test_temporary_failures_give_up_after_max_attempts(make_config, smtp_s
     assert rows[0]["recipients"][0]["attempts"] == 3
 
 
+async def test_non_ascii_address_fails_at_once_where_the_relay_lacks_smtputf8(make_config):
+    sink = SmtpSink()  # aiosmtpd offers no SMTPUTF8 unless asked
+    sink.start()
+    try:
+        config = make_config(smtp=sink)
+        async with Desk(config) as desk:
+            await _queue(desk, ["a@example.org", "jürgen@example.org"])
+            await OutboxSender(desk.sessions, config.smtp).drain(5)
+    finally:
+        sink.stop()
+    [row] = cli_json(config, "outbox", "list")
+    recipients = {r["address"]: r for r in row["recipients"]}
+    assert recipients["a@example.org"]["state"] == "sent"
+    wide = recipients["jürgen@example.org"]
+    assert wide["state"] == "failed" and wide["attempts"] == 1
+    assert "SMTPUTF8" in wide["last_error"]
+    assert [d.recipients for d in sink.deliveries] == [["a@example.org"]]
+
+
+async def test_non_ascii_address_is_delivered_where_the_relay_offers_smtputf8(make_config):
+    sink = SmtpSink(smtputf8=True)
+    sink.start()
+    try:
+        config = make_config(smtp=sink)
+        async with Desk(config) as desk:
+            await _queue(desk, ["jürgen@example.org"])
+            await OutboxSender(desk.sessions, config.smtp).drain(5)
+    finally:
+        sink.stop()
+    [row] = cli_json(config, "outbox", "list")
+    assert row["state"] == "sent"
+    assert [d.recipients for d in sink.deliveries] == [["jürgen@example.org"]]
+
+
 async def test_expired_row_is_not_sent(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink)
     async with Desk(config) as desk:

@@ -67,9 +67,10 @@ class _Handler:
 
 
 class SmtpSink:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, smtputf8: bool = False) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self.smtputf8 = smtputf8  # offer SMTPUTF8 (RFC 6531)
         self.handler = _Handler()
         self._controller: Controller | None = None
 
@@ -79,7 +80,9 @@ class SmtpSink:
             return list(self.handler.deliveries)
 
     def start(self) -> None:
-        self._controller = Controller(self.handler, hostname=self.host, port=self.port)
+        self._controller = Controller(
+            self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=self.smtputf8
+        )
         self._controller.start()
 
     def stop(self) -> None:
