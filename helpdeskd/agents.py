@@ -45,6 +45,7 @@ from helpdeskd.models import (
     utcnow,
 )
 from helpdeskd.parsing import ParsedMessage, extract_reply
+from helpdeskd.received import ticket_ref
 from helpdeskd.render import Renderer
 from helpdeskd.threading import tag_subject
 from helpdeskd.tokens import ReplyToken, reply_address, tokens_in, verify_reply
@@ -59,10 +60,6 @@ _FORWARD_MARKER = re.compile(
 )
 _FORWARD_FROM = re.compile(r"^\s*(?:from|von|de)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
-
-
-def ref_of(config: Config, ticket_id: int) -> str:
-    return f"{config.service.ticket_prefix}-{ticket_id}"
 
 
 def forwarded_sender(text: str) -> tuple[str, str] | None:
@@ -150,7 +147,7 @@ class AgentDesk:
 
     def agent_reply_to(self, ticket_id: int, agent: Agent) -> str:
         service = self.config.service
-        token = ReplyToken(ref_of(self.config, ticket_id), agent_id=agent.id)
+        token = ReplyToken(ticket_ref(self.config, ticket_id), agent_id=agent.id)
         return reply_address(service.support_address, service.secret_keys, token)
 
     # --- notifications ---------------------------------------------------------------------------
@@ -203,7 +200,7 @@ class AgentDesk:
         """Compose the mail telling each of AGENTS about MESSAGE, each with their own reply
         address. TICKET and MESSAGE hold the columns of the ticket and the ticket message."""
         service = self.config.service
-        ref = ref_of(self.config, ticket["id"])
+        ref = ticket_ref(self.config, ticket["id"])
         writer = message["from_name"] or message["from_addr"]
         mails = []
         for agent in agents:
@@ -301,7 +298,7 @@ class AgentDesk:
     ) -> None:
         """Send a rule's notification about MESSAGE to ADDRESS (not an agent: no reply token)."""
         service = self.config.service
-        ref = ref_of(self.config, ticket.id)
+        ref = ticket_ref(self.config, ticket.id)
         writer = message.from_name or message.from_addr
         await queue_mail(
             session,
@@ -344,7 +341,7 @@ class AgentDesk:
         """Send AGENT (or a plain address) a short note from the desk: errors, receipts,
         security notices, alerts. Only an agent gets a reply address for the ticket."""
         service = self.config.service
-        ref = ref_of(self.config, ticket.id) if ticket else None
+        ref = ticket_ref(self.config, ticket.id) if ticket else None
         address = agent.email if isinstance(agent, Agent) else agent
         reply = (
             self.agent_reply_to(ticket.id, agent)
@@ -399,10 +396,10 @@ class AgentDesk:
             )
         )
         (log.warning if security else log.info)(
-            event, reason=reason, agent=agent.email, ticket=ref_of(self.config, ticket.id)
+            event, reason=reason, agent=agent.email, ticket=ticket_ref(self.config, ticket.id)
         )
         lines = [
-            f"Your mail to {ref_of(self.config, ticket.id)} was not sent to the customer "
+            f"Your mail to {ticket_ref(self.config, ticket.id)} was not sent to the customer "
             f"and changed nothing: {reason}.",
             *(f"  - {line}" for line in details),
             "",
@@ -519,7 +516,7 @@ class AgentDesk:
         await self.notify(session, ticket, message, exclude=agent.id)
         if commands.commands and service.receipts == "always":
             lines = [
-                f"Applied to {ref_of(self.config, ticket.id)}:",
+                f"Applied to {ticket_ref(self.config, ticket.id)}:",
                 *(f"  - {a}" for a in applied),
             ]
             if sent:
@@ -541,7 +538,7 @@ class AgentDesk:
         return {
             "service": {"name": service.name, "support_address": service.support_address},
             "ticket": {
-                "ref": ref_of(self.config, ticket.id),
+                "ref": ticket_ref(self.config, ticket.id),
                 "subject": ticket.subject,
                 "state": ticket.state,
                 "priority": ticket.priority,
@@ -699,7 +696,7 @@ class AgentDesk:
                 ticket_id=target_id,
                 type="merged_in",
                 actor=agent.email,
-                detail={"from": ref_of(self.config, ticket.id)},
+                detail={"from": ticket_ref(self.config, ticket.id)},
             )
         )
 
@@ -707,7 +704,7 @@ class AgentDesk:
         self, session: AsyncSession, ticket: Ticket, agent: Agent, text: str, raw: RawMessage
     ) -> None:
         service = self.config.service
-        ref = ref_of(self.config, ticket.id)
+        ref = ticket_ref(self.config, ticket.id)
         parent_message = await session.scalar(
             select(Message)
             .where(

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from helpdeskd.loops import automatic_headers
 from helpdeskd.mailer import customer_envelope, queue_mail
 from helpdeskd.models import Agent, Contact, Event, Ticket, utcnow
-from helpdeskd.processor import Processor, ticket_ref
+from helpdeskd.processor import Processor
+from helpdeskd.received import ticket_ref
 from helpdeskd.schedule import (
     TicketFacts,
     TimeAction,

@@ -26,7 +26,8 @@ from helpdeskd.imap import FetchedMail, MailboxWatcher
 from helpdeskd.models import Agent, MailboxState, utcnow
 from helpdeskd.outbox import OutboxSender
 from helpdeskd.parsepool import ParsePool
-from helpdeskd.processor import Incoming, MailboxMark, Processor
+from helpdeskd.processor import MailboxMark, Processor
+from helpdeskd.received import Incoming
 from helpdeskd.render import Renderer
 from helpdeskd.sdnotify import Notifier, watchdog_interval
 from helpdeskd.supervisor import Supervisor, TaskFactory

@@ -50,6 +50,14 @@ from helpdeskd.models import (
 )
 from helpdeskd.outbound import OutgoingMail
 from helpdeskd.parsing import ParsedMessage
+from helpdeskd.received import (
+    Incoming,
+    Outcome,
+    inbound_message,
+    ref_to_id,
+    ticket_ref,
+    with_fallback_sender,
+)
 from helpdeskd.rules import evaluate
 from helpdeskd.threading import (
     Candidates,
@@ -63,7 +71,7 @@ from helpdeskd.threading import (
 from helpdeskd.tokens import tokens_in, verify_reply
 
 if TYPE_CHECKING:
-    from helpdeskd.processor import Incoming, Outcome, Processor
+    from helpdeskd.processor import Processor
 
 log = structlog.get_logger(__name__)
 
@@ -177,8 +185,6 @@ class FastLane:
     @staticmethod
     def suits(item: Incoming, parsed: ParsedMessage, context: ClassifyContext) -> bool:
         """Whether the lane may take this message, as far as the message alone tells."""
-        from helpdeskd.processor import with_fallback_sender
-
         if item.oversize or item.raw is None:
             return False
         parsed = with_fallback_sender(parsed)
@@ -200,9 +206,9 @@ class FastLane:
             for text in tokens_in(list(parsed.recipients), service.support_address):
                 token = verify_reply(service.secret_keys, text)
                 if token is not None:
-                    ticket_ids.add(self._ref_id(token.ref) or 0)
+                    ticket_ids.add(ref_to_id(self.config, token.ref) or 0)
             ticket_ids.update(
-                self._ref_id(ref) or 0
+                ref_to_id(self.config, ref) or 0
                 for ref in subject_refs(parsed.subject, service.ticket_prefix)
             )
             emails.update(a.lower() for a in (parsed.sender, *parsed.to, *parsed.cc) if a)
@@ -290,12 +296,6 @@ class FastLane:
             if isinstance(known, _Ticket):
                 known.inbound, known.recent = int(total), int(recent or 0)
 
-    def _ref_id(self, ref: str) -> int | None:
-        prefix, _, number = ref.upper().rpartition("-")
-        if prefix != self.config.service.ticket_prefix or not number.isdigit():
-            return None
-        return int(number)
-
     def _know_contact(self, contact: _Contact) -> None:
         self.contacts[contact.row["email"]] = contact
         self.contacts_by_id[contact.row["id"]] = contact
@@ -308,7 +308,7 @@ class FastLane:
             return known
         return TicketView(
             id=known.id,
-            ref=self.p.ref(known.id),
+            ref=ticket_ref(self.config, known.id),
             state=known.row["state"],
             participants=frozenset(known.participants),
             closed_at=known.row["closed_at"],
@@ -321,7 +321,7 @@ class FastLane:
         for text in tokens_in(list(parsed.recipients), service.support_address):
             token = verify_reply(service.secret_keys, text)
             if token is not None:
-                found["token"] = self._view(self._ref_id(token.ref))
+                found["token"] = self._view(ref_to_id(self.config, token.ref))
                 if found["token"] is not None:
                     break
         if found.get("token") is None:
@@ -337,7 +337,7 @@ class FastLane:
         if found.get("token") is None and found.get("reference") is None and continues:
             found["thread_index"] = self._view(self.thread_roots.get(root or ""))
         for ref in subject_refs(parsed.subject, service.ticket_prefix):
-            found["subject"] = self._view(self._ref_id(ref))
+            found["subject"] = self._view(ref_to_id(self.config, ref))
             if found["subject"] is not None:
                 break
         if any(isinstance(view, _Merged) for view in found.values()):
@@ -352,8 +352,6 @@ class FastLane:
 
     async def _decide(self, item: Incoming, parsed: ParsedMessage) -> Outcome | None:
         """Decide one message and add its rows; None when it needs the per-message path."""
-        from helpdeskd.processor import Outcome, with_fallback_sender
-
         p, service = self.p, self.config.service
         if not self.suits(item, parsed, self.classify_context):
             return None
@@ -421,7 +419,9 @@ class FastLane:
             self._event(ticket.id, **event)
         self._notify(ticket, message, agents)
         raw.update(outcome=outcome, reason=reason[:2000], ticket_id=ticket.id)
-        return Outcome(item.source, parsed.message_id, outcome, p.ref(ticket.id), reason)
+        return Outcome(
+            item.source, parsed.message_id, outcome, ticket_ref(self.config, ticket.id), reason
+        )
 
     # --- rows ------------------------------------------------------------------------------
 
@@ -488,8 +488,6 @@ class FastLane:
     def _inbound(
         self, ticket: _Ticket, parsed: ParsedMessage, raw: dict[str, Any]
     ) -> dict[str, Any]:
-        from helpdeskd.processor import inbound_message
-
         ticket.inbound += 1
         ticket.recent += 1
         message = {"ticket_id": ticket.id, "raw": raw, **inbound_message(parsed, "customer", False)}

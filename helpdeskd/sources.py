@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from helpdeskd.errors import UserError
-from helpdeskd.processor import Incoming
+from helpdeskd.received import Incoming
 
 
 def _is_maildir(path: Path) -> bool:

@@ -20,7 +20,7 @@ from helpdeskd.models import (
     RawMessage,
     Ticket,
 )
-from helpdeskd.processor import ref_to_id, ticket_ref
+from helpdeskd.received import ref_to_id, ticket_ref
 
 
 def iso(value: datetime | None) -> str | None:

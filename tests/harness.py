@@ -15,7 +15,8 @@ from helpdeskd.config import Config
 from helpdeskd.db import create_engine, sessionmaker
 from helpdeskd.outbox import OutboxSender
 from helpdeskd.parsepool import ParsePool
-from helpdeskd.processor import Incoming, Outcome, Processor
+from helpdeskd.processor import Processor
+from helpdeskd.received import Incoming, Outcome
 from helpdeskd.render import Renderer
 
 ROOT = Path(__file__).resolve().parent.parent
