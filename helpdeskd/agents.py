@@ -30,7 +30,6 @@ from helpdeskd.mailer import (
     Parent,
     compose_mail,
     customer_envelope,
-    queue_mail,
     store_mail,
 )
 from helpdeskd.models import (
@@ -300,21 +299,24 @@ class AgentDesk:
         service = self.config.service
         ref = ticket_ref(self.config, ticket.id)
         writer = message.from_name or message.from_addr
-        await queue_mail(
+        footer = f"{ref} · {ticket.state} · {ticket.priority} priority"
+        await store_mail(
             session,
-            domain=service.support_domain,
-            kind="rule_notification",
-            envelope=Envelope(
-                from_addr=service.support_address,
-                from_name=f"{writer} via {service.name}",
-                to=(address,),
+            compose_mail(
+                domain=service.support_domain,
+                kind="rule_notification",
+                envelope=Envelope(
+                    from_addr=service.support_address,
+                    from_name=f"{writer} via {service.name}",
+                    to=(address,),
+                ),
+                subject=tag_subject(ticket.subject, ref, service.ticket_prefix),
+                text=f"{message.text}\n\n-- \n{footer}\n",
+                parent=Parent.of(message),
+                ticket_id=ticket.id,
+                internal=True,
+                extra_headers=automatic_headers(service.support_address, "auto-generated"),
             ),
-            subject=tag_subject(ticket.subject, ref, service.ticket_prefix),
-            text=f"{message.text}\n\n-- \n{ref} · {ticket.state} · {ticket.priority} priority\n",
-            parent=Parent.of(message),
-            ticket_id=ticket.id,
-            internal=True,
-            extra_headers=automatic_headers(service.support_address, "auto-generated"),
         )
 
     async def tell_all(
@@ -348,22 +350,24 @@ class AgentDesk:
             if ticket is not None and isinstance(agent, Agent)
             else None
         )
-        await queue_mail(
+        await store_mail(
             session,
-            domain=service.support_domain,
-            kind="agent_notice",
-            envelope=Envelope(
-                from_addr=service.support_address,
-                from_name=f"{service.name} helpdesk",
-                to=(address,),
-                reply_to=reply,
+            compose_mail(
+                domain=service.support_domain,
+                kind="agent_notice",
+                envelope=Envelope(
+                    from_addr=service.support_address,
+                    from_name=f"{service.name} helpdesk",
+                    to=(address,),
+                    reply_to=reply,
+                ),
+                subject=tag_subject(subject, ref, service.ticket_prefix) if ref else subject,
+                text=text,
+                parent=parent,
+                ticket_id=ticket.id if ticket else None,
+                internal=True,
+                extra_headers=automatic_headers(service.support_address, "auto-generated"),
             ),
-            subject=tag_subject(subject, ref, service.ticket_prefix) if ref else subject,
-            text=text,
-            parent=parent,
-            ticket_id=ticket.id if ticket else None,
-            internal=True,
-            extra_headers=automatic_headers(service.support_address, "auto-generated"),
         )
 
     # --- replies ---------------------------------------------------------------------------------
@@ -748,16 +752,18 @@ class AgentDesk:
                 cc=tuple(ccs),
             )
             subject = tag_subject(f"Re: {ticket.subject}", ref, service.ticket_prefix)
-        sent = await queue_mail(
+        sent = await store_mail(
             session,
-            domain=service.support_domain,
-            kind="reply",
-            envelope=envelope,
-            subject=subject,
-            text=text,
-            parent=parent,
-            ticket_id=ticket.id,
-            attachments=attachments,
+            compose_mail(
+                domain=service.support_domain,
+                kind="reply",
+                envelope=envelope,
+                subject=subject,
+                text=text,
+                parent=parent,
+                ticket_id=ticket.id,
+                attachments=attachments,
+            ),
         )
         session.add(
             Event(

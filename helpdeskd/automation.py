@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.loops import automatic_headers
-from helpdeskd.mailer import customer_envelope, queue_mail
+from helpdeskd.mailer import compose_mail, customer_envelope, store_mail
 from helpdeskd.models import Agent, Contact, Event, Ticket, utcnow
 from helpdeskd.processor import Processor
 from helpdeskd.received import ticket_ref
@@ -227,15 +227,17 @@ class Automation:
                 "requester": {"name": requester.name or "", "email": requester.email},
             },
         )
-        await queue_mail(
+        await store_mail(
             session,
-            domain=service.support_domain,
-            kind="reminder",
-            envelope=customer_envelope(service, ref, (requester.email,)),
-            subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
-            text=rendered.text,
-            ticket_id=ticket.id,
-            extra_headers=automatic_headers(service.support_address, "auto-generated"),
+            compose_mail(
+                domain=service.support_domain,
+                kind="reminder",
+                envelope=customer_envelope(service, ref, (requester.email,)),
+                subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
+                text=rendered.text,
+                ticket_id=ticket.id,
+                extra_headers=automatic_headers(service.support_address, "auto-generated"),
+            ),
         )
 
     async def _sla(

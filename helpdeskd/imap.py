@@ -50,7 +50,6 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
-    Mapping,
     Sequence,
 )
 from dataclasses import dataclass
@@ -122,21 +121,21 @@ class MailSink(Protocol):
 # --- parsing (pure) ------------------------------------------------------------------------
 
 
-def _by_bytes(
-    uids: Sequence[int], sizes: Mapping[int, FetchRecord], limit: int
+def split_runs(
+    uids: Sequence[int], weights: Sequence[int], max_weight: int, max_count: int
 ) -> Iterator[list[int]]:
-    """Split UIDS, in order, into runs of at most LIMIT message bytes (at least one each)."""
-    part: list[int] = []
+    """Split UIDS, in order, into runs of at most MAX_COUNT UIDs whose WEIGHTS (one per UID)
+    add up to at most MAX_WEIGHT; a UID heavier than that makes a run of its own."""
+    run: list[int] = []
     total = 0
-    for uid in uids:
-        size = sizes[uid].size or 0
-        if part and total + size > limit:
-            yield part
-            part, total = [], 0
-        part.append(uid)
-        total += size
-    if part:
-        yield part
+    for uid, weight in zip(uids, weights, strict=True):
+        if run and (len(run) >= max_count or total + weight > max_weight):
+            yield run
+            run, total = [], 0
+        run.append(uid)
+        total += weight
+    if run:
+        yield run
 
 
 @dataclass(frozen=True)
@@ -803,18 +802,9 @@ class MailboxWatcher:
 
     def _batches(self, uids: list[int], sizes: dict[int, FetchRecord]) -> Iterator[list[int]]:
         limit = max(1, min(self.config.batch_size, MAX_FETCH))
-        batch: list[int] = []
-        batch_bytes = 0
-        for uid in uids:
-            size = sizes[uid].size or 0
-            fetch_bytes = size if size <= self.config.max_message_bytes else 0
-            if batch and (len(batch) >= limit or batch_bytes + fetch_bytes > MAX_BATCH_BYTES):
-                yield batch
-                batch, batch_bytes = [], 0
-            batch.append(uid)
-            batch_bytes += fetch_bytes
-        if batch:
-            yield batch
+        largest = self.config.max_message_bytes  # an oversize mail is spooled, not held
+        held = [size if (size := sizes[uid].size or 0) <= largest else 0 for uid in uids]
+        return split_runs(uids, held, MAX_BATCH_BYTES, limit)
 
     async def _fetch_batch(
         self, session: _Session, batch: list[int], sizes: dict[int, FetchRecord]
@@ -822,7 +812,8 @@ class MailboxWatcher:
         limit = self.config.max_message_bytes
         wanted = [uid for uid in batch if (sizes[uid].size or 0) <= limit]
         bodies: dict[int, FetchRecord] = {}
-        for part in _by_bytes(wanted, sizes, FETCH_BYTES):
+        weights = [sizes[uid].size or 0 for uid in wanted]
+        for part in split_runs(wanted, weights, FETCH_BYTES, len(wanted)):
             total = sum(sizes[uid].size or 0 for uid in part)
             response = await session.call(
                 session.client.uid("fetch", uid_set(part), "(UID BODY.PEEK[])"),

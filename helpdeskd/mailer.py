@@ -1,8 +1,9 @@
-"""Queue one outgoing mail: build it, write its outbox row and its ticket message together.
+"""Queue one outgoing mail: compose it, then write its outbox row and its ticket message together.
 
 Every mail helpdeskd sends (acknowledgements, agent notifications, agent replies, receipts,
-alerts) comes through :func:`queue_mail`, so each is in the outbox with its final Message-ID and,
-when it belongs to a ticket, stored as an outbound message that later replies can thread on.
+alerts) is composed by :func:`compose_mail` (no I/O) and stored by :func:`store_mail`, or in bulk
+by the store's fast lane, so each is in the outbox with its final Message-ID and, when it belongs
+to a ticket, stored as an outbound message that later replies can thread on.
 """
 
 from __future__ import annotations
@@ -160,44 +161,6 @@ def compose_mail(
         expires_at=expires_at,
         message=message,
     )
-
-
-async def queue_mail(
-    session: AsyncSession,
-    *,
-    domain: str,
-    kind: str,
-    envelope: Envelope,
-    subject: str,
-    text: str,
-    html: str | None = None,
-    parent: Parent | None = None,
-    ticket_id: int | None = None,
-    internal: bool = False,
-    extra_headers: Mapping[str, str] | None = None,
-    attachments: Sequence[tuple[str, str, bytes]] = (),
-    expires_at: datetime | None = None,
-) -> Message | None:
-    """Add the mail to SESSION's transaction; return its ticket message (None without a ticket).
-
-    INTERNAL marks mail that only agents see (notifications, receipts); it is still sent to
-    its recipients, who are agents, but never shown to a customer as part of the ticket.
-    """
-    composed = compose_mail(
-        domain=domain,
-        kind=kind,
-        envelope=envelope,
-        subject=subject,
-        text=text,
-        html=html,
-        parent=parent,
-        ticket_id=ticket_id,
-        internal=internal,
-        extra_headers=extra_headers,
-        attachments=attachments,
-        expires_at=expires_at,
-    )
-    return await store_mail(session, composed)
 
 
 async def store_mail(session: AsyncSession, composed: Composed) -> Message | None:

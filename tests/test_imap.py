@@ -17,16 +17,15 @@ from helpdeskd.imap import (
     FETCH_BYTES,
     KEYWORD,
     FetchedMail,
-    FetchRecord,
     ImapError,
     MailboxWatcher,
     encode_mailbox,
     parse_fetch,
     parse_search,
     parse_select,
+    split_runs,
     uid_set,
 )
-from helpdeskd.imap import _by_bytes as by_bytes
 from tests.servers.dovecot import Dovecot
 from tests.servers.fixtures import SUPPORT_PASSWORD as PASSWORD
 from tests.servers.fixtures import SUPPORT_USER as USER
@@ -556,14 +555,12 @@ def test_parse_fetch_takes_literals_by_position_not_content() -> None:
     assert records[10].body is None
 
 
-def test_fetches_are_split_by_bytes_in_order_with_at_least_one_mail_each() -> None:
-    sizes = {
-        uid: FetchRecord(uid=uid, size=size)
-        for uid, size in enumerate([10, 30, 70, 5, 5, 200, 1], 1)
-    }
-    parts = list(by_bytes(list(sizes), sizes, 50))
-    assert parts == [[1, 2], [3], [4, 5], [6], [7]]
-    assert list(by_bytes([], sizes, 50)) == []
+def test_runs_keep_order_and_both_limits_with_at_least_one_uid_each() -> None:
+    uids = [1, 2, 3, 4, 5, 6, 7]
+    weights = [10, 30, 70, 5, 5, 200, 1]
+    assert list(split_runs(uids, weights, 50, 10)) == [[1, 2], [3], [4, 5], [6], [7]]
+    assert list(split_runs(uids, weights, 1000, 3)) == [[1, 2, 3], [4, 5, 6], [7]]
+    assert list(split_runs([], [], 50, 10)) == []
 
 
 def test_parse_search_ignores_the_tagged_text() -> None:
