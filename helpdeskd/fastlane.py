@@ -140,7 +140,6 @@ class FastLane:
         self.recent_by_sender: Counter[str] = Counter()
         self.autoreplies: Counter[str] = Counter()
         self.top_ticket: int | None = None  # SQLite: the highest ticket id so far
-        self.classify_context = processor.classify_context
         self.unbuilt: list[OutgoingMail] = []  # mails not yet sent to a worker to build
         self.building: list[asyncio.Future[list[bytes]]] = []
         # the rows to write, in the order the per-message path would write them
@@ -163,7 +162,10 @@ class FastLane:
     # --- the run ---------------------------------------------------------------------------
 
     async def run(self, entries: Sequence[tuple[Incoming, ParsedMessage]]) -> list[Outcome]:
-        """Store the longest leading run of ENTRIES this lane can; return its outcomes."""
+        """Store the longest leading run of ENTRIES this lane can; return its outcomes.
+
+        The caller passes only entries :meth:`suits` accepts: each is classified once.
+        """
         await self._look_up(entries)
         outcomes: list[Outcome] = []
         try:
@@ -353,8 +355,6 @@ class FastLane:
     async def _decide(self, item: Incoming, parsed: ParsedMessage) -> Outcome | None:
         """Decide one message and add its rows; None when it needs the per-message path."""
         p, service = self.p, self.config.service
-        if not self.suits(item, parsed, self.classify_context):
-            return None
         parsed = with_fallback_sender(parsed)
         sender = parsed.sender
         if parsed.message_id in self.messages:

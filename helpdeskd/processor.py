@@ -146,15 +146,13 @@ class Processor:
         self._flood_seen: dict[tuple[str, int], str | None] = {}
         self.agents = AgentDesk(config, renderer, backfill=backfill)
         self.rules = routing.load(config)
+        self.classify_context = self.context_for(config)
 
     def reload(self, config: Config, renderer: Renderer, rules: RuleSet) -> None:
         """Take a validated new config, templates and rules; the next message uses them."""
         self.config, self.renderer, self.rules = config, renderer, rules
         self.agents = AgentDesk(config, renderer, backfill=self.backfill)
-
-    @property
-    def classify_context(self) -> ClassifyContext:
-        return self.context_for(self.config)
+        self.classify_context = self.context_for(config)
 
     @staticmethod
     def context_for(config: Config) -> ClassifyContext:
@@ -195,13 +193,12 @@ class Processor:
                         )
                         continue
                     run = []
-                    context = self.classify_context
                     for later, later_result, seen in zip(
                         items[i:], results[i:], known[i:], strict=True
                     ):
                         if seen or not isinstance(later_result, ParsedMessage):
                             break
-                        if not FastLane.suits(later, later_result, context):
+                        if not FastLane.suits(later, later_result, self.classify_context):
                             break
                         run.append((later, later_result))
                     stored = await self._fast(session, run)

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select, update
 
 from helpdeskd.config import DEFAULT_RULES
+from helpdeskd.db import upgrade
 from helpdeskd.models import (
     AutoReplyLog,
     Contact,
@@ -46,8 +47,6 @@ OUR_ID = re.compile(r"<[^<>@\s]+@acme\.test>")
 @pytest.fixture(params=["sqlite", "postgresql"])
 def two_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     if request.param == "sqlite":
-        from helpdeskd.db import upgrade
-
         urls = (f"sqlite:///{tmp_path / 'fast.db'}", f"sqlite:///{tmp_path / 'slow.db'}")
         for url in urls:
             upgrade(url)
@@ -195,7 +194,6 @@ def test_fast_lane_writes_what_the_message_path_writes(
     for table in slow_rows:
         assert fast_rows[table] == slow_rows[table], table
     # the lane really carried most of it, and never fell back on an error
-    print(lanes)
     assert lanes["fast"] > 0.8 * len(fast_outcomes), lanes
     assert lanes.get("failed", 0) == 0, lanes
     assert slow_lanes.get("fast", 0) == 0 and slow_lanes["message"] == len(slow_outcomes)
