@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -71,6 +74,22 @@ def test_optional_notice_without_unsubscribe_link_is_refused(config, tmp_path):
     assert cli_json(config, "outbox", "list") == []
 
 
+@contextlib.asynccontextmanager
+async def serving_pages(config: Any, desk: Desk) -> AsyncIterator[Callable[[str], str]]:
+    """Serve the unsubscribe and preferences pages on loopback; yield a function that turns a
+    public link into one that reaches them."""
+    port = free_port()
+    app = web.Application()
+    app.add_routes(UnsubscribePages(config, desk.sessions).routes())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield lambda link: link.replace(config.service.public_url, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
 async def test_one_click_opt_out_then_optional_skips_and_critical_reaches(config, smtp_sink):
     sent = cli(
         config,
@@ -95,32 +114,23 @@ async def test_one_click_opt_out_then_optional_skips_and_critical_reaches(config
         body = ada.get_content()
         assert link(ada) in body and "Acme Inc., 1 Main St" in body
 
-        port = free_port()
-        app = web.Application()
-        app.add_routes(UnsubscribePages(config, desk.sessions).routes())
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = link(ada).replace(config.service.public_url, f"http://127.0.0.1:{port}")
-        try:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(url) as response:  # a link scanner: changes nothing
-                    assert response.status == 200 and "<form" in await response.text()
-                assert (
-                    cli_json(config, "contacts", "show", "ada@customer.example")["preferences"][
-                        "feature_update"
-                    ]
-                    == "subscribed"
-                )
-                for _ in range(2):  # RFC 8058 one-click, twice: idempotent
-                    async with http.post(url, data={"List-Unsubscribe": "One-Click"}) as response:
-                        assert response.status == 200
-                        assert "You are unsubscribed" in await response.text()
-                forged = url[:-3] + ("aaa" if not url.endswith("aaa") else "bbb")
-                async with http.post(forged, data={"List-Unsubscribe": "One-Click"}) as response:
-                    assert response.status == 400
-        finally:
-            await runner.cleanup()
+        async with serving_pages(config, desk) as local, aiohttp.ClientSession() as http:
+            url = local(link(ada))
+            async with http.get(url) as response:  # a link scanner: changes nothing
+                assert response.status == 200 and "<form" in await response.text()
+            assert (
+                cli_json(config, "contacts", "show", "ada@customer.example")["preferences"][
+                    "feature_update"
+                ]
+                == "subscribed"
+            )
+            for _ in range(2):  # RFC 8058 one-click, twice: idempotent
+                async with http.post(url, data={"List-Unsubscribe": "One-Click"}) as response:
+                    assert response.status == 200
+                    assert "You are unsubscribed" in await response.text()
+            forged = url[:-3] + ("aaa" if not url.endswith("aaa") else "bbb")
+            async with http.post(forged, data={"List-Unsubscribe": "One-Click"}) as response:
+                assert response.status == 400
         prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
         assert prefs["feature_update"].startswith("opted out (one-click")
         assert prefs["maintenance"] == "always (critical)"
@@ -225,27 +235,16 @@ async def test_preferences_page_shows_and_saves_every_optional_category(config):
             ada = await session.scalar(
                 select(Contact).where(Contact.email == "ada@customer.example")
             )
-        port = free_port()
-        app = web.Application()
-        app.add_routes(UnsubscribePages(config, desk.sessions).routes())
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = preferences_url(config, ada.id).replace(
-            config.service.public_url, f"http://127.0.0.1:{port}"
-        )
-        try:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(url) as response:
-                    page = await response.text()
-                assert response.status == 200
-                assert 'value="feature_update"' in page and 'value="survey"' in page
-                assert "maintenance" in page  # named as always sent, not offered
-                async with http.post(url, data={"subscribe": "survey"}) as response:
-                    assert response.status == 200 and "Saved." in await response.text()
-                async with http.get(url.replace("-*.", "-survey.")) as response:
-                    assert response.status == 400  # a token for one category is not this page
-        finally:
-            await runner.cleanup()
+        async with serving_pages(config, desk) as local, aiohttp.ClientSession() as http:
+            url = local(preferences_url(config, ada.id))
+            async with http.get(url) as response:
+                page = await response.text()
+            assert response.status == 200
+            assert 'value="feature_update"' in page and 'value="survey"' in page
+            assert "maintenance" in page  # named as always sent, not offered
+            async with http.post(url, data={"subscribe": "survey"}) as response:
+                assert response.status == 200 and "Saved." in await response.text()
+            async with http.get(url.replace("-*.", "-survey.")) as response:
+                assert response.status == 400  # a token for one category is not this page
     prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
     assert prefs["survey"] == "subscribed" and prefs["feature_update"].startswith("opted out (web")
