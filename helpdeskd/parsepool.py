@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +23,15 @@ from helpdeskd.parsing import ParsedMessage, parse_message
 log = structlog.get_logger(__name__)
 
 
+def _ignore_interrupt() -> None:
+    """In a worker: leave Ctrl-C to the daemon, which finishes its batch and then stops us.
+
+    A terminal's Ctrl-C reaches the whole process group; a worker that took it would die
+    mid-parse with a traceback instead of being shut down in order.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ParsePool:
     def __init__(self, workers: int = 2, timeout: float = 20.0) -> None:
         self.workers = max(1, workers)
@@ -33,7 +43,9 @@ class ParsePool:
         if self._pool is None:
             # spawn, not fork: the daemon has threads (aiosqlite) and a running event loop.
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_interrupt,
             )
         return self._pool
 
