@@ -710,7 +710,12 @@ class FastLane:
             (Event, "events"),
         ):
             if rows[name]:
-                await session.execute(insert(model), rows[name])
+                # Every row names all its columns, None meaning NULL. Without render_nulls the
+                # ORM leaves None columns out and must cut the batch wherever the None columns
+                # change (a mail with In-Reply-To after one without): one INSERT per row.
+                await session.execute(
+                    insert(model).execution_options(render_nulls=True), rows[name]
+                )
         if rows["thread_refs"]:
             await session.execute(
                 dialect_insert(ThreadRef).on_conflict_do_nothing(index_elements=["message_id"]),
