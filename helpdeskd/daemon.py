@@ -26,7 +26,7 @@ from helpdeskd.imap import FetchedMail, MailboxWatcher
 from helpdeskd.models import Agent, MailboxState, utcnow
 from helpdeskd.outbox import OutboxSender
 from helpdeskd.parsepool import ParsePool
-from helpdeskd.processor import MailboxMark, Processor
+from helpdeskd.processor import MailboxMark, Prepared, Processor
 from helpdeskd.received import Incoming
 from helpdeskd.render import Renderer
 from helpdeskd.sdnotify import Notifier, watchdog_interval
@@ -68,9 +68,9 @@ class ProcessorSink:
         self.processor = processor
         self.sessions = sessions
 
-    async def store_batch(
+    async def prepare_batch(
         self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
-    ) -> None:
+    ) -> tuple[Prepared, MailboxMark]:
         items = [
             Incoming(
                 source=mailbox,
@@ -83,7 +83,11 @@ class ProcessorSink:
             for m in mails
         ]
         mark = MailboxMark(mailbox, uidvalidity, max(m.uid for m in mails))
-        await self.processor.process_batch(items, mark=mark)
+        return await self.processor.prepare(items), mark
+
+    async def store_batch(self, prepared: tuple[Prepared, MailboxMark]) -> None:
+        batch, mark = prepared
+        await self.processor.store(batch, mark=mark)
 
     async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
         """Record a poll; tell the agents once when a mailbox keeps failing, and once more

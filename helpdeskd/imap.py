@@ -3,6 +3,7 @@
 The path of a message (DESIGN.md, "IMAP facts to respect"): after every (re)connect, UID SEARCH
 for everything still unprocessed; fetch ``(UID RFC822.SIZE INTERNALDATE)`` and then
 ``BODY.PEEK[]`` (never ``\\Seen``) batch by batch; hand each batch to
+:meth:`MailSink.prepare_batch` (parsing, which overlaps the storing of the batch before) and then
 :meth:`MailSink.store_batch`; and only when that returned, ``UID MOVE`` the batch to the
 processed folder (or ``UID COPY`` + ``\\Deleted`` + ``UID EXPUNGE``), or store the keyword
 ``$Helpdeskd``. Then IDLE (re-IDLE every ``idle_interval``) or poll, and catch up again. A
@@ -104,10 +105,16 @@ class FetchedMail:
 class MailSink(Protocol):
     """Where fetched mail goes; the processor implements it."""
 
-    async def store_batch(
+    async def prepare_batch(
         self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
-    ) -> None:
-        """Commit MAILS durably, deduped on (mailbox, uidvalidity, uid).
+    ) -> Any:
+        """Do the work on MAILS that needs no transaction (parsing); return what store_batch
+        takes. The watcher runs it while the batch before is being stored, and drops it
+        unstored (the mail stays unmarked) when it stops."""
+        ...
+
+    async def store_batch(self, prepared: Any) -> None:
+        """Commit a prepared batch durably, deduped on (mailbox, uidvalidity, uid).
 
         Raising means the batch is not committed: it is then neither moved nor marked.
         """
@@ -303,6 +310,12 @@ def encode_mailbox(name: str) -> str:
     flush()
     encoded = "".join(out)
     return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of work nobody waits for any more, so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -765,26 +778,50 @@ class MailboxWatcher:
         return parse_search(_check(response, "UID SEARCH").lines)
 
     async def _handle(self, session: _Session, uids: list[int]) -> int:
-        """Fetch UIDS batch by batch, store each batch, then move or mark it."""
-        assert session.info is not None
+        """Fetch UIDS batch by batch, store each batch, then move or mark it.
+
+        A pipeline one batch deep: the next batch is fetched and its preparation (parsing, in
+        the worker processes) started before this one is stored, so the parsing and the
+        storing overlap. Each batch is still marked only after its own commit.
+        """
+        info = session.info
+        assert info is not None
         sizes = await self._fetch_sizes(session, uids)
         handled = 0
-        for batch in self._batches([uid for uid in uids if uid in sizes], sizes):
-            mails = await self._fetch_batch(session, batch, sizes)
-            if not mails:
-                continue
-            await self._sink.store_batch(self.config.name, session.info.uidvalidity, mails)
-            self._log.info(
-                "imap_batch_stored",
-                uidvalidity=session.info.uidvalidity,
-                uids=uid_set(m.uid for m in mails),
-                count=len(mails),
-            )
-            await self._mark(session, [m.uid for m in mails])
-            handled += len(mails)
-            if self._stop.is_set():
-                break  # the batch in hand is finished; the rest waits for the next start
+        ahead: list[tuple[list[FetchedMail], asyncio.Task[Any]]] = []
+        try:
+            for batch in self._batches([uid for uid in uids if uid in sizes], sizes):
+                mails = await self._fetch_batch(session, batch, sizes)
+                if not mails:
+                    continue
+                preparing = self._sink.prepare_batch(self.config.name, info.uidvalidity, mails)
+                ahead.append((mails, asyncio.ensure_future(preparing)))
+                if len(ahead) > 1:
+                    handled += await self._store(session, *ahead.pop(0))
+                    if self._stop.is_set():
+                        break  # the batch in hand is finished; the rest waits for the next start
+            if ahead and not self._stop.is_set():
+                handled += await self._store(session, *ahead.pop(0))
+        finally:
+            for _, task in ahead:  # prepared, never stored: it stays unmarked
+                task.cancel()
+                task.add_done_callback(_discard)
         return handled
+
+    async def _store(
+        self, session: _Session, mails: list[FetchedMail], preparing: asyncio.Task[Any]
+    ) -> int:
+        """Store a batch once it is prepared; then move or mark it; return its size."""
+        assert session.info is not None
+        await self._sink.store_batch(await preparing)
+        self._log.info(
+            "imap_batch_stored",
+            uidvalidity=session.info.uidvalidity,
+            uids=uid_set(m.uid for m in mails),
+            count=len(mails),
+        )
+        await self._mark(session, [m.uid for m in mails])
+        return len(mails)
 
     async def _fetch_sizes(self, session: _Session, uids: list[int]) -> dict[int, FetchRecord]:
         sizes: dict[int, FetchRecord] = {}

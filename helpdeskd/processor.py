@@ -120,6 +120,16 @@ def _read_head(path: str) -> bytes:
         return handle.read(HEADER_READ)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch made ready to store: each item, whether its UID was stored before, and its
+    parse (a ParsedMessage, the exception parsing raised, or None: nothing to parse)."""
+
+    items: list[Incoming]
+    known: list[bool]
+    results: list[ParsedMessage | BaseException | None]
+
+
 class Processor:
     """Store batches of received mail; safe to call from several tasks (one writer at a time)."""
 
@@ -170,18 +180,32 @@ class Processor:
         self, items: Sequence[Incoming], mark: MailboxMark | None = None
     ) -> list[Outcome]:
         """Store ITEMS in one transaction and return one outcome per item, in order."""
+        return await self.store(await self.prepare(items), mark)
+
+    async def prepare(self, items: Sequence[Incoming]) -> Prepared:
+        """Do the work on ITEMS that needs no transaction: spool, dedupe by UID, parse.
+
+        It holds no lock, so the IMAP watcher prepares a batch while the one before it is
+        being stored (:meth:`store` looks up everything else inside its own transaction).
+        """
+        items = [self._spool_if_oversize(item) for item in items]
+        if not items:
+            return Prepared([], [], [])
+        known = await self._known_raw(items)
+        parsed = await asyncio.gather(
+            *(self._parse(item) for item, seen in zip(items, known, strict=True) if not seen),
+            return_exceptions=True,
+        )
+        await asyncio.to_thread(self._keep_attachments, parsed)
+        parsed_iter = iter(parsed)
+        return Prepared(items, known, [None if seen else next(parsed_iter) for seen in known])
+
+    async def store(self, prepared: Prepared, mark: MailboxMark | None = None) -> list[Outcome]:
+        """Store PREPARED in one transaction and return one outcome per item, in order."""
+        items, known, results = prepared.items, prepared.known, prepared.results
         if not items:
             return []
         async with self._lock:
-            items = [self._spool_if_oversize(item) for item in items]
-            known = await self._known_raw(items)
-            parsed = await asyncio.gather(
-                *(self._parse(item) for item, seen in zip(items, known, strict=True) if not seen),
-                return_exceptions=True,
-            )
-            await asyncio.to_thread(self._keep_attachments, parsed)
-            parsed_iter = iter(parsed)
-            results = [None if seen else next(parsed_iter) for seen in known]
             outcomes: list[Outcome] = []
             async with self.sessions() as session, session.begin():
                 while len(outcomes) < len(items):

@@ -45,7 +45,11 @@ class RecordingSink:
         self.batches: list[list[int]] = []
         self.polls: list[tuple[bool, str | None]] = []
 
-    async def store_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> None:
+    async def prepare_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> Any:
+        return mailbox, uidvalidity, mails
+
+    async def store_batch(self, prepared: Any) -> None:
+        mailbox, uidvalidity, mails = prepared
         if self.fail is not None:
             raise self.fail
         self.batches.append([mail.uid for mail in mails])
@@ -291,15 +295,66 @@ async def test_uidvalidity_change_is_passed_through(dovecot: Dovecot) -> None:
     assert (changed["old"], changed["new"]) == (old, new)
 
 
+async def test_the_next_batch_is_prepared_while_one_is_stored(dovecot: Dovecot) -> None:
+    for n in range(6):
+        dovecot.append(USER, PASSWORD, message(n))
+    steps: list[str] = []
+
+    class LoggingSink(RecordingSink):
+        async def prepare_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> Any:
+            steps.append(f"prepare {[m.uid for m in mails]}")
+            return await super().prepare_batch(mailbox, uidvalidity, mails)
+
+        async def store_batch(self, prepared: Any) -> None:
+            uids = [m.uid for m in prepared[2]]
+            # nothing of this batch is on the server's Processed side before its commit
+            assert not set(uids) & set(dovecot.list_uids(USER, PASSWORD, "Processed"))
+            await asyncio.sleep(0.05)  # a commit takes a while: the next batch is being parsed
+            await super().store_batch(prepared)
+            steps.append(f"stored {uids}")
+
+    sink = LoggingSink()
+    watcher = MailboxWatcher(mailbox(dovecot, batch_size=2), sink, stop=asyncio.Event())
+
+    assert await watcher.run_once() == 6
+    assert steps == [
+        "prepare [1, 2]",
+        "prepare [3, 4]",
+        "stored [1, 2]",
+        "prepare [5, 6]",
+        "stored [3, 4]",
+        "stored [5, 6]",
+    ]
+    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
+
+
+async def test_a_failed_store_leaves_its_batch_and_the_one_prepared_ahead(dovecot: Dovecot) -> None:
+    uids = [dovecot.append(USER, PASSWORD, message(n)) for n in range(6)]
+
+    class FailingSecond(RecordingSink):
+        async def store_batch(self, prepared: Any) -> None:
+            if self.batches:
+                raise RuntimeError("disk full")
+            await super().store_batch(prepared)
+
+    sink = FailingSecond()
+    with pytest.raises(RuntimeError, match="disk full"):
+        await MailboxWatcher(mailbox(dovecot, batch_size=2), sink, stop=asyncio.Event()).run_once()
+
+    assert sink.batches == [[1, 2]]
+    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == uids[2:]
+    assert len(dovecot.list_uids(USER, PASSWORD, "Processed")) == 2
+
+
 async def test_stop_during_a_catch_up_finishes_the_batch_in_hand(dovecot: Dovecot) -> None:
     for n in range(5):
         dovecot.append(USER, PASSWORD, message(n))
     stop = asyncio.Event()
 
     class StoppingSink(RecordingSink):
-        async def store_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> None:
+        async def store_batch(self, prepared: Any) -> None:
             stop.set()  # SIGTERM arrives while the first batch is being committed
-            await super().store_batch(mailbox, uidvalidity, mails)
+            await super().store_batch(prepared)
 
     sink = StoppingSink()
     watcher = MailboxWatcher(mailbox(dovecot, batch_size=2), sink, stop=stop)
@@ -314,8 +369,8 @@ async def test_mail_arriving_during_a_catch_up_is_handled_in_it(dovecot: Dovecot
     dovecot.append(USER, PASSWORD, message(1))
 
     class AppendingSink(RecordingSink):
-        async def store_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> None:
-            await super().store_batch(mailbox, uidvalidity, mails)
+        async def store_batch(self, prepared: Any) -> None:
+            await super().store_batch(prepared)
             if len(self.mails) == 1:
                 await asyncio.to_thread(dovecot.append, USER, PASSWORD, message(2))
 
