@@ -63,6 +63,9 @@ _ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 # A quoted display name longer than this may need folding inside the quotes, where the stdlib
 # (3.11) drops them: "Eve <eve@evil.test>, xxx…" would become a second From mailbox.
 _MAX_PLAIN_NAME = 60
+# An RFC 5322 phrase that needs no quoting: atext words, one space between them.
+_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+FOLD = 78  # RFC 5322 section 2.1.1: lines SHOULD be no longer
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")  # RFC 2045 token: a MIME type's halves
 
 
@@ -115,6 +118,38 @@ def _address(address: str, name: str = "") -> Address:
     return Address(display_name=one_line(name), username=local, domain=domain)
 
 
+def _mailbox(address: str, name: str = "") -> str:
+    """Return ADDRESS with display NAME as header text: the name plain, quoted or encoded.
+
+    What the stdlib's Address would write, without its parse-and-refold of every header.
+    """
+    spec = _address(address).addr_spec  # checked: no specials, no encoded word, no space
+    name = one_line(name)
+    if not name:
+        return spec
+    escaped = len(name) + name.count('"') + name.count("\\")
+    if not name.isascii() or escaped > _MAX_PLAIN_NAME or _ENCODED_WORD.search(name):
+        return f"{_encode_text('From', name)} <{spec}>"
+    if _PHRASE.fullmatch(name):
+        return f"{name} <{spec}>"
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{spec}>'
+
+
+def _set_mailboxes(msg: EmailMessage, name: str, mailboxes: Sequence[str]) -> None:
+    """Set address header NAME to MAILBOXES (from _mailbox), folded between them."""
+    lines = [""]
+    for mailbox in mailboxes:
+        first, _, rest = mailbox.partition("\n")  # an encoded name may span lines
+        if lines[-1] and len(name) + 2 + len(lines[-1]) + 2 + len(first) > FOLD:
+            lines[-1] += ","
+            lines.append("")
+        lines[-1] = f"{lines[-1]}, {first}" if lines[-1] else first
+        if rest:
+            lines.extend(rest.split("\n"))
+    msg.set_raw(name, "\n ".join(line.lstrip(" ") for line in lines))
+
+
 def _encode_text(name: str, value: str) -> str:
     """Return VALUE as RFC 2047 encoded words that decode to exactly VALUE, folded."""
     return Header(value, "utf-8", header_name=name).encode(linesep="\n")
@@ -123,7 +158,9 @@ def _encode_text(name: str, value: str) -> str:
 def _set_text(msg: EmailMessage, name: str, value: str) -> None:
     """Set unstructured header NAME to the text VALUE, which is never decoded again."""
     value = one_line(value)
-    if _ENCODED_WORD.search(value):
+    if value.isascii() and len(name) + 2 + len(value) <= FOLD and "=?" not in value:
+        msg.set_raw(name, value)  # nothing to encode or fold
+    elif _ENCODED_WORD.search(value):
         msg.set_raw(name, _encode_text(name, value))
     else:
         msg[name] = value
@@ -153,21 +190,15 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
 def build_message(mail: OutgoingMail) -> bytes:
     """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
     msg = EmailMessage(policy=_POLICY)
-    from_name = one_line(mail.from_name)
-    quoted = len(from_name) + from_name.count('"') + from_name.count("\\")  # escapes count
-    if quoted > _MAX_PLAIN_NAME or _ENCODED_WORD.search(from_name):
-        # A customer's name reaches here ("NAME via SERVICE"): encode it ourselves.
-        sender = _address(mail.from_addr).addr_spec
-        msg.set_raw("From", f"{_encode_text('From', from_name)} <{sender}>")
-    else:
-        msg["From"] = _address(mail.from_addr, from_name)
-    msg["To"] = [_address(a) for a in mail.to]
+    # A customer's name reaches From ("NAME via SERVICE"): _mailbox quotes or encodes it.
+    _set_mailboxes(msg, "From", [_mailbox(mail.from_addr, mail.from_name)])
+    _set_mailboxes(msg, "To", [_mailbox(a) for a in mail.to])
     if mail.cc:
-        msg["Cc"] = [_address(a) for a in mail.cc]
+        _set_mailboxes(msg, "Cc", [_mailbox(a) for a in mail.cc])
     if mail.reply_to:
-        msg["Reply-To"] = _address(mail.reply_to)
+        _set_mailboxes(msg, "Reply-To", [_mailbox(mail.reply_to)])
     _set_text(msg, "Subject", mail.subject)
-    msg["Date"] = format_datetime(mail.date)
+    msg.set_raw("Date", format_datetime(mail.date))
     _set_verbatim(msg, "Message-ID", mail.message_id)
     if mail.in_reply_to:
         _set_verbatim(msg, "In-Reply-To", mail.in_reply_to)
@@ -175,7 +206,7 @@ def build_message(mail: OutgoingMail) -> bytes:
         _set_verbatim(msg, "References", " ".join(mail.references), width=78)
     for name, value in mail.extra_headers.items():
         _set_verbatim(msg, name, value)
-    msg["MIME-Version"] = "1.0"
+    msg.set_raw("MIME-Version", "1.0")
     msg.set_content(mail.text, charset="utf-8")
     if mail.html:
         msg.add_alternative(mail.html, subtype="html", charset="utf-8")
