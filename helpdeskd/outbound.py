@@ -54,6 +54,7 @@ class _Headers(HeaderRegistry):
 
 # Headers we set verbatim (refold_source="none" leaves str values set with set_raw alone).
 _POLICY = SMTP.clone(refold_source="none", header_factory=_Headers())
+_POLICY_UTF8 = _POLICY.clone(utf8=True)
 # Text that looks like an RFC 2047 encoded word. The stdlib's header parser decodes these in any
 # value it is handed (a subject, a display name, even an addr-spec or a quoted string) and, before
 # the CVE-2024-6923 fix, writes what they decode to, CR LF included, back out verbatim: a
@@ -189,7 +190,10 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
 
 def build_message(mail: OutgoingMail) -> bytes:
     """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
-    msg = EmailMessage(policy=_POLICY)
+    addresses = (mail.from_addr, *mail.to, *mail.cc, mail.reply_to or "")
+    # An internationalised address (RFC 6531) is written as UTF-8 (RFC 6532): no encoded word
+    # may stand in an addr-spec. The outbox sends such mail only where the relay has SMTPUTF8.
+    msg = EmailMessage(policy=_POLICY if all(map(str.isascii, addresses)) else _POLICY_UTF8)
     # A customer's name reaches From ("NAME via SERVICE"): _mailbox quotes or encodes it.
     _set_mailboxes(msg, "From", [_mailbox(mail.from_addr, mail.from_name)])
     _set_mailboxes(msg, "To", [_mailbox(a) for a in mail.to])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 from datetime import UTC, datetime, timedelta
 
 from helpdeskd import outbox
@@ -151,7 +153,12 @@ async def test_non_ascii_address_is_delivered_where_the_relay_offers_smtputf8(ma
         sink.stop()
     [row] = cli_json(config, "outbox", "list")
     assert row["state"] == "sent"
-    assert [d.recipients for d in sink.deliveries] == [["jürgen@example.org"]]
+    [delivery] = sink.deliveries
+    assert delivery.recipients == ["jürgen@example.org"]
+    # RFC 6532: the header carries the address as UTF-8, never as encoded words
+    to = email.message_from_string(delivery.data.decode(), policy=email.policy.default)["To"]
+    assert [a.addr_spec for a in to.addresses] == ["jürgen@example.org"]
+    assert b"To: j\xc3\xbcrgen@example.org\r\n" in delivery.data
 
 
 async def test_expired_row_is_not_sent(make_config, smtp_sink):
