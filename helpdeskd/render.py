@@ -77,8 +77,12 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             finalize=_mark_breaks,
+            # Templates change by a reload (SIGHUP), which validates them and makes a new
+            # Renderer: no stat of the file on every mail, and no half-edited file goes live.
+            auto_reload=False,
         )
         self.env.filters["one_line"] = one_line
+        self._html: dict[str, str | None] = {}  # NAME.txt.j2 -> its NAME.html.j2, if any
 
     def exists(self, name: str) -> bool:
         try:
@@ -99,22 +103,33 @@ class Renderer:
     def render(self, name: str, context: dict[str, Any]) -> RenderedMail:
         """Render template NAME (``ack.txt.j2``) and its ``.html.j2`` sibling, if any."""
         text = self._render(name, context)
-        assert text is not None
         headers, body = split_headers(text, name)
         html: str | None = None
-        if name.endswith(".txt.j2"):
-            html_name = name[: -len(".txt.j2")] + ".html.j2"
-            html = self._render(html_name, context, missing_ok=True)
-            html = html.translate(_RESTORE_BREAKS) if html is not None else None
+        html_name = self._html_sibling(name)
+        if html_name is not None:
+            html = self._render(html_name, context).translate(_RESTORE_BREAKS)
         return RenderedMail(headers=headers, text=body.translate(_RESTORE_BREAKS), html=html)
 
-    def _render(self, name: str, context: dict[str, Any], missing_ok: bool = False) -> str | None:
+    def _html_sibling(self, name: str) -> str | None:
+        """The HTML alternative of text template NAME, or None; looked up once (a template
+        that is not there is not cached by Jinja, and looking for it raises each time)."""
+        if name not in self._html:
+            sibling = name[: -len(".txt.j2")] + ".html.j2" if name.endswith(".txt.j2") else None
+            try:
+                if sibling is not None:
+                    self.env.get_template(sibling)
+            except jinja2.TemplateNotFound:
+                sibling = None
+            except jinja2.TemplateError:
+                pass  # _render reports it, with its file and line
+            self._html[name] = sibling
+        return self._html[name]
+
+    def _render(self, name: str, context: dict[str, Any]) -> str:
         """Render template NAME, raising TemplateError (naming NAME) on any Jinja error."""
         try:
             return self.env.get_template(name).render(context)
         except jinja2.TemplateNotFound as exc:
-            if missing_ok and exc.name == name:
-                return None
             raise TemplateError(f"template {exc.name} not found") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"{name}: {exc.message}") from None
