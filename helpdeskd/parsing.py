@@ -16,6 +16,7 @@ import email.parser
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import Header, decode_header
@@ -443,6 +444,17 @@ def parse_message(raw: bytes) -> ParsedMessage:
         defects=len(mail.defects or []),
         part_types=_part_types(mail.message),
     )
+
+
+def parse_messages(raws: Sequence[bytes]) -> list[ParsedMessage | None]:
+    """Parse each of RAWS (in a worker); None for one that failed, to be parsed alone."""
+    found: list[ParsedMessage | None] = []
+    for raw in raws:
+        try:
+            found.append(parse_message(raw))
+        except Exception:
+            found.append(None)
+    return found
 
 
 def address_of(value: str) -> str:

@@ -192,13 +192,14 @@ class Processor:
         if not items:
             return Prepared([], [], [])
         known = await self._known_raw(items)
-        parsed = await asyncio.gather(
-            *(self._parse(item) for item, seen in zip(items, known, strict=True) if not seen),
-            return_exceptions=True,
-        )
-        await asyncio.to_thread(self._keep_attachments, parsed)
-        parsed_iter = iter(parsed)
-        return Prepared(items, known, [None if seen else next(parsed_iter) for seen in known])
+        texts = [
+            None if seen else await self._text(item)
+            for item, seen in zip(items, known, strict=True)
+        ]
+        parsed = iter(await self.parse_pool.parse_many([t for t in texts if t is not None]))
+        results = [None if text is None else next(parsed) for text in texts]
+        await asyncio.to_thread(self._keep_attachments, results)
+        return Prepared(items, known, results)
 
     async def store(self, prepared: Prepared, mark: MailboxMark | None = None) -> list[Outcome]:
         """Store PREPARED in one transaction and return one outcome per item, in order."""
@@ -282,9 +283,10 @@ class Processor:
         path = spool(self.config.service.state_dir / "oversize", item.raw)
         return replace(item, raw=None, path=str(path))
 
-    async def _parse(self, item: Incoming) -> ParsedMessage | None:
+    async def _text(self, item: Incoming) -> bytes | None:
+        """What to parse of ITEM: its bytes, an oversize mail's header block, or None."""
         if item.raw is not None:
-            return await self.parse_pool.parse(item.raw)
+            return item.raw
         if item.path is None:
             return None
         # Only the header block of an oversize mail is read: enough for a ticket and a reply.
@@ -292,7 +294,7 @@ class Processor:
         end = min(
             (i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=len(head)
         )
-        return await self.parse_pool.parse(head[:end] + b"\r\n\r\n")
+        return head[:end] + b"\r\n\r\n"
 
     async def _known_raw(self, items: Sequence[Incoming]) -> list[bool]:
         async with self.sessions() as session:

@@ -1,0 +1,48 @@
+"""The parse pool, with its real worker processes: runs of small mail, timeouts, order."""
+
+from __future__ import annotations
+
+from structlog.testing import capture_logs
+
+from helpdeskd.errors import ParseTimeout
+from helpdeskd.parsepool import ParsePool
+from helpdeskd.parsing import ParsedMessage, parse_message
+from tests.mailgen import customer_mail, realistic_mix
+
+# An HTML-only mail that takes about a second to parse (html2text): past the timeout below,
+# which still leaves a restarted worker ample time for a small mail.
+SLOW = (
+    b"From: slow@b.test\r\nSubject: slow\r\nMessage-ID: <slow@b.test>\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+    + b"<div><b>x</b> <i>y</i> <a href='http://x/'>z</a></div>\n> quoted line\n"
+    * 8000
+)
+
+
+async def test_runs_parse_like_one_by_one_in_order() -> None:
+    raws = realistic_mix(37)
+    raws.insert(20, customer_mail(99, body="a long log line\n" * 20000))  # > chunk_bytes: alone
+    pool = ParsePool(2, 20, chunk=10, chunk_bytes=256 * 1024)
+    try:
+        results = await pool.parse_many(raws)
+    finally:
+        pool.close()
+    assert results == [parse_message(raw) for raw in raws]
+
+
+async def test_a_run_past_the_timeout_is_parsed_again_one_by_one() -> None:
+    smalls = [customer_mail(n) for n in range(8)]
+    pool = ParsePool(2, 0.5, chunk=10, chunk_bytes=2**20)
+    try:
+        await pool.parse(smalls[0])  # the workers are up
+        with capture_logs() as logs:
+            results = await pool.parse_many([*smalls[:4], SLOW, *smalls[4:]])
+    finally:
+        pool.close()
+
+    assert isinstance(results.pop(4), ParseTimeout)  # only the mail at fault
+    assert all(isinstance(result, ParsedMessage) for result in results)
+    assert results == [parse_message(raw) for raw in smalls]
+    events = [entry["event"] for entry in logs]
+    assert events.count("parse_run_timed_out") == 1
+    assert events.count("parse_timed_out") == 1
