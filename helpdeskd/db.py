@@ -66,7 +66,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock at once; a reader (READ_ONLY) reads a WAL snapshot and
+        # waits for nobody, not even a batch being stored.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "helpdeskd_read_only"
+READ_ONLY: dict[str, Any] = {_READ_ONLY: True}
+"""Execution options for a transaction that only reads: ``await session.connection(
+execution_options=READ_ONLY)`` before its first query. It must not write (on SQLite a write
+would have to upgrade its lock); PostgreSQL ignores it."""
 
 
 def sessionmaker(engine: AsyncEngine) -> SessionMaker:
