@@ -36,6 +36,7 @@ from helpdeskd.mailer import Composed
 from helpdeskd.models import (
     Agent,
     AutoReplyLog,
+    Base,
     Contact,
     Event,
     Message,
@@ -710,12 +711,11 @@ class FastLane:
             (Event, "events"),
         ):
             if rows[name]:
-                # Every row names all its columns, None meaning NULL. Without render_nulls the
-                # ORM leaves None columns out and must cut the batch wherever the None columns
-                # change (a mail with In-Reply-To after one without): one INSERT per row.
-                await session.execute(
-                    insert(model).execution_options(render_nulls=True), rows[name]
-                )
+                # Every row names all its columns, None meaning NULL: a Core executemany, one
+                # statement per table (the ORM's bulk insert would cut it wherever the None
+                # columns change, and adds bookkeeping per row that these rows do not need).
+                table = Base.metadata.tables[model.__tablename__]
+                await session.execute(insert(table), rows[name])
         if rows["thread_refs"]:
             await session.execute(
                 dialect_insert(ThreadRef).on_conflict_do_nothing(index_elements=["message_id"]),
