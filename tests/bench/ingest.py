@@ -760,15 +760,15 @@ def run_daemon_arm(
 def start_profile(
     directory: Path, pid: int, stack: contextlib.ExitStack
 ) -> subprocess.Popen[bytes] | None:
-    """Sample the daemon and its parse workers with py-spy (raw folded stacks), if installed."""
+    """Sample the daemon's main process with py-spy (raw folded stacks), if installed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
         say("  --profile: py-spy not found (.venv/bin/pip install py-spy); not profiling")
         return None
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"helpdeskd-{pid}.folded"
-    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--idle", "--threads"]
-    command += ["--rate", "100", "--format", "raw", "--output", str(out)]
+    command = [spy, "record", "--pid", str(pid), "--nonblocking", "--gil", "--threads"]
+    command += ["--rate", "500", "--format", "raw", "--output", str(out)]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
