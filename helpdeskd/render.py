@@ -23,7 +23,15 @@ _HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
 # value (a subject, a name) can never start a header line of its own; the body gets the line
 # breaks back, header values fold them to spaces.
 _VALUE_BREAKS = {"\r": "\ue00d", "\n": "\ue00a"}
-_RESTORE_BREAKS = str.maketrans({v: k for k, v in _VALUE_BREAKS.items()})
+
+
+def _restore_breaks(text: str) -> str:
+    """Undo _VALUE_BREAKS in TEXT (str.replace: str.translate with a table is ~20x slower)."""
+    return text.replace("\ue00d", "\r").replace("\ue00a", "\n")
+
+
+# Also every other character str.splitlines() breaks at: the email package refuses those.
+_NOT_IN_LINE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029\ue00a\ue00d]+")
 ALLOWED_HEADERS = frozenset({"subject", "cc", "reply-to", "x-priority", "importance"})
 
 
@@ -46,8 +54,7 @@ class RenderedMail:
 
 def one_line(value: str) -> str:
     """Fold VALUE to a single header-safe line (no CR, LF or other control characters)."""
-    # Also every other character str.splitlines() breaks at: the email package refuses those.
-    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029\ue00a\ue00d]+", " ", value).strip()
+    return _NOT_IN_LINE.sub(" ", value).strip()
 
 
 def _mark_breaks(value: Any) -> Any:
@@ -83,6 +90,7 @@ class Renderer:
         )
         self.env.filters["one_line"] = one_line
         self._html: dict[str, str | None] = {}  # NAME.txt.j2 -> its NAME.html.j2, if any
+        self._templates: dict[str, jinja2.Template] = {}
 
     def exists(self, name: str) -> bool:
         try:
@@ -107,8 +115,8 @@ class Renderer:
         html: str | None = None
         html_name = self._html_sibling(name)
         if html_name is not None:
-            html = self._render(html_name, context).translate(_RESTORE_BREAKS)
-        return RenderedMail(headers=headers, text=body.translate(_RESTORE_BREAKS), html=html)
+            html = _restore_breaks(self._render(html_name, context))
+        return RenderedMail(headers=headers, text=_restore_breaks(body), html=html)
 
     def _html_sibling(self, name: str) -> str | None:
         """The HTML alternative of text template NAME, or None; looked up once (a template
@@ -125,10 +133,24 @@ class Renderer:
             self._html[name] = sibling
         return self._html[name]
 
+    def _template(self, name: str) -> jinja2.Template:
+        """Template NAME, loaded once.
+
+        Its globals become a plain dict: Jinja keeps them as a ChainMap over the environment's
+        and copies them into every render's context, key by key in Python (a fifth of the time
+        of a short render). Nothing changes the globals once a Renderer is made.
+        """
+        template = self._templates.get(name)
+        if template is None:
+            template = self.env.get_template(name)
+            template.globals = dict(template.globals)
+            self._templates[name] = template
+        return template
+
     def _render(self, name: str, context: dict[str, Any]) -> str:
         """Render template NAME, raising TemplateError (naming NAME) on any Jinja error."""
         try:
-            return self.env.get_template(name).render(context)
+            return self._template(name).render(context)
         except jinja2.TemplateNotFound as exc:
             raise TemplateError(f"template {exc.name} not found") from None
         except jinja2.UndefinedError as exc:
