@@ -55,6 +55,7 @@ class _Headers(HeaderRegistry):
 # Headers we set verbatim (refold_source="none" leaves str values set with set_raw alone).
 _POLICY = SMTP.clone(refold_source="none", header_factory=_Headers())
 _POLICY_UTF8 = _POLICY.clone(utf8=True)
+_MAX_BODY_LINE = _POLICY.max_line_length or MAX_LINE  # set_content's limit for 7bit/8bit
 # Text that looks like an RFC 2047 encoded word. The stdlib's header parser decodes these in any
 # value it is handed (a subject, a display name, even an addr-spec or a quoted string) and, before
 # the CVE-2024-6923 fix, writes what they decode to, CR LF included, back out verbatim: a
@@ -188,6 +189,24 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
     msg.set_raw(name, "\n ".join(lines))
 
 
+def _set_short_text(msg: EmailMessage, text: str) -> bool:
+    """Make TEXT the whole body of MSG if no line of it needs encoding; False if one does.
+
+    What set_content writes for such text (7bit, or 8bit when not ASCII), without the parse and
+    refold of its Content-Type and Content-Transfer-Encoding headers (most of the cost of a
+    short mail). Longer lines take set_content, which picks quoted-printable or base64.
+    """
+    data = text.encode("utf-8")
+    lines = data.splitlines()
+    if max(map(len, lines), default=0) > _MAX_BODY_LINE:
+        return False
+    msg.set_raw("Content-Type", 'text/plain; charset="utf-8"')
+    msg.set_raw("Content-Transfer-Encoding", "7bit" if data.isascii() else "8bit")
+    # 8bit rides in the str payload as surrogate escapes, as set_content carries it.
+    msg.set_payload(b"\n".join(lines).decode("ascii", "surrogateescape") + "\n")
+    return True
+
+
 def build_message(mail: OutgoingMail) -> bytes:
     """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
     addresses = (mail.from_addr, *mail.to, *mail.cc, mail.reply_to or "")
@@ -211,7 +230,8 @@ def build_message(mail: OutgoingMail) -> bytes:
     for name, value in mail.extra_headers.items():
         _set_verbatim(msg, name, value)
     msg.set_raw("MIME-Version", "1.0")
-    msg.set_content(mail.text, charset="utf-8")
+    if mail.html or mail.attachments or not _set_short_text(msg, mail.text):
+        msg.set_content(mail.text, charset="utf-8")
     if mail.html:
         msg.add_alternative(mail.html, subtype="html", charset="utf-8")
     for name, content_type, data in mail.attachments:

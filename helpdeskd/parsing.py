@@ -194,8 +194,7 @@ def is_address(text: str) -> bool:
     return (
         len(text) <= MAX_ADDRESS
         and _ATOMS.fullmatch(local) is not None
-        and _DOMAIN.fullmatch(domain) is not None
-        and not any(c.isspace() for c in text)
+        and _DOMAIN.fullmatch(domain) is not None  # neither part matches whitespace
         and not _NOT_IN_ADDRESS.search(text)
         and "=?" not in text
     )

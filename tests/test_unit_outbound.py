@@ -219,3 +219,36 @@ def test_non_ascii_extra_header_is_encoded_not_raw() -> None:
     _assert_wire_clean(raw)
     assert raw.split(b"\r\n\r\n", 1)[0].isascii()
     assert parse_message(raw).header("list-id") == "Wartung für Größe <m.acme.test>"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Hello\n",
+        "no final line break",
+        "CRLF\r\nlone CR\rLF\n\n\n",
+        "Grüße, データベース\n",
+        "x" * 78 + "\n",  # the longest line written as it is
+        "x" * 79 + "\n",  # quoted-printable from here
+        "ü" * 39 + "\n",  # 78 bytes
+        "ü" * 40 + "\n",  # 80 bytes: encoded
+        "日本語のテキスト" * 20,
+        "\x00 \x7f \u2028 \x85 =?utf-8?q?x?= .\n..\n",
+    ],
+)
+def test_text_body_is_what_set_content_writes(text: str) -> None:
+    """A text-only mail's body and its Content-* headers, byte for byte as the stdlib's
+    set_content writes them (build_message writes short lines without it)."""
+    mail = replace(MAIL, html=None, text=text)
+    expected = email.message.EmailMessage(policy=email.policy.SMTP)
+    expected.set_content(text, charset="utf-8")
+    built = build_message(mail)
+    head, _, body = built.partition(b"\r\n\r\n")
+    want_head, _, want_body = expected.as_bytes().partition(b"\r\n\r\n")
+    assert _content_headers(head) == _content_headers(want_head)
+    assert body == want_body
+
+
+def _content_headers(head: bytes) -> list[bytes]:
+    return [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-")]
