@@ -7,7 +7,16 @@ from collections.abc import Callable
 import pytest
 
 from helpdeskd.config import Secret
-from helpdeskd.tokens import ReplyToken, reply_address, sign_reply, tokens_in, verify_reply
+from helpdeskd.tokens import (
+    ReplyToken,
+    UnsubscribeToken,
+    reply_address,
+    sign_reply,
+    sign_unsubscribe,
+    tokens_in,
+    verify_reply,
+    verify_unsubscribe,
+)
 
 OLD = ("k1", Secret("old-secret-key-0123456789abcdef"))
 NEW = ("k2", Secret("new-secret-key-0123456789abcdef"))
@@ -161,3 +170,26 @@ def test_key_id_survives_lower_casing(kid: str) -> None:
 )
 def test_tokens_in(addresses: list[str], expected: list[str]) -> None:
     assert tokens_in(addresses, SUPPORT) == expected
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (ReplyToken("HD-1042"), "HD-1042.k1.ysbuqms5pt"),
+        (ReplyToken("HD-1042", agent_id=3), "HD-1042.a3.k1.5opwc2ksaq"),
+        (UnsubscribeToken(17, "maintenance"), "17-maintenance.k1.rcrdbekakv"),
+    ],
+    ids=str,
+)
+def test_tokens_already_sent_stay_valid(
+    token: ReplyToken | UnsubscribeToken, expected: str
+) -> None:
+    """Known answers: the signature of a token is fixed, or every reply address and unsubscribe
+    link in customers' mailboxes would stop working with an upgrade."""
+    keys = (("k1", Secret("correct horse battery staple")),)
+    if isinstance(token, ReplyToken):
+        assert sign_reply(keys, token) == expected
+        assert verify_reply(keys, expected) == token
+    else:
+        assert sign_unsubscribe(keys, token) == expected
+        assert verify_unsubscribe(keys, expected) == token
