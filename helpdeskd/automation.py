@@ -1,24 +1,34 @@
 """Time rules and SLAs, run by the scheduler: each due step acts once, even with several daemons.
 
-Every ticket is handled in its own transaction with its row locked (``FOR UPDATE SKIP LOCKED``
-on PostgreSQL; SQLite serialises writers), and what already fired is read back inside the lock
-from the ticket's events, so a step is never taken twice.
+Each pass first reads every ticket a rule could act on, with what already fired, in a few
+queries and one read-only transaction, and works out from those which have a step due. Only a
+ticket with a step due is then handled in its own transaction with its row locked (``FOR UPDATE
+SKIP LOCKED`` on PostgreSQL; SQLite serialises writers), where what already fired is read back
+inside the lock from the ticket's events, so a step is never taken twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd.db import READ_ONLY
 from helpdeskd.loops import automatic_headers
 from helpdeskd.mailer import compose_mail, customer_envelope, store_mail
 from helpdeskd.models import Agent, Contact, Event, Ticket, utcnow
 from helpdeskd.processor import Processor
 from helpdeskd.received import ticket_ref
+from helpdeskd.rules import RuleSet
 from helpdeskd.schedule import (
+    BusinessCalendar,
+    Sla,
+    SlaDeadline,
     TicketFacts,
     TimeAction,
     TimeRule,
@@ -33,30 +43,118 @@ log = structlog.get_logger(__name__)
 
 OPEN_STATES = ("new", "open", "pending")
 IDLE = timedelta(seconds=60)
+MAX_CACHED = 100_000  # SLA deadlines kept between passes: one or two a ticket
 
 
-async def _fired(session: AsyncSession, ticket_id: int) -> tuple[dict[str, datetime], set[str]]:
-    """What already fired on a ticket: time rules by name (latest), and SLA steps."""
-    rules: dict[str, datetime] = {}
-    steps: set[str] = set()
-    events = await session.scalars(
-        select(Event).where(
-            Event.ticket_id == ticket_id,
-            Event.type.in_(("time_rule_fired", "sla_warned", "sla_breached")),
+STEP_EVENTS = ("time_rule_fired", "sla_warned", "sla_breached")
+
+
+class _TicketColumns(Protocol):
+    """What the steps are worked out from: a Ticket, or a row of its columns."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def state_since(self) -> datetime | None: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def first_response_at(self) -> datetime | None: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def tags(self) -> list[Any]: ...
+
+
+@dataclass
+class _Fired:
+    """What already fired on a ticket: time rules by name (the latest), and SLA steps."""
+
+    rules: dict[str, datetime]
+    steps: set[str]
+
+    def add(self, type_: str, detail: Mapping[str, Any] | None, created_at: datetime) -> None:
+        detail = detail or {}
+        if type_ == "time_rule_fired":
+            name = str(detail.get("rule"))
+            if name not in self.rules or created_at > self.rules[name]:
+                self.rules[name] = created_at
+        else:
+            self.steps.add(f"{type_}:{detail.get('sla')}:{detail.get('target')}")
+
+
+async def _fired(session: AsyncSession, ticket_id: int) -> _Fired:
+    fired = _Fired({}, set())
+    events = await session.execute(
+        select(Event.type, Event.detail, Event.created_at).where(
+            Event.ticket_id == ticket_id, Event.type.in_(STEP_EVENTS)
         )
     )
-    for event in events:
-        detail = event.detail or {}
-        if event.type == "time_rule_fired":
-            name = str(detail.get("rule"))
-            if name not in rules or event.created_at > rules[name]:
-                rules[name] = event.created_at
-        else:
-            steps.add(f"{event.type}:{detail.get('sla')}:{detail.get('target')}")
-    return rules, steps
+    for type_, detail, created_at in events:
+        fired.add(type_, detail, created_at)
+    return fired
 
 
-def _facts(ticket: Ticket, plan: str | None, fired: dict[str, datetime]) -> TicketFacts:
+Deadlines = Callable[[Sla, datetime, datetime | None, BusinessCalendar], tuple[SlaDeadline, ...]]
+
+
+@dataclass(frozen=True)
+class _SlaStep:
+    sla: Sla
+    deadline: SlaDeadline
+    kind: str  # "sla_warned" or "sla_breached"
+    key: str  # as _Fired.steps holds it
+
+
+def _steps(
+    rules: RuleSet,
+    ticket: _TicketColumns,
+    plan: str | None,
+    fired: _Fired,
+    now: datetime,
+    upcoming: list[datetime | None],
+    deadlines: Deadlines = sla_deadlines,
+) -> Iterator[TimeRule | _SlaStep]:
+    """Yield each step due on TICKET at NOW, in order; add the later ones to UPCOMING.
+
+    The caller takes each step before asking for the next, recording it in FIRED (a rule that
+    acted, an SLA step sent); a step may change TICKET, which the steps after it then see.
+    """
+    calendar = rules.calendar
+    for rule in rules.time_rules:
+        due = due_time(rule, _facts(ticket, plan, fired.rules), calendar)
+        if due is None:
+            continue
+        if due > now:
+            upcoming.append(due)
+            continue
+        yield rule
+    facts = _facts(ticket, plan, fired.rules)
+    sla = select_sla(rules.slas, facts) if ticket.state in OPEN_STATES else None
+    if sla is None:
+        return
+    for deadline in deadlines(sla, ticket.created_at, ticket.first_response_at, calendar):
+        for kind, moment in (
+            ("sla_breached", deadline.breach_at),
+            ("sla_warned", deadline.warn_at),
+        ):
+            key = f"{kind}:{sla.name}:{deadline.target}"
+            if key in fired.steps:
+                continue
+            if moment > now:
+                upcoming.append(moment)
+                continue
+            yield _SlaStep(sla, deadline, kind, key)
+            break  # a breach makes the warning for the same target moot
+
+
+def _facts(ticket: _TicketColumns, plan: str | None, fired: dict[str, datetime]) -> TicketFacts:
     return TicketFacts(
         state=ticket.state,
         state_since=ticket.state_since or ticket.updated_at,
@@ -72,6 +170,28 @@ def _facts(ticket: Ticket, plan: str | None, fired: dict[str, datetime]) -> Tick
 class Automation:
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
+        # A ticket's SLA deadlines, worked out once (business hours take ~150 us a ticket).
+        self._deadlines: dict[
+            tuple[Sla, BusinessCalendar, datetime, bool], tuple[SlaDeadline, ...]
+        ] = {}
+
+    def deadlines(
+        self,
+        sla: Sla,
+        created_at: datetime,
+        first_response_at: datetime | None,
+        calendar: BusinessCalendar,
+    ) -> tuple[SlaDeadline, ...]:
+        """sla_deadlines, remembered: the same SLA, calendar and ticket give the same ones."""
+        key = (sla, calendar, created_at, first_response_at is None)
+        found = self._deadlines.get(key)
+        if found is None:
+            if len(self._deadlines) >= MAX_CACHED:
+                self._deadlines.clear()
+            found = self._deadlines[key] = sla_deadlines(
+                sla, created_at, first_response_at, calendar
+            )
+        return found
 
     async def run_due(self, now: datetime | None = None) -> tuple[int, datetime]:
         """Take every due step once; return (steps taken, when to look again)."""
@@ -79,27 +199,65 @@ class Automation:
         rules = self.processor.rules
         if not rules.time_rules and not rules.slas:
             return 0, now + IDLE
-        states = {rule.state for rule in rules.time_rules} | (
-            set(OPEN_STATES) if rules.slas else set()
-        )
-        async with self.processor.sessions() as session:
-            ids = list(
-                await session.scalars(
-                    select(Ticket.id).where(
-                        Ticket.state.in_(states), Ticket.merged_into_id.is_(None)
-                    )
-                )
-            )
-        taken, jobs = 0, []
-        for ticket_id in ids:
+        jobs: list[datetime | None] = []
+        due = await self._due(rules, now, jobs)
+        taken = 0
+        for ticket_id in due:
             steps, upcoming = await self._ticket(ticket_id, now)
             taken += steps
             jobs.extend(upcoming)
         return taken, next_run(now, jobs, idle=IDLE)
 
+    async def _due(
+        self, rules: RuleSet, now: datetime, upcoming: list[datetime | None]
+    ) -> Sequence[int]:
+        """The tickets with a step due at NOW, from one read; the later steps go to UPCOMING.
+
+        Nothing is locked or written here: each due ticket is looked at again in _ticket.
+        """
+        states = {rule.state for rule in rules.time_rules} | (
+            set(OPEN_STATES) if rules.slas else set()
+        )
+        candidate = (Ticket.state.in_(states), Ticket.merged_into_id.is_(None))
+        async with self.processor.sessions() as session:
+            await session.connection(execution_options=READ_ONLY)  # beside a batch's commit
+            fired: dict[int, _Fired] = {}
+            events = await session.execute(
+                select(Event.ticket_id, Event.type, Event.detail, Event.created_at)
+                .join(Ticket, Ticket.id == Event.ticket_id)
+                .where(Event.type.in_(STEP_EVENTS), *candidate)
+            )
+            for ticket_id, type_, detail, created_at in events:
+                fired.setdefault(ticket_id, _Fired({}, set())).add(type_, detail, created_at)
+            tickets = await session.execute(
+                select(
+                    Ticket.id,
+                    Ticket.state,
+                    Ticket.state_since,
+                    Ticket.updated_at,
+                    Ticket.created_at,
+                    Ticket.first_response_at,
+                    Ticket.priority,
+                    Ticket.channel,
+                    Ticket.queue,
+                    Ticket.tags,
+                    Contact.plan,
+                )
+                .join(Contact, Contact.id == Ticket.requester_id)
+                .where(*candidate)
+                .order_by(Ticket.id)
+            )
+            due = []
+            for row in tickets:
+                done = fired.get(row.id) or _Fired({}, set())
+                steps = _steps(rules, row, row.plan, done, now, upcoming, self.deadlines)
+                if next(steps, None) is not None:
+                    due.append(row.id)
+            await session.rollback()
+        return due
+
     async def _ticket(self, ticket_id: int, now: datetime) -> tuple[int, list[datetime | None]]:
         rules = self.processor.rules
-        calendar = rules.calendar
         async with self.processor.sessions() as session, session.begin():
             ticket = await session.scalar(
                 select(Ticket).where(Ticket.id == ticket_id).with_for_update(skip_locked=True)
@@ -107,48 +265,26 @@ class Automation:
             if ticket is None:
                 return 0, []  # another daemon holds it now
             requester = await session.get_one(Contact, ticket.requester_id)
-            fired, steps_done = await _fired(session, ticket.id)
+            fired = await _fired(session, ticket.id)
             taken = 0
             upcoming: list[datetime | None] = []
-            for rule in rules.time_rules:
-                facts = _facts(ticket, requester.plan, fired)
-                due = due_time(rule, facts, calendar)
-                if due is None:
-                    continue
-                if due > now:
-                    upcoming.append(due)
-                    continue
-                await self._act(session, ticket, requester, rule)
-                fired[rule.name] = now
+            steps = _steps(rules, ticket, requester.plan, fired, now, upcoming, self.deadlines)
+            for step in steps:
+                if isinstance(step, _SlaStep):
+                    await self._sla(
+                        session,
+                        ticket,
+                        step.sla.escalate,
+                        step.kind,
+                        step.deadline.target,
+                        step.sla.name,
+                        step.deadline.breach_at,
+                    )
+                    fired.steps.add(step.key)
+                else:
+                    await self._act(session, ticket, requester, step)
+                    fired.rules[step.name] = now
                 taken += 1
-            facts = _facts(ticket, requester.plan, fired)
-            sla = select_sla(rules.slas, facts) if ticket.state in OPEN_STATES else None
-            if sla is not None:
-                for deadline in sla_deadlines(
-                    sla, ticket.created_at, ticket.first_response_at, calendar
-                ):
-                    for kind, moment in (
-                        ("sla_breached", deadline.breach_at),
-                        ("sla_warned", deadline.warn_at),
-                    ):
-                        key = f"{kind}:{sla.name}:{deadline.target}"
-                        if key in steps_done:
-                            continue
-                        if moment > now:
-                            upcoming.append(moment)
-                            continue
-                        await self._sla(
-                            session,
-                            ticket,
-                            sla.escalate,
-                            kind,
-                            deadline.target,
-                            sla.name,
-                            deadline.breach_at,
-                        )
-                        steps_done.add(key)
-                        taken += 1
-                        break  # a breach makes the warning for the same target moot
             return taken, upcoming
 
     async def _act(

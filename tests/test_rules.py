@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy import text as sql
 
+from helpdeskd import routing
 from helpdeskd.automation import Automation
 from helpdeskd.models import Ticket
 from tests.harness import Desk, cli, cli_json
@@ -181,6 +183,47 @@ async def test_sla_warning_then_breach_mail(make_config, smtp_sink, tmp_path):
     subjects = [str(m["Subject"]) for m in mails_to(smtp_sink, "alice@acme.test")]
     assert any("SLA warning (first response)" in s for s in subjects)
     assert any("SLA breached (first response)" in s for s in subjects)
+
+
+async def test_a_pass_locks_only_tickets_with_a_step_due(make_config, smtp_sink, tmp_path):
+    """Every ticket a rule could act on is read, but only one with a step due is locked: a
+    pass with nothing due runs beside a writer holding the tickets (SQLite's write lock, a
+    PostgreSQL table lock), and still finds when the next step is due."""
+    config = make_config(smtp=smtp_sink, agents=AGENTS, rules=rules_dir(tmp_path, TIMED))
+    async with Desk(config) as desk:
+        outcomes = await desk.ingest([customer_mail(n) for n in range(5)])
+        await _age(desk, outcomes[0].ticket, state="pending", days=1)  # reminded in 2 days
+        async with desk.sessions() as session, session.begin():
+            # The SLA warning (at half of 4 h) of one ticket is 30 s away.
+            soon = datetime.now(UTC) - timedelta(hours=2) + timedelta(seconds=30)
+            ticket_id = int(outcomes[1].ticket.split("-")[1])
+            await session.execute(
+                update(Ticket).where(Ticket.id == ticket_id).values(created_at=soon, state="open")
+            )
+        async with desk.engine.begin() as writer:  # BEGIN IMMEDIATE on SQLite
+            if writer.dialect.name == "postgresql":
+                await writer.execute(sql("LOCK TABLE tickets IN EXCLUSIVE MODE"))
+            start = datetime.now(UTC)
+            steps, wake = await asyncio.wait_for(Automation(desk.processor).run_due(), 10)
+        assert steps == 0
+        assert timedelta(seconds=20) < wake - start < timedelta(seconds=40)
+        # Once the warning is due, the ticket is locked and the step taken.
+        later = datetime.now(UTC) + timedelta(seconds=31)
+        assert (await Automation(desk.processor).run_due(later))[0] == 1
+
+
+async def test_an_sla_changed_by_a_reload_counts_at_once(make_config, smtp_sink, tmp_path):
+    """The scheduler keeps each ticket's SLA deadlines between passes; new rules make new ones."""
+    folder = rules_dir(tmp_path, TIMED)
+    config = make_config(smtp=smtp_sink, agents=AGENTS, rules=folder)
+    async with Desk(config) as desk:
+        await desk.ingest([customer_mail(1)])
+        automation = Automation(desk.processor)
+        later = datetime.now(UTC) + timedelta(hours=1, minutes=1)
+        assert (await automation.run_due(later))[0] == 0  # a 4 h target warns at 2 h
+        (folder / "00.yaml").write_text(TIMED.replace("first_response: 4h", "first_response: 2h"))
+        desk.processor.reload(config, desk.processor.renderer, routing.load(config))
+        assert (await automation.run_due(later))[0] == 1  # a 2 h target warns at 1 h
 
 
 async def test_two_daemons_on_postgresql_act_once(make_pg_config, smtp_sink, tmp_path):
