@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from helpdeskd.db import READ_ONLY
+from helpdeskd.db import reading
 from helpdeskd.loops import automatic_headers
 from helpdeskd.mailer import compose_mail, customer_envelope, store_mail
 from helpdeskd.models import Agent, Contact, Event, Ticket, utcnow
@@ -219,8 +219,7 @@ class Automation:
             set(OPEN_STATES) if rules.slas else set()
         )
         candidate = (Ticket.state.in_(states), Ticket.merged_into_id.is_(None))
-        async with self.processor.sessions() as session:
-            await session.connection(execution_options=READ_ONLY)  # beside a batch's commit
+        async with reading(self.processor.sessions) as session:  # beside a batch's commit
             fired: dict[int, _Fired] = {}
             events = await session.execute(
                 select(Event.ticket_id, Event.type, Event.detail, Event.created_at)

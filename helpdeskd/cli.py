@@ -17,7 +17,7 @@ from sqlalchemy import update
 from helpdeskd import __version__
 from helpdeskd.checks import check_all
 from helpdeskd.config import Config, default_config_path, load_config
-from helpdeskd.db import check_schema, create_engine, sessionmaker, upgrade
+from helpdeskd.db import check_schema, create_engine, reading, sessionmaker, upgrade
 from helpdeskd.errors import HelpdeskError, UserError
 from helpdeskd.logs import configure
 from helpdeskd.models import Outbox, OutboxRecipient, utcnow
@@ -83,7 +83,7 @@ def _listing(
     """Run a listing command: FETCH the rows in a session, then JSON or one LINE each."""
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             rows = await fetch(session)
         if args.json:
             _print_json(rows)
@@ -205,7 +205,7 @@ def cmd_tickets_show(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.views import ticket_detail
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             detail = await ticket_detail(session, config, args.ref)
         if detail is None:
             raise UserError(f"no ticket {args.ref}")
@@ -272,7 +272,7 @@ def cmd_quarantine_show(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.views import quarantine_detail
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             detail = await quarantine_detail(session, args.id)
         if detail is None:
             raise UserError(f"no quarantine entry {args.id}")
@@ -315,7 +315,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.views import status_rows
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             status = await status_rows(session)
         status["version"] = __version__
         if args.json:
@@ -349,7 +349,7 @@ def cmd_rules_test(args: argparse.Namespace, config: Config) -> int:
     parsed = parse_message(raw)
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             plan = await routing.plan_of(session, parsed.sender)
         kind = classify(parsed, Processor.context_for(config))
         facts = routing.facts(
@@ -396,7 +396,7 @@ def cmd_contacts_show(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.customers import contact_detail
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             detail = await contact_detail(session, config, args.email)
         if detail is None:
             raise UserError(f"no contact {args.email}")
@@ -484,7 +484,7 @@ def cmd_notice_list(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.notices import notice_rows
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             rows = await notice_rows(session, getattr(args, "id", None))
         if getattr(args, "id", None) is not None and not rows:
             raise UserError(f"no notice {args.id}")
@@ -657,7 +657,7 @@ def cmd_status_page_export(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.incidents import status_data
 
     async def body(sessions: Any) -> int:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             data = await status_data(session, config)
         written = statuspage.export(data, Path(args.dir))
         print(f"wrote {len(written)} files to {args.dir}")

@@ -7,6 +7,8 @@ documented aiosqlite hook that hands BEGIN to us, so every transaction is ``BEGI
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 _READ_ONLY = "helpdeskd_read_only"
 READ_ONLY: dict[str, Any] = {_READ_ONLY: True}
 """Execution options for a transaction that only reads: ``await session.connection(
-execution_options=READ_ONLY)`` before its first query. It must not write (on SQLite a write
-would have to upgrade its lock); PostgreSQL ignores it."""
+execution_options=READ_ONLY)`` before its first query (or :func:`reading`). It must not write
+(on SQLite a write would have to upgrade its lock); PostgreSQL ignores it."""
+
+
+@contextlib.asynccontextmanager
+async def reading(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session whose transaction only reads (READ_ONLY): on SQLite it reads a WAL snapshot
+    and waits for no writer, so a listing, a health check or a page is never held up by a
+    batch being stored or a notice being queued. Its transaction is rolled back at the end."""
+    async with sessions() as session:
+        await session.connection(execution_options=READ_ONLY)
+        yield session
 
 
 def sessionmaker(engine: AsyncEngine) -> SessionMaker:
@@ -109,6 +121,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
     async with engine.connect() as conn:
+        await conn.execution_options(**READ_ONLY)  # a CLI listing waits for no writer
         return await conn.run_sync(read)
 
 

@@ -32,7 +32,7 @@ from helpdeskd.attachments import store as store_attachment
 from helpdeskd.bounces import parse_bounce, parse_complaint
 from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.config import Config
-from helpdeskd.db import READ_ONLY, SessionMaker
+from helpdeskd.db import SessionMaker, reading
 from helpdeskd.errors import UserError
 from helpdeskd.fastlane import FastLane
 from helpdeskd.heroku import recognise
@@ -297,8 +297,7 @@ class Processor:
         return head[:end] + b"\r\n\r\n"
 
     async def _known_raw(self, items: Sequence[Incoming]) -> list[bool]:
-        async with self.sessions() as session:
-            await session.connection(execution_options=READ_ONLY)  # beside a batch's commit
+        async with reading(self.sessions) as session:  # beside a batch's commit
             sources = {item.source for item in items}
             rows = await session.execute(
                 select(RawMessage.source, RawMessage.uidvalidity, RawMessage.uid).where(

@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from helpdeskd.config import DEFAULT_TEMPLATES, Config
-from helpdeskd.db import SessionMaker
+from helpdeskd.db import SessionMaker, reading
 from helpdeskd.models import Contact, OptOut
 from helpdeskd.notices import opt_in, opt_out, preferences_url
 from helpdeskd.tokens import ALL_CATEGORIES, UnsubscribeToken, verify_unsubscribe
@@ -71,7 +71,7 @@ class UnsubscribePages:
         )
         if token is None or not valid:
             return self._page("error", status=400)
-        async with self.sessions() as session:
+        async with reading(self.sessions) as session:
             contact = await session.get(Contact, token.contact_id)
         if contact is None:
             return self._page("error", status=404)
@@ -109,7 +109,7 @@ class UnsubscribePages:
         )
 
     async def _categories(self, contact: Contact) -> list[dict[str, Any]]:
-        async with self.sessions() as session:
+        async with reading(self.sessions) as session:
             opted = set(
                 await session.scalars(
                     select(OptOut.category).where(OptOut.contact_id == contact.id)

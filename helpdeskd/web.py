@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from helpdeskd import __version__
 from helpdeskd.config import Config
-from helpdeskd.db import SessionMaker
+from helpdeskd.db import SessionMaker, reading
 from helpdeskd.models import (
     MailboxState,
     Outbox,
@@ -65,7 +65,7 @@ def _age(moment: datetime | None, now: datetime) -> float | None:
 async def health(config: Config, sessions: SessionMaker, monitor: LoopMonitor) -> dict[str, Any]:
     """Return the health report: the loop, and each mailbox's last successful poll."""
     now = utcnow()
-    async with sessions() as session:
+    async with reading(sessions) as session:
         states = {s.name: s for s in await session.scalars(select(MailboxState))}
     mailboxes = []
     healthy = monitor.alive
@@ -106,7 +106,7 @@ class _Snapshot(Collector):
 async def metrics_text(config: Config, sessions: SessionMaker) -> bytes:
     """Return Prometheus text for the current state of the database."""
     now = utcnow()
-    async with sessions() as session:
+    async with reading(sessions) as session:
         outcomes = await session.execute(
             select(RawMessage.outcome, func.count(RawMessage.id)).group_by(RawMessage.outcome)
         )
@@ -208,7 +208,7 @@ def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
     templates = config.paths.templates
 
     async def data() -> statuspage.StatusData:
-        async with sessions() as session:
+        async with reading(sessions) as session:
             return await status_data(session, config)
 
     def respond(body: str, kind: str) -> web.Response:

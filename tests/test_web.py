@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.harness import cli_json
+import pytest
+
+from tests.harness import cli, cli_json
 from tests.mailgen import customer_mail
 from tests.servers.smtp import free_port
 from tests.test_daemon import daemon_log, start_daemon
@@ -81,6 +84,35 @@ def test_healthz_reports_a_failing_mailbox(make_config, smtp_sink, dovecot):
         assert status == 503
         report = json.loads(body)
         assert report["status"] == "degraded" and not report["mailboxes"][0]["ok"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL readers never wait
+def test_reads_answer_while_a_writer_holds_the_database(make_config, smtp_sink, dovecot):
+    """/healthz, /metrics and the CLI's listings read a snapshot: a long write elsewhere (a
+    notice queued to thousands, a batch being stored) holds SQLite's write lock, not them."""
+    config, base = _config(make_config, smtp_sink, dovecot, "secret")
+    dovecot.append("support@acme.test", "secret", customer_mail(1))
+    proc = start_daemon(config)
+    try:
+        wait_until(lambda: len(cli_json(config, "tickets", "list")) == 1)
+        wait_until(lambda: get(base + "/healthz")[0] == 200)
+        writer = sqlite3.connect(config.database.url.removeprefix("sqlite:///"), timeout=1)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            assert get(base + "/healthz")[0] == 200
+            assert get(base + "/metrics")[0] == 200
+            assert len(cli_json(config, "tickets", "list")) == 1
+            assert cli_json(config, "status")["mailboxes"][0]["name"] == "support"
+            assert cli(config, "outbox", "list").returncode == 0
+            # Each waited for nobody: the writer's lock would hold them for the busy timeout.
+            assert time.monotonic() - started < 15
+        finally:
+            writer.rollback()
+            writer.close()
     finally:
         proc.terminate()
         proc.wait(30)
