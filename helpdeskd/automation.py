@@ -10,12 +10,12 @@ inside the lock from the ticket's events, so a step is never taken twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.db import reading
@@ -49,35 +49,16 @@ MAX_CACHED = 100_000  # SLA deadlines kept between passes: one or two a ticket
 STEP_EVENTS = ("time_rule_fired", "sla_warned", "sla_breached")
 
 
-class _TicketColumns(Protocol):
-    """What the steps are worked out from: a Ticket, or a row of its columns."""
-
-    @property
-    def state(self) -> str: ...
-    @property
-    def state_since(self) -> datetime | None: ...
-    @property
-    def updated_at(self) -> datetime: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def first_response_at(self) -> datetime | None: ...
-    @property
-    def priority(self) -> str: ...
-    @property
-    def channel(self) -> str: ...
-    @property
-    def queue(self) -> str | None: ...
-    @property
-    def tags(self) -> list[Any]: ...
+# What the steps are worked out from: a Ticket, or a row of the same columns (the scan).
+_TicketColumns = Ticket | Row[Any]
 
 
 @dataclass
 class _Fired:
     """What already fired on a ticket: time rules by name (the latest), and SLA steps."""
 
-    rules: dict[str, datetime]
-    steps: set[str]
+    rules: dict[str, datetime] = field(default_factory=dict)
+    steps: set[str] = field(default_factory=set)
 
     def add(self, type_: str, detail: Mapping[str, Any] | None, created_at: datetime) -> None:
         detail = detail or {}
@@ -90,7 +71,7 @@ class _Fired:
 
 
 async def _fired(session: AsyncSession, ticket_id: int) -> _Fired:
-    fired = _Fired({}, set())
+    fired = _Fired()
     events = await session.execute(
         select(Event.type, Event.detail, Event.created_at).where(
             Event.ticket_id == ticket_id, Event.type.in_(STEP_EVENTS)
@@ -227,7 +208,7 @@ class Automation:
                 .where(Event.type.in_(STEP_EVENTS), *candidate)
             )
             for ticket_id, type_, detail, created_at in events:
-                fired.setdefault(ticket_id, _Fired({}, set())).add(type_, detail, created_at)
+                fired.setdefault(ticket_id, _Fired()).add(type_, detail, created_at)
             tickets = await session.execute(
                 select(
                     Ticket.id,
@@ -248,11 +229,10 @@ class Automation:
             )
             due = []
             for row in tickets:
-                done = fired.get(row.id) or _Fired({}, set())
+                done = fired.get(row.id) or _Fired()
                 steps = _steps(rules, row, row.plan, done, now, upcoming, self.deadlines)
                 if next(steps, None) is not None:
                     due.append(row.id)
-            await session.rollback()
         return due
 
     async def _ticket(self, ticket_id: int, now: datetime) -> tuple[int, list[datetime | None]]:
