@@ -208,6 +208,7 @@ class Daemon:
             interval = watchdog_interval()
             if interval:
                 supervisor.add("watchdog", self._watchdog(interval))
+            await parse_pool.start()
             runners = await self._start_http(sessions)
             self._install_signals()
             self.notifier.ready(

@@ -46,3 +46,17 @@ async def test_a_run_past_the_timeout_is_parsed_again_one_by_one() -> None:
     events = [entry["event"] for entry in logs]
     assert events.count("parse_run_timed_out") == 1
     assert events.count("parse_timed_out") == 1
+
+
+async def test_start_has_every_worker_up_before_the_first_mail() -> None:
+    pool = ParsePool(2, 20)
+    try:
+        with capture_logs() as logs:
+            await pool.start()
+        processes = list(pool._executor()._processes.values())
+        assert len(processes) == 2
+        assert all(process.is_alive() for process in processes)
+        assert [entry["answered"] for entry in logs if entry["event"] == "parse_workers_started"]
+        assert await pool.parse(customer_mail(1)) == parse_message(customer_mail(1))
+    finally:
+        pool.close()
