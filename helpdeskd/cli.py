@@ -50,6 +50,7 @@ url = "sqlite:///{database}"                # or postgresql://user@host/db
 # processed_folder = "Processed"            # absent: keep in place, mark $Helpdeskd
 # idle = true
 # poll_interval = 60
+# batch_size = 250                          # mails stored in one transaction when catching up
 
 # [smtp]
 # host = "smtp.acme.test"

@@ -129,7 +129,7 @@ class MailboxConfig:
     poll_interval: float = 60.0
     idle_interval: float = 300.0  # re-IDLE this often: NATs drop idle TCP; never past 29 min
     timeout: float = 30.0
-    batch_size: int = 50
+    batch_size: int = 250  # mails stored in one transaction, and then moved, during a catch-up
     max_message_bytes: int = 25 * 1024 * 1024
 
 
@@ -424,7 +424,7 @@ def _mailbox(table: _Table) -> MailboxConfig:
         poll_interval=_positive(table, "poll_interval", 60),
         idle_interval=_positive(table, "idle_interval", 300),
         timeout=_positive(table, "timeout", 30),
-        batch_size=int(_positive(table, "batch_size", 50)),
+        batch_size=int(_positive(table, "batch_size", MailboxConfig.batch_size)),
         max_message_bytes=int(_positive(table, "max_message_bytes", 25 * 1024 * 1024)),
     )
     if mailbox.idle_interval > 29 * 60:

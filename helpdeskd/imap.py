@@ -838,7 +838,7 @@ class MailboxWatcher:
         return sizes
 
     def _batches(self, uids: list[int], sizes: dict[int, FetchRecord]) -> Iterator[list[int]]:
-        limit = max(1, min(self.config.batch_size, MAX_FETCH))
+        limit = max(1, self.config.batch_size)
         largest = self.config.max_message_bytes  # an oversize mail is spooled, not held
         held = [size if (size := sizes[uid].size or 0) <= largest else 0 for uid in uids]
         return split_runs(uids, held, MAX_BATCH_BYTES, limit)
@@ -850,7 +850,7 @@ class MailboxWatcher:
         wanted = [uid for uid in batch if (sizes[uid].size or 0) <= limit]
         bodies: dict[int, FetchRecord] = {}
         weights = [sizes[uid].size or 0 for uid in wanted]
-        for part in split_runs(wanted, weights, FETCH_BYTES, len(wanted)):
+        for part in split_runs(wanted, weights, FETCH_BYTES, MAX_FETCH):
             total = sum(sizes[uid].size or 0 for uid in part)
             response = await session.call(
                 session.client.uid("fetch", uid_set(part), "(UID BODY.PEEK[])"),

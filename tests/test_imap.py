@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aioimaplib
 import pytest
 from structlog.testing import capture_logs
 
@@ -16,6 +17,7 @@ from helpdeskd.config import MailboxConfig, Secret
 from helpdeskd.imap import (
     FETCH_BYTES,
     KEYWORD,
+    MAX_FETCH,
     FetchedMail,
     ImapError,
     MailboxWatcher,
@@ -161,6 +163,43 @@ async def test_a_batch_bigger_than_one_fetch_arrives_whole_and_intact(dovecot: D
 
     assert [len(batch) for batch in sink.batches] == [12]
     assert sink.raws() == set(raws)
+    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
+
+
+def _count_uids(uids: str) -> int:
+    """How many UIDs a UID set such as '1:100,104' names."""
+    count = 0
+    for part in uids.split(","):
+        first, _, last = part.partition(":")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+async def test_a_batch_of_more_mail_than_one_fetch_takes_arrives_whole(
+    dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small mail, more of it than one FETCH asks for: one batch, one commit, several FETCHes.
+    raws = [message(n) for n in range(MAX_FETCH + 30)]
+    for raw in raws:
+        dovecot.append(USER, PASSWORD, raw)
+    asked: list[int] = []
+    real_uid = aioimaplib.IMAP4.uid
+
+    async def uid(self: aioimaplib.IMAP4, command: str, *criteria: str, **kw: Any) -> Any:
+        if command == "fetch" and "BODY.PEEK[]" in criteria[-1]:
+            asked.append(_count_uids(criteria[0]))
+        return await real_uid(self, command, *criteria, **kw)
+
+    monkeypatch.setattr(aioimaplib.IMAP4, "uid", uid)
+    sink = RecordingSink()
+    watcher = MailboxWatcher(mailbox(dovecot, batch_size=len(raws)), sink, stop=asyncio.Event())
+
+    assert await watcher.run_once() == len(raws)
+
+    assert [len(batch) for batch in sink.batches] == [len(raws)]
+    assert sink.raws() == set(raws)
+    assert sum(asked) == len(raws)
+    assert max(asked) <= MAX_FETCH
     assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
 
 

@@ -47,6 +47,7 @@ from typing import Any, TextIO
 import aioimaplib
 import mailparser
 
+from helpdeskd.config import MailboxConfig
 from helpdeskd.db import create_engine, upgrade
 from helpdeskd.imap import MAX_FETCH, encode_mailbox, parse_fetch, parse_search, uid_set
 from tests.mailgen import customer_mail, realistic_mix
@@ -1031,7 +1032,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency", type=int, default=40, help="mails for the IDLE latency")
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between those mails")
     parser.add_argument(
-        "--batch-size", type=int, default=100, help="the daemon's batch_size (its default: 50)"
+        "--batch-size",
+        type=int,
+        default=MailboxConfig.batch_size,
+        help=f"the daemon's batch_size (default: its own, {MailboxConfig.batch_size})",
     )
     parser.add_argument(
         "--drain-timeout",
