@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import structlog
 
-from helpdeskd.errors import ParseTimeout
+from helpdeskd.errors import HelpdeskError, ParseTimeout
 from helpdeskd.imap import split_runs
 from helpdeskd.outbound import OutgoingMail, build_messages
 from helpdeskd.parsing import ParsedMessage, parse_message, parse_messages
@@ -80,7 +80,14 @@ class ParsePool:
         loop = asyncio.get_running_loop()
         pool = self._executor()
         calls = [loop.run_in_executor(pool, _answer) for _ in range(self.workers)]
-        pids = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.timeout)
+        try:
+            pids = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.timeout)
+        except (TimeoutError, BrokenProcessPool) as exc:
+            await self._reset(pool)
+            why = "did not answer" if isinstance(exc, TimeoutError) else "died"
+            raise HelpdeskError(
+                f"the parse workers {why} within {self.timeout:g} s of starting"
+            ) from None
         log.info("parse_workers_started", workers=self.workers, answered=len(set(pids)))
 
     async def parse(self, raw: bytes) -> ParsedMessage:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from structlog.testing import capture_logs
 
-from helpdeskd.errors import ParseTimeout
+from helpdeskd.errors import HelpdeskError, ParseTimeout
 from helpdeskd.parsepool import ParsePool
 from helpdeskd.parsing import ParsedMessage, parse_message
 from tests.mailgen import customer_mail, realistic_mix
@@ -58,5 +59,15 @@ async def test_start_has_every_worker_up_before_the_first_mail() -> None:
         assert all(process.is_alive() for process in processes)
         assert [entry["answered"] for entry in logs if entry["event"] == "parse_workers_started"]
         assert await pool.parse(customer_mail(1)) == parse_message(customer_mail(1))
+    finally:
+        pool.close()
+
+
+async def test_workers_that_cannot_start_in_time_are_one_clear_error() -> None:
+    pool = ParsePool(1, 0.01)  # a worker takes about a fifth of a second to start
+    try:
+        with pytest.raises(HelpdeskError, match=r"^the parse workers did not answer within"):
+            await pool.start()
+        assert pool._pool is None  # the half-started pool is gone: the next use starts anew
     finally:
         pool.close()
