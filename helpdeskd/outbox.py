@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config import SmtpConfig
-from helpdeskd.db import SessionMaker
+from helpdeskd.db import SessionMaker, reading
 from helpdeskd.dkimsign import DkimConfig, sign
 from helpdeskd.models import Event, Outbox, OutboxRecipient, utcnow
 
@@ -128,11 +128,10 @@ class OutboxSender:
 
     async def _until_due(self) -> float:
         """Seconds until the next row is due (a retry's backoff), at most idle_poll."""
-        async with self.sessions() as session:
+        async with reading(self.sessions) as session:  # waits for no batch being stored
             due = await session.scalar(
                 select(func.min(Outbox.next_attempt_at)).where(Outbox.state == "pending")
             )
-            await session.rollback()
         if due is None:
             return self.idle_poll
         return min(self.idle_poll, max(0.05, (due - utcnow()).total_seconds()))

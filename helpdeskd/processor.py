@@ -307,7 +307,6 @@ class Processor:
                 )
             )
             seen = {tuple(row) for row in rows}
-            await session.rollback()
         return [(item.source, item.uidvalidity, item.uid) in seen for item in items]
 
     async def _store_one(
