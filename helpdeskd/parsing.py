@@ -13,6 +13,7 @@ import contextlib
 import email
 import email.errors
 import email.parser
+import functools
 import hashlib
 import logging
 import re
@@ -27,6 +28,7 @@ import html2text
 import mailparser
 from mailparser.utils import decode_header_part, ported_string
 from mailparser_reply import EmailReplyParser
+from mailparser_reply.parser import EmailMessage as ReplySplitter
 
 from helpdeskd.attachments import expand_tnef, is_tnef
 
@@ -235,13 +237,35 @@ def _html_to_text(html: str) -> str:
     return converter.handle(html).strip()
 
 
+class _LatestReply(ReplySplitter):  # type: ignore[misc]  # the library has no types
+    """mail-parser-reply's splitter, for the latest reply alone.
+
+    ``parse_reply`` returns the first reply's ``content``, which keeps its signature and
+    disclaimers; yet the library runs its signature and disclaimer patterns over every reply,
+    and builds its patterns again for every message: most of its cost. This one skips that
+    pass, and is given the header pattern built once (see :func:`_reply_headers`).
+    """
+
+    def _process_signatures_disclaimers(self, text: str) -> tuple[list[str], str]:
+        return [], ""
+
+
+@functools.cache
+def _reply_headers() -> tuple[list[str], re.Pattern[str]]:
+    """The library's languages and reply-header pattern for REPLY_LANGUAGES, built once."""
+    languages = EmailReplyParser(languages=list(REPLY_LANGUAGES)).languages
+    return languages, _LatestReply(text="", languages=list(languages)).HEADER_REGEX
+
+
 def extract_reply(text: str) -> str:
     """Return what the writer added to TEXT: quoted history and signature removed."""
     if not text.strip():
         return ""
     body = _SIGNATURE.split(text, 1)[0]  # the library keeps signatures
     try:
-        reply = EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text=body)
+        languages, headers = _reply_headers()
+        splitter = _LatestReply(text=body, languages=list(languages), _header_regex=headers)
+        reply = splitter.read().latest_reply
     except Exception:  # a heuristic library: never let it lose the message
         reply = ""
     reply = _MOBILE_SIGNATURE.sub("", (reply or "").strip()).strip()

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from mailparser_reply import EmailReplyParser
 
-from helpdeskd.parsing import extract_reply
+from helpdeskd.parsing import (
+    _MOBILE_SIGNATURE,
+    _SIGNATURE,
+    REPLY_LANGUAGES,
+    extract_reply,
+    parse_message,
+)
+from tests.conftest import CORPUS
 
 NEW = "We restarted the server; please try again."
 OLD = "my app cannot reach the database"
@@ -51,3 +59,23 @@ def test_quoted_history_and_signature_are_removed(client: str) -> None:
 
 def test_a_reply_that_is_only_quote_keeps_nothing_new() -> None:
     assert extract_reply(f"> {OLD}\n") in ("", f"> {OLD}")
+
+
+def _library_reply(text: str) -> str:
+    """extract_reply as the library's own parse_reply gives it (all its passes run)."""
+    body = _SIGNATURE.split(text, 1)[0]
+    reply = EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text=body)
+    reply = _MOBILE_SIGNATURE.sub("", (reply or "").strip()).strip()
+    return reply if reply else text.strip()
+
+
+def test_the_latest_reply_is_what_the_library_itself_returns() -> None:
+    # extract_reply skips the library's signature pass and builds its header pattern once;
+    # the reply must still be the library's, on every client format and on the real corpus.
+    texts = [*CLIENTS.values(), "Thanks!\n\nBest regards,\nAda\n\nOn Mon, Ada wrote:\n> x\n"]
+    for path in sorted(CORPUS.rglob("*")):
+        if path.is_file() and path.suffix != ".md":
+            texts.append(parse_message(path.read_bytes()).full_text)
+    assert len(texts) > 100
+    for text in texts:
+        assert extract_reply(text) == _library_reply(text), text[:200]
