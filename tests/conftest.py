@@ -23,6 +23,7 @@ pytest_plugins = (
 IN_CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS_NOT_MAIL = frozenset({"LICENSE", "NOTICE", "README.md"})  # the corpus's own papers
 
 
 def need(reason: str | None) -> None:

@@ -30,7 +30,6 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -59,6 +58,7 @@ from helpdeskd.threading import (
     thread_index_root,
 )
 from helpdeskd.tokens import ReplyToken, reply_address
+from tests.conftest import CORPUS, CORPUS_NOT_MAIL
 
 SUPPORT = "support@acme.test"
 SERVICE = "Acme Postgres add-on"
@@ -405,14 +405,13 @@ def messages(draw: st.DrawFn) -> bytes:
     return head + b"MIME-Version: 1.0\r\n" + tree
 
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 CORPUS_MAIL = (
     sorted(
         p
         for p in CORPUS.rglob("*")
         if p.is_file()
         and p.stat().st_size < 64 * 1024
-        and p.name not in {"LICENSE", "NOTICE", "README.md"}
+        and p.name not in CORPUS_NOT_MAIL
         and not re.fullmatch(r"body\.\d+\.txt", p.name)  # bare bodies, per the corpus README
         and "mbox" not in p.parts
     )

@@ -14,7 +14,7 @@ import pytest
 from helpdeskd.config import Secret
 from helpdeskd.daemon import ProcessorSink
 from helpdeskd.imap import MailboxWatcher
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, CORPUS_NOT_MAIL
 from tests.harness import Desk, cli, cli_json
 from tests.mailgen import customer_mail
 from tests.test_agents import AGENTS, ALICE, Scene, mails_to
@@ -205,16 +205,13 @@ async def test_oversize_over_imap_is_spooled_in_pieces(make_config, smtp_sink, d
     assert ticket["requester"] == "customer6@example.org"
 
 
-CORPUS_SKIP = {"LICENSE", "NOTICE", "README.md"}
-
-
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="the shared corpus is not beside the checkout")
 def test_every_corpus_file_is_ingested_and_nothing_is_lost(make_config, tmp_path):
     config = make_config()
     files = sorted(
         p
         for p in CORPUS.rglob("*")
-        if p.is_file() and p.name not in CORPUS_SKIP and not p.name.startswith("body.")
+        if p.is_file() and p.name not in CORPUS_NOT_MAIL and not p.name.startswith("body.")
     )
     proc = cli(config, "ingest", "--json", "--backfill", *map(str, files), timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -10,14 +10,12 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
-from pathlib import Path
 
 import pytest
 
 from helpdeskd.bounces import BouncedRecipient, parse_bounce, parse_complaint
+from tests.conftest import CORPUS
 from tests.mailgen import customer_mail
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 # file -> (kind, [(address, action, status, hard)], original Message-ID)
 CORPUS_BOUNCES: list[tuple[str, str, list[tuple[str, str, str, bool]], str | None]] = [

@@ -11,6 +11,7 @@ import pytest
 from helpdeskd.classify import ClassifyContext, classify
 from helpdeskd.loops import automatic_headers, may_autorespond
 from helpdeskd.parsing import ParsedMessage, parse_message
+from tests.conftest import CORPUS, CORPUS_NOT_MAIL
 from tests.mailgen import customer_mail
 
 SUPPORT = "support@acme.test"
@@ -20,7 +21,6 @@ CTX = ClassifyContext(
     agent_addresses=frozenset({"alice@acme.test"}),
     blocked=("spammer@bad.test", "@blocked.test"),
 )
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS}")
 
 
@@ -384,12 +384,11 @@ def test_our_automatic_headers_are_recognised_coming_back(kind: str) -> None:
 def _corpus_files() -> list[Path]:
     if not CORPUS.is_dir():
         return []
-    skip = {"LICENSE", "NOTICE", "README.md"}
     return sorted(
         p
         for p in CORPUS.rglob("*")
         if p.is_file()
-        and p.name not in skip
+        and p.name not in CORPUS_NOT_MAIL
         and "mbox" not in p.parts  # mbox files hold many messages
         and not re.fullmatch(r"body\.\d+\.txt", p.name)  # bare bodies (corpus README)
     )

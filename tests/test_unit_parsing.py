@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from helpdeskd.parsing import ParsedMessage, extract_reply, parse_message
+from tests.conftest import CORPUS, CORPUS_NOT_MAIL
 from tests.mailgen import customer_mail
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS}")
-NOT_MESSAGES = {"LICENSE", "NOTICE", "README.md"}
 
 
 def _messages() -> list[Path]:
@@ -27,7 +26,7 @@ def _messages() -> list[Path]:
         p
         for p in CORPUS.rglob("*")
         if p.is_file()
-        and p.name not in NOT_MESSAGES
+        and p.name not in CORPUS_NOT_MAIL
         and not re.fullmatch(r"body\.\d+\.txt", p.name)  # bare bodies, per the corpus README
         and "mbox" not in p.parts  # split below, as ingest does
     )
