@@ -1,7 +1,8 @@
 """Watch helpdeskd work: a private Dovecot and SMTP sink, the daemon on SQLite, sample mail.
 
 Run by ``bash .ci/demo`` (the README's first command). It prints, as they happen, the tickets
-the daemon opens and the acknowledgements it sends. Ctrl-C stops and removes everything.
+the daemon opens, the mail it sends, and what an agent's emailed answer with a command tag
+does. Ctrl-C stops and removes everything.
 ``--once`` exits after the sample mail is through (used by the test suite).
 """
 
@@ -17,7 +18,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import getaddresses, make_msgid
 from pathlib import Path
+from typing import TypeVar
 
 from helpdeskd.db import upgrade
 from tests.mailgen import customer_mail
@@ -26,10 +32,12 @@ from tests.servers.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "support@acme.test", "demo-password"
+AGENT = "alice@acme.test"
+T = TypeVar("T")
 
 
 def sample_mail() -> list[tuple[str, bytes]]:
-    """A morning at the support desk: new questions, a follow-up, a robot, a stranger."""
+    """A morning at the support desk: new questions, a follow-up, a robot."""
     first = "<demo-1@customer.example>"
     return [
         (
@@ -86,6 +94,43 @@ def sample_mail() -> list[tuple[str, bytes]]:
     ]
 
 
+def agent_answer(notification: EmailMessage) -> bytes:
+    """Alice's answer from her phone to NOTIFICATION: a command, then a line for the customer."""
+    [(_, address)] = getaddresses([str(notification["Reply-To"])])
+    msg = EmailMessage()
+    msg["From"] = f"Alice <{AGENT}>"
+    msg["To"] = address
+    msg["Subject"] = f"Re: {notification['Subject']}"
+    msg["Message-ID"] = make_msgid("phone", domain="acme.test")
+    msg["In-Reply-To"] = msg["References"] = notification["Message-ID"]
+    # Command tags come first; the text after them goes to the customer, the signature does not.
+    msg.set_content(
+        "#status solved\n\nGlad it works again! Write any time.\n\n--\nSent from my phone\n"
+    )
+    return msg.as_bytes(policy=SMTP)
+
+
+def latest_notification(sink: SmtpSink, ref: str) -> EmailMessage | None:
+    """The agent's notification about REF's customer follow-up (the second about REF)."""
+    notes = [
+        d.message
+        for d in sink.deliveries
+        if AGENT in d.recipients and ref in str(d.message["Subject"])
+    ]
+    return notes[-1] if len(notes) >= 2 else None
+
+
+def wait_until(found: Callable[[], T], stop: threading.Event, timeout: float = 60) -> T | None:
+    """FOUND's first true value within TIMEOUT seconds, or None (also on Ctrl-C)."""
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.1)
+    return None
+
+
 def write_config(state: Path, dovecot: Dovecot, sink: SmtpSink) -> Path:
     (state / "secret.key").write_text("k1 demo-secret-0123456789abcdef\n")
     (state / "imap-password").write_text(PASSWORD + "\n")
@@ -120,7 +165,7 @@ port = {sink.port}
 security = "none"
 
 [[agent]]
-email = "alice@acme.test"
+email = "{AGENT}"
 name = "Alice"
 """)
     return config
@@ -142,6 +187,7 @@ def follow(proc: subprocess.Popen[str], seen: dict[str, int]) -> None:
             ticket = event.get("ticket") or "-"
             print(f"  [{ticket:>6}] {outcome:<11} {event.get('reason')}")
         elif name == "mail_sent":
+            seen[f"sent {event.get('kind')}"] = seen.get(f"sent {event.get('kind')}", 0) + 1
             print(
                 f"  [outbox] sent {event.get('kind')} to {', '.join(event.get('recipients', []))}"
             )
@@ -182,6 +228,10 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         seen: dict[str, int] = {}
+
+        def stored() -> int:
+            return seen.get("message_stored", 0)
+
         threading.Thread(target=follow, args=(proc, seen), daemon=True).start()
         while not seen.get("daemon_started"):
             if proc.poll() is not None:
@@ -195,28 +245,25 @@ def main() -> int:
             time.sleep(args.delay)
             print(f"\ndemo: a customer's mail arrives in INBOX ({label})")
             dovecot.append(USER, PASSWORD, raw)
+        # The agent answers once the customer's follow-up has reached her and the rest is in.
+        note = wait_until(lambda: latest_notification(sink, "[HD-1]"), stop)
+        if note is not None and wait_until(lambda: stored() >= len(mails), stop):
+            time.sleep(args.delay)
+            print(f"\ndemo: {AGENT} answers HD-1 from her phone, with #status solved on top")
+            dovecot.append(USER, PASSWORD, agent_answer(note))
+        # Three new tickets, a follow-up, a robot, the agent's answer: what goes out for them.
+        expected = {"ack": 3, "agent_notification": 4, "reply": 1, "agent_notice": 1}
+
+        def sent() -> dict[str, int]:
+            return {kind: seen.get(f"sent {kind}", 0) for kind in expected}
+
+        wait_until(lambda: stored() > len(mails) and sent() == expected, stop)
         if args.once:
-            deadline = time.monotonic() + 60
-            while seen.get("message_stored", 0) < len(mails) and time.monotonic() < deadline:
-                time.sleep(0.2)
-
-            def acks() -> int:
-                return sum(
-                    1 for d in sink.deliveries if d.message["Auto-Submitted"] == "auto-replied"
-                )
-
-            # Three new tickets: three acknowledgements, and four notifications for the agent.
-            while len(sink.deliveries) < 7 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            ok = seen.get("message_stored", 0) == len(mails) and acks() == 3
-            print(
-                f"\ndemo: {seen.get('message_stored', 0)} mails stored, {acks()} acknowledgements "
-                f"and {len(sink.deliveries) - acks()} agent notifications sent"
-            )
+            print(f"\ndemo: {stored()} mails stored; mails sent by kind: {sent()}")
             subprocess.run(
                 [sys.executable, "-m", "helpdeskd", "tickets", "list"], env=env, cwd=ROOT
             )
-            return 0 if ok else 1
+            return 0 if stored() == len(mails) + 1 and sent() == expected else 1
         print(
             "\ndemo: the daemon keeps watching INBOX. Try:\n"
             f"  HELPDESKD_CONFIG={config} .venv/bin/helpdeskd tickets list\n"

@@ -1,7 +1,8 @@
-"""The README's demo runs start to end: Dovecot, the daemon, sample mail, acknowledgements."""
+"""The README's demo runs start to end: Dovecot, the daemon, sample mail, an agent's answer."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -17,5 +18,7 @@ def test_demo_runs_through(dovecot_factory):  # the fixture only checks Dovecot 
         timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "5 mails stored, 3 acknowledgements and 4 agent notifications sent" in proc.stdout
-    assert "new_ticket" in proc.stdout and "reply" in proc.stdout
+    sent = "{'ack': 3, 'agent_notification': 4, 'reply': 1, 'agent_notice': 1}"
+    assert f"6 mails stored; mails sent by kind: {sent}" in proc.stdout
+    assert "new_ticket" in proc.stdout and "status → solved; reply sent" in proc.stdout
+    assert re.search(r"^HD-1 +solved ", proc.stdout, re.M)
