@@ -1,16 +1,18 @@
 """The transactional outbox: rows written with the change that caused them, delivered later.
 
 :func:`enqueue` adds a fully rendered mail to the session of the caller's transaction.
-:class:`OutboxSender` claims due rows one at a time (``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL, so several daemons share the work), sends each to the recipients that have not
-accepted it yet, and records delivery per recipient: a 4xx or a connection error retries
-with exponential backoff and jitter, a 5xx fails that recipient. A recipient who accepted a
-mail is never sent it again.
+:class:`OutboxSender` claims due rows (one at a time with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so several daemons share the work; a batch at a time on SQLite, which serves one
+daemon), sends each to the recipients that have not accepted it yet, and records delivery per
+recipient, each mail in a transaction of its own: a 4xx or a connection error retries with
+exponential backoff and jitter, a 5xx fails that recipient. A recipient who accepted a mail is
+never sent it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +31,7 @@ from helpdeskd.models import Event, Outbox, OutboxRecipient, utcnow
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH = 20
+CLAIM_BYTES = 8 * 1024 * 1024  # on SQLite, the mails of a batch held in memory at once, at most
 
 # Given a claimed row, return the recipients to skip now, with the reason.
 Recheck = Callable[[AsyncSession, Outbox], Awaitable[dict[str, str]]]
@@ -77,6 +80,25 @@ class SendResult:
     permanent: dict[str, str]
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A due row's mail, and the recipients it goes to now."""
+
+    row_id: int
+    message_id: str
+    ticket_id: int | None
+    envelope_from: str
+    pending: list[str]
+    data: bytes
+
+
+def _bound(claim: _Claim) -> contextlib.AbstractContextManager[object]:
+    """Log lines about CLAIM's mail carry its row, Message-ID and ticket."""
+    return structlog.contextvars.bound_contextvars(
+        outbox_id=claim.row_id, message_id=claim.message_id, ticket_id=claim.ticket_id
+    )
+
+
 class OutboxSender:
     """Deliver due outbox rows over SMTP until stopped."""
 
@@ -121,6 +143,9 @@ class OutboxSender:
 
     async def run_once(self) -> int:
         """Attempt the due rows once (at most a batch); return how many were attempted."""
+        async with self.sessions() as session:
+            if session.bind is None or session.bind.dialect.name != "postgresql":
+                return await self._deliver_batch(session)
         attempted = 0
         while attempted < CLAIM_BATCH and await self._deliver_next():
             attempted += 1
@@ -146,53 +171,93 @@ class OutboxSender:
         await self._close()
 
     async def _deliver_next(self) -> bool:
-        """Claim one due row, send it and record the result; False when none is due.
+        """PostgreSQL: claim one due row, send it and record the result; False when none is due.
 
-        On PostgreSQL the row stays locked (``FOR UPDATE SKIP LOCKED``) in one transaction
-        from claim to record, so another daemon skips it, and a daemon that dies mid-send
-        releases it at once. SQLite serves one daemon, so the row is read and recorded in two
-        short transactions and the write lock is not held while SMTP talks.
+        The row stays locked (``FOR UPDATE SKIP LOCKED``) in one transaction from claim to
+        record, so another daemon skips it, and a daemon that dies mid-send releases it at once.
         """
-        async with self.sessions() as session:
-            hold = session.bind is not None and session.bind.dialect.name == "postgresql"
-            transaction = await session.begin()
-            try:
-                claim = await self._claim(session)
-                if claim is None or isinstance(claim, bool):
-                    await transaction.commit()
-                    return bool(claim)
-                row_id, message_id, ticket_id, envelope_from, pending, data = claim
-                if not hold:
-                    await transaction.commit()
-                with structlog.contextvars.bound_contextvars(
-                    outbox_id=row_id, message_id=message_id, ticket_id=ticket_id
-                ):
-                    result = await self._send(envelope_from, pending, await self._sign(data))
-                    if not hold:
-                        transaction = await session.begin()
-                    await self._record(session, row_id, result)
-                await transaction.commit()
-                return True
-            except BaseException:
-                if transaction.is_active:
-                    await transaction.rollback()
-                raise
+        async with self.sessions() as session, session.begin():
+            rows = await self._due(session, 1)
+            if not rows:
+                return False
+            claim = await self._claim(session, rows[0], utcnow())
+            if claim is not None:
+                with _bound(claim):
+                    await self._record(session, claim.row_id, await self._send_claim(claim))
+            return True
 
-    async def _claim(
-        self, session: AsyncSession
-    ) -> tuple[int, str, int | None, str, list[str], bytes] | bool | None:
-        """Lock the next due row; settle it here if it expired or has nobody left to send to."""
-        now = utcnow()
-        row = await session.scalar(
+    async def _deliver_batch(self, session: AsyncSession) -> int:
+        """SQLite: claim up to CLAIM_BATCH due rows, send each and record it; return how many.
+
+        SQLite serves one daemon, so nothing else sends these rows: they are read in one short
+        transaction, and each mail's result is recorded in a transaction of its own as soon as
+        SMTP has answered (the write lock is never held while SMTP talks). What may have changed
+        since is checked again just before each send: an expiry that has passed, and, for a
+        notice, an opt-out (the recheck, in the database). Most rows are acknowledgements and
+        notifications: they cost three reads a batch and one write transaction a mail, where a
+        claim transaction of their own cost as much again (each statement is several trips to
+        aiosqlite's thread, the sender's main cost).
+        """
+        async with session.begin():
+            rows = await self._due_batch(session)
+            claims = [await self._claim(session, row, utcnow(), recheck=False) for row in rows]
+        for row, claim in zip(rows, claims, strict=True):
+            if claim is None:
+                continue
+            expired = row.expires_at is not None and row.expires_at <= utcnow()
+            if expired or (self.recheck is not None and row.notice_id is not None):
+                async with session.begin():
+                    claim = await self._claim(session, row, utcnow())
+                if claim is None:
+                    continue
+            with _bound(claim):
+                result = await self._send_claim(claim)
+                async with session.begin():
+                    await self._record(session, claim.row_id, result)
+        return len(rows)
+
+    async def _send_claim(self, claim: _Claim) -> SendResult:
+        return await self._send(claim.envelope_from, claim.pending, await self._sign(claim.data))
+
+    async def _due(self, session: AsyncSession, limit: int) -> Sequence[Outbox]:
+        """The next LIMIT due rows, oldest due first, locked where the database can."""
+        rows = await session.scalars(
             select(Outbox)
-            .where(Outbox.state == "pending", Outbox.next_attempt_at <= now)
+            .where(Outbox.state == "pending", Outbox.next_attempt_at <= utcnow())
             .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(1)
+            .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        if row is None:
-            return None
-        if self.recheck is not None:
+        return rows.all()
+
+    async def _due_batch(self, session: AsyncSession) -> Sequence[Outbox]:
+        """The next CLAIM_BATCH due rows, as many as fit in CLAIM_BYTES (at least one)."""
+        sizes = await session.execute(
+            select(Outbox.id, func.length(Outbox.data))
+            .where(Outbox.state == "pending", Outbox.next_attempt_at <= utcnow())
+            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .limit(CLAIM_BATCH)
+        )
+        ids: list[int] = []
+        total = 0
+        for row_id, size in sizes:
+            total += size or 0
+            if ids and total > CLAIM_BYTES:
+                break
+            ids.append(row_id)
+        if not ids:
+            return []
+        rows = await session.scalars(
+            select(Outbox).where(Outbox.id.in_(ids)).order_by(Outbox.next_attempt_at, Outbox.id)
+        )
+        return rows.all()
+
+    async def _claim(
+        self, session: AsyncSession, row: Outbox, now: datetime, *, recheck: bool = True
+    ) -> _Claim | None:
+        """What to send of ROW now; None, with ROW settled, if it expired or has nobody left
+        to send to. RECHECK: look up suppression again first (see :attr:`recheck`)."""
+        if self.recheck is not None and recheck:
             # Suppression is checked again at send time: an opt-out since queueing counts.
             skip = await self.recheck(session, row)
             for rcpt in row.recipients:
@@ -205,14 +270,14 @@ class OutboxSender:
                 if rcpt.state == "pending":
                     rcpt.state = "expired"
             log.info("outbox_expired", outbox_id=row.id, message_id=row.message_id)
-            return True
+            return None
         if not pending:
             states = {r.state for r in row.recipients}
             row.state = (
                 "sent" if "sent" in states else "skipped" if "skipped" in states else "failed"
             )
-            return True
-        return row.id, row.message_id, row.ticket_id, row.envelope_from, pending, row.data
+            return None
+        return _Claim(row.id, row.message_id, row.ticket_id, row.envelope_from, pending, row.data)
 
     async def _sign(self, data: bytes) -> bytes:
         """DKIM-sign DATA when configured (in a thread: RSA in pure Python takes ~20 ms)."""
