@@ -20,18 +20,32 @@ from datetime import datetime, timedelta
 
 import aiosmtplib
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config import SmtpConfig
 from helpdeskd.db import SessionMaker, reading
 from helpdeskd.dkimsign import DkimConfig, sign
-from helpdeskd.models import Event, Outbox, OutboxRecipient, utcnow
+from helpdeskd.models import Base, Event, Outbox, OutboxRecipient, utcnow
 
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH = 20
 CLAIM_BYTES = 8 * 1024 * 1024  # on SQLite, the mails of a batch held in memory at once, at most
+
+_OUTBOX = Base.metadata.tables[Outbox.__tablename__]
+_RECIPIENTS = Base.metadata.tables[OutboxRecipient.__tablename__]
+# One recipient's delivery, by its id: an executemany over the recipients a send touched.
+_RECORD_RECIPIENT = (
+    update(_RECIPIENTS)
+    .where(_RECIPIENTS.c.id == bindparam("rcpt"))
+    .values(
+        state=bindparam("s"),
+        attempts=bindparam("n"),
+        last_error=bindparam("e"),
+        sent_at=bindparam("t"),
+    )
+)
 
 # Given a claimed row, return the recipients to skip now, with the reason.
 Recheck = Callable[[AsyncSession, Outbox], Awaitable[dict[str, str]]]
@@ -328,56 +342,77 @@ class OutboxSender:
         return replace(result, permanent={**result.permanent, **wide})
 
     async def _record(self, session: AsyncSession, row_id: int, result: SendResult) -> None:
+        """Record RESULT for row ROW_ID, recipient by recipient, in SESSION's transaction.
+
+        The row is read again (``outbox retry`` may have changed it since it was claimed) and
+        written with three Core statements, whatever the number of recipients.
+        """
         now = utcnow()
-        row = await session.get_one(Outbox, row_id, populate_existing=True)
-        row.attempts += 1
-        by_address = {r.address: r for r in row.recipients}
-        for address in result.accepted:
-            by_address[address].state = "sent"
-            by_address[address].sent_at = now
-            by_address[address].attempts += 1
-        for address, reason in result.permanent.items():
-            rcpt = by_address[address]
-            rcpt.state, rcpt.last_error = "failed", reason
-            rcpt.attempts += 1
-        for address, reason in result.temporary.items():
-            rcpt = by_address[address]
-            rcpt.last_error = reason
-            rcpt.attempts += 1
-            if rcpt.attempts >= self.smtp.max_attempts:
-                rcpt.state = "failed"
-        still = [r for r in row.recipients if r.state == "pending"]
-        if still:
-            row.next_attempt_at = now + timedelta(
-                seconds=backoff(row.attempts, self.smtp.retry_base, self.smtp.retry_max)
+        found = (
+            await session.execute(
+                select(
+                    Outbox.attempts,
+                    Outbox.kind,
+                    Outbox.ticket_id,
+                    Outbox.message_id,
+                    _RECIPIENTS.c.id,
+                    _RECIPIENTS.c.address,
+                    _RECIPIENTS.c.state,
+                    _RECIPIENTS.c.attempts,
+                    _RECIPIENTS.c.last_error,
+                    _RECIPIENTS.c.sent_at,
+                )
+                .join(_RECIPIENTS, _RECIPIENTS.c.outbox_id == Outbox.id)
+                .where(Outbox.id == row_id)
+                .order_by(_RECIPIENTS.c.id)
             )
-            row.last_error = next(iter(result.temporary.values()), None)
+        ).all()
+        attempts, kind, ticket_id, message_id = found[0][:4]
+        attempts += 1
+        changes = []
+        states = []
+        for *_, rcpt_id, address, state, tries, error, sent_at in found:
+            if address in result.accepted:
+                state, sent_at = "sent", now
+            elif address in result.permanent:
+                state, error = "failed", result.permanent[address]
+            elif address in result.temporary:
+                error = result.temporary[address]
+                if tries + 1 >= self.smtp.max_attempts:
+                    state = "failed"
+            else:
+                states.append(state)
+                continue
+            changes.append({"rcpt": rcpt_id, "s": state, "n": tries + 1, "e": error, "t": sent_at})
+            states.append(state)
+        if changes:
+            await session.execute(_RECORD_RECIPIENT, changes)
+        row: dict[str, object] = {"attempts": attempts}
+        if "pending" in states:
+            retry_at = now + timedelta(
+                seconds=backoff(attempts, self.smtp.retry_base, self.smtp.retry_max)
+            )
+            error = next(iter(result.temporary.values()), None)
+            row.update(next_attempt_at=retry_at, last_error=error)
             log.warning(
-                "smtp_deferred",
-                attempts=row.attempts,
-                retry_at=row.next_attempt_at.isoformat(),
-                error=row.last_error,
+                "smtp_deferred", attempts=attempts, retry_at=retry_at.isoformat(), error=error
             )
         else:
-            sent = any(r.state == "sent" for r in row.recipients)
-            row.state = "sent" if sent else "failed"
-            row.sent_at = now if sent else None
+            sent = "sent" in states
+            row.update(state="sent" if sent else "failed", sent_at=now if sent else None)
+        await session.execute(update(_OUTBOX).where(_OUTBOX.c.id == row_id).values(row))
         for address, reason in result.permanent.items():
             session.add(
                 Event(
-                    ticket_id=row.ticket_id,
+                    ticket_id=ticket_id,
                     type="delivery_failed",
                     actor="system",
-                    detail={
-                        "recipient": address,
-                        "error": reason,
-                        "message_id": row.message_id,
-                    },
+                    detail={"recipient": address, "error": reason, "message_id": message_id},
                 )
             )
             log.error("smtp_failed", recipient=address, error=reason)
         if result.accepted:
-            log.info("mail_sent", recipients=list(result.accepted), kind=row.kind)
+            log.info("mail_sent", recipients=list(result.accepted), kind=kind)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:

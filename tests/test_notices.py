@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
@@ -194,6 +195,33 @@ async def test_suppression_is_checked_again_at_send_time(config, smtp_sink):
     assert len(sent_to(smtp_sink, "ada@customer.example")) == 1
     [row] = cli_json(config, "notice", "list")
     assert (row["sent"], row["skipped"]) == (1, 2)  # Cy deprovisioned, Bob opted out
+
+
+async def test_an_opt_out_while_the_batch_goes_out_is_honoured(config, smtp_sink):
+    """The sender reads a batch of due rows at once; a notice's opt-outs are looked up again
+    just before each of its mails goes, not only when the batch was read."""
+    from sqlalchemy import select
+
+    from helpdeskd import notices
+    from helpdeskd.models import Contact
+
+    cli(config, "notice", "send", "survey", "--template", "survey")  # Ada and Bob
+    rows = sorted(cli_json(config, "outbox", "list"), key=lambda r: r["id"])
+    first, second = (r["recipients"][0]["address"] for r in rows)
+    smtp_sink.handler.delay = 1.0  # each mail takes a second at the relay
+    async with Desk(config) as desk:
+        sender = OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck)
+        sending = asyncio.create_task(sender.run_once())
+        await asyncio.sleep(0.3)  # the batch is read; the first mail is at the relay
+        assert not sending.done()
+        async with desk.sessions() as session, session.begin():  # no lock held while SMTP talks
+            contact = await session.scalar(select(Contact).where(Contact.email == second))
+            assert await notices.opt_out(session, contact, "survey", via="test")
+        assert await sending == 2
+        await sender.close()
+    assert [d.recipients for d in smtp_sink.deliveries] == [[first]]
+    states = {r["recipients"][0]["address"]: r["state"] for r in cli_json(config, "outbox", "list")}
+    assert states == {first: "sent", second: "skipped"}
 
 
 async def test_the_daemons_outbox_dkim_signs_notices_including_list_headers(config, smtp_sink):
