@@ -43,6 +43,7 @@ def _answer() -> int:
 
 CHUNK = 10  # messages parsed in one trip to a worker
 CHUNK_BYTES = 256 * 1024  # a message this large travels alone
+START_TIMEOUT = 30.0  # seconds new workers may take to start, whatever the parse timeout
 
 
 class ParsePool:
@@ -58,7 +59,9 @@ class ParsePool:
         self.timeout = timeout
         self.chunk, self.chunk_bytes = chunk, chunk_bytes
         self._pool: ProcessPoolExecutor | None = None
+        self._started: ProcessPoolExecutor | None = None  # the pool whose workers answered
         self._lock = asyncio.Lock()
+        self._starting = asyncio.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -77,11 +80,9 @@ class ParsePool:
         daemon, that is not paid by the first mail, and a pool that cannot start is known
         before the daemon says it is ready.
         """
-        loop = asyncio.get_running_loop()
         pool = self._executor()
-        calls = [loop.run_in_executor(pool, _answer) for _ in range(self.workers)]
         try:
-            pids = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.timeout)
+            pids = await self._answer(pool, self.timeout)
         except (TimeoutError, BrokenProcessPool) as exc:
             await self._reset(pool)
             why = "did not answer" if isinstance(exc, TimeoutError) else "died"
@@ -90,11 +91,37 @@ class ParsePool:
             ) from None
         log.info("parse_workers_started", workers=self.workers, answered=len(set(pids)))
 
+    async def _answer(self, pool: ProcessPoolExecutor, timeout: float) -> list[int]:
+        loop = asyncio.get_running_loop()
+        calls = [loop.run_in_executor(pool, _answer) for _ in range(self.workers)]
+        pids = await asyncio.wait_for(asyncio.gather(*calls), timeout=timeout)
+        self._started = pool
+        return pids
+
+    async def _ready(self) -> ProcessPoolExecutor:
+        """The pool, with its workers up.
+
+        Workers killed after a timeout are replaced by new ones, which take a while to start
+        (their imports; longer on a busy machine): they are started here first, so that the
+        timeout of the mails parsed next measures their parse, not the start of a worker.
+        """
+        pool = self._executor()
+        if pool is self._started:
+            return pool
+        async with self._starting:
+            if pool is self._pool and pool is not self._started:
+                try:
+                    await self._answer(pool, max(self.timeout, START_TIMEOUT))
+                except (TimeoutError, BrokenProcessPool):
+                    await self._reset(pool)
+                    raise ParseTimeout("the parser processes did not start") from None
+        return pool
+
     async def parse(self, raw: bytes) -> ParsedMessage:
         """Parse RAW in a worker; raise ParseTimeout or the parser's own exception."""
         loop = asyncio.get_running_loop()
         for _ in range(3):
-            pool = self._executor()
+            pool = await self._ready()
             future = loop.run_in_executor(pool, parse_message, raw)
             try:
                 return await asyncio.wait_for(future, timeout=self.timeout)
@@ -122,21 +149,27 @@ class ParsePool:
         return [result for results in done for result in results]
 
     async def _parse_run(self, raws: list[bytes]) -> list[ParsedMessage | BaseException]:
-        found: list[ParsedMessage | None] = [None] * len(raws)
-        if len(raws) > 1:
-            pool = self._executor()
-            future = asyncio.get_running_loop().run_in_executor(pool, parse_messages, raws)
-            try:
-                found = await asyncio.wait_for(future, timeout=self.timeout)
-            except TimeoutError:
-                log.warning("parse_run_timed_out", messages=len(raws), timeout=self.timeout)
-                await self._reset(pool)
-            except BrokenProcessPool:
-                if self._pool is pool:
-                    await self._reset(pool)
+        found = await self._parse_together(raws) if len(raws) > 1 else [None]
         alone = [raw for raw, parsed in zip(raws, found, strict=True) if parsed is None]
         again = iter(await asyncio.gather(*map(self.parse, alone), return_exceptions=True))
         return [parsed if parsed is not None else next(again) for parsed in found]
+
+    async def _parse_together(self, raws: list[bytes]) -> list[ParsedMessage | None]:
+        """RAWS parsed in one trip, None for each that failed, all None if the trip did."""
+        try:
+            pool = await self._ready()
+        except ParseTimeout:
+            return [None] * len(raws)
+        future = asyncio.get_running_loop().run_in_executor(pool, parse_messages, raws)
+        try:
+            return await asyncio.wait_for(future, timeout=self.timeout)
+        except TimeoutError:
+            log.warning("parse_run_timed_out", messages=len(raws), timeout=self.timeout)
+            await self._reset(pool)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                await self._reset(pool)
+        return [None] * len(raws)
 
     def start_build(self, mails: Sequence[OutgoingMail]) -> asyncio.Future[list[bytes]]:
         """Start building MAILS' bytes in a worker now; the caller awaits the result, with

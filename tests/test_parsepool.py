@@ -31,6 +31,18 @@ async def test_runs_parse_like_one_by_one_in_order() -> None:
     assert results == [parse_message(raw) for raw in raws]
 
 
+async def test_the_start_of_replacement_workers_is_not_counted_against_a_parse() -> None:
+    """A timeout kills the workers; the next mail's timeout counts its parse only, not the
+    start of their replacements (imports: longer than this timeout on a busy machine)."""
+    pool = ParsePool(2, 0.15)
+    try:
+        with pytest.raises(ParseTimeout):
+            await pool.parse(SLOW)
+        assert (await pool.parse(customer_mail(1))).subject == "Invoice question for March #1"
+    finally:
+        pool.close()
+
+
 async def test_a_run_past_the_timeout_is_parsed_again_one_by_one() -> None:
     smalls = [customer_mail(n) for n in range(8)]
     pool = ParsePool(2, 0.5, chunk=10, chunk_bytes=2**20)
