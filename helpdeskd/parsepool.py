@@ -62,6 +62,7 @@ class ParsePool:
         self._started: ProcessPoolExecutor | None = None  # the pool whose workers answered
         self._lock = asyncio.Lock()
         self._starting = asyncio.Lock()
+        self._start_again_at = 0.0  # after workers failed to start: not before (loop time)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -82,7 +83,7 @@ class ParsePool:
         """
         pool = self._executor()
         try:
-            pids = await self._answer(pool, self.timeout)
+            pids = await self._start_workers(pool, self.timeout)
         except (TimeoutError, BrokenProcessPool) as exc:
             await self._reset(pool)
             why = "did not answer" if isinstance(exc, TimeoutError) else "died"
@@ -91,7 +92,8 @@ class ParsePool:
             ) from None
         log.info("parse_workers_started", workers=self.workers, answered=len(set(pids)))
 
-    async def _answer(self, pool: ProcessPoolExecutor, timeout: float) -> list[int]:
+    async def _start_workers(self, pool: ProcessPoolExecutor, timeout: float) -> list[int]:
+        """Have each of POOL's workers answer, within TIMEOUT; their pids."""
         loop = asyncio.get_running_loop()
         calls = [loop.run_in_executor(pool, _answer) for _ in range(self.workers)]
         pids = await asyncio.wait_for(asyncio.gather(*calls), timeout=timeout)
@@ -104,16 +106,24 @@ class ParsePool:
         Workers killed after a timeout are replaced by new ones, which take a while to start
         (their imports; longer on a busy machine): they are started here first, so that the
         timeout of the mails parsed next measures their parse, not the start of a worker.
+        Workers that cannot start fail every parse at once for START_TIMEOUT, then are tried
+        again.
         """
         pool = self._executor()
         if pool is self._started:
             return pool
+        loop = asyncio.get_running_loop()
         async with self._starting:
-            if pool is self._pool and pool is not self._started:
+            if loop.time() < self._start_again_at:
+                raise ParseTimeout("the parser processes did not start")
+            pool = self._executor()  # a new one, if the pool was reset while we waited
+            if pool is not self._started:
                 try:
-                    await self._answer(pool, max(self.timeout, START_TIMEOUT))
-                except (TimeoutError, BrokenProcessPool):
+                    await self._start_workers(pool, max(self.timeout, START_TIMEOUT))
+                except (TimeoutError, BrokenProcessPool) as exc:
+                    log.error("parse_workers_start_failed", error=type(exc).__name__)
                     await self._reset(pool)
+                    self._start_again_at = loop.time() + START_TIMEOUT
                     raise ParseTimeout("the parser processes did not start") from None
         return pool
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from structlog.testing import capture_logs
 
+from helpdeskd import parsepool
 from helpdeskd.errors import HelpdeskError, ParseTimeout
 from helpdeskd.parsepool import ParsePool
 from helpdeskd.parsing import ParsedMessage, parse_message
@@ -39,6 +42,25 @@ async def test_the_start_of_replacement_workers_is_not_counted_against_a_parse()
         with pytest.raises(ParseTimeout):
             await pool.parse(SLOW)
         assert (await pool.parse(customer_mail(1))).subject == "Invoice question for March #1"
+    finally:
+        pool.close()
+
+
+async def test_workers_that_cannot_start_fail_the_waiting_mails_at_once(monkeypatch) -> None:
+    """One failed start is enough: mails waiting for it fail without another try, until
+    START_TIMEOUT has passed; then the pool starts anew."""
+    monkeypatch.setattr(parsepool, "START_TIMEOUT", 0.2)  # shorter than a worker's start
+    pool = ParsePool(2, 0.1)
+    try:
+        with capture_logs() as logs:
+            results = await asyncio.gather(
+                *(pool.parse(customer_mail(n)) for n in range(5)), return_exceptions=True
+            )
+        assert all(isinstance(r, ParseTimeout) for r in results), results
+        assert [e["event"] for e in logs].count("parse_workers_start_failed") == 1
+        monkeypatch.undo()
+        await asyncio.sleep(0.2)
+        assert await pool.parse(customer_mail(1)) == parse_message(customer_mail(1))
     finally:
         pool.close()
 
