@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import update
 
 from helpdeskd import __version__
-from helpdeskd.checks import check_all
 from helpdeskd.config import Config, default_config_path, load_config
 from helpdeskd.db import check_schema, create_engine, reading, sessionmaker, upgrade
 from helpdeskd.errors import HelpdeskError, UserError
@@ -138,6 +137,8 @@ def cmd_db_upgrade(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.checks import check_all
+
     for line in check_all(config):
         print(line)
     return 0

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
-from helpdeskd.db import create_engine, downgrade, head_revision, upgrade
+from helpdeskd.db import SCHEMA_HEAD, create_engine, downgrade, head_revision, upgrade
 from helpdeskd.models import Base
 
 
@@ -43,6 +43,10 @@ def _tables(url: str) -> set[str]:
 def test_migrations_build_exactly_the_models(db_url):
     assert head_revision() is not None
     assert _diff(db_url) == []
+
+
+def test_the_schema_check_knows_the_newest_migration():
+    assert head_revision() == SCHEMA_HEAD, "a new migration: set helpdeskd.db.SCHEMA_HEAD to it"
 
 
 def test_downgrade_and_upgrade_again(db_url):
