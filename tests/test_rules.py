@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy import text as sql
 
+from helpdeskd import automation as automation_module
 from helpdeskd import routing
 from helpdeskd.automation import Automation
 from helpdeskd.models import Ticket
@@ -183,6 +184,19 @@ async def test_sla_warning_then_breach_mail(make_config, smtp_sink, tmp_path):
     subjects = [str(m["Subject"]) for m in mails_to(smtp_sink, "alice@acme.test")]
     assert any("SLA warning (first response)" in s for s in subjects)
     assert any("SLA breached (first response)" in s for s in subjects)
+
+
+async def test_a_pass_reads_the_open_tickets_by_chunks_and_misses_none(
+    make_config, smtp_sink, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(automation_module, "SCAN_CHUNK", 2)  # 5 tickets: 3 reads
+    config = make_config(smtp=smtp_sink, agents=AGENTS, rules=rules_dir(tmp_path, TIMED))
+    async with Desk(config) as desk:
+        await desk.ingest([customer_mail(n) for n in range(5)])
+        async with desk.sessions() as session, session.begin():
+            past = datetime.now(UTC) - timedelta(hours=3)
+            await session.execute(update(Ticket).values(created_at=past, state="open"))
+        assert (await Automation(desk.processor).run_due())[0] == 5  # each one's SLA warning
 
 
 async def test_a_pass_locks_only_tickets_with_a_step_due(make_config, smtp_sink, tmp_path):
