@@ -17,10 +17,11 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import aiosmtplib
 import structlog
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config import SmtpConfig
@@ -29,6 +30,8 @@ from helpdeskd.dkimsign import DkimConfig, sign
 from helpdeskd.models import Base, Event, Outbox, OutboxRecipient, utcnow
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 CLAIM_BATCH = 20
 CLAIM_BYTES = 8 * 1024 * 1024  # on SQLite, the mails of a batch held in memory at once, at most
@@ -106,6 +109,13 @@ class _Claim:
     data: bytes
 
 
+def _due_first(query: Select[_T]) -> Select[_T]:
+    """QUERY over the rows due now, the longest due first."""
+    return query.where(Outbox.state == "pending", Outbox.next_attempt_at <= utcnow()).order_by(
+        Outbox.next_attempt_at, Outbox.id
+    )
+
+
 def _bound(claim: _Claim) -> contextlib.AbstractContextManager[object]:
     """Log lines about CLAIM's mail carry its row, Message-ID and ticket."""
     return structlog.contextvars.bound_contextvars(
@@ -160,10 +170,10 @@ class OutboxSender:
         async with self.sessions() as session:
             if session.bind is None or session.bind.dialect.name != "postgresql":
                 return await self._deliver_batch(session)
-        attempted = 0
-        while attempted < CLAIM_BATCH and await self._deliver_next():
-            attempted += 1
-        return attempted
+            attempted = 0
+            while attempted < CLAIM_BATCH and await self._deliver_next(session):
+                attempted += 1
+            return attempted
 
     async def _until_due(self) -> float:
         """Seconds until the next row is due (a retry's backoff), at most idle_poll."""
@@ -184,13 +194,13 @@ class OutboxSender:
                 break
         await self._close()
 
-    async def _deliver_next(self) -> bool:
+    async def _deliver_next(self, session: AsyncSession) -> bool:
         """PostgreSQL: claim one due row, send it and record the result; False when none is due.
 
         The row stays locked (``FOR UPDATE SKIP LOCKED``) in one transaction from claim to
         record, so another daemon skips it, and a daemon that dies mid-send releases it at once.
         """
-        async with self.sessions() as session, session.begin():
+        async with session.begin():
             rows = await self._due(session, 1)
             if not rows:
                 return False
@@ -236,21 +246,14 @@ class OutboxSender:
     async def _due(self, session: AsyncSession, limit: int) -> Sequence[Outbox]:
         """The next LIMIT due rows, oldest due first, locked where the database can."""
         rows = await session.scalars(
-            select(Outbox)
-            .where(Outbox.state == "pending", Outbox.next_attempt_at <= utcnow())
-            .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            _due_first(select(Outbox)).limit(limit).with_for_update(skip_locked=True)
         )
         return rows.all()
 
     async def _due_batch(self, session: AsyncSession) -> Sequence[Outbox]:
         """The next CLAIM_BATCH due rows, as many as fit in CLAIM_BYTES (at least one)."""
         sizes = await session.execute(
-            select(Outbox.id, func.length(Outbox.data))
-            .where(Outbox.state == "pending", Outbox.next_attempt_at <= utcnow())
-            .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(CLAIM_BATCH)
+            _due_first(select(Outbox.id, func.length(Outbox.data))).limit(CLAIM_BATCH)
         )
         ids: list[int] = []
         total = 0
