@@ -780,48 +780,81 @@ class MailboxWatcher:
     async def _handle(self, session: _Session, uids: list[int]) -> int:
         """Fetch UIDS batch by batch, store each batch, then move or mark it.
 
-        A pipeline one batch deep: the next batch is fetched and its preparation (parsing, in
-        the worker processes) started before this one is stored, so the parsing and the
-        storing overlap. Each batch is still marked only after its own commit.
+        A pipeline one batch deep: while a batch is stored, the connection moves (or marks)
+        the batch stored before it and fetches the next one, whose preparation (parsing, in
+        the worker processes) starts as soon as it is fetched. So the store, the parsing and
+        the IMAP round trips overlap; each batch is still marked only after its own commit.
         """
         info = session.info
         assert info is not None
         sizes = await self._fetch_sizes(session, uids)
+        batches = self._batches([uid for uid in uids if uid in sizes], sizes)
         handled = 0
-        ahead: list[tuple[list[FetchedMail], asyncio.Task[Any]]] = []
+        stored: list[FetchedMail] = []  # committed, not yet marked
+        ahead = await self._fetch_next(session, batches, sizes)
         try:
-            for batch in self._batches([uid for uid in uids if uid in sizes], sizes):
-                mails = await self._fetch_batch(session, batch, sizes)
-                if not mails:
-                    continue
-                preparing = self._sink.prepare_batch(self.config.name, info.uidvalidity, mails)
-                ahead.append((mails, asyncio.ensure_future(preparing)))
-                if len(ahead) > 1:
-                    handled += await self._store(session, *ahead.pop(0))
-                    if self._stop.is_set():
-                        break  # the batch in hand is finished; the rest waits for the next start
-            if ahead and not self._stop.is_set():
-                handled += await self._store(session, *ahead.pop(0))
+            while ahead is not None:
+                mails, preparing = ahead
+                ahead = None
+                imap = asyncio.ensure_future(self._mark_and_fetch(session, stored, batches, sizes))
+                try:
+                    await self._sink.store_batch(await preparing)
+                except Exception:
+                    # The batch before is committed: let its mark finish. The store's error is
+                    # the one to report; an IMAP error too ends the session all the same.
+                    with contextlib.suppress(Exception):
+                        ahead = await imap
+                    raise
+                except BaseException:  # cancelled: stop the IMAP side too
+                    if imap.done() and not imap.cancelled() and imap.exception() is None:
+                        ahead = imap.result()
+                    else:
+                        imap.cancel()
+                        imap.add_done_callback(_discard)
+                    raise
+                ahead = await imap
+                stored = mails
+                handled += len(mails)
+                self._log.info(
+                    "imap_batch_stored",
+                    uidvalidity=info.uidvalidity,
+                    uids=uid_set(m.uid for m in mails),
+                    count=len(mails),
+                )
+                if self._stop.is_set():
+                    break  # the batch in hand is finished; the rest waits for the next start
+            if stored:
+                await self._mark(session, [m.uid for m in stored])
         finally:
-            for _, task in ahead:  # prepared, never stored: it stays unmarked
-                task.cancel()
-                task.add_done_callback(_discard)
+            if ahead is not None:  # prepared, never stored: it stays unmarked
+                ahead[1].cancel()
+                ahead[1].add_done_callback(_discard)
         return handled
 
-    async def _store(
-        self, session: _Session, mails: list[FetchedMail], preparing: asyncio.Task[Any]
-    ) -> int:
-        """Store a batch once it is prepared; then move or mark it; return its size."""
+    async def _mark_and_fetch(
+        self,
+        session: _Session,
+        stored: list[FetchedMail],
+        batches: Iterator[list[int]],
+        sizes: dict[int, FetchRecord],
+    ) -> tuple[list[FetchedMail], asyncio.Task[Any]] | None:
+        """Mark the STORED batch, then fetch the next one and start its preparation."""
+        if stored:
+            await self._mark(session, [m.uid for m in stored])
+        return await self._fetch_next(session, batches, sizes)
+
+    async def _fetch_next(
+        self, session: _Session, batches: Iterator[list[int]], sizes: dict[int, FetchRecord]
+    ) -> tuple[list[FetchedMail], asyncio.Task[Any]] | None:
+        """Fetch the next batch with mail in it and start its preparation; None at the end."""
         assert session.info is not None
-        await self._sink.store_batch(await preparing)
-        self._log.info(
-            "imap_batch_stored",
-            uidvalidity=session.info.uidvalidity,
-            uids=uid_set(m.uid for m in mails),
-            count=len(mails),
-        )
-        await self._mark(session, [m.uid for m in mails])
-        return len(mails)
+        uidvalidity = session.info.uidvalidity
+        for batch in batches:
+            mails = await self._fetch_batch(session, batch, sizes)
+            if mails:
+                preparing = self._sink.prepare_batch(self.config.name, uidvalidity, mails)
+                return mails, asyncio.ensure_future(preparing)
+        return None
 
     async def _fetch_sizes(self, session: _Session, uids: list[int]) -> dict[int, FetchRecord]:
         sizes: dict[int, FetchRecord] = {}

@@ -367,6 +367,75 @@ async def test_the_next_batch_is_prepared_while_one_is_stored(dovecot: Dovecot) 
     assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
 
 
+async def test_the_batch_before_is_moved_and_the_next_fetched_while_one_is_stored(
+    dovecot: Dovecot,
+) -> None:
+    for n in range(6):
+        dovecot.append(USER, PASSWORD, message(n))
+    prepared: list[list[int]] = []
+    seen_while_storing: dict[str, Any] = {}
+
+    class WaitingSink(RecordingSink):
+        async def prepare_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> Any:
+            prepared.append([m.uid for m in mails])
+            return await super().prepare_batch(mailbox, uidvalidity, mails)
+
+        async def store_batch(self, prepared_batch: Any) -> None:
+            if [m.uid for m in prepared_batch[2]] == [3, 4]:
+                # The store does not wait for the connection: [1, 2], committed before, is
+                # still in INBOX and [5, 6] not fetched yet when it begins ...
+                inbox = dovecot.list_uids(USER, PASSWORD, "INBOX")
+                seen_while_storing["at start"] = (list(prepared), inbox)
+                # ... and meanwhile the connection moves [1, 2], then fetches [5, 6] and
+                # starts preparing it.
+                await eventually(lambda: [5, 6] in prepared)
+                inbox = await asyncio.to_thread(dovecot.list_uids, USER, PASSWORD, "INBOX")
+                seen_while_storing["meanwhile"] = inbox
+            await super().store_batch(prepared_batch)
+
+    sink = WaitingSink()
+    watcher = MailboxWatcher(mailbox(dovecot, batch_size=2), sink, stop=asyncio.Event())
+
+    assert await watcher.run_once() == 6
+    assert seen_while_storing["at start"] == ([[1, 2], [3, 4]], [1, 2, 3, 4, 5, 6])
+    assert seen_while_storing["meanwhile"] == [3, 4, 5, 6]
+    assert sink.batches == [[1, 2], [3, 4], [5, 6]]
+    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
+    assert len(dovecot.list_uids(USER, PASSWORD, "Processed")) == 6
+
+
+async def test_cancelled_while_storing_leaves_the_rest_unmarked_and_nothing_dangling(
+    dovecot: Dovecot,
+) -> None:
+    uids = [dovecot.append(USER, PASSWORD, message(n)) for n in range(6)]
+    storing = asyncio.Event()
+    loose: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: loose.append(context))
+
+    class HangingSink(RecordingSink):
+        async def store_batch(self, prepared: Any) -> None:
+            if self.batches:  # the second batch: hangs until cancelled
+                storing.set()
+                await asyncio.Event().wait()
+            await super().store_batch(prepared)
+
+    sink = HangingSink()
+    watcher = MailboxWatcher(mailbox(dovecot, batch_size=2), sink, stop=asyncio.Event())
+    task = asyncio.create_task(watcher.run_once())
+    await asyncio.wait_for(storing.wait(), 5)
+    await asyncio.sleep(0.2)  # the connection moves the first batch meanwhile
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)
+    loop.set_exception_handler(None)
+
+    assert sink.batches == [[1, 2]]
+    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == uids[2:]
+    assert loose == []  # no task left behind whose failure nobody saw
+
+
 async def test_a_failed_store_leaves_its_batch_and_the_one_prepared_ahead(dovecot: Dovecot) -> None:
     uids = [dovecot.append(USER, PASSWORD, message(n)) for n in range(6)]
 
