@@ -44,6 +44,7 @@ WEEKDAY_NUMBERS: Mapping[str, int] = MappingProxyType(
 DAY_MINUTES = 24 * 60
 # A calendar that needs more than ten years to supply the open time asked for is broken, not slow.
 MAX_DAYS = 3660
+DAYS_KEPT = 4096  # days whose open intervals a calendar remembers (more than MAX_DAYS)
 
 Interval = tuple[int, int]  # [start, end) in minutes after local midnight; end may be 1440
 NINE_TO_FIVE: tuple[tuple[Interval, ...], ...] = ((((9 * 60, 17 * 60),),) * 5) + ((), ())
@@ -200,6 +201,10 @@ class BusinessCalendar:
     hours: tuple[tuple[Interval, ...], ...] = NINE_TO_FIVE
     holidays: frozenset[date] = frozenset()
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
+    # day -> its open intervals: every rule with business_hours asks for today's, per message
+    _days: dict[date, tuple[tuple[datetime, datetime], ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tz", zone(self.timezone))
@@ -244,16 +249,21 @@ class BusinessCalendar:
         midnight = datetime(day.year, day.month, day.day, tzinfo=self.tz)
         return (midnight + timedelta(minutes=minutes)).astimezone(UTC)
 
-    def day_intervals(self, day: date) -> list[tuple[datetime, datetime]]:
+    def day_intervals(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
         """Return DAY's open intervals as UTC [start, end) pairs; none on a holiday."""
-        if day in self.holidays:
-            return []
+        found = self._days.get(day)
+        if found is not None:
+            return found
         intervals = []
-        for start, stop in self.hours[day.weekday()]:
-            begin, end = self._at(day, start), self._at(day, stop)
-            if end > begin:  # a range inside a spring-forward gap has no length
-                intervals.append((begin, end))
-        return intervals
+        if day not in self.holidays:
+            for start, stop in self.hours[day.weekday()]:
+                begin, end = self._at(day, start), self._at(day, stop)
+                if end > begin:  # a range inside a spring-forward gap has no length
+                    intervals.append((begin, end))
+        if len(self._days) >= DAYS_KEPT:
+            self._days.clear()
+        found = self._days[day] = tuple(intervals)
+        return found
 
     def _intervals_from(self, moment: datetime) -> Iterator[tuple[date, datetime, datetime]]:
         """Yield (day, start, end) of the open intervals that end after MOMENT, clipped to it."""

@@ -14,6 +14,7 @@ import pytest
 
 from helpdeskd.rules import Known, load_rules
 from helpdeskd.schedule import (
+    DAYS_KEPT,
     BusinessCalendar,
     Duration,
     Sla,
@@ -185,6 +186,23 @@ def test_calendar_refuses_nonsense() -> None:
 )
 def test_is_open(moment: datetime, expected: bool) -> None:
     assert CAL.is_open(moment) is expected
+
+
+def test_day_intervals_are_remembered_within_bounds() -> None:
+    calendar = BusinessCalendar.from_spec("Europe/Berlin", {"mon-fri": "09:00-17:00"})
+    monday = date(2026, 3, 30)  # the first Monday of summer time
+    first = calendar.day_intervals(monday)
+    assert first == ((datetime(2026, 3, 30, 7, tzinfo=UTC), datetime(2026, 3, 30, 15, tzinfo=UTC)),)
+    assert calendar.day_intervals(monday) is first
+    assert CAL.day_intervals(date(2025, 12, 25)) == ()  # a holiday
+    days = [monday + timedelta(days=n) for n in range(DAYS_KEPT + 10)]
+    for day in days:
+        calendar.day_intervals(day)
+    assert len(calendar._days) <= DAYS_KEPT
+    fresh = BusinessCalendar.from_spec("Europe/Berlin", {"mon-fri": "09:00-17:00"})
+    assert [calendar.day_intervals(d) for d in days[:20]] == [
+        fresh.day_intervals(d) for d in days[:20]
+    ]
 
 
 @pytest.mark.parametrize(
