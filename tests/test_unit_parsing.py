@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mailparser import MailParser, parse_from_bytes
 
-from helpdeskd.parsing import ParsedMessage, extract_reply, parse_message
+from helpdeskd.parsing import ParsedMessage, _MailParser, extract_reply, parse_message
 from tests.conftest import CORPUS, CORPUS_NOT_MAIL
 from tests.mailgen import customer_mail
 
@@ -407,3 +408,28 @@ def test_reply_headers(
     parsed = parse_message(customer_mail(1, headers=headers))
     assert parsed.in_reply_to == in_reply_to
     assert parsed.references == references
+
+
+@needs_corpus
+def test_the_parser_builds_what_mail_parser_builds_when_asked() -> None:
+    """Our mail-parser subclass defers its ``mail`` dicts; read, they are the library's own."""
+    compared = 0
+    for path in _messages():
+        raw = path.read_bytes()
+        try:
+            stock = parse_from_bytes(raw)
+        except Exception:  # what parse_message recovers from is tested above
+            continue
+        ours = _MailParser.from_bytes(raw)
+        assert isinstance(stock, MailParser) and isinstance(ours, MailParser)
+        assert ours._mail is None, _rel(path)  # not built by parse()
+        assert ours.mail == stock.mail, _rel(path)
+        assert ours.mail_partial == stock.mail_partial, _rel(path)
+        assert ours.mail_json == stock.mail_json, _rel(path)
+        assert (ours.text_plain, ours.text_html, ours.defects) == (
+            stock.text_plain,
+            stock.text_html,
+            stock.defects,
+        ), _rel(path)
+        compared += 1
+    assert compared > 100
