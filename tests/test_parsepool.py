@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import pytest
 from structlog.testing import capture_logs
@@ -46,10 +48,19 @@ async def test_the_start_of_replacement_workers_is_not_counted_against_a_parse()
         pool.close()
 
 
+def _answer_late() -> int:
+    """In a worker: answer the start-up call, a second late."""
+    time.sleep(1.0)
+    return os.getpid()
+
+
 async def test_workers_that_cannot_start_fail_the_waiting_mails_at_once(monkeypatch) -> None:
     """One failed start is enough: mails waiting for it fail without another try, until
     START_TIMEOUT has passed; then the pool starts anew."""
-    monkeypatch.setattr(parsepool, "START_TIMEOUT", 0.2)  # shorter than a worker's start
+    monkeypatch.setattr(parsepool, "START_TIMEOUT", 0.2)
+    # Workers that answer the start-up call a second late: a start past START_TIMEOUT on any
+    # machine (a real one takes about a fifth of a second, less on a fast machine).
+    monkeypatch.setattr(parsepool, "_answer", _answer_late)
     pool = ParsePool(2, 0.1)
     try:
         with capture_logs() as logs:
