@@ -6,8 +6,9 @@ for everything still unprocessed; fetch ``(UID RFC822.SIZE INTERNALDATE)`` and t
 :meth:`MailSink.prepare_batch` (parsing, which overlaps the storing of the batch before) and then
 :meth:`MailSink.store_batch`; and only when that returned, ``UID MOVE`` the batch to the
 processed folder (or ``UID COPY`` + ``\\Deleted`` + ``UID EXPUNGE``), or store the keyword
-``$Helpdeskd``. Then IDLE (re-IDLE every ``idle_interval``) or poll, and catch up again. A
-crash at any point loses nothing: unmarked mail is simply considered again (the sink dedupes).
+``$Helpdeskd``, while the next batch is stored. Then IDLE (re-IDLE every ``idle_interval``) or
+poll, and catch up again. A crash at any point loses nothing: unmarked mail is simply considered
+again (the sink dedupes).
 
 aioimaplib 2.0.3 needs care, and this module works around it:
 
