@@ -839,9 +839,14 @@ class MailboxWatcher:
         batches: Iterator[list[int]],
         sizes: dict[int, FetchRecord],
     ) -> tuple[list[FetchedMail], asyncio.Task[Any]] | None:
-        """Mark the STORED batch, then fetch the next one and start its preparation."""
+        """Mark the STORED batch, then fetch the next one and start its preparation.
+
+        Once a stop is asked for, nothing more is fetched: the batch in hand is the last.
+        """
         if stored:
             await self._mark(session, [m.uid for m in stored])
+        if self._stop.is_set():
+            return None
         return await self._fetch_next(session, batches, sizes)
 
     async def _fetch_next(
