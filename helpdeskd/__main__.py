@@ -1,3 +1,3 @@
-from helpdeskd.cli import main
+from helpdeskd.cli.main import main
 
 raise SystemExit(main())

@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from helpdeskd.db import create_engine
-from helpdeskd.models import Base
+from helpdeskd.store.db import create_engine
+from helpdeskd.store.models import Base
 
 target_metadata = Base.metadata
 

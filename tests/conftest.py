@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from helpdeskd.config import Config, load_config
-from helpdeskd.db import upgrade
+from helpdeskd.config.settings import Config, load_config
+from helpdeskd.store.db import upgrade
 from tests.servers import postgres
 from tests.servers.smtp import SmtpSink
 
@@ -42,7 +42,7 @@ _pg_reason: list[str | None] = []
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database: SQLite in a temp dir, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
+        url = f"sqlite:///{tmp_path / 'helpdeskd.store.db'}"
         upgrade(url)
         yield url
         return

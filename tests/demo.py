@@ -25,7 +25,7 @@ from email.utils import getaddresses, make_msgid
 from pathlib import Path
 from typing import TypeVar
 
-from helpdeskd.db import upgrade
+from helpdeskd.store.db import upgrade
 from tests.mailgen import customer_mail
 from tests.servers.dovecot import Dovecot
 from tests.servers.smtp import SmtpSink
@@ -145,7 +145,7 @@ secret_key_file = "secret.key"
 state_dir = "{state}"
 
 [database]
-url = "sqlite:///{state / "helpdeskd.db"}"
+url = "sqlite:///{state / "helpdeskd.store.db"}"
 
 [[mailbox]]
 name = "support"
@@ -217,7 +217,7 @@ def main() -> int:
         sink.start()
         print(f"demo: SMTP sink (aiosmtpd) on 127.0.0.1:{sink.port}")
         config = write_config(state, dovecot, sink)
-        upgrade(f"sqlite:///{state / 'helpdeskd.db'}")
+        upgrade(f"sqlite:///{state / 'helpdeskd.store.db'}")
         env = dict(os.environ, HELPDESKD_CONFIG=str(config), PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             [sys.executable, "-m", "helpdeskd", "run"],

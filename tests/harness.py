@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from helpdeskd.config import Config
-from helpdeskd.db import create_engine, sessionmaker
-from helpdeskd.outbox import OutboxSender
-from helpdeskd.parsepool import ParsePool
-from helpdeskd.processor import Processor
-from helpdeskd.received import Incoming, Outcome
-from helpdeskd.render import Renderer
+from helpdeskd.config.settings import Config
+from helpdeskd.ingest.batch import Processor
+from helpdeskd.ingest.parsepool import ParsePool
+from helpdeskd.mail.render import Renderer
+from helpdeskd.outbox.sender import OutboxSender
+from helpdeskd.store.db import create_engine, sessionmaker
+from helpdeskd.triage.received import Incoming, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 

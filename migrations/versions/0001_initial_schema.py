@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import helpdeskd.models
+import helpdeskd.store.models
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -36,7 +36,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=True),
         sa.Column("undeliverable", sa.Boolean(), nullable=False),
         sa.Column("bounce_count", sa.Integer(), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
         sa.UniqueConstraint("email", name=op.f("uq_contacts_email")),
     )
@@ -45,10 +45,12 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("uidvalidity", sa.Integer(), nullable=True),
         sa.Column("last_uid", sa.Integer(), nullable=False),
-        sa.Column("last_poll_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_ok_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_poll_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_ok_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("last_error_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "last_error_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_mailbox_state")),
     )
     op.create_table(
@@ -65,11 +67,13 @@ def upgrade() -> None:
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.Column("parent_id", sa.Integer(), nullable=True),
         sa.Column("merged_into_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("solved_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("closed_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("first_response_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("solved_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("closed_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "first_response_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.ForeignKeyConstraint(
             ["assignee_id"], ["agents.id"], name=op.f("fk_tickets_assignee_id_agents")
         ),
@@ -95,7 +99,7 @@ def upgrade() -> None:
         sa.Column("address", sa.String(length=320), nullable=False),
         sa.Column("ticket_id", sa.Integer(), nullable=True),
         sa.Column("kind", sa.String(length=30), nullable=False),
-        sa.Column("sent_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["ticket_id"], ["tickets.id"], name=op.f("fk_autoreply_log_ticket_id_tickets")
         ),
@@ -113,7 +117,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(length=50), nullable=False),
         sa.Column("actor", sa.String(length=320), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["ticket_id"], ["tickets.id"], name=op.f("fk_events_ticket_id_tickets")
         ),
@@ -132,11 +136,13 @@ def upgrade() -> None:
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.Column("state", sa.String(length=10), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "next_attempt_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column("expires_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["ticket_id"], ["tickets.id"], name=op.f("fk_outbox_ticket_id_tickets")
         ),
@@ -155,7 +161,7 @@ def upgrade() -> None:
         sa.Column("ticket_id", sa.Integer(), nullable=False),
         sa.Column("contact_id", sa.Integer(), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["contact_id"], ["contacts.id"], name=op.f("fk_participants_contact_id_contacts")
         ),
@@ -187,7 +193,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("message_id", sa.Text(), nullable=True),
         sa.Column("ticket_id", sa.Integer(), nullable=True),
-        sa.Column("received_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["ticket_id"], ["tickets.id"], name=op.f("fk_raw_messages_ticket_id_tickets")
         ),
@@ -221,7 +227,7 @@ def upgrade() -> None:
         sa.Column("internal", sa.Boolean(), nullable=False),
         sa.Column("raw_id", sa.Integer(), nullable=True),
         sa.Column("outbox_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["outbox_id"], ["outbox.id"], name=op.f("fk_messages_outbox_id_outbox")
         ),
@@ -248,7 +254,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=10), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("sent_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["outbox_id"], ["outbox.id"], name=op.f("fk_outbox_recipients_outbox_id_outbox")
         ),
@@ -270,8 +276,8 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("traceback", sa.Text(), nullable=False),
         sa.Column("retries", sa.Integer(), nullable=False),
-        sa.Column("resolved_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("resolved_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["raw_id"], ["raw_messages.id"], name=op.f("fk_quarantine_raw_id_raw_messages")
         ),

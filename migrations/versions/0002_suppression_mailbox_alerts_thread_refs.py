@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import helpdeskd.models
+import helpdeskd.store.models
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -24,7 +24,7 @@ def upgrade() -> None:
         "thread_refs",
         sa.Column("message_id", sa.String(length=998), nullable=False),
         sa.Column("ticket_id", sa.Integer(), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["ticket_id"], ["tickets.id"], name=op.f("fk_thread_refs_ticket_id_tickets")
         ),
@@ -40,10 +40,14 @@ def upgrade() -> None:
 
     with op.batch_alter_table("mailbox_state", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column("failing_since", helpdeskd.models.UTCDateTime(timezone=True), nullable=True)
+            sa.Column(
+                "failing_since", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True
+            )
         )
         batch_op.add_column(
-            sa.Column("alerted_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True)
+            sa.Column(
+                "alerted_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True
+            )
         )
 
     # ### end Alembic commands ###

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import helpdeskd.models
+import helpdeskd.store.models
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -27,11 +27,13 @@ def upgrade() -> None:
         sa.Column("impact", sa.String(length=20), nullable=False),
         sa.Column("components", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("started_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("resolved_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("resolved_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("postmortem", sa.Text(), nullable=True),
-        sa.Column("postmortem_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("reminded_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "postmortem_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column("reminded_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_incidents")),
     )
     op.create_table(
@@ -40,12 +42,12 @@ def upgrade() -> None:
         sa.Column("title", sa.Text(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("components", sa.JSON(), nullable=False),
-        sa.Column("start", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("end", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("start", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("end", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("forced_reason", sa.Text(), nullable=True),
-        sa.Column("reminded_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("reminded_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_maintenances")),
     )
     op.create_table(
@@ -56,10 +58,10 @@ def upgrade() -> None:
         sa.Column("audience", sa.String(length=200), nullable=False),
         sa.Column("critical", sa.Boolean(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
-        sa.Column("send_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("send_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("skipped", sa.Integer(), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notices")),
     )
     op.create_table(
@@ -68,7 +70,7 @@ def upgrade() -> None:
         sa.Column("incident_id", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["incident_id"],
             ["incidents.id"],
@@ -87,7 +89,7 @@ def upgrade() -> None:
         sa.Column("contact_id", sa.Integer(), nullable=False),
         sa.Column("category", sa.String(length=50), nullable=False),
         sa.Column("via", sa.String(length=20), nullable=False),
-        sa.Column("created_at", helpdeskd.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", helpdeskd.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["contact_id"], ["contacts.id"], name=op.f("fk_optouts_contact_id_contacts")
         ),

@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpdeskd.config import load_config
-from helpdeskd.db import create_engine, sessionmaker, upgrade
-from helpdeskd.logs import configure
-from helpdeskd.parsepool import ParsePool
-from helpdeskd.processor import Processor
-from helpdeskd.render import Renderer
-from helpdeskd.sources import read_sources
+from helpdeskd.config.settings import load_config
+from helpdeskd.daemon.logs import configure
+from helpdeskd.ingest.batch import Processor
+from helpdeskd.ingest.parsepool import ParsePool
+from helpdeskd.ingest.sources import read_sources
+from helpdeskd.mail.render import Renderer
+from helpdeskd.store.db import create_engine, sessionmaker, upgrade
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 SKIP = {"LICENSE", "NOTICE", "README.md"}

@@ -47,9 +47,9 @@ from typing import Any, TextIO
 import aioimaplib
 import mailparser
 
-from helpdeskd.config import MailboxConfig
-from helpdeskd.db import create_engine, upgrade
-from helpdeskd.imap import MAX_FETCH, encode_mailbox, parse_fetch, parse_search, uid_set
+from helpdeskd.config.settings import MailboxConfig
+from helpdeskd.imap.watcher import MAX_FETCH, encode_mailbox, parse_fetch, parse_search, uid_set
+from helpdeskd.store.db import create_engine, upgrade
 from tests.mailgen import customer_mail, realistic_mix
 from tests.servers.dovecot import Dovecot, ensure_system_user
 from tests.servers.smtp import SmtpSink, _Handler
@@ -332,7 +332,7 @@ def write_config(
     state.mkdir(parents=True, exist_ok=True)
     (state / "secret.key").write_text("k1 bench-secret-0123456789abcdef\n")
     (state / "imap-password").write_text(PASSWORD + "\n")
-    url = f"sqlite:///{state / 'helpdeskd.db'}"
+    url = f"sqlite:///{state / 'helpdeskd.store.db'}"
     config = state / "helpdeskd.toml"
     config.write_text(f"""\
 [service]
@@ -375,7 +375,7 @@ def helpdeskd_pragmas(url: str) -> tuple[int, str]:
     """Read (synchronous, journal_mode) on a connection of helpdeskd's own engine.
 
     ``synchronous`` is a per-connection setting: a fresh sqlite3 connection would show its
-    own default, not what the daemon uses. helpdeskd.db.create_engine is what the daemon
+    own default, not what the daemon uses. helpdeskd.store.db.create_engine is what the daemon
     builds; its connect hook sets the pragmas. Run this while no daemon holds the database.
     """
 
@@ -749,7 +749,7 @@ def run_daemon_arm(
     config, url = write_config(state, dovecot, sink, user, batch_size)
     upgrade(url)
     synchronous, journal_mode = helpdeskd_pragmas(url)
-    db_path = state / "helpdeskd.db"
+    db_path = state / "helpdeskd.store.db"
     daemon = Daemon(config, state / "daemon.log")
     launched = time.monotonic()
     daemon.start()
@@ -938,7 +938,7 @@ def main_arms(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack: Any
         f"               SQLite journal_mode={stats.journal_mode} "
         f"synchronous={result.synchronous} "
         f"({'FULL' if result.synchronous == 2 else 'not FULL'}), read through "
-        "helpdeskd.db.create_engine"
+        "helpdeskd.store.db.create_engine"
     )
     say(
         f"               {result.rate:8.1f} messages/s  ({count} in {result.seconds:.2f} s), "

@@ -4,14 +4,14 @@
 
 Not a test: pytest never collects it (it is not named ``test_*.py``) and nothing here asserts
 a speed; it prints figures. One run, one fresh SQLite database (WAL, ``synchronous=FULL``, set by
-``helpdeskd.db.create_engine``) in a temporary directory, one aiosmtpd ``SmtpSink``; both are
+``helpdeskd.store.db.create_engine``) in a temporary directory, one aiosmtpd ``SmtpSink``; both are
 removed or stopped at the end, on error and on Ctrl-C (or SIGTERM) alike.
 
 Phases:
 
 1. setup (in a child process, so that its memory does not count in phase 2's peak RSS):
-   ``helpdeskd.db.upgrade``, then N customers from a generated CSV through
-   ``helpdeskd.customers.import_csv`` in one transaction, as ``helpdeskd customers import``.
+   ``helpdeskd.store.db.upgrade``, then N customers from a generated CSV through
+   ``helpdeskd.desk.customers.import_csv`` in one transaction, as ``helpdeskd customers import``.
 2. queue: ``queue_notice`` of the optional category ``feature_update`` with the shipped
    template ``feature_update`` to every customer (``Audience()``: all), then COMMIT, in one
    transaction as ``helpdeskd notice send``. Wall time, recipients/s, and the process's peak
@@ -28,7 +28,7 @@ Phases:
 
 The sink runs in its own process (``--inproc-sink`` puts it in a thread of this one, as the
 tests do), so its work does not compete with the sender for this process's GIL. helpdeskd logs
-as the daemon does (``helpdeskd.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
+as the daemon does (``helpdeskd.daemon.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
 ``CPU ms/mail`` is this process's CPU time (all its threads, aiosqlite's included) over the
 arm, which does not depend on how busy the (possibly shared) machine is; ``machine busy`` says
 how busy all cores were meanwhile.
@@ -218,7 +218,7 @@ def write_config(workdir: Path, host: str, port: int) -> Path:
         f'state_dir = "{workdir / "state"}"',
         "",
         "[database]",
-        f'url = "sqlite:///{workdir / "helpdeskd.db"}"',
+        f'url = "sqlite:///{workdir / "helpdeskd.store.db"}"',
         "",
         "[smtp]",
         f'host = "{host}"',
@@ -254,8 +254,8 @@ def write_customers(path: Path, count: int) -> None:
 
 def _setup_main(url: str, csv_path: str, conn: Connection) -> None:
     """Child process: migrate the database and import the customers, as the CLI does."""
-    from helpdeskd.customers import import_csv
-    from helpdeskd.db import create_engine, sessionmaker, upgrade
+    from helpdeskd.desk.customers import import_csv
+    from helpdeskd.store.db import create_engine, sessionmaker, upgrade
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent kills it on Ctrl-C
 
@@ -349,13 +349,13 @@ def arm_line(name: str, count: int, span: Span) -> str:
 
 
 async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None:
-    from helpdeskd import notices
-    from helpdeskd.config import NoticesConfig, load_config
-    from helpdeskd.db import create_engine, sessionmaker
-    from helpdeskd.models import Outbox, OutboxRecipient, utcnow
-    from helpdeskd.notices import Audience, queue_notice
-    from helpdeskd.outbox import OutboxSender
-    from helpdeskd.render import Renderer
+    from helpdeskd.config.settings import NoticesConfig, load_config
+    from helpdeskd.desk import notices
+    from helpdeskd.desk.notices import Audience, queue_notice
+    from helpdeskd.mail.render import Renderer
+    from helpdeskd.outbox.sender import OutboxSender
+    from helpdeskd.store.db import create_engine, sessionmaker
+    from helpdeskd.store.models import Outbox, OutboxRecipient, utcnow
 
     config = load_config(config_path)
     assert config.notices is not None and config.smtp is not None
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if previous_sigint is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupt)
 
-    from helpdeskd.logs import configure
+    from helpdeskd.daemon.logs import configure
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
     configure(json=True, level="INFO", stream=devnull)
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path = write_config(workdir, sink.host, sink.port)
         csv_path = workdir / "customers.csv"
         write_customers(csv_path, args.recipients)
-        url = f"sqlite:///{workdir / 'helpdeskd.db'}"
+        url = f"sqlite:///{workdir / 'helpdeskd.store.db'}"
         migrated, created, _updated, seconds, child_rss = setup_database(url, csv_path)
         if created != args.recipients:
             raise BenchError(f"import_csv created {created} customers, not {args.recipients}")

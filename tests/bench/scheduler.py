@@ -21,14 +21,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from helpdeskd.automation import OPEN_STATES, Automation
-from helpdeskd.config import DEFAULT_RULES, load_config
-from helpdeskd.db import create_engine, sessionmaker, upgrade
-from helpdeskd.logs import configure
-from helpdeskd.models import Ticket, utcnow
-from helpdeskd.parsepool import ParsePool
-from helpdeskd.processor import Incoming, Processor
-from helpdeskd.render import Renderer
+from helpdeskd.config.settings import DEFAULT_RULES, load_config
+from helpdeskd.daemon.logs import configure
+from helpdeskd.desk.automation import OPEN_STATES, Automation
+from helpdeskd.ingest.batch import Incoming, Processor
+from helpdeskd.ingest.parsepool import ParsePool
+from helpdeskd.mail.render import Renderer
+from helpdeskd.store.db import create_engine, sessionmaker, upgrade
+from helpdeskd.store.models import Ticket, utcnow
 from tests.mailgen import realistic_mix
 
 

@@ -1,0 +1,1 @@
+"""The command line: parse arguments, call services, print results."""

@@ -1,0 +1,1 @@
+"""Configuration: the TOML file read into frozen dataclasses, and secrets."""

@@ -1,0 +1,1 @@
+"""The long-running daemon: supervision, signals, sd_notify, logs, checks."""

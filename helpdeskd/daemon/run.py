@@ -1,0 +1,356 @@
+"""``helpdeskd run``: wire the parts together and supervise them until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import zlib
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from helpdeskd.config.settings import Config, load_config
+from helpdeskd.daemon.checks import check_templates
+from helpdeskd.daemon.sdnotify import Notifier, watchdog_interval
+from helpdeskd.daemon.supervisor import Supervisor, TaskFactory
+from helpdeskd.desk import notices, routing
+from helpdeskd.desk.automation import Automation
+from helpdeskd.desk.housekeeping import remind_quarantine, tick_operations
+from helpdeskd.errors import HelpdeskError
+from helpdeskd.imap.watcher import FetchedMail, MailboxWatcher
+from helpdeskd.ingest.batch import MailboxMark, Prepared, Processor
+from helpdeskd.ingest.parsepool import ParsePool
+from helpdeskd.mail.render import Renderer
+from helpdeskd.outbox.sender import OutboxSender
+from helpdeskd.store.db import SessionMaker, check_schema, create_engine, sessionmaker
+from helpdeskd.store.models import Agent, MailboxState, utcnow
+from helpdeskd.triage.received import Incoming
+from helpdeskd.web.app import (
+    LoopMonitor,
+    health_routes,
+    metrics_routes,
+    start_site,
+    status_routes,
+    stop_sites,
+)
+from helpdeskd.web.unsubscribe import UnsubscribePages
+
+log = structlog.get_logger(__name__)
+
+LOCK_CHECK_EVERY = 5.0  # seconds between checks that a mailbox's advisory lock still holds
+HOUSEKEEPING_EVERY = 60.0  # seconds between housekeeping rounds (maintenance runs by time)
+
+
+async def sync_agents(sessions: SessionMaker, config: Config) -> None:
+    """Make the agents table match the config: add new agents, deactivate removed ones."""
+    async with sessions() as session, session.begin():
+        rows = {a.email: a for a in (await session.scalars(select(Agent))).all()}
+        for agent in config.agents:
+            row = rows.pop(agent.email, None)
+            if row is None:
+                session.add(Agent(email=agent.email, name=agent.name, active=True))
+            else:
+                row.name, row.active = agent.name, True
+        for row in rows.values():
+            row.active = False
+
+
+class ProcessorSink:
+    """Adapt the IMAP watcher's callbacks to the processor and the mailbox state table."""
+
+    def __init__(self, processor: Processor, sessions: SessionMaker) -> None:
+        self.processor = processor
+        self.sessions = sessions
+
+    async def prepare_batch(
+        self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
+    ) -> tuple[Prepared, MailboxMark]:
+        items = [
+            Incoming(
+                source=mailbox,
+                uid=m.uid,
+                raw=m.raw,
+                size=m.size,
+                uidvalidity=uidvalidity,
+                path=m.path,
+            )
+            for m in mails
+        ]
+        mark = MailboxMark(mailbox, uidvalidity, max(m.uid for m in mails))
+        return await self.processor.prepare(items), mark
+
+    async def store_batch(self, prepared: tuple[Prepared, MailboxMark]) -> None:
+        batch, mark = prepared
+        await self.processor.store(batch, mark=mark)
+
+    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
+        """Record a poll; tell the agents once when a mailbox keeps failing, and once more
+        when it recovers."""
+        now = utcnow()
+        config = self.processor.config
+        async with self.sessions() as session, session.begin():
+            state = await session.get(MailboxState, mailbox)
+            if state is None:
+                state = MailboxState(name=mailbox, last_uid=0)
+                session.add(state)
+            state.last_poll_at = now
+            if ok:
+                state.last_ok_at, state.last_error, state.failing_since = now, None, None
+                if state.alerted_at is not None:
+                    state.alerted_at = None
+                    await self._tell_agents(
+                        session,
+                        f"Mailbox {mailbox} works again",
+                        f"helpdeskd polls mailbox {mailbox} again; mail that arrived while it "
+                        "failed is being processed now.\n",
+                    )
+                    log.info("mailbox_recovered", mailbox=mailbox)
+                return
+            state.last_error, state.last_error_at = (error or "error")[:1000], now
+            state.failing_since = state.failing_since or now
+            failing = (now - state.failing_since).total_seconds()
+            if state.alerted_at is None and failing >= config.service.alert_after:
+                state.alerted_at = now
+                await self._tell_agents(
+                    session,
+                    f"Mailbox {mailbox} cannot be polled",
+                    f"helpdeskd has not been able to poll mailbox {mailbox} since "
+                    f"{state.failing_since.isoformat(timespec='seconds')}.\n\n"
+                    f"Last error: {state.last_error}\n\nCustomers' mail waits on the server "
+                    "and nothing is lost, but nothing is answered either. Check the password or "
+                    "token, the server and its certificate. You will get one more mail when it "
+                    "works again.\n",
+                )
+                log.error("mailbox_alert", mailbox=mailbox, error=state.last_error)
+
+    async def _tell_agents(self, session: AsyncSession, subject: str, text: str) -> None:
+        await self.processor.agents.tell_all(session, None, subject, text)
+
+
+async def _mailbox_lock(
+    engine: AsyncEngine, name: str, stop: asyncio.Event
+) -> AsyncConnection | None:
+    """On PostgreSQL, hold an advisory lock so one daemon polls each mailbox; None elsewhere."""
+    if engine.dialect.name != "postgresql":
+        return None
+    key = zlib.crc32(f"helpdeskd-mailbox:{name}".encode())
+    while not stop.is_set():
+        conn = await engine.connect()
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+        await conn.commit()
+        if got:
+            return conn
+        await conn.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=10)
+    return None
+
+
+async def _still_locked(lock: AsyncConnection) -> bool:
+    """Whether the advisory lock's connection is still alive (the lock with it)."""
+    try:
+        await asyncio.wait_for(lock.scalar(text("SELECT 1")), timeout=10)
+        await lock.commit()  # not idle in a transaction; a session-level lock outlives it
+    except Exception:
+        return False
+    return True
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.notifier = Notifier()
+        self.stop = asyncio.Event()
+        self.outbox_wakeup = asyncio.Event()
+        self.monitor = LoopMonitor()
+
+    async def run(self) -> int:
+        config = self.config
+        # Stop signals first: a SIGTERM during start-up then stops the daemon cleanly.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
+        engine = create_engine(config.database.url)
+        parse_pool = ParsePool(config.parse.workers, config.parse.timeout)
+        try:
+            await check_schema(engine)
+            sessions = sessionmaker(engine)
+            await sync_agents(sessions, config)
+            self.processor = Processor(
+                config,
+                sessions,
+                Renderer(config.paths.templates),
+                parse_pool,
+                outbox_wakeup=self.outbox_wakeup,
+            )
+            supervisor = Supervisor(self.stop)
+            if config.smtp is not None:
+                sender = OutboxSender(
+                    sessions,
+                    config.smtp,
+                    wakeup=self.outbox_wakeup,
+                    recheck=notices.recheck,
+                    dkim=config.dkim,
+                )
+                supervisor.add("outbox", sender.run)
+            sink = ProcessorSink(self.processor, sessions)
+            for mailbox in config.mailboxes:
+                supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
+            supervisor.add("housekeeping", self._housekeeping())
+            supervisor.add("scheduler", self._scheduler())
+            supervisor.add("loop-monitor", self.monitor.run)
+            interval = watchdog_interval()
+            if interval:
+                supervisor.add("watchdog", self._watchdog(interval))
+            await parse_pool.start()
+            runners = await self._start_http(sessions)
+            self._install_signals()
+            self.notifier.ready(
+                f"watching {len(config.mailboxes)} mailbox(es)"
+                + (", sending mail" if config.smtp else "")
+            )
+            log.info("daemon_started", mailboxes=[m.name for m in config.mailboxes])
+            try:
+                code = await supervisor.run()
+            finally:
+                await stop_sites(runners)
+            self.notifier.stopping()
+            log.info("daemon_stopped", code=code, reason=supervisor.failed)
+            return code
+        finally:
+            parse_pool.close()
+            await engine.dispose()
+            self.notifier.close()
+
+    def _watch(self, engine: AsyncEngine, name: str, sink: ProcessorSink) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            lock = await _mailbox_lock(engine, name, stop)
+            mailbox = next(m for m in self.config.mailboxes if m.name == name)
+            spool = self.config.service.state_dir / "oversize"
+            if lock is None:
+                await MailboxWatcher(mailbox, sink, stop=stop, spool_dir=spool).run()
+                return
+            # The lock lives as long as its connection: if PostgreSQL drops it (a restart),
+            # this watcher finishes its batch and stops, and the supervisor locks again.
+            mine = asyncio.Event()
+            watcher = asyncio.create_task(
+                MailboxWatcher(mailbox, sink, stop=mine, spool_dir=spool).run()
+            )
+            try:
+                while not watcher.done():
+                    if stop.is_set():
+                        mine.set()
+                    elif not await _still_locked(lock):
+                        log.error("mailbox_lock_lost", mailbox=name)
+                        mine.set()
+                        await watcher
+                        raise HelpdeskError(f"lost the lock on mailbox {name}")
+                    await asyncio.wait({watcher}, timeout=LOCK_CHECK_EVERY)
+                await watcher
+            finally:
+                mine.set()
+                if not watcher.done():
+                    watcher.cancel()
+                with contextlib.suppress(Exception):
+                    await lock.close()
+
+        return task
+
+    def _scheduler(self) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            automation = Automation(self.processor)
+            while not stop.is_set():
+                steps, wake = await automation.run_due()
+                if steps:
+                    self.outbox_wakeup.set()
+                delay = max(0.0, (wake - utcnow()).total_seconds())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
+        return task
+
+    def _housekeeping(self) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                told = await remind_quarantine(self.processor)
+                if told or await tick_operations(self.processor):
+                    self.outbox_wakeup.set()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
+                except TimeoutError:
+                    pass
+
+        return task
+
+    def _watchdog(self, interval: float) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            # The ping comes from this loop and only while the loop monitor sees it turning,
+            # so a wedged event loop stops the pings and systemd acts.
+            while not stop.is_set():
+                if self.monitor.alive:
+                    self.notifier.watchdog()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+
+        return task
+
+    async def _start_http(self, sessions: SessionMaker) -> list[web.AppRunner]:
+        http = self.config.http
+        runners = []
+        if http.listen:
+            routes = health_routes(self.config, sessions, self.monitor)
+            routes += UnsubscribePages(self.config, sessions).routes()
+            routes += status_routes(self.config, sessions)
+            if not http.metrics_listen:
+                routes += metrics_routes(self.config, sessions)
+            runners.append(await start_site(http.listen, routes))
+        if http.metrics_listen:
+            runners.append(
+                await start_site(http.metrics_listen, metrics_routes(self.config, sessions))
+            )
+        return runners
+
+    def _install_signals(self) -> None:
+        # Reload only once there is something to reload into (stop signals come first).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, name: str) -> None:
+        log.info("stop_requested", signal=name)
+        self.notifier.stopping()
+        self.stop.set()
+
+    def _on_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            source = self.config.source
+            if source is None:
+                raise HelpdeskError("no config file to reload")
+            fresh = load_config(Path(source))
+            check_templates(fresh)
+            rules = routing.load(fresh)
+        except HelpdeskError as exc:
+            log.error("reload_refused", error=str(exc))
+            self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
+            return
+        # Mailboxes, database and SMTP settings take a restart; templates, agents and service
+        # settings take effect now.
+        self.config = replace(
+            self.config,
+            service=fresh.service,
+            agents=fresh.agents,
+            paths=fresh.paths,
+            heroku=fresh.heroku,
+        )
+        self.processor.reload(self.config, Renderer(fresh.paths.templates), rules)
+        log.info("config_reloaded", source=str(source))
+        self.notifier.notify("READY=1", "STATUS=configuration reloaded")
+
+
+def run_daemon(config: Config) -> int:
+    return asyncio.run(Daemon(config).run())

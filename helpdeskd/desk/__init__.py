@@ -1,0 +1,1 @@
+"""The desk's work beyond intake: agents, automation, notices, incidents, customers."""

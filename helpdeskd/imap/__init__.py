@@ -1,0 +1,1 @@
+"""The IMAP edge: client workarounds, wire parsers and the mailbox watcher."""

@@ -1,0 +1,1038 @@
+"""Watch one IMAP mailbox: hand new mail to a sink, then move or mark it on the server.
+
+The path of a message (DESIGN.md, "IMAP facts to respect"): after every (re)connect, UID SEARCH
+for everything still unprocessed; fetch ``(UID RFC822.SIZE INTERNALDATE)`` and then
+``BODY.PEEK[]`` (never ``\\Seen``) batch by batch; hand each batch to
+:meth:`MailSink.prepare_batch` (parsing, which overlaps the storing of the batch before) and then
+:meth:`MailSink.store_batch`; and only when that returned, ``UID MOVE`` the batch to the
+processed folder (or ``UID COPY`` + ``\\Deleted`` + ``UID EXPUNGE``), or store the keyword
+``$Helpdeskd``, while the next batch is stored. Then IDLE (re-IDLE every ``idle_interval``) or
+poll, and catch up again. A crash at any point loses nothing: unmarked mail is simply considered
+again (the sink dedupes).
+
+aioimaplib 2.0.3 needs care, and this module works around it:
+
+- Pending commands are not failed when the connection drops, and several calls have no timeout
+  of their own (``uid('move')``, ``idle_start``, which hangs when the server answers IDLE with
+  BYE). Every await goes through :meth:`_Session.call`: a timeout, raced against a
+  connection-lost event; either ends the session.
+- It has no STARTTLS (the command is only in its table): :meth:`MailboxWatcher._starttls` sends
+  it, upgrades the transport with ``loop.start_tls`` and asks for CAPABILITY again.
+- It drops untagged EXISTS that arrive outside IDLE; :class:`_Protocol` counts them, so mail
+  reported at the end of a catch-up's last command is fetched now, not at the next re-IDLE.
+- It sends arguments as they are: mailbox names are encoded and quoted here.
+- Its CAPABILITY from a LOGIN response keeps ``[``, ``]`` and the text after them: CAPABILITY
+  is asked for again after authenticating.
+- It never answers the ``+`` challenge a server sends when XOAUTH2 fails, and hangs;
+  :class:`_Protocol` answers with an empty line so the server says NO.
+- It logs every line it sends at DEBUG, scrubbing only the raw password: the XOAUTH2 string
+  (the bearer token in base64) and escaped passwords leaked. :class:`_Protocol` does not log.
+- It parses each read recursively, a frame or more per response line, each frame keeping a
+  copy of the rest of the read, and its FETCH completeness check is quadratic: FETCH asks for
+  at most :data:`MAX_FETCH` messages and about :data:`FETCH_BYTES` of them.
+- In a FETCH response the ``N FETCH (UID u BODY[] {n}`` line is ``bytes``, the literal follows
+  as a separate ``bytearray`` and the rest of the response (``)``) as ``bytes`` again; the
+  tagged status text is the last line. :func:`parse_fetch` relies on exactly that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import random
+import re
+import ssl
+import tempfile
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aioimaplib
+import structlog
+
+from helpdeskd.config.settings import MailboxConfig
+from helpdeskd.errors import HelpdeskError
+from helpdeskd.store.spool import sync_directory
+
+log = structlog.get_logger(__name__)
+
+KEYWORD = "$Helpdeskd"
+MAX_FETCH = 100  # messages per FETCH: aioimaplib parses a read recursively, line by line
+MAX_BATCH_BYTES = 64 * 1024 * 1024  # message bytes held in memory per batch (at least one)
+# Message bytes asked for per FETCH (at least one message). aioimaplib's recursive parse keeps a
+# copy of the rest of each read per response line it has passed: a 256 kB read full of small
+# messages briefly holds tens of MB. Smaller responses keep that small, for a round trip more.
+FETCH_BYTES = 64 * 1024
+CATCH_UP_TRIES = 3  # fetches of one UID within one catch-up
+CATCH_UP_PAUSE = 0.5  # seconds before fetching a UID again
+SPOOL_CHUNK = 4 * 1024 * 1024  # bytes per partial FETCH of an oversize message
+BYTES_PER_SECOND = 100_000  # a FETCH may take its timeout plus a second per 100 kB
+LOGOUT_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 1.0
+
+T = TypeVar("T")
+
+
+class ImapError(HelpdeskError):
+    """An IMAP command failed, or the server lacks what the configuration needs."""
+
+
+class ImapDisconnected(ImapError):
+    """The connection dropped or the server stopped answering: the session is over."""
+
+
+@dataclass(frozen=True)
+class FetchedMail:
+    """One message taken from the folder, in UID order within its batch."""
+
+    uid: int
+    size: int  # RFC822.SIZE
+    raw: bytes | None  # None when size > max_message_bytes: then spooled to `path`
+    internal_date: str | None = None
+    path: str | None = None  # an oversize message's bytes on disk (None: not kept)
+
+
+class MailSink(Protocol):
+    """Where fetched mail goes; the processor implements it."""
+
+    async def prepare_batch(
+        self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
+    ) -> Any:
+        """Do the work on MAILS that needs no transaction (parsing); return what store_batch
+        takes. The watcher runs it while the batch before is being stored, and drops it
+        unstored (the mail stays unmarked) when it stops."""
+        ...
+
+    async def store_batch(self, prepared: Any) -> None:
+        """Commit a prepared batch durably, deduped on (mailbox, uidvalidity, uid).
+
+        Raising means the batch is not committed: it is then neither moved nor marked.
+        """
+        ...
+
+    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
+        """Record the outcome of a catch-up (or of a failed session) for `helpdeskd status`."""
+        ...
+
+
+# --- parsing (pure) ------------------------------------------------------------------------
+
+
+def split_runs(
+    uids: Sequence[int], weights: Sequence[int], max_weight: int, max_count: int
+) -> Iterator[list[int]]:
+    """Split UIDS, in order, into runs of at most MAX_COUNT UIDs whose WEIGHTS (one per UID)
+    add up to at most MAX_WEIGHT; a UID heavier than that makes a run of its own."""
+    run: list[int] = []
+    total = 0
+    for uid, weight in zip(uids, weights, strict=True):
+        if run and (len(run) >= max_count or total + weight > max_weight):
+            yield run
+            run, total = [], 0
+        run.append(uid)
+        total += weight
+    if run:
+        yield run
+
+
+@dataclass(frozen=True)
+class SelectInfo:
+    """What a SELECT response says about the folder."""
+
+    uidvalidity: int
+    exists: int | None
+    permanent_flags: tuple[str, ...] | None  # None: no PERMANENTFLAGS (all flags permanent)
+    read_only: bool
+
+    def keeps_keyword(self, keyword: str = KEYWORD) -> bool:
+        """Say whether the folder stores KEYWORD permanently (RFC 3501 section 7.1)."""
+        if self.permanent_flags is None:
+            return True
+        return "\\*" in self.permanent_flags or keyword in self.permanent_flags
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """The items of one ``* N FETCH`` response that this module asks for."""
+
+    uid: int
+    size: int | None = None
+    internal_date: str | None = None
+    body: bytes | None = None
+
+
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_PERMANENTFLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
+_EXISTS_LINE = re.compile(rb"(\d+) EXISTS\b")
+_FETCH_START = re.compile(rb"\d+ FETCH \(")
+_FETCH_UID = re.compile(rb"[( ]UID (\d+)")
+_FETCH_SIZE = re.compile(rb"[( ]RFC822\.SIZE (\d+)")
+_FETCH_DATE = re.compile(rb'[( ]INTERNALDATE "([^"]*)"')
+_FETCH_BODY_LITERAL = re.compile(rb"[( ]BODY\[\](?:<\d+>)? ~?\{(\d+)\}$")
+_FETCH_BODY_QUOTED = re.compile(rb'[( ]BODY\[\](?:<\d+>)? "((?:[^"\\]|\\.)*)"')
+_SEARCH_LINE = re.compile(rb"[0-9 ]*")
+_UNTAGGED_EXISTS = re.compile(rb"\* \d+ EXISTS\b")
+
+
+def parse_select(lines: Sequence[bytes | bytearray]) -> SelectInfo:
+    """Read UIDVALIDITY, EXISTS, PERMANENTFLAGS and the access mode from SELECT's lines."""
+    uidvalidity: int | None = None
+    exists: int | None = None
+    flags: tuple[str, ...] | None = None
+    for line in lines:
+        line = bytes(line)
+        if match := _UIDVALIDITY.search(line):
+            uidvalidity = int(match.group(1))
+        if match := _PERMANENTFLAGS.search(line):
+            flags = tuple(match.group(1).decode("ascii", "replace").split())
+        if match := _EXISTS_LINE.fullmatch(line):
+            exists = int(match.group(1))
+    if uidvalidity is None:
+        raise ImapError("the SELECT response carries no UIDVALIDITY")
+    read_only = bool(lines) and b"[READ-ONLY]" in bytes(lines[-1]).upper()
+    return SelectInfo(uidvalidity, exists, flags, read_only)
+
+
+def parse_search(lines: Sequence[bytes | bytearray]) -> list[int]:
+    """Return the sorted UIDs of a UID SEARCH response (aioimaplib's lines, tag text last)."""
+    uids: set[int] = set()
+    for line in lines[:-1]:
+        if isinstance(line, bytes) and _SEARCH_LINE.fullmatch(line):
+            uids.update(int(n) for n in line.split())
+    return sorted(uids)
+
+
+def parse_fetch(lines: Sequence[bytes | bytearray]) -> dict[int, FetchRecord]:
+    """Return the FETCH records by UID from aioimaplib's response lines.
+
+    A response is a ``bytes`` line starting ``N FETCH (``, then for each literal a
+    ``bytearray`` with its data and a ``bytes`` line with the rest of the response; the
+    tagged status text comes last. Message data never goes through the line parser, so a body
+    full of lines that look like IMAP responses cannot confuse it. Records without a UID
+    (unsolicited flag updates) are skipped; two records for one UID are merged.
+    """
+    records: dict[int, FetchRecord] = {}
+    text: list[bytes] = []
+    body: bytes | None = None
+    literal_is_body = False
+
+    def finish() -> None:
+        if not text:
+            return
+        joined = b"".join(text)
+        uid = _FETCH_UID.search(joined)
+        if uid is None:
+            return
+        size = _FETCH_SIZE.search(joined)
+        date = _FETCH_DATE.search(joined)
+        found_body = body
+        if found_body is None and (quoted := _FETCH_BODY_QUOTED.search(joined)):
+            found_body = re.sub(rb"\\(.)", rb"\1", quoted.group(1))
+        record = FetchRecord(
+            uid=int(uid.group(1)),
+            size=int(size.group(1)) if size else None,
+            internal_date=date.group(1).decode("ascii", "replace") if date else None,
+            body=found_body,
+        )
+        old = records.get(record.uid)
+        if old is not None:
+            record = FetchRecord(
+                uid=record.uid,
+                size=record.size if record.size is not None else old.size,
+                internal_date=record.internal_date or old.internal_date,
+                body=record.body if record.body is not None else old.body,
+            )
+        records[record.uid] = record
+
+    for line in lines[:-1]:
+        if isinstance(line, bytearray):
+            if literal_is_body:
+                body = bytes(line)
+            # the literal's place in the text, so that items after it still parse
+            text.append(b'""')
+            literal_is_body = False
+            continue
+        if _FETCH_START.match(line):
+            finish()
+            text, body = [], None
+        elif not text:
+            continue  # not part of a FETCH response
+        text.append(line)
+        literal_is_body = bool(_FETCH_BODY_LITERAL.search(line))
+    finish()
+    return records
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Return UIDS as a compact IMAP sequence set: ``1:3,7,9:10``."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("empty UID set")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(f"{start}:{prev}" if prev > start else str(start))
+        start = prev = uid
+    parts.append(f"{start}:{prev}" if prev > start else str(start))
+    return ",".join(parts)
+
+
+def encode_mailbox(name: str) -> str:
+    """Return NAME as a quoted IMAP mailbox argument, in modified UTF-7 (RFC 3501 5.1.3)."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = base64.b64encode("".join(pending).encode("utf-16-be")).decode("ascii")
+            out.append("&" + data.rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if "\x20" <= char <= "\x7e":
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    encoded = "".join(out)
+    return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of work nobody waits for any more, so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _one_line(exc: BaseException) -> str:
+    """Describe EXC on one short line, for logs and `helpdeskd status`."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, HelpdeskError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:300]
+
+
+def _response_text(response: Any) -> str:
+    lines = list(response.lines)
+    last = bytes(lines[-1]) if lines else b""
+    return " ".join(last.decode("utf-8", "replace").split())[:200]
+
+
+def _check(response: Any, what: str) -> Any:
+    """Return RESPONSE if it is OK, else raise ImapError naming WHAT."""
+    if response.result != "OK":
+        raise ImapError(f"{what} failed: {response.result} {_response_text(response)}".strip())
+    return response
+
+
+# --- aioimaplib, fixed up ------------------------------------------------------------------
+
+
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol: counts EXISTS, answers failed SASL, logs no secrets."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn_lost_cb: Callable[[Exception | None], None] | None,
+    ) -> None:
+        super().__init__(loop, conn_lost_cb)
+        self.exists_seen = 0
+
+    def _untagged_response(self, line: bytes) -> Any:
+        # aioimaplib drops an EXISTS that comes outside IDLE; count it so nothing new waits
+        if _UNTAGGED_EXISTS.match(line):
+            self.exists_seen += 1
+        return super()._untagged_response(line)
+
+    def _continuation(self, line: bytes) -> None:
+        command = self.pending_sync_command
+        super()._continuation(line)
+        if command is not None and command.name == "AUTHENTICATE":
+            # the initial response went with the command (SASL-IR): a challenge now carries
+            # the error, and the server waits for an empty response before it says NO
+            self.transport.write(b"\r\n")
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        # aioimaplib logs each sent line at DEBUG and scrubs only the raw password
+        self.transport.write(f"{line}\r\n".encode())
+
+
+class _Client(aioimaplib.IMAP4):  # type: ignore[misc]
+    """aioimaplib's client on :class:`_Protocol`; TLS from the start when given a context."""
+
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Callable[[Exception | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = _Protocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )
+
+
+class _Session:
+    """One connection: every aioimaplib await runs through :meth:`call`."""
+
+    def __init__(self, client: Any, lost: asyncio.Event, timeout: float) -> None:
+        self.client = client
+        self.lost = lost
+        self.timeout = timeout
+        self.broken = False
+        self.info: SelectInfo | None = None
+
+    @property
+    def exists_seen(self) -> int:
+        count: int = self.client.protocol.exists_seen
+        return count
+
+    def has(self, capability: str) -> bool:
+        return bool(self.client.has_capability(capability))
+
+    async def call(self, awaitable: Awaitable[T], timeout: float | None = None) -> T:
+        """Await AWAITABLE within TIMEOUT; a timeout or a lost connection ends the session."""
+        limit = self.timeout if timeout is None else timeout
+        task = asyncio.ensure_future(awaitable)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            self.broken = True
+            raise ImapDisconnected(f"no answer from the server within {limit:.0f} s") from None
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done():
+            self.broken = True
+            raise ImapDisconnected("connection lost")
+        try:
+            return task.result()
+        except (TimeoutError, aioimaplib.CommandTimeout):
+            self.broken = True
+            raise ImapDisconnected(f"no answer from the server within {limit:.0f} s") from None
+
+    async def wait_push(
+        self, idle: asyncio.Future[Any], stop: asyncio.Event, timeout: float
+    ) -> list[bytes] | None:
+        """Return the next lines pushed during IDLE; None on timeout, stop or IDLE's end."""
+        push = asyncio.ensure_future(self.client.wait_server_push(timeout=timeout))
+        stopped = asyncio.ensure_future(stop.wait())
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            # wait_server_push is bounded by its own timeout; the others end it sooner
+            done, _ = await asyncio.wait(
+                {push, stopped, lost, idle}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in (push, stopped, lost):
+                if not waiter.done():
+                    waiter.cancel()
+        if lost in done:
+            self.broken = True
+            raise ImapDisconnected("connection lost while idling")
+        if push in done:
+            try:
+                lines: list[bytes] = push.result()
+            except TimeoutError:
+                return None
+            return lines
+        return None
+
+    async def close(self) -> None:
+        """Log out politely if the connection still works, then close it."""
+        state = self.client.protocol.state
+        if not self.broken and not self.lost.is_set() and state in ("NONAUTH", "AUTH", "SELECTED"):
+            with contextlib.suppress(Exception):
+                await self.call(self.client.logout(), timeout=min(self.timeout, LOGOUT_TIMEOUT))
+        transport = self.client.protocol.transport
+        if transport is not None and not self.lost.is_set():
+            # a TLS close waits for the server's close_notify; give it a moment, then abort
+            transport.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.lost.wait()
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection now and cancel aioimaplib's helper tasks."""
+        client = self.client
+        if client._idle_waiter is not None:
+            client._idle_waiter.cancel()
+        tasks = [*client.tasks, *client.protocol.tasks, client._client_task]
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: no "exception was never retrieved" at exit
+        transport = client.protocol.transport
+        if transport is not None:
+            transport.abort()  # at once, TLS included: nothing is left for the loop to finish
+
+
+# --- the watcher ---------------------------------------------------------------------------
+
+
+class MailboxWatcher:
+    """Fetch a mailbox's new mail into a sink, then move or mark it; reconnect forever."""
+
+    backoff_initial = 1.0  # seconds before the first reconnect; doubles per failure
+    backoff_max = 300.0
+
+    def __init__(
+        self,
+        config: MailboxConfig,
+        sink: MailSink,
+        *,
+        stop: asyncio.Event,
+        ssl_context: ssl.SSLContext | None = None,
+        token_provider: Callable[[], Awaitable[str]] | None = None,
+        spool_dir: Path | None = None,
+    ) -> None:
+        """Watch CONFIG's folder into SINK until STOP is set.
+
+        SPOOL_DIR receives oversize messages (over ``max_message_bytes``), fetched in
+        pieces straight to disk so that they never sit in memory whole.
+
+        SSL_CONTEXT replaces the default (system CAs, hostname checked) for ``tls`` and
+        ``starttls``. TOKEN_PROVIDER, for ``auth = "xoauth2"``, returns a fresh access token
+        before each login (its failure is a failed poll); without it the configured token is
+        used as it is.
+        """
+        if config.processed_folder is not None and config.processed_folder == config.folder:
+            raise ImapError(f"mailbox {config.name}: processed_folder must differ from folder")
+        self.config = config
+        self._sink = sink
+        self._stop = stop
+        self._ssl_context = ssl_context
+        self._token_provider = token_provider
+        self._spool_dir = spool_dir
+        self._failures = 0
+        self._uidvalidity: int | None = None
+        self._log = log.bind(mailbox=config.name)
+
+    # --- entry points ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Catch up, then IDLE or poll, until stop is set; reconnect after any failure."""
+        self._log.info("imap_watcher_started", host=self.config.host, folder=self.config.folder)
+        while not self._stop.is_set():
+            try:
+                session = await self._connect_unless_stopped()
+                if session is None:
+                    break
+                async with self._closing(session):
+                    await self._serve(session)
+                break
+            except Exception as exc:  # the task boundary: record it, back off, reconnect
+                error = _one_line(exc)
+                if isinstance(exc, ImapDisconnected | OSError):
+                    self._log.warning("imap_disconnected", error=error)
+                else:
+                    self._log.warning("imap_session_failed", error=error)
+                await self._record(ok=False, error=error)
+            delay = self._backoff()
+            self._log.info("imap_reconnect_scheduled", delay=round(delay, 2))
+            if await self._sleep(delay):
+                break
+        self._log.info("imap_watcher_stopped")
+
+    async def run_once(self) -> int:
+        """Connect, catch up on all unprocessed mail, log out; return how many were handled."""
+        try:
+            async with self._closing(await self._connect()) as session:
+                count = await self._catch_up(session)
+        except Exception as exc:
+            await self._record(ok=False, error=_one_line(exc))
+            raise
+        await self._record(ok=True, error=None)
+        return count
+
+    # --- session --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _closing(self, session: _Session) -> AsyncIterator[_Session]:
+        """Log out when the block ends normally or fails; just close when cancelled."""
+        try:
+            yield session
+        except Exception:
+            await session.close()
+            raise
+        except BaseException:  # cancelled: do not wait for a logout
+            session.abort()
+            raise
+        await session.close()
+
+    async def _connect_unless_stopped(self) -> _Session | None:
+        """Connect, or give up and return None as soon as stop is set (logins can be slow)."""
+        connect = asyncio.ensure_future(self._connect())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({connect, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not connect.done():
+                connect.cancel()
+                await asyncio.wait({connect})  # _connect closes its connection on the way out
+        if connect.cancelled():
+            return None
+        return connect.result()
+
+    async def _connect(self) -> _Session:
+        cfg = self.config
+        lost = asyncio.Event()
+        context: ssl.SSLContext | None = None
+        if cfg.security in ("tls", "starttls"):
+            context = self._ssl_context or ssl.create_default_context()
+        client = _Client(
+            cfg.host,
+            cfg.port,
+            timeout=cfg.timeout,
+            conn_lost_cb=lambda exc: lost.set(),
+            ssl_context=context if cfg.security == "tls" else None,
+        )
+        session = _Session(client, lost, cfg.timeout)
+        try:
+            await session.call(client.wait_hello_from_server())
+            if cfg.security == "starttls":
+                assert context is not None
+                await self._starttls(session, context)
+            await self._login(session)
+            # the list that came with the login response is not parsed reliably: ask again
+            await session.call(client.protocol.capability())
+            self._log.info(
+                "imap_connected",
+                host=cfg.host,
+                port=cfg.port,
+                security=cfg.security,
+                idle=session.has("IDLE"),
+                move=session.has("MOVE"),
+                uidplus=session.has("UIDPLUS"),
+            )
+            if cfg.processed_folder is not None:
+                if not (session.has("MOVE") or session.has("UIDPLUS")):
+                    raise ImapError(
+                        "the server has neither MOVE nor UIDPLUS, so mail cannot be moved "
+                        "safely; leave processed_folder unset to mark with $Helpdeskd"
+                    )
+                await self._ensure_folder(session, cfg.processed_folder)
+            await self._select(session)
+        except Exception:
+            await session.close()
+            raise
+        except BaseException:
+            session.abort()
+            raise
+        return session
+
+    async def _starttls(self, session: _Session, context: ssl.SSLContext) -> None:
+        protocol = session.client.protocol
+        if not session.has("STARTTLS"):
+            raise ImapError(
+                f"{self.config.host}:{self.config.port} does not offer STARTTLS "
+                '(security = "starttls" never falls back to plain text)'
+            )
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        _check(await session.call(protocol.execute(command)), "STARTTLS")
+        if protocol.incomplete_line:
+            # bytes after the OK were sent in plain text and could be an injected response
+            raise ImapError("the server sent data after agreeing to STARTTLS")
+        loop = asyncio.get_running_loop()
+        transport = await session.call(
+            loop.start_tls(protocol.transport, protocol, context, server_hostname=self.config.host)
+        )
+        protocol.transport = transport
+        # RFC 3501 6.2.1: forget what was said before the handshake
+        await session.call(protocol.capability())
+        self._log.debug("imap_starttls_done")
+
+    async def _login(self, session: _Session) -> None:
+        cfg = self.config
+        client = session.client
+        if cfg.auth == "xoauth2":
+            if self._token_provider is not None:
+                token = await session.call(self._token_provider())
+            elif cfg.password is not None:
+                token = cfg.password.reveal()
+            else:
+                raise ImapError(f"mailbox {cfg.name}: no XOAUTH2 token configured")
+            response = await session.call(client.xoauth2(cfg.username, token))
+        else:
+            if cfg.password is None:
+                raise ImapError(f"mailbox {cfg.name}: no password configured")
+            response = await session.call(client.login(cfg.username, cfg.password.reveal()))
+        if response.result != "OK":
+            raise ImapError(
+                f"{cfg.auth} login as {cfg.username} refused: {_response_text(response)}"
+            )
+
+    async def _ensure_folder(self, session: _Session, folder: str) -> None:
+        client = session.client
+        name = encode_mailbox(folder)
+        listing = _check(await session.call(client.list('""', name)), f"LIST {folder}")
+        if any(bytes(line).strip() for line in listing.lines[:-1]):
+            return
+        _check(await session.call(client.create(name)), f"CREATE {folder}")
+        with contextlib.suppress(ImapError):  # only so that mail clients show it
+            _check(await session.call(client.subscribe(name)), f"SUBSCRIBE {folder}")
+        self._log.info("imap_folder_created", folder=folder)
+
+    async def _select(self, session: _Session) -> None:
+        cfg = self.config
+        response = _check(
+            await session.call(session.client.select(encode_mailbox(cfg.folder))),
+            f"SELECT {cfg.folder}",
+        )
+        info = parse_select(response.lines)
+        if info.read_only:
+            raise ImapError(f"{cfg.folder} is read-only for {cfg.username}")
+        if cfg.processed_folder is None and not info.keeps_keyword():
+            raise ImapError(
+                f"{cfg.folder} cannot keep the keyword {KEYWORD} (PERMANENTFLAGS "
+                f"{' '.join(info.permanent_flags or ())}); set processed_folder instead"
+            )
+        if self._uidvalidity is not None and info.uidvalidity != self._uidvalidity:
+            self._log.warning(
+                "imap_uidvalidity_changed", old=self._uidvalidity, new=info.uidvalidity
+            )
+        self._uidvalidity = info.uidvalidity
+        session.info = info
+        self._log.info(
+            "imap_selected", folder=cfg.folder, uidvalidity=info.uidvalidity, exists=info.exists
+        )
+
+    # --- catching up ----------------------------------------------------------------------
+
+    async def _serve(self, session: _Session) -> None:
+        """Catch up, then IDLE or poll, again and again; return when stop is set."""
+        use_idle = self.config.idle and session.has("IDLE")
+        if self.config.idle and not use_idle:
+            self._log.warning("imap_idle_unsupported", poll_interval=self.config.poll_interval)
+        while True:
+            await self._catch_up(session)
+            self._failures = 0
+            await self._record(ok=True, error=None)
+            if self._stop.is_set():
+                return
+            if use_idle:
+                await self._idle(session)
+            elif await self._sleep(self.config.poll_interval):
+                return
+            if self._stop.is_set():
+                return
+
+    async def _catch_up(self, session: _Session) -> int:
+        """Handle everything still unprocessed in the folder; return how many."""
+        handled = 0
+        # A UID the server did not return in full (no size, no body: a race with another
+        # client, an odd answer) is tried again a few times before the next wake-up.
+        attempts: dict[int, int] = {}
+        while True:
+            exists_before = session.exists_seen
+            uids = await self._search(session)
+            fresh = [uid for uid in uids if attempts.get(uid, 0) < CATCH_UP_TRIES]
+            if not fresh:
+                if uids:
+                    self._log.warning("imap_mark_ineffective", uids=uid_set(uids))
+                # an EXISTS seen since the search began may be mail the search missed
+                if session.exists_seen == exists_before or self._stop.is_set():
+                    break
+                continue
+            if any(uid in attempts for uid in fresh):
+                await asyncio.sleep(CATCH_UP_PAUSE)
+            for uid in fresh:
+                attempts[uid] = attempts.get(uid, 0) + 1
+            handled += await self._handle(session, fresh)
+            if self._stop.is_set():
+                break
+        if handled:
+            self._log.info("imap_caught_up", count=handled)
+        return handled
+
+    async def _search(self, session: _Session) -> list[int]:
+        if self.config.processed_folder is not None:
+            criteria: tuple[str, ...] = ("UNDELETED",)
+        else:
+            criteria = ("UNDELETED", "UNKEYWORD", KEYWORD)
+        response = await session.call(session.client.uid_search(*criteria, charset=None))
+        return parse_search(_check(response, "UID SEARCH").lines)
+
+    async def _handle(self, session: _Session, uids: list[int]) -> int:
+        """Fetch UIDS batch by batch, store each batch, then move or mark it.
+
+        A pipeline one batch deep: while a batch is stored, the connection moves (or marks)
+        the batch stored before it and fetches the next one, whose preparation (parsing, in
+        the worker processes) starts as soon as it is fetched. So the store, the parsing and
+        the IMAP round trips overlap; each batch is still marked only after its own commit.
+        """
+        info = session.info
+        assert info is not None
+        sizes = await self._fetch_sizes(session, uids)
+        batches = self._batches([uid for uid in uids if uid in sizes], sizes)
+        handled = 0
+        stored: list[FetchedMail] = []  # committed, not yet marked
+        ahead = await self._fetch_next(session, batches, sizes)
+        try:
+            while ahead is not None:
+                mails, preparing = ahead
+                ahead = None
+                imap = asyncio.ensure_future(self._mark_and_fetch(session, stored, batches, sizes))
+                try:
+                    await self._sink.store_batch(await preparing)
+                except Exception:
+                    # The batch before is committed: let its mark finish. The store's error is
+                    # the one to report; an IMAP error too ends the session all the same.
+                    with contextlib.suppress(Exception):
+                        ahead = await imap
+                    raise
+                except BaseException:  # cancelled: stop the IMAP side too
+                    if imap.done() and not imap.cancelled() and imap.exception() is None:
+                        ahead = imap.result()
+                    else:
+                        imap.cancel()
+                        imap.add_done_callback(_discard)
+                    raise
+                ahead = await imap
+                stored = mails
+                handled += len(mails)
+                self._log.info(
+                    "imap_batch_stored",
+                    uidvalidity=info.uidvalidity,
+                    uids=uid_set(m.uid for m in mails),
+                    count=len(mails),
+                )
+                if self._stop.is_set():
+                    break  # the batch in hand is finished; the rest waits for the next start
+            if stored:
+                await self._mark(session, [m.uid for m in stored])
+        finally:
+            if ahead is not None:  # prepared, never stored: it stays unmarked
+                ahead[1].cancel()
+                ahead[1].add_done_callback(_discard)
+        return handled
+
+    async def _mark_and_fetch(
+        self,
+        session: _Session,
+        stored: list[FetchedMail],
+        batches: Iterator[list[int]],
+        sizes: dict[int, FetchRecord],
+    ) -> tuple[list[FetchedMail], asyncio.Task[Any]] | None:
+        """Mark the STORED batch, then fetch the next one and start its preparation.
+
+        Once a stop is asked for, nothing more is fetched: the batch in hand is the last.
+        """
+        if stored:
+            await self._mark(session, [m.uid for m in stored])
+        if self._stop.is_set():
+            return None
+        return await self._fetch_next(session, batches, sizes)
+
+    async def _fetch_next(
+        self, session: _Session, batches: Iterator[list[int]], sizes: dict[int, FetchRecord]
+    ) -> tuple[list[FetchedMail], asyncio.Task[Any]] | None:
+        """Fetch the next batch with mail in it and start its preparation; None at the end."""
+        assert session.info is not None
+        uidvalidity = session.info.uidvalidity
+        for batch in batches:
+            mails = await self._fetch_batch(session, batch, sizes)
+            if mails:
+                preparing = self._sink.prepare_batch(self.config.name, uidvalidity, mails)
+                return mails, asyncio.ensure_future(preparing)
+        return None
+
+    async def _fetch_sizes(self, session: _Session, uids: list[int]) -> dict[int, FetchRecord]:
+        sizes: dict[int, FetchRecord] = {}
+        for start in range(0, len(uids), MAX_FETCH):
+            chunk = uids[start : start + MAX_FETCH]
+            response = await session.call(
+                session.client.uid("fetch", uid_set(chunk), "(UID RFC822.SIZE INTERNALDATE)")
+            )
+            records = parse_fetch(_check(response, "UID FETCH RFC822.SIZE").lines)
+            wanted = set(chunk)
+            for uid, record in records.items():
+                if uid in wanted and record.size is not None:
+                    sizes[uid] = record
+        return sizes
+
+    def _batches(self, uids: list[int], sizes: dict[int, FetchRecord]) -> Iterator[list[int]]:
+        limit = max(1, self.config.batch_size)
+        largest = self.config.max_message_bytes  # an oversize mail is spooled, not held
+        held = [size if (size := sizes[uid].size or 0) <= largest else 0 for uid in uids]
+        return split_runs(uids, held, MAX_BATCH_BYTES, limit)
+
+    async def _fetch_batch(
+        self, session: _Session, batch: list[int], sizes: dict[int, FetchRecord]
+    ) -> list[FetchedMail]:
+        limit = self.config.max_message_bytes
+        wanted = [uid for uid in batch if (sizes[uid].size or 0) <= limit]
+        bodies: dict[int, FetchRecord] = {}
+        weights = [sizes[uid].size or 0 for uid in wanted]
+        for part in split_runs(wanted, weights, FETCH_BYTES, MAX_FETCH):
+            total = sum(sizes[uid].size or 0 for uid in part)
+            response = await session.call(
+                session.client.uid("fetch", uid_set(part), "(UID BODY.PEEK[])"),
+                timeout=self.config.timeout + total / BYTES_PER_SECOND,
+            )
+            bodies.update(parse_fetch(_check(response, "UID FETCH BODY.PEEK[]").lines))
+        mails: list[FetchedMail] = []
+        for uid in batch:
+            record = sizes[uid]
+            size = record.size or 0
+            if size > limit:
+                self._log.warning("imap_message_oversize", uid=uid, size=size, limit=limit)
+                path = await self._spool(session, uid, size)
+                mails.append(FetchedMail(uid, size, None, record.internal_date, path))
+                continue
+            body = bodies.get(uid)
+            if body is None or body.body is None:
+                # expunged by someone else meanwhile, or an odd answer: next catch-up decides
+                self._log.warning("imap_fetch_missing", uid=uid)
+                continue
+            mails.append(FetchedMail(uid, size, body.body, record.internal_date))
+        return mails
+
+    async def _spool(self, session: _Session, uid: int, size: int) -> str | None:
+        """Fetch message UID piece by piece into the spool folder; return its path."""
+        if self._spool_dir is None:
+            return None
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, partial = tempfile.mkstemp(dir=self._spool_dir, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                offset = 0
+                while offset < size:
+                    response = await session.call(
+                        session.client.uid(
+                            "fetch", str(uid), f"(UID BODY.PEEK[]<{offset}.{SPOOL_CHUNK}>)"
+                        ),
+                        timeout=self.config.timeout + SPOOL_CHUNK / BYTES_PER_SECOND,
+                    )
+                    record = parse_fetch(_check(response, "UID FETCH BODY.PEEK[]<>").lines)
+                    piece = record[uid].body if uid in record else None
+                    if not piece:
+                        break
+                    out.write(piece)
+                    digest.update(piece)
+                    offset += len(piece)
+                    if len(piece) < SPOOL_CHUNK:
+                        break
+                if offset != size:
+                    # Never keep a part for the whole: the mail stays unmarked and is fetched
+                    # again at the next catch-up.
+                    raise ImapError(f"UID {uid}: got {offset} of {size} bytes")
+                out.flush()
+                os.fsync(out.fileno())
+            final = self._spool_dir / f"{digest.hexdigest()}.eml"
+            os.replace(partial, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        sync_directory(self._spool_dir)  # the rename itself must survive a crash
+        self._log.info("imap_message_spooled", uid=uid, size=size, path=str(final))
+        return str(final)
+
+    async def _mark(self, session: _Session, uids: list[int]) -> None:
+        """Move UIDS to the processed folder, or give them the keyword."""
+        client = session.client
+        uidset = uid_set(uids)
+        folder = self.config.processed_folder
+        if folder is None:
+            response = await session.call(
+                client.uid("store", uidset, "+FLAGS.SILENT", f"({KEYWORD})")
+            )
+            _check(response, "UID STORE")
+            self._log.info("imap_marked", uids=uidset, keyword=KEYWORD)
+            return
+        target = encode_mailbox(folder)
+        if session.has("MOVE"):
+            # uid('move'), not move(): aioimaplib's move() sends sequence numbers
+            _check(await session.call(client.uid("move", uidset, target)), "UID MOVE")
+        else:
+            # UIDPLUS (checked at connect): never a plain EXPUNGE, which removes others' mail
+            _check(await session.call(client.uid("copy", uidset, target)), "UID COPY")
+            response = await session.call(
+                client.uid("store", uidset, "+FLAGS.SILENT", r"(\Deleted)")
+            )
+            _check(response, "UID STORE")
+            _check(await session.call(client.uid("expunge", uidset)), "UID EXPUNGE")
+        self._log.info("imap_moved", uids=uidset, folder=folder)
+
+    # --- waiting --------------------------------------------------------------------------
+
+    async def _idle(self, session: _Session) -> None:
+        """IDLE until new mail, the re-IDLE period, or stop; then end the IDLE."""
+        client = session.client
+        queue = client.protocol.idle_queue
+        while not queue.empty():  # pushes left over from the previous IDLE
+            queue.get_nowait()
+        interval = self.config.idle_interval
+        idle: asyncio.Future[Any] = await session.call(client.idle_start(timeout=interval))
+        self._log.debug("imap_idle_started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + interval
+        reason = "timeout"
+        while not idle.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            push = await session.wait_push(idle, self._stop, remaining)
+            if push is None:
+                reason = "stop" if self._stop.is_set() else "timeout"
+                break
+            if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                break
+            if any(_EXISTS_LINE.fullmatch(bytes(line)) for line in push):
+                reason = "exists"
+                break
+            if any(bytes(line).startswith(b"BYE") for line in push):
+                session.broken = True
+                raise ImapDisconnected("the server said BYE during IDLE")
+            # anything else ("OK Still here", flag changes, expunges) needs no catch-up
+        if idle.done():
+            session.broken = True
+            raise ImapDisconnected("the server ended IDLE by itself")
+        client.idle_done()
+        _check(await session.call(idle), "IDLE")
+        self._log.debug("imap_idle_ended", reason=reason)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait SECONDS or until stop is set; return whether stop is set."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return self._stop.is_set()
+
+    def _backoff(self) -> float:
+        base = min(self.backoff_max, self.backoff_initial * 2 ** min(self._failures, 20))
+        self._failures += 1
+        return random.uniform(base / 2, base)
+
+    async def _record(self, *, ok: bool, error: str | None) -> None:
+        try:
+            await self._sink.record_poll(self.config.name, ok=ok, error=error)
+        except Exception as exc:  # bookkeeping must not stop the watcher
+            self._log.error("imap_record_poll_failed", error=_one_line(exc))

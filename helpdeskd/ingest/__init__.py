@@ -1,0 +1,1 @@
+"""Received mail into the store: batches, lookups, the writer, the parse pool, sources."""

@@ -1,0 +1,1 @@
+"""Mail as data: parse what arrives, render and build what goes out (pure)."""

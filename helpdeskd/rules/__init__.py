@@ -1,0 +1,1 @@
+"""Routing and time rules: the YAML model, its loader and evaluation (pure)."""

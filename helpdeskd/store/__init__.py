@@ -1,0 +1,1 @@
+"""The database and the files under the state folder: models, sessions, read models."""

@@ -1,0 +1,164 @@
+"""Engines, sessions and the schema check.
+
+SQLite is set up as DESIGN.md asks: WAL, ``synchronous=FULL``, foreign keys on, and SQLAlchemy's
+documented aiosqlite hook that hands BEGIN to us, so every transaction is ``BEGIN IMMEDIATE``
+(writers never deadlock on a lock upgrade) and SAVEPOINT works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from helpdeskd.config.settings import PACKAGE_DIR
+from helpdeskd.errors import SchemaError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+SessionMaker = async_sessionmaker[AsyncSession]
+# The newest migration's revision, which check_schema asks of the database. Known here, the
+# check needs no alembic (its import and reading the migrations take a command a third of a
+# second); a test holds it to migrations/.
+SCHEMA_HEAD = "0005"
+
+
+def async_url(url: str) -> str:
+    """Return URL with the async driver helpdeskd uses for its dialect."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """Create the async engine for URL, with the SQLite settings applied."""
+    full = async_url(url)
+    if full.startswith("sqlite"):
+        database = make_url(full).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(full, connect_args={"timeout": 60}, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(full, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Stop the driver from issuing BEGIN itself; the "begin" hook below does it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        # A writer takes the write lock at once; a reader (READ_ONLY) reads a WAL snapshot and
+        # waits for nobody, not even a batch being stored.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "helpdeskd_read_only"
+READ_ONLY: dict[str, Any] = {_READ_ONLY: True}
+"""Execution options for a transaction that only reads: ``await session.connection(
+execution_options=READ_ONLY)`` before its first query (or :func:`reading`). It must not write
+(on SQLite a write would have to upgrade its lock); PostgreSQL ignores it."""
+
+
+@contextlib.asynccontextmanager
+async def reading(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session whose transaction only reads (READ_ONLY): on SQLite it reads a WAL snapshot
+    and waits for no writer, so a listing, a health check or a page is never held up by a
+    batch being stored or a notice being queued. Its transaction is rolled back at the end."""
+    async with sessions() as session:
+        await session.connection(execution_options=READ_ONLY)
+        yield session
+
+
+def sessionmaker(engine: AsyncEngine) -> SessionMaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def _data_path(name: str) -> Path:
+    packaged = PACKAGE_DIR / "_data" / name
+    return packaged if packaged.exists() else PACKAGE_DIR.parent / name
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig(str(_data_path("alembic.ini")))
+    cfg.set_main_option("script_location", str(_data_path("migrations")))
+    # Percent signs in a password would be taken for interpolation by configparser.
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    """The newest revision in migrations/, as alembic reads it."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return script.get_current_head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision alembic's version table records, None for a database without one."""
+
+    def read(connection: Connection) -> str | None:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        found = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        if len(found) > 1:
+            raise SchemaError(f"database schema has several heads: {sorted(r[0] for r in found)}")
+        return found[0][0] if found else None
+
+    async with engine.connect() as conn:
+        await conn.execution_options(**READ_ONLY)  # a CLI listing waits for no writer
+        return await conn.run_sync(read)
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise SchemaError unless the database is at the migration head."""
+    current = await current_revision(engine)
+    head = SCHEMA_HEAD
+    if current != head:
+        where = "empty" if current is None else f"at revision {current}"
+        raise SchemaError(
+            f"database schema is {where}, not at head {head}: run 'helpdeskd db upgrade'"
+        )
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)

@@ -1,0 +1,1 @@
+"""The HTTP side: the app, unsubscribe pages and the status page."""

@@ -1,0 +1,238 @@
+"""The daemon's small HTTP side (aiohttp inside the daemon's loop): health and metrics.
+
+Started with ``AppRunner`` (not ``run_app``, which would take the daemon's signals). ``/metrics``
+may listen on its own private address (``[http] metrics_listen``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from helpdeskd import __version__
+from helpdeskd.config.settings import Config
+from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.models import (
+    MailboxState,
+    Outbox,
+    OutboxRecipient,
+    Quarantine,
+    RawMessage,
+    Ticket,
+    utcnow,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class LoopMonitor:
+    """Measure the event loop's lag: a wedged loop shows in /healthz and stops the watchdog."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.lag = 0.0
+        self.beat = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            self.lag = max(0.0, now - started - self.interval)
+            self.beat = now
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self.beat < self.interval * 5 and self.lag < 5.0
+
+
+def _age(moment: datetime | None, now: datetime) -> float | None:
+    return (now - moment).total_seconds() if moment is not None else None
+
+
+async def health(config: Config, sessions: SessionMaker, monitor: LoopMonitor) -> dict[str, Any]:
+    """Return the health report: the loop, and each mailbox's last successful poll."""
+    now = utcnow()
+    async with reading(sessions) as session:
+        states = {s.name: s for s in await session.scalars(select(MailboxState))}
+    mailboxes = []
+    healthy = monitor.alive
+    for mailbox in config.mailboxes:
+        state = states.get(mailbox.name)
+        age = _age(state.last_ok_at if state else None, now)
+        # IDLE renews at least every idle_interval; a poll at least every poll_interval.
+        allowed = 3 * (mailbox.idle_interval if mailbox.idle else mailbox.poll_interval) + 60
+        ok = age is not None and age <= allowed
+        healthy = healthy and ok
+        mailboxes.append(
+            {
+                "name": mailbox.name,
+                "ok": ok,
+                "last_ok_at": state.last_ok_at.isoformat() if state and state.last_ok_at else None,
+                "seconds_since_ok": round(age, 1) if age is not None else None,
+                "last_error": state.last_error if state else None,
+            }
+        )
+    return {
+        "status": "ok" if healthy else "degraded",
+        "version": __version__,
+        "event_loop": {"alive": monitor.alive, "lag_seconds": round(monitor.lag, 3)},
+        "mailboxes": mailboxes,
+    }
+
+
+class _Snapshot(Collector):
+    """Metric families built from one database snapshot (prometheus_client collects sync)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> Any:
+        return iter(self.families)
+
+
+async def metrics_text(config: Config, sessions: SessionMaker) -> bytes:
+    """Return Prometheus text for the current state of the database."""
+    now = utcnow()
+    async with reading(sessions) as session:
+        outcomes = await session.execute(
+            select(RawMessage.outcome, func.count(RawMessage.id)).group_by(RawMessage.outcome)
+        )
+        states = await session.execute(
+            select(Ticket.state, func.count(Ticket.id)).group_by(Ticket.state)
+        )
+        depth = await session.scalar(select(func.count(Outbox.id)).where(Outbox.state == "pending"))
+        oldest = await session.scalar(
+            select(func.min(Outbox.created_at)).where(Outbox.state == "pending")
+        )
+        failures = await session.scalar(
+            select(func.count(OutboxRecipient.id)).where(OutboxRecipient.state == "failed")
+        )
+        quarantined = await session.scalar(
+            select(func.count(Quarantine.id)).where(Quarantine.resolved_at.is_(None))
+        )
+        polls = list(await session.scalars(select(MailboxState)))
+    ingested = CounterMetricFamily(
+        "helpdeskd_messages_ingested", "Messages received, by outcome", labels=["outcome"]
+    )
+    for outcome, count in outcomes:
+        ingested.add_metric([outcome or "unknown"], count)
+    tickets = GaugeMetricFamily("helpdeskd_tickets", "Tickets by state", labels=["state"])
+    for state, count in states:
+        tickets.add_metric([state], count)
+    lag = GaugeMetricFamily(
+        "helpdeskd_mailbox_poll_lag_seconds",
+        "Seconds since each mailbox's last successful poll",
+        labels=["mailbox"],
+    )
+    for poll in polls:
+        age = _age(poll.last_ok_at, now)
+        if age is not None:
+            lag.add_metric([poll.name], age)
+    families = [
+        ingested,
+        tickets,
+        GaugeMetricFamily("helpdeskd_outbox_depth", "Mails waiting to be sent", value=depth or 0),
+        GaugeMetricFamily(
+            "helpdeskd_outbox_oldest_age_seconds",
+            "Age of the oldest mail waiting to be sent",
+            value=_age(oldest, now) or 0.0,
+        ),
+        CounterMetricFamily(
+            "helpdeskd_send_failures",
+            "Recipients a mail could not be delivered to",
+            value=failures or 0,
+        ),
+        GaugeMetricFamily(
+            "helpdeskd_quarantine_open", "Messages waiting in quarantine", value=quarantined or 0
+        ),
+        lag,
+    ]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return generate_latest(registry)
+
+
+def health_routes(
+    config: Config, sessions: SessionMaker, monitor: LoopMonitor
+) -> list[web.RouteDef]:
+    async def healthz(request: web.Request) -> web.Response:
+        report = await health(config, sessions, monitor)
+        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+    return [web.get("/healthz", healthz)]
+
+
+def metrics_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
+    async def metrics_view(request: web.Request) -> web.Response:
+        body = await metrics_text(config, sessions)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    return [web.get("/metrics", metrics_view)]
+
+
+async def start_site(listen: str, routes: list[web.RouteDef]) -> web.AppRunner:
+    """Serve ROUTES on LISTEN (HOST:PORT) from the running loop; return the runner to stop."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+    await site.start()
+    log.info("http_listening", listen=listen)
+    return runner
+
+
+async def stop_sites(runners: list[web.AppRunner]) -> None:
+    await asyncio.gather(*(runner.cleanup() for runner in runners), return_exceptions=True)
+
+
+def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
+    """The public status page, rendered from the database at each request."""
+    from helpdeskd.desk.incidents import status_data
+    from helpdeskd.web import statuspage
+
+    templates = config.paths.templates
+
+    async def data() -> statuspage.StatusData:
+        async with reading(sessions) as session:
+            return await status_data(session, config)
+
+    def respond(body: str, kind: str) -> web.Response:
+        return web.Response(
+            text=body,
+            headers={"Content-Type": statuspage.CONTENT_TYPES[kind], "Cache-Control": "max-age=30"},
+        )
+
+    async def page(request: web.Request) -> web.Response:
+        return respond(statuspage.render_html(await data(), templates=templates), "html")
+
+    async def document(request: web.Request) -> web.Response:
+        return respond(statuspage.render_json(await data()), "json")
+
+    async def feed(request: web.Request) -> web.Response:
+        return respond(statuspage.render_atom(await data()), "atom")
+
+    async def css(request: web.Request) -> web.Response:
+        return respond(statuspage.render_css(templates=templates), "css")
+
+    return [
+        web.get("/status", page),
+        web.get("/status/", page),
+        web.get("/status.json", document),
+        web.get("/status/feed.atom", feed),
+        web.get("/status/status.css", css),
+    ]

@@ -1,0 +1,278 @@
+"""Notices with working unsubscribe, end to end over real SMTP, HTTP and databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from helpdeskd.outbox.sender import OutboxSender
+from helpdeskd.web.unsubscribe import UnsubscribePages
+from tests.harness import Desk, cli, cli_json
+from tests.mailgen import customer_mail
+from tests.servers.smtp import free_port
+
+CSV = """email,name,plan,app,addon_id,status
+ada@customer.example,Ada,premium,ada-api,addon-1,active
+bob@customer.example,Bob,basic,bob-web,addon-2,active
+cy@customer.example,Cy,basic,cy-old,addon-3,deprovisioned
+"""
+
+
+@pytest.fixture
+def config(make_config, smtp_sink, tmp_path):
+    config = make_config(smtp=smtp_sink)
+    source = Path(config.source)
+    source.write_text(
+        source.read_text() + '\n[notices]\npostal_address = "Acme Inc., 1 Main St, Springfield"\n'
+    )
+    customers = tmp_path / "customers.csv"
+    customers.write_text(CSV)
+    assert cli(config, "customers", "import", str(customers)).stdout.startswith("3 customers added")
+    from helpdeskd.config.settings import load_config
+
+    return load_config(source)
+
+
+def sent_to(sink, address):
+    return [d.message for d in sink.deliveries if address in d.recipients]
+
+
+def link(message) -> str:
+    [url] = re.findall(r"<(https?://[^>]+)>", message["List-Unsubscribe"])
+    return url
+
+
+def test_customers_import_and_list(config):
+    rows = cli_json(config, "customers", "list")
+    assert [(r["email"], r["status"], r["plan"]) for r in rows] == [
+        ("ada@customer.example", "active", "premium"),
+        ("bob@customer.example", "active", "basic"),
+        ("cy@customer.example", "deprovisioned", "basic"),
+    ]
+
+
+def test_optional_notice_without_unsubscribe_link_is_refused(config, tmp_path):
+    folder = tmp_path / "templates" / "notices"
+    folder.mkdir(parents=True)
+    (folder / "bare.txt.j2").write_text("Subject: News\n\nNo way out of this list.\n")
+    source = Path(config.source)
+    text = source.read_text().replace(
+        "[paths]\n", f'[paths]\ntemplates = "{tmp_path / "templates"}"\n'
+    )
+    source.write_text(text)
+    proc = cli(config, "notice", "send", "feature_update", "--template", "bare", check=False)
+    assert proc.returncode == 1
+    assert "unsubscribe" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert cli_json(config, "notice", "list") == []
+    assert cli_json(config, "outbox", "list") == []
+
+
+@contextlib.asynccontextmanager
+async def serving_pages(config: Any, desk: Desk) -> AsyncIterator[Callable[[str], str]]:
+    """Serve the unsubscribe and preferences pages on loopback; yield a function that turns a
+    public link into one that reaches them."""
+    port = free_port()
+    app = web.Application()
+    app.add_routes(UnsubscribePages(config, desk.sessions).routes())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield lambda link: link.replace(config.service.public_url, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
+async def test_one_click_opt_out_then_optional_skips_and_critical_reaches(config, smtp_sink):
+    sent = cli(
+        config,
+        "notice",
+        "send",
+        "feature_update",
+        "--template",
+        "feature_update",
+        "--var",
+        "message=Connection pooling is here.",
+    )
+    assert "queued 2 of 3" in sent.stdout and "1 deprovisioned" in sent.stdout
+    async with Desk(config) as desk:
+        await desk.send_all()
+        [ada] = sent_to(smtp_sink, "ada@customer.example")
+        assert sent_to(smtp_sink, "cy@customer.example") == []
+        assert ada["From"].addresses[0].addr_spec == "notices@acme.test"
+        assert ada["Reply-To"].addresses[0].addr_spec == "support@acme.test"
+        assert ada["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "mailto:unsubscribe+" in ada["List-Unsubscribe"]
+        assert "feature-update.notices.acme.test" in ada["List-Id"]
+        body = ada.get_content()
+        assert link(ada) in body and "Acme Inc., 1 Main St" in body
+
+        async with serving_pages(config, desk) as local, aiohttp.ClientSession() as http:
+            url = local(link(ada))
+            async with http.get(url) as response:  # a link scanner: changes nothing
+                assert response.status == 200 and "<form" in await response.text()
+            assert (
+                cli_json(config, "contacts", "show", "ada@customer.example")["preferences"][
+                    "feature_update"
+                ]
+                == "subscribed"
+            )
+            for _ in range(2):  # RFC 8058 one-click, twice: idempotent
+                async with http.post(url, data={"List-Unsubscribe": "One-Click"}) as response:
+                    assert response.status == 200
+                    assert "You are unsubscribed" in await response.text()
+            forged = url[:-3] + ("aaa" if not url.endswith("aaa") else "bbb")
+            async with http.post(forged, data={"List-Unsubscribe": "One-Click"}) as response:
+                assert response.status == 400
+        prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
+        assert prefs["feature_update"].startswith("opted out (one-click")
+        assert prefs["maintenance"] == "always (critical)"
+
+        again = cli(config, "notice", "send", "feature_update", "--template", "feature_update")
+        assert "queued 1 of 3" in again.stdout and "1 opted out" in again.stdout
+        critical = cli(
+            config,
+            "notice",
+            "send",
+            "incident",
+            "--template",
+            "incident",
+            "--var",
+            "title=Database outage",
+            "--var",
+            "status=investigating",
+            "--var",
+            "message=We are on it.",
+            "--var",
+            "status_url=https://status.acme.test",
+        )
+        assert "queued 2 of 3" in critical.stdout
+        await desk.send_all()
+    ada_mails = sent_to(smtp_sink, "ada@customer.example")
+    assert [m["Subject"] for m in ada_mails][-1].endswith("Database outage")
+    assert ada_mails[-1]["List-Unsubscribe"] is None  # critical: no opting out
+    assert len(ada_mails) == 2
+    rows = cli_json(config, "notice", "list")
+    assert [(r["category"], r["sent"], r["skipped"]) for r in rows] == [
+        ("feature_update", 2, 1),
+        ("feature_update", 1, 2),
+        ("incident", 2, 1),
+    ]
+
+
+async def test_suppression_is_checked_again_at_send_time(config, smtp_sink):
+    cli(config, "notice", "send", "survey", "--template", "survey")
+    async with Desk(config) as desk:
+        # Bob opts out by mail (the mailto: link) after the notice was queued.
+        rows = cli_json(config, "outbox", "list")
+        assert len(rows) == 2
+        from sqlalchemy import select
+
+        from helpdeskd.desk.notices import unsubscribe_mailto
+        from helpdeskd.store.models import Contact
+
+        async with desk.sessions() as session:
+            bob = await session.scalar(
+                select(Contact).where(Contact.email == "bob@customer.example")
+            )
+        mailto = unsubscribe_mailto(config, bob.id, "survey")
+        [outcome] = await desk.ingest(
+            [customer_mail(1, sender="bob@customer.example", to=mailto, subject="unsubscribe")]
+        )
+        assert outcome.outcome == "unsubscribe" and "opted out of survey" in outcome.reason
+        from helpdeskd.desk import notices
+
+        await OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck).drain(10)
+    assert sent_to(smtp_sink, "bob@customer.example") == []
+    assert len(sent_to(smtp_sink, "ada@customer.example")) == 1
+    [row] = cli_json(config, "notice", "list")
+    assert (row["sent"], row["skipped"]) == (1, 2)  # Cy deprovisioned, Bob opted out
+
+
+async def test_an_opt_out_while_the_batch_goes_out_is_honoured(config, smtp_sink):
+    """The sender reads a batch of due rows at once; a notice's opt-outs are looked up again
+    just before each of its mails goes, not only when the batch was read."""
+    from sqlalchemy import select
+
+    from helpdeskd.desk import notices
+    from helpdeskd.store.models import Contact
+
+    cli(config, "notice", "send", "survey", "--template", "survey")  # Ada and Bob
+    rows = sorted(cli_json(config, "outbox", "list"), key=lambda r: r["id"])
+    first, second = (r["recipients"][0]["address"] for r in rows)
+    smtp_sink.handler.delay = 1.0  # each mail takes a second at the relay
+    async with Desk(config) as desk:
+        sender = OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck)
+        sending = asyncio.create_task(sender.run_once())
+        await asyncio.sleep(0.3)  # the batch is read; the first mail is at the relay
+        assert not sending.done()
+        async with desk.sessions() as session, session.begin():  # no lock held while SMTP talks
+            contact = await session.scalar(select(Contact).where(Contact.email == second))
+            assert await notices.opt_out(session, contact, "survey", via="test")
+        assert await sending == 2
+        await sender.close()
+    assert [d.recipients for d in smtp_sink.deliveries] == [[first]]
+    states = {r["recipients"][0]["address"]: r["state"] for r in cli_json(config, "outbox", "list")}
+    assert states == {first: "sent", second: "skipped"}
+
+
+async def test_the_daemons_outbox_dkim_signs_notices_including_list_headers(config, smtp_sink):
+    import dkim
+
+    from helpdeskd.config.settings import load_config
+    from helpdeskd.desk import notices
+    from tests.outbox.test_dkim import _dns, _rsa
+
+    key = _rsa()
+    key_file = Path(config.source).parent / "dkim.pem"
+    key_file.write_text(key.pem)
+    source = Path(config.source)
+    source.write_text(
+        source.read_text() + f'\n[dkim]\ndomain = "acme.test"\nselector = "s1"\n'
+        f'key_file = "{key_file}"\n'
+    )
+    config = load_config(source)
+    cli(config, "notice", "send", "feature_update", "--template", "feature_update")
+    async with Desk(config) as desk:
+        sender = OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck, dkim=config.dkim)
+        await sender.drain(20)
+    [delivery] = [d for d in smtp_sink.deliveries if "ada@customer.example" in d.recipients]
+    assert delivery.data.startswith(b"DKIM-Signature:")
+    assert dkim.verify(delivery.data, dnsfunc=_dns(key, b"s1._domainkey.acme.test."))
+    signed = delivery.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    h = re.search(rb"\bh=([^;]+)", signed).group(1).replace(b" ", b"").lower()
+    assert b"list-unsubscribe" in h and b"list-unsubscribe-post" in h
+
+
+async def test_preferences_page_shows_and_saves_every_optional_category(config):
+    from sqlalchemy import select
+
+    from helpdeskd.desk.notices import preferences_url
+    from helpdeskd.store.models import Contact
+
+    async with Desk(config) as desk:
+        async with desk.sessions() as session:
+            ada = await session.scalar(
+                select(Contact).where(Contact.email == "ada@customer.example")
+            )
+        async with serving_pages(config, desk) as local, aiohttp.ClientSession() as http:
+            url = local(preferences_url(config, ada.id))
+            async with http.get(url) as response:
+                page = await response.text()
+            assert response.status == 200
+            assert 'value="feature_update"' in page and 'value="survey"' in page
+            assert "maintenance" in page  # named as always sent, not offered
+            async with http.post(url, data={"subscribe": "survey"}) as response:
+                assert response.status == 200 and "Saved." in await response.text()
+            async with http.get(url.replace("-*.", "-survey.")) as response:
+                assert response.status == 400  # a token for one category is not this page
+    prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
+    assert prefs["survey"] == "subscribed" and prefs["feature_update"].startswith("opted out (web")
