@@ -1,1 +1,1 @@
-"""Configuration: the TOML file read into frozen dataclasses, and secrets."""
+"""Configuration: the dataclasses (settings), reading the TOML file (load), and secrets."""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,14 +12,16 @@ from typing import Any
 import dkim
 import pytest
 
-from helpdeskd.config.settings import _LENIENT_CREDENTIALS, Secret
+from helpdeskd.config.load import parse_dkim_config
+from helpdeskd.config.secrets import Secret
+from helpdeskd.config.settings import DEFAULT_HEADERS, DkimConfig
 from helpdeskd.errors import ConfigError
 from helpdeskd.mail.build import OutgoingMail, build_message
-from helpdeskd.outbox.dkim import DEFAULT_HEADERS, DkimConfig, aligned, parse_dkim_config, sign
+from helpdeskd.outbox.dkim import aligned, sign
 from helpdeskd.triage.loops import automatic_headers
+from tests.config.support import KeyPair, dkim_table, needs_openssl, openssl, rsa_key_pair
 
-OPENSSL = shutil.which("openssl")
-pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command makes the test keys")
+pytestmark = needs_openssl
 
 UNSUBSCRIBE_URL = "https://desk.example.com/unsubscribe/TOKEN123"
 LIST_UNSUBSCRIBE = f"<{UNSUBSCRIBE_URL}>, <mailto:unsubscribe+TOKEN123@example.com>"
@@ -30,26 +29,9 @@ LIST_ID = "Example feature-update notices <feature-update.notices.example.com>"
 DnsFunc = Callable[..., bytes | None]
 
 
-@dataclass(frozen=True)
-class KeyPair:
-    pem: str
-    record: bytes  # the DNS TXT record that publishes its public half
-
-
-def _openssl(*args: str, data: bytes | None = None) -> bytes:
-    assert OPENSSL is not None
-    return subprocess.run([OPENSSL, *args], input=data, capture_output=True, check=True).stdout
-
-
-def _rsa(bits: int = 2048) -> KeyPair:
-    pem = _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}")
-    spki = _openssl("pkey", "-pubout", "-outform", "DER", data=pem)
-    return KeyPair(pem.decode(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(spki))
-
-
 @pytest.fixture(scope="module")
 def rsa_key() -> KeyPair:
-    return _rsa()
+    return rsa_key_pair()
 
 
 def _config(key: KeyPair, **changes: Any) -> DkimConfig:
@@ -135,7 +117,7 @@ def test_a_notice_verifies_with_its_list_headers_signed(rsa_key: KeyPair) -> Non
 
 
 def test_a_pkcs1_rsa_key_works(rsa_key: KeyPair) -> None:
-    pkcs1 = _openssl("pkey", "-traditional", data=rsa_key.pem.encode()).decode()
+    pkcs1 = openssl("pkey", "-traditional", data=rsa_key.pem.encode()).decode()
     assert "BEGIN RSA PRIVATE KEY" in pkcs1
     signed = sign(_notice(), _config(rsa_key, private_key=Secret(pkcs1)))
     assert _verify(signed, rsa_key)
@@ -150,7 +132,7 @@ def test_lf_line_ends_sign_and_verify(rsa_key: KeyPair) -> None:
 
 def test_the_wrong_public_key_fails(rsa_key: KeyPair) -> None:
     signed = sign(_notice(), _config(rsa_key))
-    assert not _verify(signed, _rsa())
+    assert not _verify(signed, rsa_key_pair())
 
 
 @pytest.mark.parametrize(
@@ -196,8 +178,8 @@ def test_only_the_configured_headers_are_signed(rsa_key: KeyPair) -> None:
 
 def test_ed25519_keys_work() -> None:
     pytest.importorskip("nacl", reason="dkimpy signs with Ed25519 only with PyNaCl")
-    pem = _openssl("genpkey", "-algorithm", "ed25519")
-    spki = _openssl("pkey", "-pubout", "-outform", "DER", data=pem)
+    pem = openssl("genpkey", "-algorithm", "ed25519")
+    spki = openssl("pkey", "-pubout", "-outform", "DER", data=pem)
     key = KeyPair(pem.decode(), b"v=DKIM1; k=ed25519; p=" + base64.b64encode(spki[-32:]))
     signed = sign(_notice(), _config(key))
     assert _tags(signed)["a"] == "ed25519-sha256"
@@ -252,7 +234,7 @@ def test_aligned(from_domain: str, dkim_domain: str, expected: bool) -> None:
     assert aligned(from_domain, dkim_domain) is expected
 
 
-# --- configuration --------------------------------------------------------------------------
+# --- from the [dkim] table to a signature --------------------------------------------------
 
 
 @pytest.fixture
@@ -262,14 +244,8 @@ def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rsa_key: KeyPair) -> P
     return tmp_path
 
 
-def _table(**changes: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {"domain": "Example.COM.", "selector": "s1", "key_file": "dkim.key"}
-    table.update(changes)
-    return {key: value for key, value in table.items() if value is not None}
-
-
 def test_config_from_a_key_file(base: Path, rsa_key: KeyPair) -> None:
-    config = parse_dkim_config(_table(), base)
+    config = parse_dkim_config(dkim_table(), base)
     assert (config.domain, config.selector) == ("example.com", "s1")
     assert config.private_key == Secret(rsa_key.pem.strip())
     assert config.headers == DEFAULT_HEADERS
@@ -277,123 +253,17 @@ def test_config_from_a_key_file(base: Path, rsa_key: KeyPair) -> None:
     assert _verify(sign(_notice(), config), rsa_key)
 
 
-def test_config_from_env_and_credential(
-    base: Path, rsa_key: KeyPair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HELPDESKD_TEST_DKIM_KEY", rsa_key.pem)
-    config = parse_dkim_config(_table(key_file=None, key_env="HELPDESKD_TEST_DKIM_KEY"), base)
-    assert config.private_key == Secret(rsa_key.pem.strip())
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(base))
-    config = parse_dkim_config(_table(key_file=None, key_credential="dkim.key"), base)
-    assert config.private_key == Secret(rsa_key.pem.strip())
-
-
 def test_an_unreadable_credential_outside_the_service_fails_only_when_used(
     base: Path, rsa_key: KeyPair
 ) -> None:
-    token = _LENIENT_CREDENTIALS.set(True)
-    try:
-        config = parse_dkim_config(_table(key_file=None, key_credential="dkim.key"), base)
-    finally:
-        _LENIENT_CREDENTIALS.reset(token)
+    table = dkim_table(key_file=None, key_credential="dkim.key")
+    config = parse_dkim_config(table, base, lenient_credentials=True)
     assert not config.private_key.available
     with pytest.raises(ConfigError, match=re.escape("dkim.key_credential: only the service")):
         sign(_notice(), config)
-
-
-@pytest.mark.parametrize(
-    ("changes", "error"),
-    [
-        ({"domain": None}, "dkim.domain: required key is missing"),
-        ({"domain": 5}, "dkim.domain: expected a string, got int"),
-        ({"domain": "localhost"}, "dkim.domain: 'localhost' is not a domain name"),
-        ({"domain": "bücher.example"}, "dkim.domain: 'bücher.example': use the ASCII (xn--)"),
-        ({"selector": "s 1"}, "dkim.selector: 's 1' is not a valid selector"),
-        ({"selector": ""}, "dkim.selector: must not be empty"),
-        ({"key_file": None}, "dkim.key: required; set key_file, key_env or key_credential"),
-        ({"key_env": "X"}, "dkim.key: give only one of key_file, key_env or key_credential"),
-        ({"key_file": True}, "dkim.key_file: expected a string, got a boolean"),
-        (
-            {"key_file": "/nonexistent/dkim.key"},
-            "dkim.key_file: cannot read /nonexistent/dkim.key: No such file or directory",
-        ),
-        ({"key_file": "."}, "dkim.key_file: cannot read {base}: Is a directory"),
-        (
-            {"key_file": None, "key_env": "HELPDESKD_TEST_UNSET"},
-            "dkim.key_env: environment variable HELPDESKD_TEST_UNSET is not set",
-        ),
-        (
-            {"key_file": None, "key_credential": "dkim"},
-            "dkim.key_credential: $CREDENTIALS_DIRECTORY is not set",
-        ),
-        ({"key_file": None, "key": "-----BEGIN"}, "dkim.key: keep the private key out"),
-        ({"algorithm": "rsa"}, "dkim.algorithm: unknown key"),
-    ],
-)
-def test_config_errors_name_the_key(base: Path, changes: dict[str, Any], error: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        parse_dkim_config(_table(**changes), base)
-    assert str(caught.value).startswith(error.format(base=base))
-
-
-def test_a_missing_credential_names_the_key(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(base))
-    with pytest.raises(ConfigError, match=r"^dkim\.key_credential: cannot read credential nope: "):
-        parse_dkim_config(_table(key_file=None, key_credential="nope"), base)
-
-
-def _bad_keys() -> list[tuple[str, bytes, str]]:
-    pem = _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024")
-    ec = _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
-    return [
-        ("text", b"not a key\n", "not a PEM private key"),
-        ("binary", b"\xff\xfe", "not a PEM private key"),
-        ("public", _openssl("pkey", "-pubout", data=pem), "not a PEM private key"),
-        ("rsa-1024", pem, "the RSA key has 1024 bits; use 2048 or more"),
-        ("ec-pkcs8", ec, "keys of this type cannot sign DKIM"),
-        ("ec-sec1", _openssl("ec", data=ec), "ec private keys cannot sign DKIM"),
-        (
-            "encrypted",
-            _openssl("pkey", "-aes256", "-passout", "pass:secret", data=pem),
-            "the private key is encrypted",
-        ),
-        ("two-keys", pem + pem, "holds more than one private key"),
-        (
-            "bad-base64",
-            b"-----BEGIN PRIVATE KEY-----\nnot*base64\n-----END PRIVATE KEY-----\n",
-            "not a PEM private key (bad base64)",
-        ),
-        (
-            "not-pkcs8",
-            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-            "not a PKCS#8 private key",
-        ),
-    ]
-
-
-def test_bad_keys_are_refused_naming_the_key(base: Path) -> None:
-    for name, content, error in _bad_keys():
-        (base / "dkim.key").write_bytes(content)
-        with pytest.raises(ConfigError) as caught:
-            parse_dkim_config(_table(), base)
-        assert str(caught.value).startswith(f"dkim.key_file: {error}"), name
-        # The message never quotes the key.
-        body = [line for line in content.splitlines() if line and not line.startswith(b"-")]
-        assert not any(line.decode("latin-1") in str(caught.value) for line in body[1:]), name
 
 
 def test_a_bad_key_in_a_direct_config_raises_on_sign(rsa_key: KeyPair) -> None:
     config = _config(rsa_key, private_key=Secret("nonsense"))
     with pytest.raises(ValueError, match="not a PEM private key"):
         sign(_notice(), config)
-
-
-@pytest.mark.parametrize(
-    ("headers", "error"),
-    [(("To", "Subject"), "must include From"), (("From", "Received"), "must not include received")],
-)
-def test_headers_must_include_from_and_no_trace_fields(
-    rsa_key: KeyPair, headers: tuple[str, ...], error: str
-) -> None:
-    with pytest.raises(ValueError, match=error):
-        _config(rsa_key, headers=headers)

@@ -14,18 +14,15 @@ from typing import Any
 
 import pytest
 
-from helpdeskd.errors import ConfigError
-from helpdeskd.mail.parse import parse_message
-from helpdeskd.triage.heroku import (
+from helpdeskd.config.load import parse_heroku_config
+from helpdeskd.config.settings import (
     DEFAULT_REQUESTER_PATTERN,
     DEFAULT_SUBJECT_PATTERN,
     HerokuConfig,
-    HerokuTicket,
-    dkim_aligned,
-    examine,
-    parse_heroku_config,
-    recognise,
 )
+from helpdeskd.errors import ConfigError
+from helpdeskd.mail.parse import parse_message
+from helpdeskd.triage.heroku import HerokuTicket, dkim_aligned, examine, recognise
 from tests.mailgen import customer_mail
 
 ROOT = Path(__file__).resolve().parents[2]
