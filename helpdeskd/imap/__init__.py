@@ -1,1 +1,1 @@
-"""The IMAP edge: client workarounds, wire parsers and the mailbox watcher."""
+"""The IMAP edge: the wire's parsers (wire), the aioimaplib adapter (client), the watcher."""

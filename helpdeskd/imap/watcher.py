@@ -10,86 +10,57 @@ processed folder (or ``UID COPY`` + ``\\Deleted`` + ``UID EXPUNGE``), or store t
 poll, and catch up again. A crash at any point loses nothing: unmarked mail is simply considered
 again (the sink dedupes).
 
-aioimaplib 2.0.3 needs care, and this module works around it:
-
-- Pending commands are not failed when the connection drops, and several calls have no timeout
-  of their own (``uid('move')``, ``idle_start``, which hangs when the server answers IDLE with
-  BYE). Every await goes through :meth:`_Session.call`: a timeout, raced against a
-  connection-lost event; either ends the session.
-- It has no STARTTLS (the command is only in its table): :meth:`MailboxWatcher._starttls` sends
-  it, upgrades the transport with ``loop.start_tls`` and asks for CAPABILITY again.
-- It drops untagged EXISTS that arrive outside IDLE; :class:`_Protocol` counts them, so mail
-  reported at the end of a catch-up's last command is fetched now, not at the next re-IDLE.
-- It sends arguments as they are: mailbox names are encoded and quoted here.
-- Its CAPABILITY from a LOGIN response keeps ``[``, ``]`` and the text after them: CAPABILITY
-  is asked for again after authenticating.
-- It never answers the ``+`` challenge a server sends when XOAUTH2 fails, and hangs;
-  :class:`_Protocol` answers with an empty line so the server says NO.
-- It logs every line it sends at DEBUG, scrubbing only the raw password: the XOAUTH2 string
-  (the bearer token in base64) and escaped passwords leaked. :class:`_Protocol` does not log.
-- It parses each read recursively, a frame or more per response line, each frame keeping a
-  copy of the rest of the read, and its FETCH completeness check is quadratic: FETCH asks for
-  at most :data:`MAX_FETCH` messages and about :data:`FETCH_BYTES` of them.
-- In a FETCH response the ``N FETCH (UID u BODY[] {n}`` line is ``bytes``, the literal follows
-  as a separate ``bytearray`` and the rest of the response (``)``) as ``bytes`` again; the
-  tagged status text is the last line. :func:`parse_fetch` relies on exactly that.
+Every command goes through a :class:`helpdeskd.imap.client.Session`, which bounds it with a
+timeout and works around aioimaplib; :mod:`helpdeskd.imap.wire` parses the answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import os
 import random
-import re
 import ssl
 import tempfile
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Sequence,
-)
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import aioimaplib
 import structlog
 
 from helpdeskd.config.settings import MailboxConfig
 from helpdeskd.errors import HelpdeskError
+from helpdeskd.imap.client import (
+    FETCH_BYTES,
+    MAX_FETCH,
+    ImapDisconnected,
+    Session,
+    require_ok,
+    response_text,
+)
+from helpdeskd.imap.wire import (
+    FetchRecord,
+    ImapError,
+    encode_mailbox,
+    is_exists,
+    parse_fetch,
+    parse_search,
+    parse_select,
+    uid_set,
+)
+from helpdeskd.runs import split_runs
 from helpdeskd.store.spool import sync_directory
 
 log = structlog.get_logger(__name__)
 
 KEYWORD = "$Helpdeskd"
-MAX_FETCH = 100  # messages per FETCH: aioimaplib parses a read recursively, line by line
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # message bytes held in memory per batch (at least one)
-# Message bytes asked for per FETCH (at least one message). aioimaplib's recursive parse keeps a
-# copy of the rest of each read per response line it has passed: a 256 kB read full of small
-# messages briefly holds tens of MB. Smaller responses keep that small, for a round trip more.
-FETCH_BYTES = 64 * 1024
 CATCH_UP_TRIES = 3  # fetches of one UID within one catch-up
 CATCH_UP_PAUSE = 0.5  # seconds before fetching a UID again
 SPOOL_CHUNK = 4 * 1024 * 1024  # bytes per partial FETCH of an oversize message
 BYTES_PER_SECOND = 100_000  # a FETCH may take its timeout plus a second per 100 kB
-LOGOUT_TIMEOUT = 5.0
-CLOSE_TIMEOUT = 1.0
-
-T = TypeVar("T")
-
-
-class ImapError(HelpdeskError):
-    """An IMAP command failed, or the server lacks what the configuration needs."""
-
-
-class ImapDisconnected(ImapError):
-    """The connection dropped or the server stopped answering: the session is over."""
 
 
 @dataclass(frozen=True)
@@ -126,193 +97,6 @@ class MailSink(Protocol):
         ...
 
 
-# --- parsing (pure) ------------------------------------------------------------------------
-
-
-def split_runs(
-    uids: Sequence[int], weights: Sequence[int], max_weight: int, max_count: int
-) -> Iterator[list[int]]:
-    """Split UIDS, in order, into runs of at most MAX_COUNT UIDs whose WEIGHTS (one per UID)
-    add up to at most MAX_WEIGHT; a UID heavier than that makes a run of its own."""
-    run: list[int] = []
-    total = 0
-    for uid, weight in zip(uids, weights, strict=True):
-        if run and (len(run) >= max_count or total + weight > max_weight):
-            yield run
-            run, total = [], 0
-        run.append(uid)
-        total += weight
-    if run:
-        yield run
-
-
-@dataclass(frozen=True)
-class SelectInfo:
-    """What a SELECT response says about the folder."""
-
-    uidvalidity: int
-    exists: int | None
-    permanent_flags: tuple[str, ...] | None  # None: no PERMANENTFLAGS (all flags permanent)
-    read_only: bool
-
-    def keeps_keyword(self, keyword: str = KEYWORD) -> bool:
-        """Say whether the folder stores KEYWORD permanently (RFC 3501 section 7.1)."""
-        if self.permanent_flags is None:
-            return True
-        return "\\*" in self.permanent_flags or keyword in self.permanent_flags
-
-
-@dataclass(frozen=True)
-class FetchRecord:
-    """The items of one ``* N FETCH`` response that this module asks for."""
-
-    uid: int
-    size: int | None = None
-    internal_date: str | None = None
-    body: bytes | None = None
-
-
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_PERMANENTFLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
-_EXISTS_LINE = re.compile(rb"(\d+) EXISTS\b")
-_FETCH_START = re.compile(rb"\d+ FETCH \(")
-_FETCH_UID = re.compile(rb"[( ]UID (\d+)")
-_FETCH_SIZE = re.compile(rb"[( ]RFC822\.SIZE (\d+)")
-_FETCH_DATE = re.compile(rb'[( ]INTERNALDATE "([^"]*)"')
-_FETCH_BODY_LITERAL = re.compile(rb"[( ]BODY\[\](?:<\d+>)? ~?\{(\d+)\}$")
-_FETCH_BODY_QUOTED = re.compile(rb'[( ]BODY\[\](?:<\d+>)? "((?:[^"\\]|\\.)*)"')
-_SEARCH_LINE = re.compile(rb"[0-9 ]*")
-_UNTAGGED_EXISTS = re.compile(rb"\* \d+ EXISTS\b")
-
-
-def parse_select(lines: Sequence[bytes | bytearray]) -> SelectInfo:
-    """Read UIDVALIDITY, EXISTS, PERMANENTFLAGS and the access mode from SELECT's lines."""
-    uidvalidity: int | None = None
-    exists: int | None = None
-    flags: tuple[str, ...] | None = None
-    for line in lines:
-        line = bytes(line)
-        if match := _UIDVALIDITY.search(line):
-            uidvalidity = int(match.group(1))
-        if match := _PERMANENTFLAGS.search(line):
-            flags = tuple(match.group(1).decode("ascii", "replace").split())
-        if match := _EXISTS_LINE.fullmatch(line):
-            exists = int(match.group(1))
-    if uidvalidity is None:
-        raise ImapError("the SELECT response carries no UIDVALIDITY")
-    read_only = bool(lines) and b"[READ-ONLY]" in bytes(lines[-1]).upper()
-    return SelectInfo(uidvalidity, exists, flags, read_only)
-
-
-def parse_search(lines: Sequence[bytes | bytearray]) -> list[int]:
-    """Return the sorted UIDs of a UID SEARCH response (aioimaplib's lines, tag text last)."""
-    uids: set[int] = set()
-    for line in lines[:-1]:
-        if isinstance(line, bytes) and _SEARCH_LINE.fullmatch(line):
-            uids.update(int(n) for n in line.split())
-    return sorted(uids)
-
-
-def parse_fetch(lines: Sequence[bytes | bytearray]) -> dict[int, FetchRecord]:
-    """Return the FETCH records by UID from aioimaplib's response lines.
-
-    A response is a ``bytes`` line starting ``N FETCH (``, then for each literal a
-    ``bytearray`` with its data and a ``bytes`` line with the rest of the response; the
-    tagged status text comes last. Message data never goes through the line parser, so a body
-    full of lines that look like IMAP responses cannot confuse it. Records without a UID
-    (unsolicited flag updates) are skipped; two records for one UID are merged.
-    """
-    records: dict[int, FetchRecord] = {}
-    text: list[bytes] = []
-    body: bytes | None = None
-    literal_is_body = False
-
-    def finish() -> None:
-        if not text:
-            return
-        joined = b"".join(text)
-        uid = _FETCH_UID.search(joined)
-        if uid is None:
-            return
-        size = _FETCH_SIZE.search(joined)
-        date = _FETCH_DATE.search(joined)
-        found_body = body
-        if found_body is None and (quoted := _FETCH_BODY_QUOTED.search(joined)):
-            found_body = re.sub(rb"\\(.)", rb"\1", quoted.group(1))
-        record = FetchRecord(
-            uid=int(uid.group(1)),
-            size=int(size.group(1)) if size else None,
-            internal_date=date.group(1).decode("ascii", "replace") if date else None,
-            body=found_body,
-        )
-        old = records.get(record.uid)
-        if old is not None:
-            record = FetchRecord(
-                uid=record.uid,
-                size=record.size if record.size is not None else old.size,
-                internal_date=record.internal_date or old.internal_date,
-                body=record.body if record.body is not None else old.body,
-            )
-        records[record.uid] = record
-
-    for line in lines[:-1]:
-        if isinstance(line, bytearray):
-            if literal_is_body:
-                body = bytes(line)
-            # the literal's place in the text, so that items after it still parse
-            text.append(b'""')
-            literal_is_body = False
-            continue
-        if _FETCH_START.match(line):
-            finish()
-            text, body = [], None
-        elif not text:
-            continue  # not part of a FETCH response
-        text.append(line)
-        literal_is_body = bool(_FETCH_BODY_LITERAL.search(line))
-    finish()
-    return records
-
-
-def uid_set(uids: Iterable[int]) -> str:
-    """Return UIDS as a compact IMAP sequence set: ``1:3,7,9:10``."""
-    ordered = sorted(set(uids))
-    if not ordered:
-        raise ValueError("empty UID set")
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for uid in ordered[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        parts.append(f"{start}:{prev}" if prev > start else str(start))
-        start = prev = uid
-    parts.append(f"{start}:{prev}" if prev > start else str(start))
-    return ",".join(parts)
-
-
-def encode_mailbox(name: str) -> str:
-    """Return NAME as a quoted IMAP mailbox argument, in modified UTF-7 (RFC 3501 5.1.3)."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            data = base64.b64encode("".join(pending).encode("utf-16-be")).decode("ascii")
-            out.append("&" + data.rstrip("=").replace("/", ",") + "-")
-            pending.clear()
-
-    for char in name:
-        if "\x20" <= char <= "\x7e":
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    encoded = "".join(out)
-    return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _discard(task: asyncio.Future[Any]) -> None:
     """Retrieve the outcome of work nobody waits for any more, so asyncio does not log it."""
     if not task.cancelled():
@@ -325,173 +109,6 @@ def _one_line(exc: BaseException) -> str:
     if not isinstance(exc, HelpdeskError):
         text = f"{type(exc).__name__}: {text}"
     return text[:300]
-
-
-def _response_text(response: Any) -> str:
-    lines = list(response.lines)
-    last = bytes(lines[-1]) if lines else b""
-    return " ".join(last.decode("utf-8", "replace").split())[:200]
-
-
-def _check(response: Any, what: str) -> Any:
-    """Return RESPONSE if it is OK, else raise ImapError naming WHAT."""
-    if response.result != "OK":
-        raise ImapError(f"{what} failed: {response.result} {_response_text(response)}".strip())
-    return response
-
-
-# --- aioimaplib, fixed up ------------------------------------------------------------------
-
-
-class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol: counts EXISTS, answers failed SASL, logs no secrets."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        conn_lost_cb: Callable[[Exception | None], None] | None,
-    ) -> None:
-        super().__init__(loop, conn_lost_cb)
-        self.exists_seen = 0
-
-    def _untagged_response(self, line: bytes) -> Any:
-        # aioimaplib drops an EXISTS that comes outside IDLE; count it so nothing new waits
-        if _UNTAGGED_EXISTS.match(line):
-            self.exists_seen += 1
-        return super()._untagged_response(line)
-
-    def _continuation(self, line: bytes) -> None:
-        command = self.pending_sync_command
-        super()._continuation(line)
-        if command is not None and command.name == "AUTHENTICATE":
-            # the initial response went with the command (SASL-IR): a challenge now carries
-            # the error, and the server waits for an empty response before it says NO
-            self.transport.write(b"\r\n")
-
-    def send(self, line: str, scrub: str | None = None) -> None:
-        # aioimaplib logs each sent line at DEBUG and scrubs only the raw password
-        self.transport.write(f"{line}\r\n".encode())
-
-
-class _Client(aioimaplib.IMAP4):  # type: ignore[misc]
-    """aioimaplib's client on :class:`_Protocol`; TLS from the start when given a context."""
-
-    def create_client(
-        self,
-        host: str,
-        port: int,
-        loop: asyncio.AbstractEventLoop | None,
-        conn_lost_cb: Callable[[Exception | None], None] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        local_loop = loop if loop is not None else asyncio.get_running_loop()
-        self.protocol = _Protocol(local_loop, conn_lost_cb)
-        self._client_task = local_loop.create_task(
-            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
-        )
-
-
-class _Session:
-    """One connection: every aioimaplib await runs through :meth:`call`."""
-
-    def __init__(self, client: Any, lost: asyncio.Event, timeout: float) -> None:
-        self.client = client
-        self.lost = lost
-        self.timeout = timeout
-        self.broken = False
-        self.info: SelectInfo | None = None
-
-    @property
-    def exists_seen(self) -> int:
-        count: int = self.client.protocol.exists_seen
-        return count
-
-    def has(self, capability: str) -> bool:
-        return bool(self.client.has_capability(capability))
-
-    async def call(self, awaitable: Awaitable[T], timeout: float | None = None) -> T:
-        """Await AWAITABLE within TIMEOUT; a timeout or a lost connection ends the session."""
-        limit = self.timeout if timeout is None else timeout
-        task = asyncio.ensure_future(awaitable)
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            async with asyncio.timeout(limit):
-                await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            self.broken = True
-            raise ImapDisconnected(f"no answer from the server within {limit:.0f} s") from None
-        finally:
-            lost.cancel()
-            if not task.done():
-                task.cancel()
-        if not task.done():
-            self.broken = True
-            raise ImapDisconnected("connection lost")
-        try:
-            return task.result()
-        except (TimeoutError, aioimaplib.CommandTimeout):
-            self.broken = True
-            raise ImapDisconnected(f"no answer from the server within {limit:.0f} s") from None
-
-    async def wait_push(
-        self, idle: asyncio.Future[Any], stop: asyncio.Event, timeout: float
-    ) -> list[bytes] | None:
-        """Return the next lines pushed during IDLE; None on timeout, stop or IDLE's end."""
-        push = asyncio.ensure_future(self.client.wait_server_push(timeout=timeout))
-        stopped = asyncio.ensure_future(stop.wait())
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            # wait_server_push is bounded by its own timeout; the others end it sooner
-            done, _ = await asyncio.wait(
-                {push, stopped, lost, idle}, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiter in (push, stopped, lost):
-                if not waiter.done():
-                    waiter.cancel()
-        if lost in done:
-            self.broken = True
-            raise ImapDisconnected("connection lost while idling")
-        if push in done:
-            try:
-                lines: list[bytes] = push.result()
-            except TimeoutError:
-                return None
-            return lines
-        return None
-
-    async def close(self) -> None:
-        """Log out politely if the connection still works, then close it."""
-        state = self.client.protocol.state
-        if not self.broken and not self.lost.is_set() and state in ("NONAUTH", "AUTH", "SELECTED"):
-            with contextlib.suppress(Exception):
-                await self.call(self.client.logout(), timeout=min(self.timeout, LOGOUT_TIMEOUT))
-        transport = self.client.protocol.transport
-        if transport is not None and not self.lost.is_set():
-            # a TLS close waits for the server's close_notify; give it a moment, then abort
-            transport.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self.lost.wait()
-        self.abort()
-
-    def abort(self) -> None:
-        """Close the connection now and cancel aioimaplib's helper tasks."""
-        client = self.client
-        if client._idle_waiter is not None:
-            client._idle_waiter.cancel()
-        tasks = [*client.tasks, *client.protocol.tasks, client._client_task]
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled():
-                task.exception()  # retrieved: no "exception was never retrieved" at exit
-        transport = client.protocol.transport
-        if transport is not None:
-            transport.abort()  # at once, TLS included: nothing is left for the loop to finish
-
-
-# --- the watcher ---------------------------------------------------------------------------
 
 
 class MailboxWatcher:
@@ -542,7 +159,7 @@ class MailboxWatcher:
                 session = await self._connect_unless_stopped()
                 if session is None:
                     break
-                async with self._closing(session):
+                async with session:
                     await self._serve(session)
                 break
             except Exception as exc:  # the task boundary: record it, back off, reconnect
@@ -561,7 +178,7 @@ class MailboxWatcher:
     async def run_once(self) -> int:
         """Connect, catch up on all unprocessed mail, log out; return how many were handled."""
         try:
-            async with self._closing(await self._connect()) as session:
+            async with await self._connect() as session:
                 count = await self._catch_up(session)
         except Exception as exc:
             await self._record(ok=False, error=_one_line(exc))
@@ -571,20 +188,7 @@ class MailboxWatcher:
 
     # --- session --------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _closing(self, session: _Session) -> AsyncIterator[_Session]:
-        """Log out when the block ends normally or fails; just close when cancelled."""
-        try:
-            yield session
-        except Exception:
-            await session.close()
-            raise
-        except BaseException:  # cancelled: do not wait for a logout
-            session.abort()
-            raise
-        await session.close()
-
-    async def _connect_unless_stopped(self) -> _Session | None:
+    async def _connect_unless_stopped(self) -> Session | None:
         """Connect, or give up and return None as soon as stop is set (logins can be slow)."""
         connect = asyncio.ensure_future(self._connect())
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -599,28 +203,25 @@ class MailboxWatcher:
             return None
         return connect.result()
 
-    async def _connect(self) -> _Session:
+    async def _connect(self) -> Session:
         cfg = self.config
-        lost = asyncio.Event()
         context: ssl.SSLContext | None = None
         if cfg.security in ("tls", "starttls"):
             context = self._ssl_context or ssl.create_default_context()
-        client = _Client(
+        session = Session(
             cfg.host,
             cfg.port,
             timeout=cfg.timeout,
-            conn_lost_cb=lambda exc: lost.set(),
             ssl_context=context if cfg.security == "tls" else None,
         )
-        session = _Session(client, lost, cfg.timeout)
         try:
-            await session.call(client.wait_hello_from_server())
+            await session.call(session.client.wait_hello_from_server())
             if cfg.security == "starttls":
                 assert context is not None
                 await self._starttls(session, context)
             await self._login(session)
             # the list that came with the login response is not parsed reliably: ask again
-            await session.call(client.protocol.capability())
+            await session.refresh_capabilities()
             self._log.info(
                 "imap_connected",
                 host=cfg.host,
@@ -646,28 +247,16 @@ class MailboxWatcher:
             raise
         return session
 
-    async def _starttls(self, session: _Session, context: ssl.SSLContext) -> None:
-        protocol = session.client.protocol
+    async def _starttls(self, session: Session, context: ssl.SSLContext) -> None:
         if not session.has("STARTTLS"):
             raise ImapError(
                 f"{self.config.host}:{self.config.port} does not offer STARTTLS "
                 '(security = "starttls" never falls back to plain text)'
             )
-        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
-        _check(await session.call(protocol.execute(command)), "STARTTLS")
-        if protocol.incomplete_line:
-            # bytes after the OK were sent in plain text and could be an injected response
-            raise ImapError("the server sent data after agreeing to STARTTLS")
-        loop = asyncio.get_running_loop()
-        transport = await session.call(
-            loop.start_tls(protocol.transport, protocol, context, server_hostname=self.config.host)
-        )
-        protocol.transport = transport
-        # RFC 3501 6.2.1: forget what was said before the handshake
-        await session.call(protocol.capability())
+        await session.starttls(context, server_hostname=self.config.host)
         self._log.debug("imap_starttls_done")
 
-    async def _login(self, session: _Session) -> None:
+    async def _login(self, session: Session) -> None:
         cfg = self.config
         client = session.client
         if cfg.auth == "xoauth2":
@@ -684,30 +273,30 @@ class MailboxWatcher:
             response = await session.call(client.login(cfg.username, cfg.password.reveal()))
         if response.result != "OK":
             raise ImapError(
-                f"{cfg.auth} login as {cfg.username} refused: {_response_text(response)}"
+                f"{cfg.auth} login as {cfg.username} refused: {response_text(response)}"
             )
 
-    async def _ensure_folder(self, session: _Session, folder: str) -> None:
+    async def _ensure_folder(self, session: Session, folder: str) -> None:
         client = session.client
         name = encode_mailbox(folder)
-        listing = _check(await session.call(client.list('""', name)), f"LIST {folder}")
+        listing = require_ok(await session.call(client.list('""', name)), f"LIST {folder}")
         if any(bytes(line).strip() for line in listing.lines[:-1]):
             return
-        _check(await session.call(client.create(name)), f"CREATE {folder}")
+        require_ok(await session.call(client.create(name)), f"CREATE {folder}")
         with contextlib.suppress(ImapError):  # only so that mail clients show it
-            _check(await session.call(client.subscribe(name)), f"SUBSCRIBE {folder}")
+            require_ok(await session.call(client.subscribe(name)), f"SUBSCRIBE {folder}")
         self._log.info("imap_folder_created", folder=folder)
 
-    async def _select(self, session: _Session) -> None:
+    async def _select(self, session: Session) -> None:
         cfg = self.config
-        response = _check(
+        response = require_ok(
             await session.call(session.client.select(encode_mailbox(cfg.folder))),
             f"SELECT {cfg.folder}",
         )
         info = parse_select(response.lines)
         if info.read_only:
             raise ImapError(f"{cfg.folder} is read-only for {cfg.username}")
-        if cfg.processed_folder is None and not info.keeps_keyword():
+        if cfg.processed_folder is None and not info.keeps_keyword(KEYWORD):
             raise ImapError(
                 f"{cfg.folder} cannot keep the keyword {KEYWORD} (PERMANENTFLAGS "
                 f"{' '.join(info.permanent_flags or ())}); set processed_folder instead"
@@ -724,7 +313,7 @@ class MailboxWatcher:
 
     # --- catching up ----------------------------------------------------------------------
 
-    async def _serve(self, session: _Session) -> None:
+    async def _serve(self, session: Session) -> None:
         """Catch up, then IDLE or poll, again and again; return when stop is set."""
         use_idle = self.config.idle and session.has("IDLE")
         if self.config.idle and not use_idle:
@@ -742,7 +331,7 @@ class MailboxWatcher:
             if self._stop.is_set():
                 return
 
-    async def _catch_up(self, session: _Session) -> int:
+    async def _catch_up(self, session: Session) -> int:
         """Handle everything still unprocessed in the folder; return how many."""
         handled = 0
         # A UID the server did not return in full (no size, no body: a race with another
@@ -770,15 +359,15 @@ class MailboxWatcher:
             self._log.info("imap_caught_up", count=handled)
         return handled
 
-    async def _search(self, session: _Session) -> list[int]:
+    async def _search(self, session: Session) -> list[int]:
         if self.config.processed_folder is not None:
             criteria: tuple[str, ...] = ("UNDELETED",)
         else:
             criteria = ("UNDELETED", "UNKEYWORD", KEYWORD)
         response = await session.call(session.client.uid_search(*criteria, charset=None))
-        return parse_search(_check(response, "UID SEARCH").lines)
+        return parse_search(require_ok(response, "UID SEARCH").lines)
 
-    async def _handle(self, session: _Session, uids: list[int]) -> int:
+    async def _handle(self, session: Session, uids: list[int]) -> int:
         """Fetch UIDS batch by batch, store each batch, then move or mark it.
 
         A pipeline one batch deep: while a batch is stored, the connection moves (or marks)
@@ -834,7 +423,7 @@ class MailboxWatcher:
 
     async def _mark_and_fetch(
         self,
-        session: _Session,
+        session: Session,
         stored: list[FetchedMail],
         batches: Iterator[list[int]],
         sizes: dict[int, FetchRecord],
@@ -850,7 +439,7 @@ class MailboxWatcher:
         return await self._fetch_next(session, batches, sizes)
 
     async def _fetch_next(
-        self, session: _Session, batches: Iterator[list[int]], sizes: dict[int, FetchRecord]
+        self, session: Session, batches: Iterator[list[int]], sizes: dict[int, FetchRecord]
     ) -> tuple[list[FetchedMail], asyncio.Task[Any]] | None:
         """Fetch the next batch with mail in it and start its preparation; None at the end."""
         assert session.info is not None
@@ -862,14 +451,14 @@ class MailboxWatcher:
                 return mails, asyncio.ensure_future(preparing)
         return None
 
-    async def _fetch_sizes(self, session: _Session, uids: list[int]) -> dict[int, FetchRecord]:
+    async def _fetch_sizes(self, session: Session, uids: list[int]) -> dict[int, FetchRecord]:
         sizes: dict[int, FetchRecord] = {}
         for start in range(0, len(uids), MAX_FETCH):
             chunk = uids[start : start + MAX_FETCH]
             response = await session.call(
                 session.client.uid("fetch", uid_set(chunk), "(UID RFC822.SIZE INTERNALDATE)")
             )
-            records = parse_fetch(_check(response, "UID FETCH RFC822.SIZE").lines)
+            records = parse_fetch(require_ok(response, "UID FETCH RFC822.SIZE").lines)
             wanted = set(chunk)
             for uid, record in records.items():
                 if uid in wanted and record.size is not None:
@@ -883,7 +472,7 @@ class MailboxWatcher:
         return split_runs(uids, held, MAX_BATCH_BYTES, limit)
 
     async def _fetch_batch(
-        self, session: _Session, batch: list[int], sizes: dict[int, FetchRecord]
+        self, session: Session, batch: list[int], sizes: dict[int, FetchRecord]
     ) -> list[FetchedMail]:
         limit = self.config.max_message_bytes
         wanted = [uid for uid in batch if (sizes[uid].size or 0) <= limit]
@@ -895,7 +484,7 @@ class MailboxWatcher:
                 session.client.uid("fetch", uid_set(part), "(UID BODY.PEEK[])"),
                 timeout=self.config.timeout + total / BYTES_PER_SECOND,
             )
-            bodies.update(parse_fetch(_check(response, "UID FETCH BODY.PEEK[]").lines))
+            bodies.update(parse_fetch(require_ok(response, "UID FETCH BODY.PEEK[]").lines))
         mails: list[FetchedMail] = []
         for uid in batch:
             record = sizes[uid]
@@ -913,7 +502,7 @@ class MailboxWatcher:
             mails.append(FetchedMail(uid, size, body.body, record.internal_date))
         return mails
 
-    async def _spool(self, session: _Session, uid: int, size: int) -> str | None:
+    async def _spool(self, session: Session, uid: int, size: int) -> str | None:
         """Fetch message UID piece by piece into the spool folder; return its path."""
         if self._spool_dir is None:
             return None
@@ -930,7 +519,7 @@ class MailboxWatcher:
                         ),
                         timeout=self.config.timeout + SPOOL_CHUNK / BYTES_PER_SECOND,
                     )
-                    record = parse_fetch(_check(response, "UID FETCH BODY.PEEK[]<>").lines)
+                    record = parse_fetch(require_ok(response, "UID FETCH BODY.PEEK[]<>").lines)
                     piece = record[uid].body if uid in record else None
                     if not piece:
                         break
@@ -955,7 +544,7 @@ class MailboxWatcher:
         self._log.info("imap_message_spooled", uid=uid, size=size, path=str(final))
         return str(final)
 
-    async def _mark(self, session: _Session, uids: list[int]) -> None:
+    async def _mark(self, session: Session, uids: list[int]) -> None:
         """Move UIDS to the processed folder, or give them the keyword."""
         client = session.client
         uidset = uid_set(uids)
@@ -964,33 +553,29 @@ class MailboxWatcher:
             response = await session.call(
                 client.uid("store", uidset, "+FLAGS.SILENT", f"({KEYWORD})")
             )
-            _check(response, "UID STORE")
+            require_ok(response, "UID STORE")
             self._log.info("imap_marked", uids=uidset, keyword=KEYWORD)
             return
         target = encode_mailbox(folder)
         if session.has("MOVE"):
             # uid('move'), not move(): aioimaplib's move() sends sequence numbers
-            _check(await session.call(client.uid("move", uidset, target)), "UID MOVE")
+            require_ok(await session.call(client.uid("move", uidset, target)), "UID MOVE")
         else:
             # UIDPLUS (checked at connect): never a plain EXPUNGE, which removes others' mail
-            _check(await session.call(client.uid("copy", uidset, target)), "UID COPY")
+            require_ok(await session.call(client.uid("copy", uidset, target)), "UID COPY")
             response = await session.call(
                 client.uid("store", uidset, "+FLAGS.SILENT", r"(\Deleted)")
             )
-            _check(response, "UID STORE")
-            _check(await session.call(client.uid("expunge", uidset)), "UID EXPUNGE")
+            require_ok(response, "UID STORE")
+            require_ok(await session.call(client.uid("expunge", uidset)), "UID EXPUNGE")
         self._log.info("imap_moved", uids=uidset, folder=folder)
 
     # --- waiting --------------------------------------------------------------------------
 
-    async def _idle(self, session: _Session) -> None:
+    async def _idle(self, session: Session) -> None:
         """IDLE until new mail, the re-IDLE period, or stop; then end the IDLE."""
-        client = session.client
-        queue = client.protocol.idle_queue
-        while not queue.empty():  # pushes left over from the previous IDLE
-            queue.get_nowait()
         interval = self.config.idle_interval
-        idle: asyncio.Future[Any] = await session.call(client.idle_start(timeout=interval))
+        idle = await session.start_idle(interval)
         self._log.debug("imap_idle_started")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + interval
@@ -1003,9 +588,7 @@ class MailboxWatcher:
             if push is None:
                 reason = "stop" if self._stop.is_set() else "timeout"
                 break
-            if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
-                break
-            if any(_EXISTS_LINE.fullmatch(bytes(line)) for line in push):
+            if any(is_exists(line) for line in push):
                 reason = "exists"
                 break
             if any(bytes(line).startswith(b"BYE") for line in push):
@@ -1015,8 +598,7 @@ class MailboxWatcher:
         if idle.done():
             session.broken = True
             raise ImapDisconnected("the server ended IDLE by itself")
-        client.idle_done()
-        _check(await session.call(idle), "IDLE")
+        await session.end_idle(idle)
         self._log.debug("imap_idle_ended", reason=reason)
 
     async def _sleep(self, seconds: float) -> bool:

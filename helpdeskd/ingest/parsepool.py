@@ -19,9 +19,9 @@ from concurrent.futures.process import BrokenProcessPool
 import structlog
 
 from helpdeskd.errors import HelpdeskError, ParseTimeout
-from helpdeskd.imap.watcher import split_runs
 from helpdeskd.mail.build import OutgoingMail, build_messages
 from helpdeskd.mail.parse import ParsedMessage, parse_message, parse_messages
+from helpdeskd.runs import split_runs
 
 log = structlog.get_logger(__name__)
 

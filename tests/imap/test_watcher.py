@@ -1,127 +1,32 @@
-"""The IMAP watcher against a real private Dovecot (no IMAP mocks), plus its pure parsers."""
+"""The IMAP watcher against a real private Dovecot (no IMAP mocks): catch-up, batches, marks."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aioimaplib
 import pytest
 from structlog.testing import capture_logs
 
-from helpdeskd.config.settings import MailboxConfig, Secret
-from helpdeskd.imap.watcher import (
-    FETCH_BYTES,
-    KEYWORD,
-    MAX_FETCH,
-    FetchedMail,
-    ImapError,
-    MailboxWatcher,
-    encode_mailbox,
-    parse_fetch,
-    parse_search,
-    parse_select,
-    split_runs,
-    uid_set,
+from helpdeskd.config.secrets import Secret
+from helpdeskd.imap.client import FETCH_BYTES, MAX_FETCH
+from helpdeskd.imap.watcher import KEYWORD, MailboxWatcher
+from tests.imap.support import (
+    DovecotFactory,
+    RecordingSink,
+    eventually,
+    mailbox,
+    message,
+    ok_polls,
+    watching,
 )
 from tests.servers.dovecot import Dovecot
 from tests.servers.fixtures import SUPPORT_PASSWORD as PASSWORD
 from tests.servers.fixtures import SUPPORT_USER as USER
 
-DovecotFactory = Callable[..., Dovecot]
 NO_MOVE = "imap_capability = IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE UIDPLUS\n"
 NO_IDLE = "imap_capability = IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UIDPLUS MOVE\n"
-
-
-class RecordingSink:
-    """Record what the watcher hands over; the real processor is wired in by the daemon."""
-
-    def __init__(self, *, fail: Exception | None = None) -> None:
-        self.fail = fail
-        self.mails: dict[tuple[str, int, int], FetchedMail] = {}
-        self.deliveries: Counter[tuple[str, int, int]] = Counter()
-        self.batches: list[list[int]] = []
-        self.polls: list[tuple[bool, str | None]] = []
-
-    async def prepare_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> Any:
-        return mailbox, uidvalidity, mails
-
-    async def store_batch(self, prepared: Any) -> None:
-        mailbox, uidvalidity, mails = prepared
-        if self.fail is not None:
-            raise self.fail
-        self.batches.append([mail.uid for mail in mails])
-        for mail in mails:
-            key = (mailbox, uidvalidity, mail.uid)
-            self.deliveries[key] += 1
-            self.mails[key] = mail
-
-    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
-        self.polls.append((ok, error))
-
-    def raws(self) -> set[bytes | None]:
-        return {mail.raw for mail in self.mails.values()}
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Wait until PREDICATE holds; return the seconds it took, fail after TIMEOUT."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        if loop.time() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
-    return loop.time() - start
-
-
-def mailbox(server: Dovecot, **overrides: Any) -> MailboxConfig:
-    values: dict[str, Any] = {
-        "name": "support",
-        "host": server.host,
-        "port": server.port,
-        "security": "none",
-        "username": USER,
-        "password": Secret(PASSWORD),
-        "processed_folder": "Processed",
-        "idle": True,
-        "poll_interval": 600.0,
-        "timeout": 5.0,
-    }
-    values.update(overrides)
-    return MailboxConfig(**values)
-
-
-def message(n: int, body: str = "") -> bytes:
-    return (
-        f"From: Customer {n} <customer{n}@example.org>\r\n"
-        "To: support@acme.test\r\n"
-        f"Subject: Help needed {n}\r\n"
-        f"Message-ID: <m{n}@example.org>\r\n"
-        "Date: Mon, 02 Jun 2025 10:00:00 +0000\r\n"
-        "\r\n"
-        f"Body of message {n}.\r\n{body}"
-    ).encode()
-
-
-@contextlib.asynccontextmanager
-async def watching(
-    watcher: MailboxWatcher, stop: asyncio.Event
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Run WATCHER.run() in the background; stop it (and require it to return) at the end."""
-    task = asyncio.create_task(watcher.run())
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
-
-def ok_polls(sink: RecordingSink) -> int:
-    return sum(1 for ok, _ in sink.polls if ok)
 
 
 # --- one-shot catch-up -----------------------------------------------------------------------
@@ -256,39 +161,6 @@ async def test_oversize_mail_is_passed_without_bytes_and_still_moved(dovecot: Do
     assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
     assert len(dovecot.list_uids(USER, PASSWORD, "Processed")) == 2
     assert any(e["event"] == "imap_message_oversize" and e["uid"] == big_uid for e in logs)
-
-
-TRICKY_BODIES = [
-    # lines a line-based parser would take for responses, tags, continuations or literals
-    "* 1 FETCH (UID 99 BODY[] {5}\r\nhello)\r\n* 7 EXISTS\r\n",
-    "A0001 OK FETCH completed\r\n)\r\n+ idling\r\n* BYE see you\r\n",
-    "a literal marker at the end of a line {12}\r\n(((\r\n",
-    "no final line break, ends in a paren )",
-    "8bit: caf\u00e9 \u00fcber \u2603\r\n",
-]
-
-
-async def test_bodies_that_look_like_imap_responses_arrive_intact(dovecot: Dovecot) -> None:
-    raws = [message(n, body) for n, body in enumerate(TRICKY_BODIES)]
-    raws.append(message(50, body="0123456789abcdef" * 20_000 + "\r\n"))  # 320 kB: many reads
-    for raw in raws:
-        dovecot.append(USER, PASSWORD, raw)
-    sink = RecordingSink()
-    watcher = MailboxWatcher(mailbox(dovecot), sink, stop=asyncio.Event())
-
-    assert await watcher.run_once() == len(raws)
-
-    assert sink.raws() == set(raws)
-    assert len(sink.batches) == 1  # all in one multi-message FETCH
-
-
-async def test_a_folder_name_with_a_space_is_created_and_used(dovecot: Dovecot) -> None:
-    dovecot.append(USER, PASSWORD, message(1))
-    sink = RecordingSink()
-    config = mailbox(dovecot, processed_folder="Helpdesk Done")
-
-    assert await MailboxWatcher(config, sink, stop=asyncio.Event()).run_once() == 1
-    assert len(dovecot.list_uids(USER, PASSWORD, "Helpdesk Done")) == 1
 
 
 async def test_without_move_it_copies_and_expunges_only_its_own_uids(
@@ -473,22 +345,6 @@ async def test_stop_during_a_catch_up_finishes_the_batch_in_hand(dovecot: Doveco
     assert len(dovecot.list_uids(USER, PASSWORD, "Processed")) == 2
 
 
-async def test_mail_arriving_during_a_catch_up_is_handled_in_it(dovecot: Dovecot) -> None:
-    dovecot.append(USER, PASSWORD, message(1))
-
-    class AppendingSink(RecordingSink):
-        async def store_batch(self, prepared: Any) -> None:
-            await super().store_batch(prepared)
-            if len(self.mails) == 1:
-                await asyncio.to_thread(dovecot.append, USER, PASSWORD, message(2))
-
-    sink = AppendingSink()
-    watcher = MailboxWatcher(mailbox(dovecot, processed_folder=None), sink, stop=asyncio.Event())
-
-    assert await watcher.run_once() == 2
-    assert sink.raws() == {message(1), message(2)}
-
-
 # --- the long-running watcher ------------------------------------------------------------------
 
 
@@ -506,61 +362,6 @@ async def test_mail_appended_during_idle_arrives_within_seconds(dovecot: Dovecot
 
     assert took < 5.0
     assert sink.raws() == {message(1), message(2)}
-    assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
-
-
-async def test_idle_keepalives_and_re_idle_periods_are_weathered(dovecot: Dovecot) -> None:
-    sink = RecordingSink()
-    stop = asyncio.Event()
-    # this Dovecot says "* OK Still here" every 2 s; re-IDLE every second
-    config = mailbox(dovecot, poll_interval=600.0, idle_interval=1.0)
-    watcher = MailboxWatcher(config, sink, stop=stop)
-
-    async with watching(watcher, stop):
-        await eventually(lambda: ok_polls(sink) >= 1)
-        await asyncio.sleep(2.5)
-        assert ok_polls(sink) >= 3  # a catch-up after every re-IDLE
-        await asyncio.to_thread(dovecot.append, USER, PASSWORD, message(4))
-        took = await eventually(lambda: message(4) in sink.raws(), timeout=5.0)
-
-    assert took < 2.0
-    assert all(ok for ok, _ in sink.polls)
-
-
-@pytest.mark.parametrize("idle", [True, False], ids=["idle", "poll"])
-async def test_stop_makes_run_return_promptly_after_logout(dovecot: Dovecot, idle: bool) -> None:
-    sink = RecordingSink()
-    stop = asyncio.Event()
-    watcher = MailboxWatcher(mailbox(dovecot, idle=idle, poll_interval=600.0), sink, stop=stop)
-    task = asyncio.create_task(watcher.run())
-    await eventually(lambda: ok_polls(sink) >= 1)
-    await asyncio.sleep(0.2)
-
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    stop.set()
-    await asyncio.wait_for(task, 5)
-
-    assert loop.time() - start < 2.0
-    await eventually(lambda: "Disconnected: Logged out" in dovecot.log_tail(), timeout=2.0)
-
-
-async def test_run_survives_a_dovecot_restart(dovecot: Dovecot) -> None:
-    sink = RecordingSink()
-    stop = asyncio.Event()
-    watcher = MailboxWatcher(mailbox(dovecot), sink, stop=stop)
-
-    with capture_logs() as logs:
-        async with watching(watcher, stop):
-            await eventually(lambda: ok_polls(sink) >= 1)
-            await asyncio.to_thread(dovecot.restart)
-            await eventually(lambda: any(not ok for ok, _ in sink.polls))
-            await asyncio.to_thread(dovecot.append, USER, PASSWORD, message(7))
-            await eventually(lambda: message(7) in sink.raws(), timeout=10.0)
-
-    events = [e["event"] for e in logs]
-    assert "imap_disconnected" in events
-    assert events.count("imap_connected") >= 2
     assert dovecot.list_uids(USER, PASSWORD, "INBOX") == []
 
 
@@ -604,146 +405,3 @@ async def test_refused_login_is_recorded_and_stop_cuts_the_retry_short(dovecot: 
         error == "password login as support@acme.test refused: [AUTHENTICATIONFAILED] "
         "Authentication failed."
     )
-
-
-# --- TLS and XOAUTH2 ---------------------------------------------------------------------------
-
-
-async def test_starttls_and_implicit_tls(dovecot_factory: DovecotFactory) -> None:
-    server = dovecot_factory(tls=True)
-    assert server.tls_port is not None
-    trust = ssl.create_default_context(cafile=str(server.cert_path))
-    server.append(USER, PASSWORD, message(1))
-    server.append(USER, PASSWORD, message(2))
-
-    starttls = mailbox(server, security="starttls", batch_size=1)
-    sink = RecordingSink()
-    watcher = MailboxWatcher(starttls, sink, stop=asyncio.Event(), ssl_context=trust)
-    # one message per session: a batch of one, then stop
-    assert await watcher.run_once() == 2
-
-    server.append(USER, PASSWORD, message(3))
-    tls = mailbox(server, security="tls", port=server.tls_port)
-    assert await MailboxWatcher(tls, sink, stop=asyncio.Event(), ssl_context=trust).run_once() == 1
-
-    assert sink.raws() == {message(1), message(2), message(3)}
-    logins = [line for line in server.log_tail(200).splitlines() if "Login: user=<" in line]
-    assert len([line for line in logins if ", TLS," in line]) >= 2
-
-
-async def test_starttls_never_falls_back_to_plain_text(dovecot: Dovecot) -> None:
-    config = mailbox(dovecot, security="starttls")
-    sink = RecordingSink()
-
-    with pytest.raises(ImapError, match="does not offer STARTTLS"):
-        await MailboxWatcher(config, sink, stop=asyncio.Event()).run_once()
-
-    assert "Login: user=<" not in dovecot.log_tail(200)
-    assert sink.polls and not sink.polls[0][0]
-
-
-async def test_an_untrusted_certificate_is_refused(dovecot_factory: DovecotFactory) -> None:
-    server = dovecot_factory(tls=True)
-    config = mailbox(server, security="starttls")
-
-    with pytest.raises(ssl.SSLCertVerificationError):
-        await MailboxWatcher(config, RecordingSink(), stop=asyncio.Event()).run_once()
-
-
-async def test_xoauth2_login_and_refusal(dovecot_factory: DovecotFactory) -> None:
-    # Dovecot 2.3 checks an XOAUTH2 token as the user's password: enough to test the exchange
-    server = dovecot_factory(mechanisms="plain login xoauth2")
-    server.append(USER, PASSWORD, message(1))
-    sink = RecordingSink()
-    tokens = ["secret"]
-
-    async def token() -> str:
-        return tokens.pop()
-
-    config = mailbox(server, auth="xoauth2", password=None)
-    watcher = MailboxWatcher(config, sink, stop=asyncio.Event(), token_provider=token)
-    assert await watcher.run_once() == 1
-    assert "method=XOAUTH2" in server.log_tail()
-
-    # a refused token gets a "+ <error>" challenge; unanswered, aioimaplib would hang
-    refused = mailbox(server, auth="xoauth2", password=Secret("expired"), timeout=30.0)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    with pytest.raises(ImapError, match="refused"):
-        await MailboxWatcher(refused, sink, stop=asyncio.Event()).run_once()
-    assert loop.time() - start < 5.0
-
-
-# --- pure parsing ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("uids", "expected"),
-    [([5], "5"), ([3, 1, 2], "1:3"), ([1, 2, 3, 7, 9, 10, 10], "1:3,7,9:10")],
-)
-def test_uid_set(uids: list[int], expected: str) -> None:
-    assert uid_set(uids) == expected
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("INBOX", '"INBOX"'),
-        ("Helpdesk Done", '"Helpdesk Done"'),
-        ("Caf\u00e9 & Co", '"Caf&AOk- &- Co"'),
-        ("\u65e5\u672c\u8a9e", '"&ZeVnLIqe-"'),
-        ('say "hi"\\', '"say \\"hi\\"\\\\"'),
-    ],
-)
-def test_encode_mailbox(name: str, expected: str) -> None:
-    assert encode_mailbox(name) == expected
-
-
-def test_parse_fetch_takes_literals_by_position_not_content() -> None:
-    lines: list[bytes | bytearray] = [
-        b"1 FETCH (UID 7 RFC822.SIZE 11 BODY[] {11}",
-        bytearray(b"* 2 FETCH ("),
-        b")",
-        b"2 FETCH (FLAGS (\\Seen))",  # unsolicited, no UID: ignored
-        b"3 FETCH (BODY[] {3}",
-        bytearray(b"abc"),
-        b' UID 9 INTERNALDATE "02-Jun-2025 10:00:00 +0000")',
-        b"4 FETCH (UID 10 BODY[] NIL)",
-        b"Fetch completed (0.001 + 0.000 secs).",
-    ]
-    records = parse_fetch(lines)
-    assert set(records) == {7, 9, 10}
-    assert records[7].body == b"* 2 FETCH (" and records[7].size == 11
-    assert records[9].body == b"abc" and records[9].internal_date == "02-Jun-2025 10:00:00 +0000"
-    assert records[10].body is None
-
-
-def test_runs_keep_order_and_both_limits_with_at_least_one_uid_each() -> None:
-    uids = [1, 2, 3, 4, 5, 6, 7]
-    weights = [10, 30, 70, 5, 5, 200, 1]
-    assert list(split_runs(uids, weights, 50, 10)) == [[1, 2], [3], [4, 5], [6], [7]]
-    assert list(split_runs(uids, weights, 1000, 3)) == [[1, 2, 3], [4, 5, 6], [7]]
-    assert list(split_runs([], [], 50, 10)) == []
-
-
-def test_parse_search_ignores_the_tagged_text() -> None:
-    assert parse_search([b"4 2 9", b"Search completed (0.001 + 0.000 secs)."]) == [2, 4, 9]
-    assert parse_search([b"", b"Search completed (0.001 secs)."]) == []
-
-
-def test_parse_select_reads_keyword_support() -> None:
-    lines = [
-        b"FLAGS (\\Answered \\Seen)",
-        b"OK [PERMANENTFLAGS (\\Answered \\Seen)] Limited",
-        b"3 EXISTS",
-        b"OK [UIDVALIDITY 1700000000] UIDs valid",
-        b"[READ-WRITE] Select completed",
-    ]
-    info = parse_select(lines)
-    assert (info.uidvalidity, info.exists, info.read_only) == (1700000000, 3, False)
-    assert not info.keeps_keyword()
-    with_star = parse_select([b"OK [PERMANENTFLAGS (\\Seen \\*)] ok", *lines[2:]])
-    assert with_star.keeps_keyword()
-    assert parse_select([*lines[2:4], b"[READ-ONLY] Select completed"]).read_only
-    with pytest.raises(ImapError, match="UIDVALIDITY"):
-        parse_select([b"3 EXISTS", b"Select completed"])
