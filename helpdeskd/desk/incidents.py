@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import show_time
 from helpdeskd.config.settings import Config
+from helpdeskd.desk import status as page
 from helpdeskd.desk.notices import Audience, NoticeReport, queue_notice
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
 from helpdeskd.store.models import Event, Incident, IncidentUpdate, Maintenance, utcnow
-from helpdeskd.web import statuspage
 
 log = structlog.get_logger(__name__)
 
@@ -342,7 +342,7 @@ async def due_postmortems(session: AsyncSession) -> list[Incident]:
 # --- the status page's data -------------------------------------------------------------------
 
 
-async def status_data(session: AsyncSession, config: Config) -> statuspage.StatusData:
+async def status_data(session: AsyncSession, config: Config) -> page.StatusData:
     """Build the status page's data from the database, now."""
     now = utcnow()
     since = now - HISTORY
@@ -390,23 +390,23 @@ async def status_data(session: AsyncSession, config: Config) -> statuspage.Statu
         if maintenance.status == "in_progress":
             for key in maintenance.components or []:
                 mark(key, "maintenance")
-    return statuspage.StatusData(
+    return page.StatusData(
         service_name=config.service.name,
         public_url=config.service.public_url,
         timezone=config.service.timezone,
         generated_at=now,
         components=tuple(
-            statuspage.Component(key, name, worst.get(key, "operational"))
+            page.Component(key, name, worst.get(key, "operational"))
             for key, name in config.status_page.components
         ),
         incidents=tuple(
-            statuspage.Incident(
+            page.Incident(
                 id=i.id,
                 title=i.title,
                 impact=i.impact,
                 components=tuple(i.components or ()),
                 updates=tuple(
-                    statuspage.IncidentUpdate(u.status, u.message, u.created_at)
+                    page.IncidentUpdate(u.status, u.message, u.created_at)
                     for u in updates.get(i.id, [])
                 ),
                 started_at=i.started_at,
@@ -417,7 +417,7 @@ async def status_data(session: AsyncSession, config: Config) -> statuspage.Statu
             for i in incidents
         ),
         maintenances=tuple(
-            statuspage.Maintenance(
+            page.Maintenance(
                 id=m.id,
                 title=m.title,
                 message=m.message,
@@ -447,3 +447,16 @@ def incident_json(row: Incident, updates: list[IncidentUpdate], tz: str) -> dict
             for u in updates
         ],
     }
+
+
+async def incident_rows(session: AsyncSession, config: Config) -> list[dict[str, Any]]:
+    """List every incident, oldest first, with its updates, as incident_json shapes them."""
+    rows = []
+    for row in await session.scalars(select(Incident).order_by(Incident.id)):
+        updates = await session.scalars(
+            select(IncidentUpdate)
+            .where(IncidentUpdate.incident_id == row.id)
+            .order_by(IncidentUpdate.id)
+        )
+        rows.append(incident_json(row, list(updates), config.service.timezone))
+    return rows

@@ -203,11 +203,12 @@ async def stop_sites(runners: list[web.AppRunner]) -> None:
 def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
     """The public status page, rendered from the database at each request."""
     from helpdeskd.desk.incidents import status_data
-    from helpdeskd.web import statuspage
+    from helpdeskd.desk.status import StatusData
+    from helpdeskd.web import feeds, statuspage
 
     templates = config.paths.templates
 
-    async def data() -> statuspage.StatusData:
+    async def data() -> StatusData:
         async with reading(sessions) as session:
             return await status_data(session, config)
 
@@ -221,10 +222,10 @@ def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
         return respond(statuspage.render_html(await data(), templates=templates), "html")
 
     async def document(request: web.Request) -> web.Response:
-        return respond(statuspage.render_json(await data()), "json")
+        return respond(feeds.render_json(await data()), "json")
 
     async def feed(request: web.Request) -> web.Response:
-        return respond(statuspage.render_atom(await data()), "atom")
+        return respond(feeds.render_atom(await data()), "atom")
 
     async def css(request: web.Request) -> web.Response:
         return respond(statuspage.render_css(templates=templates), "css")

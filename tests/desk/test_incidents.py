@@ -11,7 +11,7 @@ import pytest
 from helpdeskd.desk.housekeeping import tick_operations
 from helpdeskd.desk.incidents import schedule_maintenance, status_data
 from helpdeskd.mail.render import Renderer
-from helpdeskd.web import statuspage
+from helpdeskd.web import feeds
 from tests.desk.test_notices import CSV, sent_to
 from tests.harness import Desk, cli, cli_json
 
@@ -26,7 +26,7 @@ def config(make_config, smtp_sink, tmp_path):
     customers = tmp_path / "customers.csv"
     customers.write_text(CSV)
     cli(config, "customers", "import", str(customers))
-    from helpdeskd.config.settings import load_config
+    from helpdeskd.config.load import load_config
 
     return load_config(source)
 
@@ -95,7 +95,7 @@ async def test_maintenance_is_announced_reminded_started_and_completed(config, s
                 force_reason="urgent",
                 notify=False,
             )
-        assert await tick_operations(desk.processor) == 1  # started
+        assert await tick_operations(desk.runtime, desk.sessions) == 1  # started
         async with desk.sessions() as session:
             data = await status_data(session, config)
         assert {c.key: c.status for c in data.components}["api"] == "maintenance"
@@ -105,7 +105,7 @@ async def test_maintenance_is_announced_reminded_started_and_completed(config, s
         import asyncio
 
         await asyncio.sleep(1.2)
-        assert await tick_operations(desk.processor) == 1  # completed
+        assert await tick_operations(desk.runtime, desk.sessions) == 1  # completed
         await desk.send_all()
     subjects = [m["Subject"] for m in sent_to(smtp_sink, "ada@customer.example")]
     assert any("Maintenance completed: Quick restart" in s for s in subjects)
@@ -157,10 +157,10 @@ async def test_incident_steps_notices_postmortem_and_reminders(config, smtp_sink
             "identified",
             "resolved",
         ]
-        document = json.loads(statuspage.render_json(data))
+        document = json.loads(feeds.render_json(data))
         assert document["incidents"][0]["title"] == "Connection errors"
-        assert await tick_operations(desk.processor) == 1  # the post-mortem reminder
-        assert await tick_operations(desk.processor) == 0  # once a day
+        assert await tick_operations(desk.runtime, desk.sessions) == 1  # the post-mortem reminder
+        assert await tick_operations(desk.runtime, desk.sessions) == 0  # once a day
         await desk.send_all()
     reminders = [m for m in sent_to(smtp_sink, "alice@acme.test") if "Post-mortem" in m["Subject"]]
     assert len(reminders) == 1
