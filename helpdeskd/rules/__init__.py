@@ -1,1 +1,1 @@
-"""Routing and time rules: the YAML model, its loader and evaluation (pure)."""
+"""Routing and time rules (pure): model, syntax and loader of rules/*.yaml, evaluate, schedule."""

@@ -30,8 +30,6 @@ from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Unit = Literal["m", "h", "d", "w"]
-State = Literal["new", "open", "pending", "solved", "closed"]
-STATES: tuple[str, ...] = get_args(State)
 SlaTarget = Literal["first_response", "resolution"]
 TimeActionName = Literal["close", "solve", "remind", "escalate", "tags", "priority"]
 TIME_ACTIONS: tuple[str, ...] = get_args(TimeActionName)

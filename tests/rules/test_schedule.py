@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from helpdeskd.rules.engine import Known, load_rules
+from helpdeskd.rules.loader import load_rules
+from helpdeskd.rules.model import Known
 from helpdeskd.rules.schedule import (
     DAYS_KEPT,
     BusinessCalendar,
