@@ -31,3 +31,7 @@ class ParseTimeout(HelpdeskError):
 
 class TemplateError(HelpdeskError):
     """A template is missing or fails to render."""
+
+
+class DatabaseUnreachable(HelpdeskError):
+    """The database does not answer: nothing listens, a login is refused, a folder is missing."""

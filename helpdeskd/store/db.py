@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from helpdeskd.config.settings import PACKAGE_DIR
-from helpdeskd.errors import SchemaError
+from helpdeskd.errors import DatabaseUnreachable, SchemaError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -162,3 +163,64 @@ def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
+
+
+# --- opening the database for a command ------------------------------------------------------
+
+
+def _missing_folder(url: str) -> Path | None:
+    """Return the folder of a SQLite URL's file when that folder does not exist, else None."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    folder = Path(str(parsed.database)).parent
+    return None if folder.is_dir() else folder
+
+
+def _unreachable(exc: Exception) -> DatabaseUnreachable:
+    """Return DatabaseUnreachable with the first line the driver gave about EXC."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return DatabaseUnreachable(
+        f"cannot reach the database: {lines[0] if lines else type(cause).__name__}"
+    )
+
+
+def _refuse_missing_folder(url: str) -> None:
+    # create_engine would make the folder, and SQLite an empty database in it: for a command,
+    # a missing folder is a typo in the URL, not a request for a new database.
+    folder = _missing_folder(url)
+    if folder is not None:
+        raise DatabaseUnreachable(f"cannot reach the database: the folder {folder} does not exist")
+
+
+async def ensure_reachable(url: str) -> None:
+    """Raise DatabaseUnreachable unless URL's database accepts a connection now."""
+    _refuse_missing_folder(url)
+    engine = create_engine(url)
+    try:
+        async with engine.connect():
+            pass
+    except (OSError, DBAPIError) as exc:
+        raise _unreachable(exc) from None
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_database(url: str) -> AsyncIterator[SessionMaker]:
+    """Yield sessions on URL's database once it answers and is at the migration head.
+
+    Raise DatabaseUnreachable or SchemaError before that, each one line a person can act on;
+    the engine is disposed of at the end.
+    """
+    _refuse_missing_folder(url)
+    engine = create_engine(url)
+    try:
+        try:
+            await check_schema(engine)
+        except (OSError, DBAPIError) as exc:
+            raise _unreachable(exc) from None
+        yield sessionmaker(engine)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,263 @@
+"""Commands that set up and run the service: init, db, check, run, ingest, rules test, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from helpdeskd import __version__
+from helpdeskd.cli.command import Subcommands, add_command, print_json, with_db
+from helpdeskd.config.load import load_config
+from helpdeskd.config.settings import Config
+from helpdeskd.errors import UserError
+from helpdeskd.store.db import SessionMaker, ensure_reachable, reading, upgrade
+
+STARTER_CONFIG = """\
+# helpdeskd configuration. Every key is described in the README; secrets live in files
+# (*_file), environment variables (*_env) or systemd credentials (*_credential).
+
+[service]
+name = "Acme Postgres add-on"               # shown in templates and on the status page
+support_address = "support@acme.test"       # the advertised address; tokens are plus-addressed
+public_url = "https://support.acme.test"    # base of unsubscribe and status links
+ticket_prefix = "HD"                        # subjects carry [HD-1042]
+secret_key_file = "{secret}"                # HMAC keys: one 'ID SECRET' per line, first signs
+timezone = "UTC"
+state_dir = "{state}"
+
+[database]
+url = "sqlite:///{database}"                # or postgresql://user@host/db
+
+# One [[mailbox]] per support mailbox:
+# [[mailbox]]
+# name = "support"
+# host = "imap.acme.test"
+# port = 993
+# security = "tls"                          # tls | starttls | none (none only on loopback)
+# username = "support@acme.test"
+# password_file = "/etc/helpdeskd/imap-password"
+# folder = "INBOX"
+# processed_folder = "Processed"            # absent: keep in place, mark $Helpdeskd
+# idle = true
+# poll_interval = 60
+# batch_size = 250                          # mails stored in one transaction when catching up
+
+# [smtp]
+# host = "smtp.acme.test"
+# port = 587
+# security = "starttls"                     # tls | starttls | none
+# username = "support@acme.test"
+# password_file = "/etc/helpdeskd/smtp-password"
+
+[http]
+listen = "127.0.0.1:8025"
+
+# [[agent]]
+# email = "alice@acme.test"
+# name = "Alice"
+"""
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path: Path = args.config or Path("helpdeskd.toml")
+    if path.exists() and not args.force:
+        raise UserError(f"{path} exists; use --force to overwrite it")
+    base = path.resolve().parent
+    state = Path(args.state_dir).resolve() if args.state_dir else base / "state"
+    secret = base / "secret.key"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        if not secret.exists():
+            secret.write_text(f"k1 {secrets.token_urlsafe(32)}\n")
+            secret.chmod(0o600)
+        path.write_text(
+            STARTER_CONFIG.format(secret=secret, state=state, database=state / "helpdeskd.db")
+        )
+    except OSError as exc:
+        raise UserError(f"{exc.filename or path}: cannot write: {exc.strerror}") from None
+    config = load_config(path)
+    upgrade(config.database.url)
+    print(f"wrote {path} and {secret}; database ready at {config.database.url}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, config: Config) -> int:
+    asyncio.run(ensure_reachable(config.database.url))
+    upgrade(config.database.url, args.revision)
+    print("database at head")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.daemon.checks import check_all
+
+    for line in check_all(config):
+        print(line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.daemon.run import run_daemon
+
+    # One line and exit 1 (systemd restarts us) rather than a traceback from deep in start-up.
+    asyncio.run(ensure_reachable(config.database.url))
+    return run_daemon(config)
+
+
+def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.ingest.batch import Processor
+    from helpdeskd.ingest.parsepool import ParsePool
+    from helpdeskd.ingest.sources import read_sources
+    from helpdeskd.triage.facts import Runtime
+
+    async def body(sessions: SessionMaker) -> int:
+        pool = ParsePool(config.parse.workers, config.parse.timeout)
+        processor = Processor(Runtime.of(config, backfill=args.backfill), sessions, pool)
+        counts: dict[str, int] = {}
+        try:
+            batch = []
+            for item in read_sources(args.paths):
+                batch.append(item)
+                if len(batch) >= 50:
+                    _report(await processor.process_batch(batch), args.json, counts)
+                    batch = []
+            _report(await processor.process_batch(batch), args.json, counts)
+        finally:
+            pool.close()
+        if not args.json:
+            print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no messages")
+        return 0
+
+    return with_db(config, body)
+
+
+def _report(outcomes: list[Any], as_json: bool, counts: dict[str, int]) -> None:
+    for outcome in outcomes:
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+        if as_json:
+            print_json(outcome.as_json())
+        else:
+            ticket = f" {outcome.ticket}" if outcome.ticket else ""
+            print(f"{outcome.outcome}{ticket}\t{outcome.source}\t{outcome.reason}")
+
+
+def cmd_rules_test(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.mail.parse import parse_message
+    from helpdeskd.rules import loader
+    from helpdeskd.rules.evaluate import evaluate
+    from helpdeskd.store.contacts import plan_of
+    from helpdeskd.triage.classify import classify
+    from helpdeskd.triage.facts import classify_context
+    from helpdeskd.triage.plan import rule_facts
+
+    try:
+        raw = args.message.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{args.message}: cannot read: {exc.strerror}") from None
+    rules = loader.load(config)
+    parsed = parse_message(raw)
+
+    async def body(sessions: SessionMaker) -> int:
+        async with reading(sessions) as session:
+            plan = await plan_of(session, parsed.sender)
+        kind = classify(parsed, classify_context(config))
+        facts = rule_facts(
+            parsed,
+            mailbox=args.mailbox or "",
+            kind=kind.kind,
+            plan=plan,
+            ticket=None,
+            now=datetime.now(UTC),
+        )
+        decision = evaluate(rules, facts)
+        if args.json:
+            print_json({"kind": kind.kind, "kind_reason": kind.reason, **decision.as_json()})
+        else:
+            print(f"kind: {kind.kind} ({kind.reason})")
+            for line in decision.describe():
+                print(line)
+        return 0
+
+    return with_db(config, body)
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.store.views import status_rows
+
+    async def body(sessions: SessionMaker) -> int:
+        async with reading(sessions) as session:
+            status = await status_rows(session)
+        status["version"] = __version__
+        if args.json:
+            print_json(status)
+            return 0
+        print(f"helpdeskd {__version__}")
+        for m in status["mailboxes"]:
+            error = f"  last error: {m['last_error']}" if m["last_error"] else ""
+            print(
+                f"mailbox {m['name']}: last poll {m['last_poll_at']}, ok {m['last_ok_at']}{error}"
+            )
+        if status["outbox_depth"]:
+            print(f"outbox: {status['outbox_depth']} pending (oldest {status['outbox_oldest']})")
+        else:
+            print("outbox: empty")
+        print(f"quarantine: {status['quarantined']}")
+        return 0
+
+    return with_db(config, body)
+
+
+# --- parsers, in the order of ``helpdeskd --help`` ---------------------------------------------
+
+
+def add_init(sub: Subcommands) -> None:
+    p = add_command(sub, "init", help="write a starter config (SQLite) and create the database")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--state-dir")
+    p.set_defaults(func=cmd_init, needs_config=False)
+
+
+def add_db(sub: Subcommands) -> None:
+    db = sub.add_parser("db", help="database migrations").add_subparsers(dest="db", required=True)
+    p = add_command(db, "upgrade", help="alembic upgrade head")
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(func=cmd_db_upgrade)
+
+
+def add_check(sub: Subcommands) -> None:
+    add_command(sub, "check", help="validate config and templates").set_defaults(func=cmd_check)
+
+
+def add_run(sub: Subcommands) -> None:
+    add_command(sub, "run", help="the daemon, in the foreground").set_defaults(func=cmd_run)
+
+
+def add_ingest(sub: Subcommands) -> None:
+    p = add_command(sub, "ingest", help=".eml, mbox or Maildir through the pipeline")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--backfill", action="store_true", help="store only; send nothing")
+    p.set_defaults(func=cmd_ingest)
+
+
+def add_rules(sub: Subcommands) -> None:
+    rules = sub.add_parser("rules", help="routing and time rules")
+    p = add_command(
+        rules.add_subparsers(dest="rules", required=True),
+        "test",
+        help="which rules match a message, and why (changes nothing)",
+    )
+    p.add_argument("message", type=Path)
+    p.add_argument("--mailbox", help="the mailbox it arrived in")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rules_test)
+
+
+def add_status(sub: Subcommands) -> None:
+    p = add_command(sub, "status", help="mailboxes, outbox depth, version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
