@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from helpdeskd.vocab import Priority, State
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored in UTC that refuses naive datetimes."""
@@ -111,10 +113,10 @@ class Ticket(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subject: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    state: Mapped[State] = mapped_column(String(16), default="new", index=True)
     # When the ticket entered its state: set on every change (see the listener below).
     state_since: Mapped[datetime | None] = mapped_column()
-    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    priority: Mapped[Priority] = mapped_column(String(16), default="normal")
     queue: Mapped[str | None] = mapped_column(String(100))
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
     requester_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)

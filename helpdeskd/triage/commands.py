@@ -52,12 +52,14 @@ from dataclasses import dataclass
 from typing import Literal, assert_never, get_args
 from urllib.parse import unquote
 
+from helpdeskd.vocab import PRIORITIES, STATES, State
+
 CommandName = Literal[
     "status", "assign", "priority", "queue", "tags", "cc", "note", "template", "merge", "public"
 ]
 COMMAND_NAMES: frozenset[str] = frozenset(get_args(CommandName))
-STATUSES = ("open", "pending", "solved", "closed")
-PRIORITIES = ("low", "normal", "high", "urgent")
+# What #status may set: every state but "new", which a ticket is only ever born in.
+STATUSES: tuple[State, ...] = tuple(s for s in STATES if s != "new")
 
 
 @dataclass(frozen=True)

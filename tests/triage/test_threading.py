@@ -1,9 +1,6 @@
-"""Threading decisions (DESIGN.md "Threading"): subjects, Thread-Index, the step order, reopen."""
+"""Threading decisions (DESIGN.md "Threading"): subjects, Thread-Index, the step order."""
 
 from __future__ import annotations
-
-import base64
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,11 +8,9 @@ from helpdeskd.triage.threading import (
     Candidates,
     TicketView,
     normalize_subject,
-    reopen_action,
     resolve_thread,
     subject_refs,
     tag_subject,
-    thread_index_root,
 )
 
 
@@ -120,35 +115,6 @@ def test_tag_subject(subject: str, expected: str) -> None:
     assert tagged == expected
     assert tag_subject(tagged, "HD-12", "HD") == tagged  # idempotent
     assert subject_refs(tagged, "HD").count("HD-12") == 1
-
-
-ROOT = bytes(range(1, 23))  # Outlook's first Thread-Index: 22 bytes
-CHILD = ROOT + bytes(5)  # each reply appends a 5-byte block
-GRANDCHILD = CHILD + bytes([9] * 5)
-ROOT_B64 = base64.b64encode(ROOT).decode()
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (base64.b64encode(ROOT).decode(), ROOT_B64),
-        (base64.b64encode(CHILD).decode(), ROOT_B64),
-        (base64.b64encode(GRANDCHILD).decode(), ROOT_B64),
-        (" " + base64.b64encode(CHILD).decode() + " ", ROOT_B64),
-        (base64.b64encode(ROOT).decode().rstrip("="), ROOT_B64),  # padding lost on the way
-        (  # another conversation has another root
-            base64.b64encode(bytes(range(2, 24)) + bytes(5)).decode(),
-            base64.b64encode(bytes(range(2, 24))).decode(),
-        ),
-        (base64.b64encode(ROOT[:21]).decode(), None),  # too short to hold a root
-        ("AQID", None),
-        ("", None),
-        (None, None),
-        ("@@@@", None),
-    ],
-)
-def test_thread_index_root(value: str | None, expected: str | None) -> None:
-    assert thread_index_root(value) == expected
 
 
 # --- resolve_thread -----------------------------------------------------------------------
@@ -271,26 +237,3 @@ def test_resolve_thread(
 def test_stranger_with_a_tag_is_told_why() -> None:
     match = resolve_thread(STRANGER, False, Candidates(by_subject=T_SUBJ))
     assert "HD-4" in match.reason and "non-participant" in match.reason
-
-
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-WINDOW = timedelta(days=14)
-
-
-@pytest.mark.parametrize(
-    ("state", "closed_at", "expected"),
-    [
-        ("new", None, "append"),
-        ("open", None, "append"),
-        ("pending", None, "append"),
-        ("solved", None, "reopen"),
-        ("solved", NOW - timedelta(days=400), "reopen"),
-        ("closed", NOW - timedelta(days=1), "reopen"),
-        ("closed", NOW - WINDOW, "reopen"),  # the window's last instant still reopens
-        ("closed", NOW - WINDOW - timedelta(seconds=1), "follow_up"),
-        ("closed", NOW - timedelta(days=90), "follow_up"),
-        ("closed", None, "follow_up"),
-    ],
-)
-def test_reopen_action(state: str, closed_at: datetime | None, expected: str) -> None:
-    assert reopen_action(state, closed_at, NOW, WINDOW) == expected
