@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from helpdeskd.config.settings import Config, load_config
+from helpdeskd.config.load import load_config
+from helpdeskd.config.settings import Config
 from helpdeskd.store.db import upgrade
 from tests.servers import postgres
 from tests.servers.smtp import SmtpSink
@@ -42,7 +43,7 @@ _pg_reason: list[str | None] = []
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database: SQLite in a temp dir, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'helpdeskd.store.db'}"
+        url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
         upgrade(url)
         yield url
         return

@@ -145,7 +145,7 @@ secret_key_file = "secret.key"
 state_dir = "{state}"
 
 [database]
-url = "sqlite:///{state / "helpdeskd.store.db"}"
+url = "sqlite:///{state / "helpdeskd.db"}"
 
 [[mailbox]]
 name = "support"
@@ -217,7 +217,7 @@ def main() -> int:
         sink.start()
         print(f"demo: SMTP sink (aiosmtpd) on 127.0.0.1:{sink.port}")
         config = write_config(state, dovecot, sink)
-        upgrade(f"sqlite:///{state / 'helpdeskd.store.db'}")
+        upgrade(f"sqlite:///{state / 'helpdeskd.db'}")
         env = dict(os.environ, HELPDESKD_CONFIG=str(config), PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             [sys.executable, "-m", "helpdeskd", "run"],

@@ -14,9 +14,9 @@ from typing import Any
 from helpdeskd.config.settings import Config
 from helpdeskd.ingest.batch import Processor
 from helpdeskd.ingest.parsepool import ParsePool
-from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.store.db import create_engine, sessionmaker
+from helpdeskd.triage.facts import Runtime
 from helpdeskd.triage.received import Incoming, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +30,8 @@ class Desk:
         self.engine = create_engine(config.database.url)
         self.sessions = sessionmaker(self.engine)
         self.pool = ParsePool(2, 20)
-        self.processor = Processor(
-            config, self.sessions, Renderer(config.paths.templates), self.pool, backfill=backfill
-        )
+        self.runtime = Runtime.of(config, backfill=backfill)
+        self.processor = Processor(self.runtime, self.sessions, self.pool)
         self._seq = 0
 
     async def ingest(self, raws: Sequence[bytes], source: str = "test") -> list[Outcome]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpdeskd.config.settings import Config
-from helpdeskd.desk import routing
 from helpdeskd.errors import ConfigError, TemplateError
 from helpdeskd.mail.render import Renderer
+from helpdeskd.rules import loader
 
 REQUIRED_TEMPLATES = ("ack.txt.j2", "agent_notification.txt.j2", "oversize.txt.j2")
 
@@ -59,7 +59,7 @@ def check_all(config: Config) -> list[str]:
     except TemplateError as exc:
         raise TemplateError(f"templates: {exc}") from None
     lines.append(f"templates: {len(names)} ok in {config.paths.templates}")
-    rules = routing.load(config)
+    rules = loader.load(config)
     lines.append(
         f"rules: {len(rules.rules)} routing, {len(rules.time_rules)} time, {len(rules.slas)} SLA "
         f"rules ok in {config.paths.rules}"

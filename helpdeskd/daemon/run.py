@@ -15,11 +15,13 @@ from aiohttp import web
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from helpdeskd.config.settings import Config, load_config
+from helpdeskd.config.load import load_config
+from helpdeskd.config.settings import Config
 from helpdeskd.daemon.checks import check_templates
 from helpdeskd.daemon.sdnotify import Notifier, watchdog_interval
 from helpdeskd.daemon.supervisor import Supervisor, TaskFactory
-from helpdeskd.desk import notices, routing
+from helpdeskd.desk import notices
+from helpdeskd.desk.agents import AgentDesk
 from helpdeskd.desk.automation import Automation
 from helpdeskd.desk.housekeeping import remind_quarantine, tick_operations
 from helpdeskd.errors import HelpdeskError
@@ -28,8 +30,10 @@ from helpdeskd.ingest.batch import MailboxMark, Prepared, Processor
 from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox.sender import OutboxSender
+from helpdeskd.rules import loader
 from helpdeskd.store.db import SessionMaker, check_schema, create_engine, sessionmaker
 from helpdeskd.store.models import Agent, MailboxState, utcnow
+from helpdeskd.triage.facts import Policy, Runtime
 from helpdeskd.triage.received import Incoming
 from helpdeskd.web.app import (
     LoopMonitor,
@@ -64,7 +68,8 @@ async def sync_agents(sessions: SessionMaker, config: Config) -> None:
 class ProcessorSink:
     """Adapt the IMAP watcher's callbacks to the processor and the mailbox state table."""
 
-    def __init__(self, processor: Processor, sessions: SessionMaker) -> None:
+    def __init__(self, runtime: Runtime, processor: Processor, sessions: SessionMaker) -> None:
+        self.runtime = runtime
         self.processor = processor
         self.sessions = sessions
 
@@ -93,7 +98,7 @@ class ProcessorSink:
         """Record a poll; tell the agents once when a mailbox keeps failing, and once more
         when it recovers."""
         now = utcnow()
-        config = self.processor.config
+        config = self.runtime.policy.config
         async with self.sessions() as session, session.begin():
             state = await session.get(MailboxState, mailbox)
             if state is None:
@@ -130,7 +135,7 @@ class ProcessorSink:
                 log.error("mailbox_alert", mailbox=mailbox, error=state.last_error)
 
     async def _tell_agents(self, session: AsyncSession, subject: str, text: str) -> None:
-        await self.processor.agents.tell_all(session, None, subject, text)
+        await AgentDesk.of(self.runtime.policy).tell_all(session, None, subject, text)
 
 
 async def _mailbox_lock(
@@ -182,12 +187,9 @@ class Daemon:
             await check_schema(engine)
             sessions = sessionmaker(engine)
             await sync_agents(sessions, config)
+            self.runtime = Runtime.of(config)
             self.processor = Processor(
-                config,
-                sessions,
-                Renderer(config.paths.templates),
-                parse_pool,
-                outbox_wakeup=self.outbox_wakeup,
+                self.runtime, sessions, parse_pool, outbox_wakeup=self.outbox_wakeup
             )
             supervisor = Supervisor(self.stop)
             if config.smtp is not None:
@@ -199,7 +201,7 @@ class Daemon:
                     dkim=config.dkim,
                 )
                 supervisor.add("outbox", sender.run)
-            sink = ProcessorSink(self.processor, sessions)
+            sink = ProcessorSink(self.runtime, self.processor, sessions)
             for mailbox in config.mailboxes:
                 supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
             supervisor.add("housekeeping", self._housekeeping())
@@ -264,7 +266,7 @@ class Daemon:
 
     def _scheduler(self) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
-            automation = Automation(self.processor)
+            automation = Automation(self.runtime, self.processor.sessions)
             while not stop.is_set():
                 steps, wake = await automation.run_due()
                 if steps:
@@ -278,8 +280,9 @@ class Daemon:
     def _housekeeping(self) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
             while not stop.is_set():
-                told = await remind_quarantine(self.processor)
-                if told or await tick_operations(self.processor):
+                sessions = self.processor.sessions
+                told = await remind_quarantine(self.runtime, sessions)
+                if told or await tick_operations(self.runtime, sessions):
                     self.outbox_wakeup.set()
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
@@ -333,7 +336,7 @@ class Daemon:
                 raise HelpdeskError("no config file to reload")
             fresh = load_config(Path(source))
             check_templates(fresh)
-            rules = routing.load(fresh)
+            rules = loader.load(fresh)
         except HelpdeskError as exc:
             log.error("reload_refused", error=str(exc))
             self.notifier.notify("READY=1", f"STATUS=reload refused: {exc}")
@@ -347,7 +350,8 @@ class Daemon:
             paths=fresh.paths,
             heroku=fresh.heroku,
         )
-        self.processor.reload(self.config, Renderer(fresh.paths.templates), rules)
+        # One swap: every batch, pass and round that starts from now on uses all of it.
+        self.runtime.policy = Policy(self.config, rules, Renderer(fresh.paths.templates))
         log.info("config_reloaded", source=str(source))
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
 

@@ -10,29 +10,24 @@ extracted text only — never the agent's HTML, never a ``#note``. Commands are 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
 from helpdeskd.mail.authresults import dkim_aligned
+from helpdeskd.mail.compose import Composed, Envelope, Parent, compose_mail, customer_envelope
 from helpdeskd.mail.parse import ParsedMessage, extract_reply
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.tokens import ReplyToken, reply_address, tokens_in, verify_reply
-from helpdeskd.outbox.compose import (
-    Composed,
-    Envelope,
-    Parent,
-    compose_mail,
-    customer_envelope,
-    store_mail,
-)
+from helpdeskd.outbox.queue import store_mail
+from helpdeskd.store.contacts import add_participant, ensure_contact, remove_participant
 from helpdeskd.store.models import (
     Agent,
     Contact,
@@ -44,14 +39,26 @@ from helpdeskd.store.models import (
     columns,
     utcnow,
 )
-from helpdeskd.triage.commands import Command, ParsedCommands, describe, parse_commands
+from helpdeskd.triage.agent_reply import (
+    AgentFacts,
+    AgentReplyPlan,
+    EventRow,
+    ReplyFacts,
+    TicketFacts,
+    decide_agent_reply,
+    refusals,
+)
+from helpdeskd.triage.commands import ParsedCommands, parse_commands
+from helpdeskd.triage.facts import Policy
+from helpdeskd.triage.lifecycle import MergeTarget, Status
 from helpdeskd.triage.loops import automatic_headers
 from helpdeskd.triage.received import ticket_ref
 from helpdeskd.triage.threading import tag_subject
+from helpdeskd.vocab import as_state
 
 log = structlog.get_logger(__name__)
 
-STATES = ("new", "open", "pending", "solved", "closed")
+MAX_TICKET_ID = 2**31 - 1  # tickets.id is a 32-bit integer on PostgreSQL
 _FORWARD_MARKER = re.compile(
     r"^-{2,}\s*(forwarded message|original message|weitergeleitete nachricht|"
     r"message transféré|mensaje reenviado)\s*-{2,}\s*$|^begin forwarded message:\s*$",
@@ -103,6 +110,11 @@ class Verdict:
 
 class AgentDesk:
     """The agent side of the processor; called inside the processor's transaction."""
+
+    @classmethod
+    def of(cls, policy: Policy) -> AgentDesk:
+        """The desk's agent side under POLICY (its config, templates and backfill flag)."""
+        return cls(policy.config, policy.renderer, backfill=policy.backfill)
 
     def __init__(self, config: Config, renderer: Renderer, *, backfill: bool = False) -> None:
         self.config = config
@@ -434,111 +446,88 @@ class AgentDesk:
         raw: RawMessage,
         parsed: ParsedMessage,
     ) -> str:
-        """Apply an authenticated agent reply; return a one-line reason for the outcome."""
-        service = self.config.service
-        commands = parse_commands(parsed.full_text, ticket_prefix=service.ticket_prefix)
-        if not commands.ok:
-            details = [f"line {e.line}: {e.message}" for e in commands.errors]
-            await self.hold(
-                session,
-                ticket,
-                agent,
-                message,
-                "a command is invalid",
-                security=False,
-                details=details,
-            )
-            return "commands refused: " + "; ".join(details)
-        problems = await self._check(session, ticket, agent, commands)
-        if problems:
-            await self.hold(
-                session,
-                ticket,
-                agent,
-                message,
-                "a command cannot be applied",
-                security=False,
-                details=problems,
-            )
-            return "commands refused: " + "; ".join(problems)
+        """Apply an authenticated agent reply; return a one-line reason for the outcome.
 
+        What the reply does is decided by :func:`decide_agent_reply` from the facts gathered
+        here; this only carries the plan out.
+        """
+        commands = parse_commands(parsed.full_text, ticket_prefix=self.config.service.ticket_prefix)
         text = extract_reply(commands.body) if commands.body.strip() else ""
-        message.text = text
-        message.kind = "agent_reply"
-        template = commands.get("template")
-        outgoing = text
-        if template is not None and not commands.internal:
-            rendered = self.renderer.render(
-                f"replies/{template.args[0]}.txt.j2", await self._context(session, ticket, agent)
-            )
-            outgoing = "\n\n".join(part for part in (text, rendered.text.strip()) if part)
-        if not outgoing.strip() and not commands.commands:
+        facts = await self._reply_facts(session, ticket, agent, message, commands)
+        plan = decide_agent_reply(commands, text, facts)
+        if plan.message_text is not None:
+            message.text = plan.message_text
+        if plan.held is not None:
             await self.hold(
                 session,
                 ticket,
                 agent,
                 message,
-                "nothing was left to send once quoted text and signature were removed",
+                plan.held.reason,
                 security=False,
+                details=plan.held.details,
             )
-            return "empty reply held"
+            return plan.outcome
+        await self._carry_out(session, ticket, agent, message, raw, plan)
+        return plan.outcome
 
-        applied = await self._apply(session, ticket, agent, commands)
-        ticket = await session.get_one(Ticket, ticket.id)  # a merge may have moved us
-        sent = False
-        if commands.internal:
-            message.kind, message.internal = "note", True
-            session.add(
-                Event(
-                    ticket_id=ticket.id,
-                    type="note_added",
-                    actor=agent.email,
-                    detail={"message_id": message.message_id},
-                )
-            )
-        else:
-            message.internal = True  # the agent's own mail stays internal; the customer copy is new
-            if outgoing.strip():
-                await self._send_to_customer(session, ticket, agent, outgoing, raw)
-                sent = True
-        if sent:
-            now = utcnow()
-            if ticket.first_response_at is None:
-                ticket.first_response_at = now
-            if commands.get("status") is None and ticket.state in ("new", "open"):
-                target = service.agent_reply_state
-                session.add(
-                    Event(
-                        ticket_id=ticket.id,
-                        type="state_changed",
-                        actor=agent.email,
-                        detail={"from": ticket.state, "to": target},
-                    )
-                )
-                ticket.state = target
-        ticket.updated_at = utcnow()
-        await self.notify(session, ticket, message, exclude=agent.id)
-        if commands.commands and service.receipts == "always":
-            lines = [
-                f"Applied to {ticket_ref(self.config, ticket.id)}:",
-                *(f"  - {a}" for a in applied),
-            ]
-            if sent:
-                lines.append("  - reply sent to the customer")
-            await self.tell(
-                session,
-                agent,
-                ticket,
-                "Done: " + ticket.subject,
-                "\n".join(lines) + "\n",
-                parent=Parent.of(message),
-            )
-        parts = list(applied) + (["reply sent"] if sent else [])
-        return "; ".join(parts) or "agent reply"
-
-    async def _context(self, session: AsyncSession, ticket: Ticket, agent: Agent) -> dict[str, Any]:
+    async def _reply_facts(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        agent: Agent,
+        message: Message,
+        commands: ParsedCommands,
+    ) -> ReplyFacts:
+        """Look up what deciding an agent's reply to TICKET needs."""
         service = self.config.service
         requester = await session.get_one(Contact, ticket.requester_id)
+        merge = commands.get("merge")
+        template = commands.get("template")
+        canned = (
+            template.args[0]
+            if template is not None and self.renderer.exists(_canned(template.args[0]))
+            else None
+        )
+        facts = ReplyFacts(
+            ticket=TicketFacts(
+                id=ticket.id,
+                ref=ticket_ref(self.config, ticket.id),
+                subject=ticket.subject,
+                status=Status(ticket.state, ticket.solved_at, ticket.closed_at),
+                priority=ticket.priority,
+                queue=ticket.queue,
+                tags=tuple(ticket.tags or ()),
+                requester_id=ticket.requester_id,
+                requester=requester.email,
+                first_response_at=ticket.first_response_at,
+            ),
+            agent=AgentFacts(agent.id, agent.email, agent.name),
+            message_id=message.message_id,
+            agent_addresses=frozenset(a.email for a in self.config.agents),
+            canned_replies=frozenset([canned] if canned else []),
+            now=utcnow(),
+            agent_reply_state=as_state(service.agent_reply_state),
+            receipts="errors" if service.receipts == "errors" else "always",
+            merge_target=await self._merge_target(session, merge.args[0]) if merge else None,
+        )
+        if canned and not commands.internal and commands.ok and not refusals(commands, facts):
+            # Rendered only for a reply that will be sent: a refused one renders nothing.
+            context = self._context(ticket, agent, requester)
+            facts = replace(facts, canned_text=self.renderer.render(_canned(canned), context).text)
+        return facts
+
+    async def _merge_target(self, session: AsyncSession, ref: str) -> MergeTarget | None:
+        number = ref.rpartition("-")[2]
+        if not number.isdigit() or int(number) > MAX_TICKET_ID:
+            return None
+        target = await session.get(Ticket, int(number))
+        if target is None:
+            return None
+        return MergeTarget(target.id, target.requester_id, target.merged_into_id)
+
+    def _context(self, ticket: Ticket, agent: Agent, requester: Contact) -> dict[str, Any]:
+        service = self.config.service
         return {
             "service": {"name": service.name, "support_address": service.support_address},
             "ticket": {
@@ -551,158 +540,66 @@ class AgentDesk:
             "agent": {"name": agent.name, "email": agent.email},
         }
 
-    async def _check(
-        self, session: AsyncSession, ticket: Ticket, agent: Agent, commands: ParsedCommands
-    ) -> list[str]:
-        """Return why commands cannot be applied to TICKET (all-or-nothing: check first)."""
-        problems = []
-        for command in commands.commands:
-            if command.name == "assign":
-                target = command.args[0]
-                if target not in ("me", "none") and self.config.agent(target) is None:
-                    problems.append(f"#assign: {target} is not an agent")
-            elif command.name == "template":
-                name = f"replies/{command.args[0]}.txt.j2"
-                if not self.renderer.exists(name):
-                    problems.append(f"#template: there is no canned reply {command.args[0]}")
-            elif command.name == "cc":
-                requester = await session.get_one(Contact, ticket.requester_id)
-                for item in command.args:
-                    if item[1:] == requester.email and item.startswith("-"):
-                        problems.append("#cc: the requester cannot be removed")
-            elif command.name == "merge":
-                problems.extend(await self._check_merge(session, ticket, command))
-        return problems
-
-    async def _check_merge(
-        self, session: AsyncSession, ticket: Ticket, command: Command
-    ) -> list[str]:
-        target_ref = command.args[0]
-        number = target_ref.rpartition("-")[2]
-        target = await session.get(Ticket, int(number)) if number.isdigit() else None
-        if target is None:
-            return [f"#merge: there is no ticket {target_ref}"]
-        if target.id == ticket.id:
-            return ["#merge: a ticket cannot be merged into itself"]
-        if target.merged_into_id is not None:
-            return [f"#merge: {target_ref} was itself merged into another ticket"]
-        if target.requester_id != ticket.requester_id and "force" not in command.args:
-            return [
-                f"#merge: {target_ref} has another requester; write '#merge {target_ref} force' "
-                "to merge anyway"
-            ]
-        return []
-
-    async def _apply(
-        self, session: AsyncSession, ticket: Ticket, agent: Agent, commands: ParsedCommands
-    ) -> list[str]:
-        applied = []
-        now = utcnow()
-        for command in commands.commands:
-            detail: dict[str, Any] = {"command": command.source}
-            if command.name == "status":
-                state = command.args[0]
-                detail.update({"from": ticket.state, "to": state})
-                ticket.state = state
-                ticket.solved_at = now if state == "solved" else ticket.solved_at
-                ticket.closed_at = now if state == "closed" else None
-                if state in ("open", "pending"):
-                    ticket.solved_at = None
-            elif command.name == "assign":
-                target = command.args[0]
-                row = agent if target == "me" else None
-                if target not in ("me", "none"):
-                    row = await self.agent(session, target)
-                ticket.assignee_id = row.id if row else None
-                detail["to"] = row.email if row else None
-            elif command.name == "priority":
-                detail.update({"from": ticket.priority, "to": command.args[0]})
-                ticket.priority = command.args[0]
-            elif command.name == "queue":
-                detail.update({"from": ticket.queue, "to": command.args[0]})
-                ticket.queue = command.args[0]
-            elif command.name == "tags":
-                tags = list(ticket.tags or [])
-                for item in command.args:
-                    tag = item[1:]
-                    if item.startswith("+") and tag not in tags:
-                        tags.append(tag)
-                    elif item.startswith("-") and tag in tags:
-                        tags.remove(tag)
-                ticket.tags = tags
-                detail["tags"] = tags
-            elif command.name == "cc":
-                await self._apply_cc(session, ticket, command)
-            elif command.name == "merge":
-                target_id = int(command.args[0].rpartition("-")[2])
-                await self._merge(session, ticket, target_id, agent)
-            elif command.name in ("note", "public", "template"):
-                pass  # shape what is sent, handled by the caller
-            session.add(
-                Event(
-                    ticket_id=ticket.id,
-                    type=f"command_{command.name}",
-                    actor=agent.email,
-                    detail=detail,
-                )
-            )
-            applied.append(describe(command))
-        return applied
-
-    async def _apply_cc(self, session: AsyncSession, ticket: Ticket, command: Command) -> None:
-        for item in command.args:
-            address = item[1:].lower()
-            contact = await session.scalar(select(Contact).where(Contact.email == address))
-            if item.startswith("+"):
-                if contact is None:
-                    contact = Contact(email=address, undeliverable=False, bounce_count=0)
-                    session.add(contact)
-                    await session.flush()
-                exists = await session.scalar(
-                    select(Participant.id).where(
-                        Participant.ticket_id == ticket.id, Participant.contact_id == contact.id
-                    )
-                )
-                if exists is None:
-                    session.add(Participant(ticket_id=ticket.id, contact_id=contact.id, role="cc"))
-            elif contact is not None:
-                await session.execute(
-                    delete(Participant).where(
-                        Participant.ticket_id == ticket.id,
-                        Participant.contact_id == contact.id,
-                        Participant.role == "cc",
-                    )
-                )
-
-    async def _merge(
-        self, session: AsyncSession, ticket: Ticket, target_id: int, agent: Agent
+    async def _carry_out(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        agent: Agent,
+        message: Message,
+        raw: RawMessage,
+        plan: AgentReplyPlan,
     ) -> None:
-        await session.flush()
+        """Make the changes PLAN decided, send what it sends and tell whom it tells."""
+        message.kind, message.internal = plan.message_kind, plan.message_internal
+        for address in plan.cc.add:
+            contact = await ensure_contact(session, address, None)
+            await add_participant(session, ticket.id, contact.id, "cc")
+        for address in plan.cc.remove:
+            await remove_participant(session, ticket.id, address, "cc")
+        if plan.assign is not None:
+            email, assignee = plan.assign.email, None
+            if email == agent.email:
+                assignee = agent
+            elif email is not None:
+                assignee = await self.agent(session, email)
+            ticket.assignee_id = assignee.id if assignee is not None else None
+        if plan.merge_into is not None:
+            await self._merge(session, ticket, plan.merge_into)
+        if plan.changes is not None:
+            changes = plan.changes
+            ticket.state = changes.status.state
+            ticket.solved_at, ticket.closed_at = changes.status.solved_at, changes.status.closed_at
+            ticket.priority, ticket.queue = changes.priority, changes.queue
+            ticket.tags = list(changes.tags)
+            ticket.first_response_at = changes.first_response_at
+            ticket.updated_at = changes.updated_at
+        _add_events(session, plan.events)
+        if plan.send is not None:
+            await self._send_to_customer(session, ticket, agent, plan.send, raw)
+        _add_events(session, plan.events_after_send)
+        await self.notify(session, ticket, message, exclude=agent.id)
+        if plan.receipt:
+            await self.tell(
+                session,
+                agent,
+                ticket,
+                "Done: " + ticket.subject,
+                "\n".join(plan.receipt) + "\n",
+                parent=Parent.of(message),
+            )
+
+    async def _merge(self, session: AsyncSession, ticket: Ticket, target_id: int) -> None:
+        """Move TICKET's mail into ticket TARGET_ID and add its participants there as Cc."""
+        await session.flush()  # the reply being handled moves too
         await session.execute(
             update(Message).where(Message.ticket_id == ticket.id).values(ticket_id=target_id)
         )
-        existing = set(
-            await session.scalars(
-                select(Participant.contact_id).where(Participant.ticket_id == target_id)
-            )
+        contacts = await session.scalars(
+            select(Participant.contact_id).where(Participant.ticket_id == ticket.id)
         )
-        for participant in await session.scalars(
-            select(Participant).where(Participant.ticket_id == ticket.id)
-        ):
-            if participant.contact_id not in existing:
-                session.add(
-                    Participant(ticket_id=target_id, contact_id=participant.contact_id, role="cc")
-                )
+        for contact_id in contacts.all():
+            await add_participant(session, target_id, contact_id, "cc")
         ticket.merged_into_id = target_id
-        ticket.state, ticket.closed_at = "closed", utcnow()
-        session.add(
-            Event(
-                ticket_id=target_id,
-                type="merged_in",
-                actor=agent.email,
-                detail={"from": ticket_ref(self.config, ticket.id)},
-            )
-        )
 
     async def _send_to_customer(
         self, session: AsyncSession, ticket: Ticket, agent: Agent, text: str, raw: RawMessage
@@ -775,5 +672,22 @@ class AgentDesk:
                     "to": list(envelope.to),
                     "cc": list(envelope.cc),
                 },
+            )
+        )
+
+
+def _canned(name: str) -> str:
+    """The template of canned reply NAME."""
+    return f"replies/{name}.txt.j2"
+
+
+def _add_events(session: AsyncSession, events: Iterable[EventRow]) -> None:
+    for event in events:
+        session.add(
+            Event(
+                ticket_id=event.ticket_id,
+                type=event.type,
+                actor=event.actor,
+                detail=dict(event.detail),
             )
         )

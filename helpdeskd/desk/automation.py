@@ -18,9 +18,10 @@ import structlog
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from helpdeskd.ingest.batch import Processor
-from helpdeskd.outbox.compose import compose_mail, customer_envelope, store_mail
-from helpdeskd.rules.engine import RuleSet
+from helpdeskd.desk.agents import AgentDesk
+from helpdeskd.mail.compose import compose_mail, customer_envelope
+from helpdeskd.outbox.queue import store_mail
+from helpdeskd.rules.model import RuleSet
 from helpdeskd.rules.schedule import (
     BusinessCalendar,
     Sla,
@@ -33,15 +34,17 @@ from helpdeskd.rules.schedule import (
     select_sla,
     sla_deadlines,
 )
-from helpdeskd.store.db import reading
+from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Agent, Contact, Event, Ticket, utcnow
+from helpdeskd.triage.facts import Policy, Runtime
+from helpdeskd.triage.lifecycle import Status, change_state, edit_tags, signed
 from helpdeskd.triage.loops import automatic_headers
 from helpdeskd.triage.received import ticket_ref
 from helpdeskd.triage.threading import tag_subject
+from helpdeskd.vocab import OPEN_STATES, as_priority
 
 log = structlog.get_logger(__name__)
 
-OPEN_STATES = ("new", "open", "pending")
 IDLE = timedelta(seconds=60)
 SCAN_CHUNK = 1000  # open tickets read at a time by a pass
 MAX_CACHED = 100_000  # SLA deadlines kept between passes: one or two a ticket
@@ -150,8 +153,9 @@ def _facts(ticket: _TicketColumns, plan: str | None, fired: dict[str, datetime])
 
 
 class Automation:
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
+    def __init__(self, runtime: Runtime, sessions: SessionMaker) -> None:
+        self.runtime = runtime
+        self.sessions = sessions
         # A ticket's SLA deadlines, worked out once (business hours take ~150 us a ticket).
         self._deadlines: dict[
             tuple[Sla, BusinessCalendar, datetime, bool], tuple[SlaDeadline, ...]
@@ -178,14 +182,15 @@ class Automation:
     async def run_due(self, now: datetime | None = None) -> tuple[int, datetime]:
         """Take every due step once; return (steps taken, when to look again)."""
         now = now or utcnow()
-        rules = self.processor.rules
+        policy = self.runtime.policy  # the rules of this pass, whatever a reload does meanwhile
+        rules = policy.rules
         if not rules.time_rules and not rules.slas:
             return 0, now + IDLE
         jobs: list[datetime | None] = []
         due = await self._due(rules, now, jobs)
         taken = 0
         for ticket_id in due:
-            steps, upcoming = await self._ticket(ticket_id, now)
+            steps, upcoming = await self._ticket(policy, ticket_id, now)
             taken += steps
             jobs.extend(upcoming)
         return taken, next_run(now, jobs, idle=IDLE)
@@ -201,7 +206,7 @@ class Automation:
             set(OPEN_STATES) if rules.slas else set()
         )
         candidate = (Ticket.state.in_(states), Ticket.merged_into_id.is_(None))
-        async with reading(self.processor.sessions) as session:  # beside a batch's commit
+        async with reading(self.sessions) as session:  # beside a batch's commit
             fired: dict[int, _Fired] = {}
             events = await session.execute(
                 select(Event.ticket_id, Event.type, Event.detail, Event.created_at)
@@ -242,9 +247,11 @@ class Automation:
                 last = tickets[-1].id
         return due
 
-    async def _ticket(self, ticket_id: int, now: datetime) -> tuple[int, list[datetime | None]]:
-        rules = self.processor.rules
-        async with self.processor.sessions() as session, session.begin():
+    async def _ticket(
+        self, policy: Policy, ticket_id: int, now: datetime
+    ) -> tuple[int, list[datetime | None]]:
+        rules = policy.rules
+        async with self.sessions() as session, session.begin():
             ticket = await session.scalar(
                 select(Ticket).where(Ticket.id == ticket_id).with_for_update(skip_locked=True)
             )
@@ -258,6 +265,7 @@ class Automation:
             for step in steps:
                 if isinstance(step, _SlaStep):
                     await self._sla(
+                        policy,
                         session,
                         ticket,
                         step.sla.escalate,
@@ -268,17 +276,22 @@ class Automation:
                     )
                     fired.steps.add(step.key)
                 else:
-                    await self._act(session, ticket, requester, step)
+                    await self._act(policy, session, ticket, requester, step)
                     fired.rules[step.name] = now
                 taken += 1
             return taken, upcoming
 
     async def _act(
-        self, session: AsyncSession, ticket: Ticket, requester: Contact, rule: TimeRule
+        self,
+        policy: Policy,
+        session: AsyncSession,
+        ticket: Ticket,
+        requester: Contact,
+        rule: TimeRule,
     ) -> None:
         now = utcnow()
         for action in rule.actions:
-            await self._action(session, ticket, requester, rule, action, now)
+            await self._action(policy, session, ticket, requester, rule, action, now)
         session.add(
             Event(
                 ticket_id=ticket.id,
@@ -296,6 +309,7 @@ class Automation:
 
     async def _action(
         self,
+        policy: Policy,
         session: AsyncSession,
         ticket: Ticket,
         requester: Contact,
@@ -303,40 +317,43 @@ class Automation:
         action: TimeAction,
         now: datetime,
     ) -> None:
-        processor = self.processor
-        if action.name == "close":
-            ticket.state, ticket.closed_at = "closed", now
-        elif action.name == "solve":
-            ticket.state, ticket.solved_at = "solved", now
+        if action.name in ("close", "solve"):
+            before = Status(ticket.state, ticket.solved_at, ticket.closed_at)
+            after = change_state(before, "closed" if action.name == "close" else "solved", now)
+            ticket.state = after.state
+            ticket.solved_at, ticket.closed_at = after.solved_at, after.closed_at
         elif action.name == "priority":
-            ticket.priority = action.value
+            ticket.priority = as_priority(action.value)
         elif action.name == "tags":
-            tag = action.value[1:]
-            tags = [t for t in (ticket.tags or []) if t != tag]
-            ticket.tags = [*tags, tag] if action.value.startswith("+") else tags
+            ticket.tags = edit_tags(ticket.tags or [], *signed([action.value]))
         elif action.name == "remind":
-            await self._remind(session, ticket, requester, action.value)
+            await self._remind(policy, session, ticket, requester, action.value)
         elif action.name == "escalate":
             await self._tell(
+                policy,
                 session,
                 ticket,
                 action.value,
                 f"Escalated by rule {rule.name}: " + ticket.subject,
                 f"Rule {rule.name} ({rule.file}:{rule.line}) escalated "
-                f"{ticket_ref(processor.config, ticket.id)}: it is {ticket.state} "
+                f"{ticket_ref(policy.config, ticket.id)}: it is {ticket.state} "
                 f"since {(ticket.state_since or ticket.updated_at):%Y-%m-%d %H:%M} UTC.\n",
             )
 
     async def _remind(
-        self, session: AsyncSession, ticket: Ticket, requester: Contact, template: str
+        self,
+        policy: Policy,
+        session: AsyncSession,
+        ticket: Ticket,
+        requester: Contact,
+        template: str,
     ) -> None:
         """Mail the requester a reminder (never to the Heroku desk, never when suppressed)."""
-        processor = self.processor
         if ticket.channel != "email" or requester.undeliverable or requester.suppressed:
             return
-        service = processor.config.service
-        ref = ticket_ref(processor.config, ticket.id)
-        rendered = processor.renderer.render(
+        service = policy.config.service
+        ref = ticket_ref(policy.config, ticket.id)
+        rendered = policy.renderer.render(
             f"{template}.txt.j2",
             {
                 "service": {"name": service.name, "support_address": service.support_address},
@@ -364,6 +381,7 @@ class Automation:
 
     async def _sla(
         self,
+        policy: Policy,
         session: AsyncSession,
         ticket: Ticket,
         escalate: str,
@@ -372,7 +390,7 @@ class Automation:
         sla: str,
         breach_at: datetime,
     ) -> None:
-        ref = ticket_ref(self.processor.config, ticket.id)
+        ref = ticket_ref(policy.config, ticket.id)
         what = target.replace("_", " ")
         if kind == "sla_breached":
             subject = f"SLA breached ({what}): {ticket.subject}"
@@ -382,7 +400,7 @@ class Automation:
             subject = f"SLA warning ({what}): {ticket.subject}"
             text = f"{ref} reaches its {what} target ({sla}) at {breach_at:%Y-%m-%d %H:%M} UTC.\n"
             who = "assignee"
-        await self._tell(session, ticket, who, subject, text)
+        await self._tell(policy, session, ticket, who, subject, text)
         session.add(
             Event(
                 ticket_id=ticket.id,
@@ -394,10 +412,16 @@ class Automation:
         log.warning(kind, ticket=ticket.id, sla=sla, target=target)
 
     async def _tell(
-        self, session: AsyncSession, ticket: Ticket, who: str, subject: str, text: str
+        self,
+        policy: Policy,
+        session: AsyncSession,
+        ticket: Ticket,
+        who: str,
+        subject: str,
+        text: str,
     ) -> None:
         """Mail the assignee ('assignee', falling back to the agents), the agents or an address."""
-        agents = self.processor.agents
+        agents = AgentDesk.of(policy)
         recipients: list[Agent] = []
         if who == "assignee" and ticket.assignee_id is not None:
             assignee = await session.get(Agent, ticket.assignee_id)

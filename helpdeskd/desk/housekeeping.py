@@ -7,18 +7,21 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import func, select
 
+from helpdeskd.desk.agents import AgentDesk
 from helpdeskd.desk.incidents import due_postmortems, maintenance_tick
-from helpdeskd.ingest.batch import Processor
+from helpdeskd.store.db import SessionMaker
 from helpdeskd.store.models import Event, Quarantine, utcnow
+from helpdeskd.triage.facts import Runtime
 
 log = structlog.get_logger(__name__)
 
 REMIND_EVERY = timedelta(hours=24)
 
 
-async def remind_quarantine(processor: Processor) -> bool:
+async def remind_quarantine(runtime: Runtime, sessions: SessionMaker) -> bool:
     """Tell the agents, at most once a day, that quarantine holds mail; True when told."""
-    async with processor.sessions() as session, session.begin():
+    agents = AgentDesk.of(runtime.policy)
+    async with sessions() as session, session.begin():
         entries = list(
             await session.scalars(
                 select(Quarantine).where(Quarantine.resolved_at.is_(None)).order_by(Quarantine.id)
@@ -50,19 +53,21 @@ async def remind_quarantine(processor: Processor) -> bool:
             "See one:   helpdeskd quarantine show ID --raw",
             "Retry one: helpdeskd quarantine retry ID   (after fixing the cause)",
         ]
-        await processor.agents.tell_all(
+        await agents.tell_all(
             session, None, f"{len(entries)} message(s) in quarantine", "\n".join(lines) + "\n"
         )
         log.warning("quarantine_reminder", open=len(entries))
         return True
 
 
-async def tick_operations(processor: Processor) -> int:
+async def tick_operations(runtime: Runtime, sessions: SessionMaker) -> int:
     """Move maintenance along by time and remind agents of owed post-mortems; return steps."""
-    async with processor.sessions() as session, session.begin():
-        steps = await maintenance_tick(session, processor.config, processor.renderer)
+    policy = runtime.policy
+    agents = AgentDesk.of(policy)
+    async with sessions() as session, session.begin():
+        steps = await maintenance_tick(session, policy.config, policy.renderer)
         for incident in await due_postmortems(session):
-            await processor.agents.tell_all(
+            await agents.tell_all(
                 session,
                 None,
                 f"Post-mortem owed: {incident.title}",

@@ -12,7 +12,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from helpdeskd.config.settings import Secret
+from helpdeskd.config.secrets import Secret
 
 MAC_CHARS = 10  # base32 characters: 50 bits
 _MAC_BYTES = -(-MAC_CHARS // 8) * 5  # base32 makes 8 characters of each 5 bytes

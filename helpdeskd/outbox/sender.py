@@ -24,8 +24,8 @@ import structlog
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from helpdeskd.config.settings import SmtpConfig
-from helpdeskd.outbox.dkim import DkimConfig, sign
+from helpdeskd.config.settings import DkimConfig, SmtpConfig
+from helpdeskd.outbox.dkim import sign
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Base, Event, Outbox, OutboxRecipient, utcnow
 

@@ -11,9 +11,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from helpdeskd.config.settings import HerokuConfig
 from helpdeskd.mail.parse import ParsedMessage
-from helpdeskd.triage.heroku import HerokuConfig, recognise
-from helpdeskd.triage.loops import NO_REPLY_LOCALS, auto_submitted, has_our_loop, spam_verdict
+from helpdeskd.triage.heroku import recognise
+from helpdeskd.triage.loops import has_our_loop, robot_marker, robot_sender, spam_verdict
 
 BOUNCE_SUBJECTS = re.compile(
     r"^\s*(undeliverable|undelivered mail returned to sender|delivery status notification "
@@ -139,20 +140,12 @@ def _spam(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
 
 
 def _auto_reply(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
-    auto = auto_submitted(parsed)
-    if auto != "no":
-        return f"Auto-Submitted: {auto}"
-    for name in ("x-autoreply", "x-autorespond", "x-autoresponder"):
-        if parsed.header(name) is not None:
-            return f"{name} header"
-    if (parsed.header("x-auto-response-suppress") or "").strip().lower() == "all":
-        return "X-Auto-Response-Suppress: All"
-    precedence = (parsed.header("precedence") or "").strip().lower()
-    if precedence in ("bulk", "junk", "list", "auto_reply"):
-        return f"Precedence: {precedence}"
+    marker = robot_marker(parsed)
+    if marker is not None:
+        return marker
     if OUT_OF_OFFICE_SUBJECTS.search(parsed.subject):
         return f"out-of-office subject: {parsed.subject[:60]}"
-    if NO_REPLY_LOCALS.match(parsed.sender.partition("@")[0]) and parsed.sender:
+    if robot_sender(parsed.sender):
         return f"robot sender {parsed.sender}"
     return None
 

@@ -1,7 +1,9 @@
 """Mail-loop safety in one place: what we stamp on automatic mail, and when we never answer.
 
 Both sides live here so that the marker we put on outgoing mail and the check that recognises it
-coming back can never drift apart.
+coming back can never drift apart. The robot markers are one list (:func:`robot_marker`), read by
+classification (an ``auto_reply``) and by the never-answer policy alike; the caps on automatic
+answers and the flood breaker are here too, as functions of the counts the plan is given.
 """
 
 from __future__ import annotations
@@ -30,6 +32,27 @@ def auto_submitted(parsed: ParsedMessage) -> str:
     """Return the RFC 3834 Auto-Submitted keyword (its first token), "no" when absent."""
     value = (parsed.header("auto-submitted") or "no").strip().lower()
     return re.split(r"[\s;(]", value, maxsplit=1)[0] or "no"
+
+
+def robot_marker(parsed: ParsedMessage) -> str | None:
+    """Return the header that says a robot wrote PARSED (RFC 3834 and the common ones), or None."""
+    auto = auto_submitted(parsed)
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    for name in ("x-autoreply", "x-autorespond", "x-autoresponder"):
+        if parsed.header(name) is not None:
+            return f"{name} header"
+    if (parsed.header("x-auto-response-suppress") or "").strip().lower() == "all":
+        return "X-Auto-Response-Suppress: All"
+    precedence = (parsed.header("precedence") or "").strip().lower()
+    if precedence in ("bulk", "junk", "list", "auto_reply"):
+        return f"Precedence: {precedence}"
+    return None
+
+
+def robot_sender(address: str) -> bool:
+    """Whether ADDRESS is a robot's by its local part (mailer-daemon, postmaster, noreply …)."""
+    return bool(address) and bool(NO_REPLY_LOCALS.match(address.partition("@")[0]))
 
 
 def loop_marker(support_address: str) -> str:
@@ -83,19 +106,14 @@ def may_autorespond(
     mail, our own loop marker, robot senders, reports, our own addresses, failed DMARC in our
     trusted Authentication-Results, and upstream spam verdicts.
     """
-    auto = auto_submitted(parsed)
-    if auto != "no":
-        return Verdict(False, f"Auto-Submitted: {auto}")
+    marker = robot_marker(parsed)
+    if marker is not None:
+        return Verdict(False, marker)
     return_path = parsed.header("return-path")
     if return_path is not None and return_path.strip() in ("<>", ""):
         return Verdict(False, "null return path")
-    precedence = (parsed.header("precedence") or "").strip().lower()
-    if precedence in ("bulk", "list", "junk"):
-        return Verdict(False, f"Precedence: {precedence}")
     for name, _ in parsed.headers:
         if name.startswith("list-"):
-            return Verdict(False, f"{name} header")
-        if name in ("x-autoreply", "x-autorespond", "x-autoresponder"):
             return Verdict(False, f"{name} header")
     if has_our_loop(parsed, support_address):
         return Verdict(False, "our X-Loop")
@@ -104,7 +122,7 @@ def may_autorespond(
         return Verdict(False, "no sender address")
     if len(parsed.from_) != 1:
         return Verdict(False, "several From mailboxes")
-    if NO_REPLY_LOCALS.match(sender.partition("@")[0]):
+    if robot_sender(sender):
         return Verdict(False, f"robot sender {sender}")
     if sender in own_addresses:
         return Verdict(False, "our own address")
@@ -116,3 +134,34 @@ def may_autorespond(
     if verdict:
         return Verdict(False, f"spam verdict ({verdict})")
     return Verdict(True, "ok")
+
+
+def autoreply_limit_reached(sent: int, limit: int) -> str | None:
+    """Why no more automatic answers go to a sender who had SENT of them in 24 h, or None."""
+    if sent >= limit:
+        return f"autoreply_limit of {limit} per 24 h reached"
+    return None
+
+
+def flood(
+    by_sender: int,
+    by_ticket: int,
+    *,
+    limit: int,
+    minutes: int,
+    sender: str,
+    ref: str,
+    desk: bool = False,
+) -> str | None:
+    """Why automatic mail stops for SENDER or ticket REF (a flood breaker), or None.
+
+    BY_SENDER and BY_TICKET count the inbound mail of the last MINUTES, this one included.
+    Heroku's desk (DESK) writes for all its customers: only one of its tickets can flood.
+    """
+    if desk:
+        by_sender = 0
+    if by_sender <= limit and by_ticket <= limit:
+        return None
+    return f"flood: more than {limit} messages in {minutes} min from {sender}" + (
+        "" if by_sender > limit else f" on {ref}"
+    )

@@ -7,27 +7,16 @@ read a message's sender and ticket columns and spell ticket references. The per-
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from helpdeskd.config.settings import Config
 from helpdeskd.mail.parse import ParsedMessage
-from helpdeskd.triage.threading import thread_index_root
-
-OUTCOMES = (
-    "new_ticket",
-    "reply",
-    "bounce",
-    "report",
-    "auto_reply",
-    "unsubscribe",
-    "spam",
-    "ignored",
-    "duplicate",
-    "blocked",
-    "quarantined",
-)
+from helpdeskd.mail.thread_index import thread_index_root
+from helpdeskd.vocab import OUTCOMES
 
 
 @dataclass(frozen=True)
@@ -125,4 +114,22 @@ def inbound_message(parsed: ParsedMessage, kind: str, internal: bool) -> dict[st
             for a in parsed.attachments
         ],
         "internal": internal,
+    }
+
+
+def raw_fields(item: Incoming, message_id: str | None) -> dict[str, Any]:
+    """The columns of ITEM's raw_messages row that say what was received and where."""
+    data = item.raw
+    digest = hashlib.sha256(data).hexdigest() if data is not None else ""
+    if data is None and item.path:
+        digest = Path(item.path).stem  # spool files are named by their SHA-256
+    return {
+        "source": item.source,
+        "uidvalidity": item.uidvalidity,
+        "uid": item.uid,
+        "sha256": digest,
+        "size": item.size,
+        "data": data,
+        "path": item.path,
+        "message_id": message_id,
     }

@@ -6,12 +6,9 @@ over them, so every branch is table-tested without I/O.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 # Reply and forward prefixes in the languages our customers write in, as mail clients emit them
 # (some abbreviate with a period: French "Réf. :").
@@ -50,19 +47,6 @@ def tag_subject(subject: str, ref: str, prefix: str) -> str:
     if ref.upper() in subject_refs(subject, prefix):
         return subject
     return f"[{ref}] {subject}".strip() if subject else f"[{ref}]"
-
-
-def thread_index_root(value: str | None) -> str | None:
-    """Return the conversation root of an Outlook Thread-Index (its first 22 bytes), base64."""
-    if not value:
-        return None
-    try:
-        data = base64.b64decode(value.strip() + "==", validate=False)
-    except (binascii.Error, ValueError):
-        return None
-    if len(data) < 22:
-        return None
-    return base64.b64encode(data[:22]).decode()
 
 
 @dataclass(frozen=True)
@@ -115,37 +99,3 @@ def resolve_thread(sender: str, is_agent: bool, candidates: Candidates) -> Threa
     if candidates.by_external_ref is not None:
         return ThreadMatch(candidates.by_external_ref, "external_ref", "Heroku ticket number")
     return ThreadMatch(None, "new", "no thread found")
-
-
-def reopen_action(state: str, closed_at: datetime | None, now: datetime, window: timedelta) -> str:
-    """Return what a reply does to a ticket in STATE: ``append``, ``reopen`` or ``follow_up``."""
-    if state == "solved":
-        return "reopen"
-    if state == "closed":
-        if closed_at is not None and now - closed_at <= window:
-            return "reopen"
-        return "follow_up"
-    return "append"
-
-
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
-
-
-def thread_index_child(root: str, now: datetime) -> str | None:
-    """Return an Outlook Thread-Index that continues the conversation ROOT (base64, 22 bytes).
-
-    A reply's index is its conversation's 22-byte header plus a 5-byte block: the time since
-    the header's FILETIME in 2**18 units (31 bits after a code bit), then random bits. Outlook
-    groups mail by the header, so every reply we send stays in the customer's conversation.
-    """
-    try:
-        header = base64.b64decode(root, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if len(header) != 22:
-        return None
-    started = int.from_bytes(header[1:6] + b"\0\0\0", "big")  # the high 40 bits of a FILETIME
-    current = int((now - _FILETIME_EPOCH).total_seconds() * 10_000_000)
-    delta = max(0, current - started) >> 18
-    block = ((delta & 0x7FFFFFFF) << 8) | secrets.randbits(8)
-    return base64.b64encode(header + block.to_bytes(5, "big")).decode()

@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpdeskd.config.settings import load_config
+from helpdeskd.config.load import load_config
 from helpdeskd.daemon.logs import configure
 from helpdeskd.ingest.batch import Processor
 from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.ingest.sources import read_sources
-from helpdeskd.mail.render import Renderer
 from helpdeskd.store.db import create_engine, sessionmaker, upgrade
+from helpdeskd.triage.facts import Runtime
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 SKIP = {"LICENSE", "NOTICE", "README.md"}
@@ -49,9 +49,7 @@ async def _round(
     config = load_config(folder / "helpdeskd.toml")
     engine = create_engine(config.database.url)
     pool = ParsePool(2, 20)
-    processor = Processor(
-        config, sessionmaker(engine), Renderer(config.paths.templates), pool, backfill=True
-    )
+    processor = Processor(Runtime.of(config, backfill=True), sessionmaker(engine), pool)
     items = list(read_sources(files))
     await pool.parse(b"From: warm@up.example\r\n\r\nwarm up\r\n")  # start the workers
     counts: collections.Counter[str] = collections.Counter()

@@ -48,7 +48,8 @@ import aioimaplib
 import mailparser
 
 from helpdeskd.config.settings import MailboxConfig
-from helpdeskd.imap.watcher import MAX_FETCH, encode_mailbox, parse_fetch, parse_search, uid_set
+from helpdeskd.imap.client import MAX_FETCH
+from helpdeskd.imap.wire import encode_mailbox, parse_fetch, parse_search, uid_set
 from helpdeskd.store.db import create_engine, upgrade
 from tests.mailgen import customer_mail, realistic_mix
 from tests.servers.dovecot import Dovecot, ensure_system_user
@@ -332,7 +333,7 @@ def write_config(
     state.mkdir(parents=True, exist_ok=True)
     (state / "secret.key").write_text("k1 bench-secret-0123456789abcdef\n")
     (state / "imap-password").write_text(PASSWORD + "\n")
-    url = f"sqlite:///{state / 'helpdeskd.store.db'}"
+    url = f"sqlite:///{state / 'helpdeskd.db'}"
     config = state / "helpdeskd.toml"
     config.write_text(f"""\
 [service]
@@ -749,7 +750,7 @@ def run_daemon_arm(
     config, url = write_config(state, dovecot, sink, user, batch_size)
     upgrade(url)
     synchronous, journal_mode = helpdeskd_pragmas(url)
-    db_path = state / "helpdeskd.store.db"
+    db_path = state / "helpdeskd.db"
     daemon = Daemon(config, state / "daemon.log")
     launched = time.monotonic()
     daemon.start()

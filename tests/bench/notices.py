@@ -218,7 +218,7 @@ def write_config(workdir: Path, host: str, port: int) -> Path:
         f'state_dir = "{workdir / "state"}"',
         "",
         "[database]",
-        f'url = "sqlite:///{workdir / "helpdeskd.store.db"}"',
+        f'url = "sqlite:///{workdir / "helpdeskd.db"}"',
         "",
         "[smtp]",
         f'host = "{host}"',
@@ -349,7 +349,8 @@ def arm_line(name: str, count: int, span: Span) -> str:
 
 
 async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None:
-    from helpdeskd.config.settings import NoticesConfig, load_config
+    from helpdeskd.config.load import load_config
+    from helpdeskd.config.settings import NoticesConfig
     from helpdeskd.desk import notices
     from helpdeskd.desk.notices import Audience, queue_notice
     from helpdeskd.mail.render import Renderer
@@ -549,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path = write_config(workdir, sink.host, sink.port)
         csv_path = workdir / "customers.csv"
         write_customers(csv_path, args.recipients)
-        url = f"sqlite:///{workdir / 'helpdeskd.store.db'}"
+        url = f"sqlite:///{workdir / 'helpdeskd.db'}"
         migrated, created, _updated, seconds, child_rss = setup_database(url, csv_path)
         if created != args.recipients:
             raise BenchError(f"import_csv created {created} customers, not {args.recipients}")

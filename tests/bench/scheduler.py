@@ -21,14 +21,17 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from helpdeskd.config.settings import DEFAULT_RULES, load_config
+from helpdeskd.config.load import load_config
+from helpdeskd.config.settings import DEFAULT_RULES
 from helpdeskd.daemon.logs import configure
-from helpdeskd.desk.automation import OPEN_STATES, Automation
-from helpdeskd.ingest.batch import Incoming, Processor
+from helpdeskd.desk.automation import Automation
+from helpdeskd.ingest.batch import Processor
 from helpdeskd.ingest.parsepool import ParsePool
-from helpdeskd.mail.render import Renderer
 from helpdeskd.store.db import create_engine, sessionmaker, upgrade
 from helpdeskd.store.models import Ticket, utcnow
+from helpdeskd.triage.facts import Runtime
+from helpdeskd.triage.received import Incoming
+from helpdeskd.vocab import OPEN_STATES
 from tests.mailgen import realistic_mix
 
 
@@ -56,7 +59,7 @@ async def _run(folder: Path, count: int, passes: int) -> None:
     engine = create_engine(config.database.url)
     sessions = sessionmaker(engine)
     pool = ParsePool(2, 20)
-    processor = Processor(config, sessions, Renderer(config.paths.templates), pool)
+    processor = Processor(Runtime.of(config), sessions, pool)
     try:
         print(f"ingesting {count} generated mails ...", flush=True)
         mails = realistic_mix(count)
@@ -70,8 +73,9 @@ async def _run(folder: Path, count: int, passes: int) -> None:
             ids = list(
                 await session.scalars(select(Ticket.id).where(Ticket.state.in_(OPEN_STATES)))
             )
-        print(f"{len(ids)} open tickets; rules: {processor.rules.summary()} ({DEFAULT_RULES})")
-        automation = Automation(processor)
+        rules = processor.runtime.policy.rules
+        print(f"{len(ids)} open tickets; rules: {rules.summary()} ({DEFAULT_RULES})")
+        automation = Automation(processor.runtime, sessions)
         timings = []
         for n in range(passes):
             wall, cpu = time.perf_counter(), time.process_time()

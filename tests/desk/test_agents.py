@@ -286,6 +286,61 @@ async def test_merge_needs_force_across_requesters(config, smtp_sink):
     assert [t["state"] for r, t in tickets.items() if r != first] == ["closed"]
 
 
+async def test_merge_carries_mail_and_participants_whatever_the_command_order(config, smtp_sink):
+    async with Desk(config) as desk:
+        scene = Scene(desk, smtp_sink)
+        first = await scene.open(1)
+        second = await scene.open(2)
+        reason = await scene.answer(f"#merge {first} force\n#cc +colleague@example.org")
+        assert (
+            reason
+            == f"merged into {first} (forced: different requesters); cc +colleague@example.org"
+        )
+        [note] = [
+            m
+            for m in mails_to(smtp_sink, ALICE)
+            if "via" in str(m["From"]) and f"[{first}]" in str(m["Subject"])
+        ]
+        raw = agent_mail(reply_to(note), "Both are fixed.", in_reply_to=note["Message-ID"])
+        [outcome] = await desk.ingest([raw])
+        await desk.send_all()
+    assert outcome.ticket == first and outcome.reason == "reply sent"
+    [answer] = [m for m in mails_to(smtp_sink, "customer1@example.org") if "Both" in str(m)]
+    # the merged ticket's requester, and the Cc added in the same reply, hear of it too
+    assert "customer2@example.org" in str(answer["Cc"])
+    assert "colleague@example.org" in str(answer["Cc"])
+    merged = cli_json(config, "tickets", "show", second)
+    assert merged["state"] == "closed"
+    assert {"command_merge", "command_cc"} <= {e["type"] for e in merged["events"]}
+    target = cli_json(config, "tickets", "show", first)
+    [merged_in] = [e for e in target["events"] if e["type"] == "merged_in"]
+    assert (merged_in["actor"], merged_in["detail"]) == (ALICE, {"from": second})
+    assert any(m["from"] == "customer2@example.org" for m in target["messages"])
+
+
+async def test_cc_removal_and_a_known_address(config, smtp_sink):
+    async with Desk(config) as desk:
+        scene = Scene(desk, smtp_sink)
+        ref = await scene.open(1, cc=("carol@example.org",))
+        await scene.open(2)  # customer2 is a contact already
+        notes = [
+            m
+            for m in mails_to(smtp_sink, ALICE)
+            if "via" in str(m["From"]) and f"[{ref}]" in str(m["Subject"])
+        ]
+        raw = agent_mail(
+            reply_to(notes[0]),
+            "#cc -carol@example.org +Customer2@Example.org\n\nLooping in your colleague.",
+            in_reply_to=notes[0]["Message-ID"],
+        )
+        [outcome] = await desk.ingest([raw])
+        await desk.send_all()
+    assert "reply sent" in outcome.reason
+    [answer] = [m for m in mails_to(smtp_sink, "customer1@example.org") if "Looping" in str(m)]
+    assert "customer2@example.org" in str(answer["Cc"])
+    assert "carol@example.org" not in str(answer["Cc"])
+
+
 async def test_agent_forward_opens_ticket_for_the_customer(config, smtp_sink):
     forward = agent_mail(
         "support@acme.test",
@@ -313,7 +368,7 @@ FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "herok
 
 
 async def test_heroku_round_trip(make_config, smtp_sink):
-    from helpdeskd.config.settings import load_config
+    from helpdeskd.config.load import load_config
 
     base = make_config(smtp=smtp_sink, agents=AGENTS)
     source = __import__("pathlib").Path(base.source)

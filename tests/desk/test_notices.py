@@ -36,7 +36,7 @@ def config(make_config, smtp_sink, tmp_path):
     customers = tmp_path / "customers.csv"
     customers.write_text(CSV)
     assert cli(config, "customers", "import", str(customers)).stdout.startswith("3 customers added")
-    from helpdeskd.config.settings import load_config
+    from helpdeskd.config.load import load_config
 
     return load_config(source)
 
@@ -227,11 +227,12 @@ async def test_an_opt_out_while_the_batch_goes_out_is_honoured(config, smtp_sink
 async def test_the_daemons_outbox_dkim_signs_notices_including_list_headers(config, smtp_sink):
     import dkim
 
-    from helpdeskd.config.settings import load_config
+    from helpdeskd.config.load import load_config
     from helpdeskd.desk import notices
-    from tests.outbox.test_dkim import _dns, _rsa
+    from tests.config.support import rsa_key_pair
+    from tests.outbox.test_dkim import _dns
 
-    key = _rsa()
+    key = rsa_key_pair()
     key_file = Path(config.source).parent / "dkim.pem"
     key_file.write_text(key.pem)
     source = Path(config.source)

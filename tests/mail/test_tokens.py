@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from helpdeskd.config.settings import Secret
+from helpdeskd.config.secrets import Secret
 from helpdeskd.mail.tokens import (
     ReplyToken,
     UnsubscribeToken,

@@ -13,7 +13,7 @@ from helpdeskd.store.models import MailboxState
 
 
 async def test_a_read_only_transaction_reads_beside_a_writer(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'helpdeskd.store.db'}"
+    url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
     await asyncio.to_thread(upgrade, url)
     engine = create_engine(url)
     sessions = sessionmaker(engine)

@@ -35,7 +35,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from helpdeskd.config.settings import DEFAULT_TEMPLATES, Secret
+from helpdeskd.config.secrets import Secret
+from helpdeskd.config.settings import DEFAULT_TEMPLATES, HerokuConfig
 from helpdeskd.mail.build import (
     MAX_LINE,
     OutgoingMail,
@@ -45,9 +46,9 @@ from helpdeskd.mail.build import (
 )
 from helpdeskd.mail.parse import ParsedMessage, parse_message
 from helpdeskd.mail.render import Renderer
+from helpdeskd.mail.thread_index import thread_index_root
 from helpdeskd.mail.tokens import ReplyToken, reply_address
 from helpdeskd.triage.classify import ClassifyContext, classify
-from helpdeskd.triage.heroku import HerokuConfig
 from helpdeskd.triage.loops import automatic_headers, may_autorespond
 from helpdeskd.triage.threading import (
     Candidates,
@@ -56,7 +57,6 @@ from helpdeskd.triage.threading import (
     resolve_thread,
     subject_refs,
     tag_subject,
-    thread_index_root,
 )
 from tests.conftest import CORPUS, CORPUS_NOT_MAIL
 

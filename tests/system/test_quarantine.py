@@ -57,10 +57,10 @@ async def test_agents_are_reminded_of_quarantine_once_a_day(make_config, smtp_si
 
     config = make_config(smtp=smtp_sink)
     async with Desk(config) as desk:
-        assert not await remind_quarantine(desk.processor)  # empty: nothing to say
+        assert not await remind_quarantine(desk.runtime, desk.sessions)  # empty: nothing to say
         await desk.ingest([b"not a mail\r\n"])
-        assert await remind_quarantine(desk.processor)
-        assert not await remind_quarantine(desk.processor)  # once a day
+        assert await remind_quarantine(desk.runtime, desk.sessions)
+        assert not await remind_quarantine(desk.runtime, desk.sessions)  # once a day
         await desk.send_all()
     [reminder] = [d.message for d in smtp_sink.deliveries]
     assert "1 message(s) in quarantine" in reminder["Subject"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpdeskd.config.settings import Secret
+from helpdeskd.config.secrets import Secret
 from helpdeskd.daemon.run import ProcessorSink
 from helpdeskd.imap.watcher import MailboxWatcher
 from tests.conftest import CORPUS, CORPUS_NOT_MAIL

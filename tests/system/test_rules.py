@@ -13,9 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy import text as sql
 
 from helpdeskd.desk import automation as automation_module
-from helpdeskd.desk import routing
 from helpdeskd.desk.automation import Automation
 from helpdeskd.store.models import Ticket
+from helpdeskd.triage.facts import Runtime
 from tests.desk.test_agents import AGENTS, mails_to
 from tests.harness import Desk, cli, cli_json
 from tests.mailgen import customer_mail
@@ -151,7 +151,7 @@ async def test_time_rules_remind_solve_and_close(make_config, smtp_sink, tmp_pat
         [pending, solved] = await desk.ingest([customer_mail(1), customer_mail(2)])
         await _age(desk, pending.ticket, state="pending", days=3.1)
         await _age(desk, solved.ticket, state="solved", days=4.1)
-        automation = Automation(desk.processor)
+        automation = Automation(desk.runtime, desk.sessions)
         steps, _ = await automation.run_due()
         assert steps == 2
         assert (await automation.run_due())[0] == 0  # once only
@@ -176,7 +176,7 @@ async def test_sla_warning_then_breach_mail(make_config, smtp_sink, tmp_path):
         async with desk.sessions() as session, session.begin():
             past = datetime.now(UTC) - timedelta(hours=3)
             await session.execute(update(Ticket).values(created_at=past, state="open"))
-        automation = Automation(desk.processor)
+        automation = Automation(desk.runtime, desk.sessions)
         assert (await automation.run_due())[0] == 1  # the warning (half of 4 h)
         assert (await automation.run_due(datetime.now(UTC) + timedelta(hours=2)))[0] == 1
         assert (await automation.run_due(datetime.now(UTC) + timedelta(hours=2)))[0] == 0
@@ -196,7 +196,9 @@ async def test_a_pass_reads_the_open_tickets_by_chunks_and_misses_none(
         async with desk.sessions() as session, session.begin():
             past = datetime.now(UTC) - timedelta(hours=3)
             await session.execute(update(Ticket).values(created_at=past, state="open"))
-        assert (await Automation(desk.processor).run_due())[0] == 5  # each one's SLA warning
+        assert (await Automation(desk.runtime, desk.sessions).run_due())[
+            0
+        ] == 5  # each one's SLA warning
 
 
 async def test_a_pass_locks_only_tickets_with_a_step_due(make_config, smtp_sink, tmp_path):
@@ -218,12 +220,14 @@ async def test_a_pass_locks_only_tickets_with_a_step_due(make_config, smtp_sink,
             if writer.dialect.name == "postgresql":
                 await writer.execute(sql("LOCK TABLE tickets IN EXCLUSIVE MODE"))
             start = datetime.now(UTC)
-            steps, wake = await asyncio.wait_for(Automation(desk.processor).run_due(), 10)
+            steps, wake = await asyncio.wait_for(
+                Automation(desk.runtime, desk.sessions).run_due(), 10
+            )
         assert steps == 0
         assert timedelta(seconds=20) < wake - start < timedelta(seconds=40)
         # Once the warning is due, the ticket is locked and the step taken.
         later = datetime.now(UTC) + timedelta(seconds=31)
-        assert (await Automation(desk.processor).run_due(later))[0] == 1
+        assert (await Automation(desk.runtime, desk.sessions).run_due(later))[0] == 1
 
 
 async def test_an_sla_changed_by_a_reload_counts_at_once(make_config, smtp_sink, tmp_path):
@@ -232,11 +236,11 @@ async def test_an_sla_changed_by_a_reload_counts_at_once(make_config, smtp_sink,
     config = make_config(smtp=smtp_sink, agents=AGENTS, rules=folder)
     async with Desk(config) as desk:
         await desk.ingest([customer_mail(1)])
-        automation = Automation(desk.processor)
+        automation = Automation(desk.runtime, desk.sessions)
         later = datetime.now(UTC) + timedelta(hours=1, minutes=1)
         assert (await automation.run_due(later))[0] == 0  # a 4 h target warns at 2 h
         (folder / "00.yaml").write_text(TIMED.replace("first_response: 4h", "first_response: 2h"))
-        desk.processor.reload(config, desk.processor.renderer, routing.load(config))
+        desk.runtime.policy = Runtime.of(config).policy
         assert (await automation.run_due(later))[0] == 1  # a 2 h target warns at 1 h
 
 
@@ -247,7 +251,8 @@ async def test_two_daemons_on_postgresql_act_once(make_pg_config, smtp_sink, tmp
         for outcome in outcomes:
             await _age(first, outcome.ticket, state="pending", days=3.1)
         results = await asyncio.gather(
-            Automation(first.processor).run_due(), Automation(second.processor).run_due()
+            Automation(first.runtime, first.sessions).run_due(),
+            Automation(second.runtime, second.sessions).run_due(),
         )
         assert sum(steps for steps, _ in results) == 10
         await first.send_all()

@@ -1,26 +1,33 @@
-"""Queue one outgoing mail: compose it, then write its outbox row and its ticket message together.
+"""Compose one outgoing mail: its final Message-ID, thread headers and ticket message (no I/O).
 
 Every mail helpdeskd sends (acknowledgements, agent notifications, agent replies, receipts,
-alerts) is composed by :func:`compose_mail` (no I/O) and stored by :func:`store_mail`, or in bulk
-by the store's fast lane, so each is in the outbox with its final Message-ID and, when it belongs
-to a ticket, stored as an outbound message that later replies can thread on.
+alerts, notices) is composed by :func:`compose_mail`; :mod:`helpdeskd.outbox.queue` stores it, or
+the ingest writer stores many at once, so each is in the outbox with its final Message-ID and,
+when it belongs to a ticket, stored as an outbound message that later replies can thread on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from helpdeskd.config.settings import ServiceConfig
-from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id, thread_headers
+from helpdeskd.mail.build import OutgoingMail, new_message_id, thread_headers
+from helpdeskd.mail.thread_index import thread_index_child
 from helpdeskd.mail.tokens import ReplyToken, reply_address
-from helpdeskd.outbox import sender as outbox
-from helpdeskd.store.models import Message, utcnow
-from helpdeskd.triage.threading import thread_index_child
+
+
+class _Threaded(Protocol):
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def references(self) -> Sequence[str] | None: ...
+    @property
+    def in_reply_to(self) -> str | None: ...
+    @property
+    def thread_index(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,8 @@ class Parent:
     thread_index: str | None = None  # the Outlook conversation root (base64), if any
 
     @classmethod
-    def of(cls, message: Message) -> Parent:
+    def of(cls, message: _Threaded) -> Parent:
+        """The parent for answering MESSAGE (a stored ticket message)."""
         return cls(
             message.message_id,
             tuple(message.references or ()),
@@ -102,6 +110,8 @@ def compose_mail(
     extra_headers: Mapping[str, str] | None = None,
     attachments: Sequence[tuple[str, str, bytes]] = (),
     expires_at: datetime | None = None,
+    now: datetime | None = None,
+    message_id: str | None = None,
 ) -> Composed:
     """Give the mail its final Message-ID, thread headers and Outlook Thread-Index (no I/O)."""
     in_reply_to, references = (
@@ -109,10 +119,10 @@ def compose_mail(
         if parent is not None
         else (None, [])
     )
-    message_id = new_message_id(domain)
+    message_id = message_id or new_message_id(domain)
     headers = dict(extra_headers or {})
     root = parent.thread_index if parent is not None else None
-    now = utcnow()
+    now = now or datetime.now(UTC)
     child = thread_index_child(root, now) if root else None
     if child:
         headers["Thread-Index"] = child
@@ -161,23 +171,3 @@ def compose_mail(
         expires_at=expires_at,
         message=message,
     )
-
-
-async def store_mail(session: AsyncSession, composed: Composed) -> Message | None:
-    """Add COMPOSED's outbox row (and its ticket message, if it has a ticket) to SESSION."""
-    row = outbox.enqueue(
-        session,
-        kind=composed.kind,
-        message_id=composed.message_id,
-        envelope_from=composed.envelope_from,
-        recipients=composed.recipients,
-        data=build_message(composed.mail),
-        ticket_id=composed.ticket_id,
-        expires_at=composed.expires_at,
-    )
-    if composed.ticket_id is None:
-        return None
-    await session.flush()
-    message = Message(**composed.message, outbox_id=row.id)
-    session.add(message)
-    return message

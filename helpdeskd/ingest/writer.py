@@ -1,0 +1,476 @@
+"""Write plans: every row a run of plans adds, with one INSERT per table.
+
+:class:`Writer` takes the plans of a run (or of one mail) in order, composes their mail, and
+writes contacts, tickets, raw mail, participants, outbox rows, ticket messages, thread
+references, automatic-answer records and events with a Core executemany per table, ids taken up
+front so that rows can refer to each other. The two steps that belong to the desk — an
+authenticated agent's reply and an opt-out by mail — run after, on the written rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from helpdeskd.desk.agents import AgentDesk
+from helpdeskd.desk.notices import opt_out
+from helpdeskd.ingest.lookup import Known
+from helpdeskd.ingest.parsepool import ParsePool
+from helpdeskd.mail.build import OutgoingMail, build_messages
+from helpdeskd.store.models import (
+    Agent,
+    AutoReplyLog,
+    Base,
+    Contact,
+    Event,
+    Message,
+    Outbox,
+    OutboxRecipient,
+    Participant,
+    RawMessage,
+    ThreadRef,
+    Ticket,
+)
+from helpdeskd.triage.facts import Needs, Policy
+from helpdeskd.triage.mails import TicketCard, compose
+from helpdeskd.triage.plan import Plan
+from helpdeskd.triage.received import Incoming, raw_fields
+
+BUILD_CHUNK = 16  # mails per build task: enough to pay for the trip to a worker
+
+
+@dataclass
+class _Desk:
+    """A step the desk takes on written rows: an agent's reply, or an opt-out by mail."""
+
+    index: int  # the plan's place in the run
+    plan: Plan
+    needs: Needs
+    item: Incoming
+    raw: dict[str, Any]
+    message: dict[str, Any] | None
+    ticket_id: int | None
+
+
+class Writer:
+    """The rows of a run of plans, written at the end: ``add`` each plan, then ``write``."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        policy: Policy,
+        known: Known,
+        parse_pool: ParsePool | None,
+        *,
+        top_ticket: int | None = None,
+    ) -> None:
+        self.session = session
+        self.policy = policy
+        self.known = known
+        self.parse_pool = parse_pool
+        self.now = known.now
+        self.postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+        self.top_ticket = top_ticket  # SQLite: the highest ticket id so far
+        self.contacts: dict[str, dict[str, Any]] = {}  # new or changed, by address
+        self.tickets: dict[int, dict[str, Any]] = {}  # new or changed, by id
+        self.new_tickets: set[int] = set()
+        self.rows: dict[str, list[dict[str, Any]]] = {
+            name: []
+            for name in (
+                "raw",
+                "participants",
+                "messages",
+                "thread_refs",
+                "outbox",
+                "recipients",
+                "autoreplies",
+                "events",
+            )
+        }
+        self.existing_raw: list[dict[str, Any]] = []  # raw rows stored before (a retry)
+        self.unbuilt: list[OutgoingMail] = []
+        self.building: list[asyncio.Future[list[bytes]]] = []
+        self.desk: list[_Desk] = []
+        self.count = 0
+
+    async def ticket_id(self) -> int:
+        """The id of the next new ticket: ticket numbers are seen by customers, none is wasted."""
+        if self.postgres:
+            return (await self._allocate(Ticket, 1))[0]
+        if self.top_ticket is None:
+            self.top_ticket = (await self._allocate(Ticket, 1))[0] - 1
+        self.top_ticket += 1
+        return self.top_ticket
+
+    # --- adding a plan -----------------------------------------------------------------------
+
+    def add(
+        self,
+        item: Incoming,
+        needs: Needs,
+        plan: Plan,
+        ticket_id: int | None,
+        *,
+        raw_id: int | None = None,
+    ) -> None:
+        """Add the rows of PLAN for ITEM, its ticket TICKET_ID (new or stored)."""
+        index, self.count = self.count, self.count + 1
+        raw = {
+            "id": raw_id,
+            **raw_fields(item, needs.parsed.message_id),
+            "outcome": plan.outcome,
+            "reason": plan.reason[:2000],
+            "ticket_id": ticket_id,
+            "received_at": self.now,
+        }
+        if raw_id is None:
+            self.rows["raw"].append(raw)
+        else:
+            self.existing_raw.append(raw)
+        for change in plan.contacts:
+            self._contact(change.email, change.name, dict(change.changes))
+        if plan.ticket is not None:
+            assert ticket_id is not None
+            self._ticket(plan, ticket_id)
+        for email, role in plan.participants:
+            self.rows["participants"].append(
+                {"ticket_id": ticket_id, "email": email, "role": role, "created_at": self.now}
+            )
+        message = None
+        if plan.message is not None:
+            message = {
+                **plan.message,
+                "ticket_id": ticket_id,
+                "raw": raw,
+                "outbox": None,
+                "created_at": self.now,
+            }
+            self.rows["messages"].append(message)
+        for mid in plan.thread_refs:
+            self.rows["thread_refs"].append(
+                {"message_id": mid, "ticket_id": ticket_id, "created_at": self.now}
+            )
+        self._mails(plan, ticket_id)
+        if plan.autoreply_to is not None:
+            self.rows["autoreplies"].append(
+                {
+                    "address": plan.autoreply_to,
+                    "ticket_id": ticket_id,
+                    "kind": "ack",
+                    "sent_at": self.now,
+                }
+            )
+        for event in plan.events:
+            self.rows["events"].append(
+                {
+                    "ticket_id": None if event.ticketless else ticket_id,
+                    "type": event.type,
+                    "actor": event.actor,
+                    "detail": dict(event.detail),
+                    "created_at": self.now,
+                }
+            )
+        if plan.agent_reply is not None or plan.opt_out is not None:
+            self.desk.append(_Desk(index, plan, needs, item, raw, message, ticket_id))
+
+    def _contact(self, email: str, name: str | None, changes: dict[str, Any]) -> None:
+        row = self.contacts.get(email)
+        if row is None:
+            known = self.known.contacts.get(email)
+            if known is not None and known.id is not None:
+                row = {"id": known.id, "email": email, "_new": False, "_set": set()}
+            else:
+                row = {
+                    "id": None,
+                    "email": email,
+                    "name": None,
+                    "undeliverable": False,
+                    "bounce_count": 0,
+                    "suppressed": False,
+                    "plan": None,
+                    "created_at": self.now,
+                    "_new": True,
+                    "_set": set(),
+                }
+            self.contacts[email] = row
+        if name:  # the plan fills a missing name only
+            row["name"] = name
+            row["_set"].add("name")
+        row.update(changes)
+        row["_set"].update(changes)
+
+    def _ticket(self, plan: Plan, ticket_id: int) -> None:
+        ticket = plan.ticket
+        assert ticket is not None
+        row = self.tickets.get(ticket_id)
+        if ticket.id is None and row is None:
+            self.new_tickets.add(ticket_id)
+            row = {
+                "id": ticket_id,
+                "subject": ticket.subject,
+                "state": ticket.state,
+                "state_since": self.now,
+                "priority": ticket.priority,
+                "queue": ticket.queue,
+                "assignee_id": ticket.assignee_id,
+                "requester_email": ticket.requester,
+                "channel": ticket.channel,
+                "external_ref": ticket.external_ref,
+                "tags": list(ticket.tags),
+                "parent_id": ticket.parent_id,
+                "merged_into_id": None,
+                "created_at": self.now,
+                "updated_at": self.now,
+                "solved_at": ticket.solved_at,
+                "closed_at": ticket.closed_at,
+                "first_response_at": None,
+            }
+            self.tickets[ticket_id] = row
+            return
+        if row is None:
+            row = {"id": ticket_id}
+            self.tickets[ticket_id] = row
+        for name in ticket.changed:
+            value = getattr(ticket, name)
+            row[name] = list(value) if name == "tags" else value
+        if "state" in ticket.changed:
+            row["state_since"] = self.now
+
+    def _mails(self, plan: Plan, ticket_id: int | None) -> None:
+        if not plan.mails:
+            return
+        card = None
+        if plan.ticket is not None and ticket_id is not None:
+            ticket = plan.ticket
+            assignee = next(
+                (a.email for a in self.known.agents.values() if a.id == ticket.assignee_id), None
+            )
+            card = TicketCard(
+                ticket_id,
+                ticket.subject,
+                ticket.state,
+                ticket.priority,
+                ticket.queue,
+                ticket.channel,
+                ticket.external_ref,
+                assignee,
+            )
+        elif ticket_id is not None:
+            stored = self.known.tickets.get(ticket_id)
+            if stored is not None:
+                card = TicketCard(
+                    ticket_id,
+                    stored.subject,
+                    stored.state,
+                    stored.priority,
+                    stored.queue,
+                    stored.channel,
+                    stored.external_ref,
+                    None,
+                )
+        config, renderer = self.policy.config, self.policy.renderer
+        for mail in plan.mails:
+            composed = compose(mail, card, config, renderer, self.now)
+            row = {
+                "id": None,
+                "ticket_id": composed.ticket_id,
+                "notice_id": None,
+                "kind": composed.kind,
+                "message_id": composed.message_id,
+                "envelope_from": composed.envelope_from,
+                "data": None,  # built by the parse pool's workers while the run goes on
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": self.now,
+                "expires_at": composed.expires_at,
+                "last_error": None,
+                "created_at": self.now,
+                "sent_at": None,
+            }
+            self.rows["outbox"].append(row)
+            self.unbuilt.append(composed.mail)
+            if self.parse_pool is not None and len(self.unbuilt) >= BUILD_CHUNK:
+                self._start_build()
+            for address in dict.fromkeys(r.lower() for r in composed.recipients):
+                self.rows["recipients"].append(
+                    {"outbox": row, "address": address, "state": "pending", "attempts": 0}
+                )
+            if composed.ticket_id is not None:
+                self.rows["messages"].append(
+                    {
+                        **composed.message,
+                        "raw": None,
+                        "outbox": row,
+                        "created_at": self.now,
+                    }
+                )
+
+    def _start_build(self) -> None:
+        if self.unbuilt and self.parse_pool is not None:
+            self.building.append(self.parse_pool.start_build(self.unbuilt))
+            self.unbuilt = []
+
+    async def _built(self) -> list[bytes]:
+        """The bytes of every mail the run queued, in order (a short run builds them here)."""
+        if not self.building or self.parse_pool is None:
+            built = build_messages(self.unbuilt)
+            self.unbuilt = []
+            return built
+        self._start_build()
+        chunks = await asyncio.wait_for(
+            asyncio.gather(*self.building), timeout=self.parse_pool.timeout
+        )
+        return [data for chunk in chunks for data in chunk]
+
+    def cancel(self) -> None:
+        """Stop building mail for a run that will not be written."""
+        for future in self.building:
+            future.cancel()
+
+    # --- writing -----------------------------------------------------------------------------
+
+    async def _allocate(self, model: type[Base], count: int) -> list[int]:
+        """Take COUNT ids for new rows of MODEL, so that other rows can refer to them."""
+        if not count:
+            return []
+        session = self.session
+        table = Base.metadata.tables[model.__tablename__]
+        if self.postgres:
+            sequence = func.pg_get_serial_sequence(model.__tablename__, "id")
+            return list(
+                await session.scalars(
+                    select(func.nextval(sequence)).select_from(func.generate_series(1, count))
+                )
+            )
+        # SQLite: the batch's BEGIN IMMEDIATE holds the write lock, so nobody else can take
+        # these ids before the run is written.
+        top = await session.scalar(select(func.max(table.c.id))) or 0
+        return list(range(top + 1, top + 1 + count))
+
+    async def write(self) -> list[str | None]:
+        """Write every row; return, per plan, the reason the desk's step gave (or None)."""
+        session, rows = self.session, self.rows
+        for row, data in zip(rows["outbox"], await self._built(), strict=True):
+            row["data"] = data
+        new_contacts = [r for r in self.contacts.values() if r["_new"]]
+        for row, value in zip(
+            new_contacts, await self._allocate(Contact, len(new_contacts)), strict=True
+        ):
+            row["id"] = value
+        for allocated, name in ((RawMessage, "raw"), (Outbox, "outbox")):
+            for row, value in zip(
+                rows[name], await self._allocate(allocated, len(rows[name])), strict=True
+            ):
+                row["id"] = value
+        contact_ids = {email: row["id"] for email, row in self.contacts.items()}
+        contact_ids.update(
+            {
+                e: c.id
+                for e, c in self.known.contacts.items()
+                if c.id is not None and e not in contact_ids
+            }
+        )
+        inserts: dict[str, list[dict[str, Any]]] = {
+            "contacts": [_columns(Contact, r) for r in new_contacts],
+            "tickets": [],
+        }
+        ticket_updates = []
+        for tid, row in self.tickets.items():
+            if tid in self.new_tickets:
+                row["requester_id"] = contact_ids[row.pop("requester_email")]
+                inserts["tickets"].append(row)
+            else:
+                ticket_updates.append(row)
+        participants = [
+            {
+                "ticket_id": r["ticket_id"],
+                "contact_id": contact_ids[r["email"]],
+                "role": r["role"],
+                "created_at": r["created_at"],
+            }
+            for r in rows["participants"]
+        ]
+        messages = []
+        for row in rows["messages"]:
+            raw, out = row.pop("raw"), row.pop("outbox")
+            row["raw_id"] = raw["id"] if raw is not None else None
+            row["outbox_id"] = out["id"] if out is not None else None
+            messages.append(row)
+        for row in rows["recipients"]:
+            row["outbox_id"] = row.pop("outbox")["id"]
+        await session.flush()  # changes the lookup made (agent rows) go first
+        for email, row in self.contacts.items():
+            changed = {k: row[k] for k in row["_set"]}
+            if changed and not row["_new"]:
+                await session.execute(
+                    update(Contact).where(Contact.email == email).values(**changed)
+                )
+        for model, table_rows in (
+            (Contact, inserts["contacts"]),
+            (Ticket, inserts["tickets"]),
+            (RawMessage, rows["raw"]),
+            (Participant, participants),
+            (Outbox, rows["outbox"]),
+            (OutboxRecipient, rows["recipients"]),
+            (Message, messages),
+            (AutoReplyLog, rows["autoreplies"]),
+            (Event, rows["events"]),
+        ):
+            if table_rows:
+                # Every row names all its columns, None meaning NULL: a Core executemany, one
+                # statement per table (the ORM's bulk insert would cut it wherever the None
+                # columns change, and adds bookkeeping per row that these rows do not need).
+                await session.execute(insert(Base.metadata.tables[model.__tablename__]), table_rows)
+        for row in ticket_updates:
+            values = {k: v for k, v in row.items() if k != "id"}
+            if values:
+                await session.execute(update(Ticket).where(Ticket.id == row["id"]).values(**values))
+        for row in self.existing_raw:
+            values = {k: row[k] for k in ("message_id", "outcome", "reason", "ticket_id")}
+            await session.execute(
+                update(RawMessage).where(RawMessage.id == row["id"]).values(**values)
+            )
+        if rows["thread_refs"]:
+            dialect_insert = pg_insert if self.postgres else sqlite_insert
+            await session.execute(
+                dialect_insert(ThreadRef).on_conflict_do_nothing(index_elements=["message_id"]),
+                rows["thread_refs"],
+            )
+        return await self._desk_steps()
+
+    async def _desk_steps(self) -> list[str | None]:
+        reasons: list[str | None] = [None] * self.count
+        if not self.desk:
+            return reasons
+        session = self.session
+        agents = AgentDesk(self.policy.config, self.policy.renderer, backfill=self.policy.backfill)
+        for step in self.desk:
+            if step.plan.opt_out is not None:
+                contact_id, category = step.plan.opt_out
+                contact = await session.get_one(Contact, contact_id)
+                await opt_out(session, contact, category, "mail")
+            if step.plan.agent_reply is not None:
+                assert step.message is not None and step.ticket_id is not None
+                ticket = await session.get_one(Ticket, step.ticket_id)
+                agent = await session.get_one(Agent, step.plan.agent_reply.id)
+                message = await session.scalar(
+                    select(Message).where(Message.message_id == step.message["message_id"])
+                )
+                raw = await session.get_one(RawMessage, step.raw["id"])
+                assert message is not None
+                reason = await agents.reply(session, ticket, agent, message, raw, step.needs.parsed)
+                raw.reason = reason[:2000]
+                reasons[step.index] = reason
+        await session.flush()
+        return reasons
+
+
+def _columns(model: type[Base], row: dict[str, Any]) -> dict[str, Any]:
+    names = Base.metadata.tables[model.__tablename__].columns.keys()
+    return {name: row.get(name) for name in names}
