@@ -1,12 +1,27 @@
-"""Times people type and read: an explicit offset, or the configured time zone; always shown
-with the zone."""
+"""Time: the clock that decisions read, and times people type and read.
+
+Code that starts a unit of work — an outbox or scheduler pass, a housekeeping round, an HTTP
+request, a command — takes a :data:`Clock` and reads it once; what it calls within that unit
+takes the moment (``now``), so one unit sees one time and a test drives time by giving a clock.
+Times people type carry an explicit offset or are read in the configured time zone; they are
+always shown with the zone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from helpdeskd.errors import UserError
+
+# Return the current moment, aware and in UTC.
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """Return the system's current time, aware, in UTC."""
+    return datetime.now(UTC)
 
 
 def parse_time(text: str, timezone: str) -> datetime:

@@ -100,3 +100,61 @@ def realistic_mix(count: int, seed: int = 7) -> list[bytes]:
         ids.append(message_id)
         out.append(raw)
     return out
+
+
+def _report_mail(n: int, kind: str, sender: str, subject: str, parts: list[str]) -> bytes:
+    """A multipart/report (RFC 6522) of report-type KIND, each part 'Content-Type: …\n\nbody'."""
+    boundary = f"report-{n}"
+    lines = [
+        f"From: {sender}",
+        "To: support@acme.test",
+        f"Subject: {subject}",
+        f"Date: {format_datetime(datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=n))}",
+        f"Message-ID: <report-{n}@{sender.rpartition('@')[2].rstrip('>')}>",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type="{kind}"; boundary="{boundary}"',
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain",
+        "",
+        "This is an automatically generated report.",
+    ]
+    for part in parts:
+        lines += [f"--{boundary}", *part.split("\n")]
+    lines.append(f"--{boundary}--")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def delivery_report(
+    n: int, original_id: str, recipient: str, *, action: str = "failed", status: str = "5.1.1"
+) -> bytes:
+    """An RFC 3464 delivery status notification from a remote MTA about our mail ORIGINAL_ID."""
+    return _report_mail(
+        n,
+        "delivery-status",
+        "Mail Delivery System <MAILER-DAEMON@mx.example.org>",
+        "Undelivered Mail Returned to Sender",
+        [
+            "Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n\n"
+            f"Final-Recipient: rfc822; {recipient}\nAction: {action}\nStatus: {status}\n"
+            f"Diagnostic-Code: smtp; {status[0]}50 {status} mailbox unavailable\n",
+            "Content-Type: text/rfc822-headers\n\nFrom: support@acme.test\n"
+            f"To: {recipient}\nMessage-ID: {original_id}\n",
+        ],
+    )
+
+
+def abuse_report(n: int, original_id: str, complainant: str) -> bytes:
+    """An ARF (RFC 5965) abuse report from COMPLAINANT's provider about our mail ORIGINAL_ID."""
+    return _report_mail(
+        n,
+        "feedback-report",
+        "abuse@isp.example",
+        "Abuse report",
+        [
+            "Content-Type: message/feedback-report\n\nFeedback-Type: abuse\n"
+            f"User-Agent: isp/1.0\nVersion: 1\nOriginal-Rcpt-To: {complainant}\n",
+            "Content-Type: text/rfc822-headers\n\nFrom: support@acme.test\n"
+            f"To: {complainant}\nMessage-ID: {original_id}\n",
+        ],
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from helpdeskd import __version__
 from helpdeskd.cli.command import Subcommands, add_command, print_json, with_db
+from helpdeskd.clock import system_clock
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     # One line and exit 1 (systemd restarts us) rather than a traceback from deep in start-up.
     asyncio.run(ensure_reachable(config.database.url))
-    return run_daemon(config)
+    return run_daemon(config, clock=system_clock)
 
 
 def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
@@ -171,7 +171,7 @@ def cmd_rules_test(args: argparse.Namespace, config: Config) -> int:
             kind=kind.kind,
             plan=plan,
             ticket=None,
-            now=datetime.now(UTC),
+            now=system_clock(),
         )
         decision = evaluate(rules, facts)
         if args.json:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpdeskd.cli.command import Subcommands, add_command, listing, print_json, split_list, with_db
-from helpdeskd.clock import parse_time, show_time
+from helpdeskd.clock import parse_time, show_time, system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
 from helpdeskd.store.db import SessionMaker, reading
@@ -44,6 +44,7 @@ def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
             extra=extra,
             dry_run=args.dry_run,
             progress=progress,
+            clock=system_clock,
         )
         if progress is not None:
             sys.stderr.write("\n")
@@ -135,6 +136,7 @@ def cmd_maintenance_schedule(args: argparse.Namespace, config: Config) -> int:
                 force_reason=args.reason if args.force else None,
                 notify=not args.no_notify,
                 audience=Audience.parse(args.to),
+                now=system_clock(),
             )
         print(
             f"maintenance {row.id}: {show_time(start, tz)} – {show_time(end, tz)}; "
@@ -162,6 +164,7 @@ def cmd_maintenance_set(args: argparse.Namespace, config: Config) -> int:
                 args.id,
                 status,
                 notify=not args.no_notify,
+                now=system_clock(),
             )
         print(f"maintenance {args.id}: {status}")
         return 0
@@ -183,6 +186,7 @@ def cmd_incident(args: argparse.Namespace, config: Config) -> int:
             raise UserError(f"{args.file}: cannot read: {exc.strerror}") from None
 
     async def body(sessions: SessionMaker) -> int:
+        now = system_clock()
         async with sessions.begin() as session:
             action = args.incident
             report = None
@@ -197,6 +201,7 @@ def cmd_incident(args: argparse.Namespace, config: Config) -> int:
                     message=args.message,
                     notify=args.notify,
                     audience=Audience.parse(args.to),
+                    now=now,
                 )
             elif action in ("update", "resolve"):
                 status = args.status if action == "update" else "resolved"
@@ -209,9 +214,10 @@ def cmd_incident(args: argparse.Namespace, config: Config) -> int:
                     message=args.message,
                     notify=args.notify,
                     audience=Audience.parse(args.to),
+                    now=now,
                 )
             else:
-                row = await incidents.publish_postmortem(session, args.id, text)
+                row = await incidents.publish_postmortem(session, args.id, text, now=now)
         print(
             f"incident {row.id}: {row.status}"
             + (", post-mortem published" if action == "postmortem" else "")
@@ -239,7 +245,7 @@ def cmd_status_page_export(args: argparse.Namespace, config: Config) -> int:
 
     async def body(sessions: SessionMaker) -> int:
         async with reading(sessions) as session:
-            data = await status_data(session, config)
+            data = await status_data(session, config, now=system_clock())
         written = export(data, Path(args.dir))
         print(f"wrote {len(written)} files to {args.dir}")
         return 0

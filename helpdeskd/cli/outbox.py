@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from helpdeskd.cli.command import Row, Subcommands, add_command, listing, print_json, with_db
+from helpdeskd.clock import system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.desk.redelivery import retry_outbox
 from helpdeskd.errors import UserError
@@ -24,7 +25,7 @@ def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
 def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
     async def body(sessions: SessionMaker) -> int:
         async with sessions.begin() as session:
-            await retry_outbox(session, args.id)
+            await retry_outbox(session, args.id, now=system_clock())
         print(f"outbox row {args.id} queued again")
         return 0
 

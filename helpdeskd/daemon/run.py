@@ -1,4 +1,7 @@
-"""``helpdeskd run``: wire the parts together and supervise them until SIGTERM."""
+"""``helpdeskd run``: wire the parts together and supervise them until SIGTERM.
+
+The daemon holds one clock and gives it to every part it starts.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from aiohttp import web
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config
 from helpdeskd.daemon.checks import check_templates
@@ -32,7 +36,7 @@ from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.rules import loader
 from helpdeskd.store.db import SessionMaker, check_schema, create_engine, sessionmaker
-from helpdeskd.store.models import Agent, MailboxState, utcnow
+from helpdeskd.store.models import Agent, MailboxState
 from helpdeskd.triage.facts import Policy, Runtime
 from helpdeskd.triage.received import Incoming
 from helpdeskd.web.app import (
@@ -68,10 +72,17 @@ async def sync_agents(sessions: SessionMaker, config: Config) -> None:
 class ProcessorSink:
     """Adapt the IMAP watcher's callbacks to the processor and the mailbox state table."""
 
-    def __init__(self, runtime: Runtime, processor: Processor, sessions: SessionMaker) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        processor: Processor,
+        sessions: SessionMaker,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.runtime = processor.runtime
         self.processor = processor
         self.sessions = sessions
+        self.clock = clock
 
     async def prepare_batch(
         self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
@@ -97,7 +108,7 @@ class ProcessorSink:
     async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
         """Record a poll; tell the agents once when a mailbox keeps failing, and once more
         when it recovers."""
-        now = utcnow()
+        now = self.clock()
         config = self.runtime.policy.config
         async with self.sessions() as session, session.begin():
             state = await session.get(MailboxState, mailbox)
@@ -168,8 +179,9 @@ async def _still_locked(lock: AsyncConnection) -> bool:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Clock = system_clock) -> None:
         self.config = config
+        self.clock = clock
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.outbox_wakeup = asyncio.Event()
@@ -199,9 +211,10 @@ class Daemon:
                     wakeup=self.outbox_wakeup,
                     recheck=notices.recheck,
                     dkim=config.dkim,
+                    clock=self.clock,
                 )
                 supervisor.add("outbox", sender.run)
-            sink = ProcessorSink(self.runtime, self.processor, sessions)
+            sink = ProcessorSink(self.processor, sessions, clock=self.clock)
             for mailbox in config.mailboxes:
                 supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
             supervisor.add("housekeeping", self._housekeeping())
@@ -266,12 +279,12 @@ class Daemon:
 
     def _scheduler(self) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
-            automation = Automation(self.runtime, self.processor.sessions)
+            automation = Automation(self.runtime, self.processor.sessions, clock=self.clock)
             while not stop.is_set():
                 steps, wake = await automation.run_due()
                 if steps:
                     self.outbox_wakeup.set()
-                delay = max(0.0, (wake - utcnow()).total_seconds())
+                delay = max(0.0, (wake - self.clock()).total_seconds())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
@@ -281,8 +294,8 @@ class Daemon:
         async def task(stop: asyncio.Event) -> None:
             while not stop.is_set():
                 sessions = self.processor.sessions
-                told = await remind_quarantine(self.runtime, sessions)
-                if told or await tick_operations(self.runtime, sessions):
+                told = await remind_quarantine(self.runtime, sessions, clock=self.clock)
+                if told or await tick_operations(self.runtime, sessions, clock=self.clock):
                     self.outbox_wakeup.set()
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
@@ -307,16 +320,16 @@ class Daemon:
         http = self.config.http
         runners = []
         if http.listen:
-            routes = health_routes(self.config, sessions, self.monitor)
-            routes += UnsubscribePages(self.config, sessions).routes()
-            routes += status_routes(self.config, sessions)
+            clock = self.clock
+            routes = health_routes(self.config, sessions, self.monitor, clock=clock)
+            routes += UnsubscribePages(self.config, sessions, clock=clock).routes()
+            routes += status_routes(self.config, sessions, clock=clock)
             if not http.metrics_listen:
-                routes += metrics_routes(self.config, sessions)
+                routes += metrics_routes(self.config, sessions, clock=clock)
             runners.append(await start_site(http.listen, routes))
         if http.metrics_listen:
-            runners.append(
-                await start_site(http.metrics_listen, metrics_routes(self.config, sessions))
-            )
+            metrics = metrics_routes(self.config, sessions, clock=self.clock)
+            runners.append(await start_site(http.metrics_listen, metrics))
         return runners
 
     def _install_signals(self) -> None:
@@ -356,5 +369,7 @@ class Daemon:
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
 
 
-def run_daemon(config: Config) -> int:
-    return asyncio.run(Daemon(config).run())
+def run_daemon(config: Config, *, clock: Clock) -> int:
+    """Run the daemon on CONFIG until it is stopped, its parts reading CLOCK; return the exit
+    status."""
+    return asyncio.run(Daemon(config, clock=clock).run())

@@ -4,7 +4,8 @@ Each pass first reads every ticket a rule could act on, with what already fired,
 queries and one read-only transaction, and works out from those which have a step due. Only a
 ticket with a step due is then handled in its own transaction with its row locked (``FOR UPDATE
 SKIP LOCKED`` on PostgreSQL; SQLite serialises writers), where what already fired is read back
-inside the lock from the ticket's events, so a step is never taken twice.
+inside the lock from the ticket's events, so a step is never taken twice. A pass reads its
+clock once: every step it takes, and every event and mail they leave, carries that moment.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.desk.agents import AgentDesk
 from helpdeskd.mail.compose import compose_mail, customer_envelope
 from helpdeskd.outbox.queue import store_mail
@@ -35,7 +37,7 @@ from helpdeskd.rules.schedule import (
     sla_deadlines,
 )
 from helpdeskd.store.db import SessionMaker, reading
-from helpdeskd.store.models import Agent, Contact, Event, Ticket, utcnow
+from helpdeskd.store.models import Agent, Contact, Event, Ticket
 from helpdeskd.triage.facts import Policy, Runtime
 from helpdeskd.triage.lifecycle import Status, change_state, edit_tags, signed
 from helpdeskd.triage.loops import automatic_headers
@@ -153,9 +155,14 @@ def _facts(ticket: _TicketColumns, plan: str | None, fired: dict[str, datetime])
 
 
 class Automation:
-    def __init__(self, runtime: Runtime, sessions: SessionMaker) -> None:
+    """The scheduler's passes over the time rules and SLAs, at the time CLOCK tells."""
+
+    def __init__(
+        self, runtime: Runtime, sessions: SessionMaker, *, clock: Clock = system_clock
+    ) -> None:
         self.runtime = runtime
         self.sessions = sessions
+        self.clock = clock
         # A ticket's SLA deadlines, worked out once (business hours take ~150 us a ticket).
         self._deadlines: dict[
             tuple[Sla, BusinessCalendar, datetime, bool], tuple[SlaDeadline, ...]
@@ -180,8 +187,9 @@ class Automation:
         return found
 
     async def run_due(self, now: datetime | None = None) -> tuple[int, datetime]:
-        """Take every due step once; return (steps taken, when to look again)."""
-        now = now or utcnow()
+        """Take every step due at NOW (default: the clock's now) once; return (steps taken,
+        when to look again)."""
+        now = now or self.clock()
         policy = self.runtime.policy  # the rules of this pass, whatever a reload does meanwhile
         rules = policy.rules
         if not rules.time_rules and not rules.slas:
@@ -273,10 +281,11 @@ class Automation:
                         step.deadline.target,
                         step.sla.name,
                         step.deadline.breach_at,
+                        now,
                     )
                     fired.steps.add(step.key)
                 else:
-                    await self._act(policy, session, ticket, requester, step)
+                    await self._act(policy, session, ticket, requester, step, now)
                     fired.rules[step.name] = now
                 taken += 1
             return taken, upcoming
@@ -288,8 +297,8 @@ class Automation:
         ticket: Ticket,
         requester: Contact,
         rule: TimeRule,
+        now: datetime,
     ) -> None:
-        now = utcnow()
         for action in rule.actions:
             await self._action(policy, session, ticket, requester, rule, action, now)
         session.add(
@@ -302,6 +311,7 @@ class Automation:
                     "actions": [str(a) for a in rule.actions],
                     "where": f"{rule.file}:{rule.line}",
                 },
+                created_at=now,  # a rule's "since" counts from this
             )
         )
         ticket.updated_at = now
@@ -320,14 +330,17 @@ class Automation:
         if action.name in ("close", "solve"):
             before = Status(ticket.state, ticket.solved_at, ticket.closed_at)
             after = change_state(before, "closed" if action.name == "close" else "solved", now)
+            changed = after.state != ticket.state
             ticket.state = after.state
+            if changed:  # the pass's moment, not the wall clock the model's listener stamps
+                ticket.state_since = now
             ticket.solved_at, ticket.closed_at = after.solved_at, after.closed_at
         elif action.name == "priority":
             ticket.priority = as_priority(action.value)
         elif action.name == "tags":
             ticket.tags = edit_tags(ticket.tags or [], *signed([action.value]))
         elif action.name == "remind":
-            await self._remind(policy, session, ticket, requester, action.value)
+            await self._remind(policy, session, ticket, requester, action.value, now)
         elif action.name == "escalate":
             await self._tell(
                 policy,
@@ -347,6 +360,7 @@ class Automation:
         ticket: Ticket,
         requester: Contact,
         template: str,
+        now: datetime,
     ) -> None:
         """Mail the requester a reminder (never to the Heroku desk, never when suppressed)."""
         if ticket.channel != "email" or requester.undeliverable or requester.suppressed:
@@ -376,6 +390,7 @@ class Automation:
                 text=rendered.text,
                 ticket_id=ticket.id,
                 extra_headers=automatic_headers(service.support_address, "auto-generated"),
+                now=now,
             ),
         )
 
@@ -389,6 +404,7 @@ class Automation:
         target: str,
         sla: str,
         breach_at: datetime,
+        now: datetime,
     ) -> None:
         ref = ticket_ref(policy.config, ticket.id)
         what = target.replace("_", " ")
@@ -407,6 +423,7 @@ class Automation:
                 type=kind,
                 actor=f"sla:{sla}",
                 detail={"sla": sla, "target": target, "breach_at": breach_at.isoformat()},
+                created_at=now,
             )
         )
         log.warning(kind, ticket=ticket.id, sla=sla, target=target)

@@ -7,10 +7,11 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import func, select
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.desk.agents import AgentDesk
 from helpdeskd.desk.incidents import due_postmortems, maintenance_tick
 from helpdeskd.store.db import SessionMaker
-from helpdeskd.store.models import Event, Quarantine, utcnow
+from helpdeskd.store.models import Event, Quarantine
 from helpdeskd.triage.facts import Runtime
 
 log = structlog.get_logger(__name__)
@@ -18,9 +19,12 @@ log = structlog.get_logger(__name__)
 REMIND_EVERY = timedelta(hours=24)
 
 
-async def remind_quarantine(runtime: Runtime, sessions: SessionMaker) -> bool:
+async def remind_quarantine(
+    runtime: Runtime, sessions: SessionMaker, *, clock: Clock = system_clock
+) -> bool:
     """Tell the agents, at most once a day, that quarantine holds mail; True when told."""
     agents = AgentDesk.of(runtime.policy)
+    now = clock()
     async with sessions() as session, session.begin():
         entries = list(
             await session.scalars(
@@ -32,7 +36,6 @@ async def remind_quarantine(runtime: Runtime, sessions: SessionMaker) -> bool:
         last = await session.scalar(
             select(func.max(Event.created_at)).where(Event.type == "quarantine_reminder")
         )
-        now = utcnow()
         if last is not None and now - last < REMIND_EVERY:
             return False
         session.add(
@@ -41,6 +44,7 @@ async def remind_quarantine(runtime: Runtime, sessions: SessionMaker) -> bool:
                 type="quarantine_reminder",
                 actor="system",
                 detail={"open": len(entries)},
+                created_at=now,  # the next reminder counts a day from this
             )
         )
         lines = [
@@ -60,13 +64,16 @@ async def remind_quarantine(runtime: Runtime, sessions: SessionMaker) -> bool:
         return True
 
 
-async def tick_operations(runtime: Runtime, sessions: SessionMaker) -> int:
+async def tick_operations(
+    runtime: Runtime, sessions: SessionMaker, *, clock: Clock = system_clock
+) -> int:
     """Move maintenance along by time and remind agents of owed post-mortems; return steps."""
     policy = runtime.policy
     agents = AgentDesk.of(policy)
+    now = clock()
     async with sessions() as session, session.begin():
-        steps = await maintenance_tick(session, policy.config, policy.renderer)
-        for incident in await due_postmortems(session):
+        steps = await maintenance_tick(session, policy.config, policy.renderer, now=now)
+        for incident in await due_postmortems(session, now=now):
             await agents.tell_all(
                 session,
                 None,

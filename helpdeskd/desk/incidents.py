@@ -4,7 +4,7 @@ Maintenance is announced at least ``min_notice_hours`` ahead (or forced with a r
 before it starts, and marked started and completed by command or by time. An incident moves
 investigating → identified → monitoring → resolved, each step optionally mailed to the customers
 it affects; once resolved, the agents are reminded daily until its post-mortem is published.
-Both feed the status page.
+Both feed the status page. Each step takes the moment it happens at (``now``) from its caller.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from helpdeskd.desk import status as page
 from helpdeskd.desk.notices import Audience, NoticeReport, queue_notice
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
-from helpdeskd.store.models import Event, Incident, IncidentUpdate, Maintenance, utcnow
+from helpdeskd.store.models import Event, Incident, IncidentUpdate, Maintenance
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,7 @@ async def _maintenance_notice(
     phase: str,
     audience: Audience,
     expires_at: datetime | None,
+    now: datetime,
 ) -> NoticeReport:
     tz = config.service.timezone
     return await queue_notice(
@@ -64,6 +65,7 @@ async def _maintenance_notice(
         category="maintenance",
         template="maintenance",
         audience=audience,
+        now=now,
         expires_at=expires_at,
         extra={
             "phase": phase,
@@ -90,9 +92,10 @@ async def schedule_maintenance(
     force_reason: str | None = None,
     notify: bool = True,
     audience: Audience | None = None,
+    now: datetime,
 ) -> tuple[Maintenance, NoticeReport | None]:
-    """Schedule maintenance and announce it; refuse less than min_notice ahead unless forced."""
-    now = utcnow()
+    """Schedule maintenance at NOW and announce it; refuse less than min_notice ahead unless
+    forced."""
     notices = config.notices
     assert notices is not None
     if end <= start:
@@ -122,14 +125,14 @@ async def schedule_maintenance(
             type="maintenance_scheduled",
             actor="cli",
             detail={"maintenance": row.id, "forced": force_reason},
+            created_at=now,
         )
     )
     report = None
     if notify:
         # The announcement is worthless once the work has begun.
-        report = await _maintenance_notice(
-            session, config, renderer, row, "Scheduled maintenance", audience or Audience(), start
-        )
+        phase, who = "Scheduled maintenance", audience or Audience()
+        report = await _maintenance_notice(session, config, renderer, row, phase, who, start, now)
     return row, report
 
 
@@ -141,7 +144,9 @@ async def set_maintenance_status(
     status: str,
     *,
     notify: bool = True,
+    now: datetime,
 ) -> Maintenance:
+    """Move maintenance MAINTENANCE_ID to STATUS at NOW, telling the customers if NOTIFY."""
     row = await session.get(Maintenance, maintenance_id)
     if row is None:
         raise UserError(f"no maintenance {maintenance_id}")
@@ -159,18 +164,21 @@ async def set_maintenance_status(
             type=f"maintenance_{status}",
             actor="cli",
             detail={"maintenance": row.id},
+            created_at=now,
         )
     )
     if notify and status in ("in_progress", "completed"):
         phase = "Maintenance started" if status == "in_progress" else "Maintenance completed"
         expiry = row.end if status == "in_progress" else None
-        await _maintenance_notice(session, config, renderer, row, phase, Audience(), expiry)
+        await _maintenance_notice(session, config, renderer, row, phase, Audience(), expiry, now)
     return row
 
 
-async def maintenance_tick(session: AsyncSession, config: Config, renderer: Renderer) -> int:
-    """Do what time says: remind before the start, start and complete; return steps taken."""
-    now = utcnow()
+async def maintenance_tick(
+    session: AsyncSession, config: Config, renderer: Renderer, *, now: datetime
+) -> int:
+    """Do what time says at NOW: remind before the start, start and complete; return steps
+    taken."""
     notices = config.notices
     assert notices is not None
     steps = 0
@@ -190,14 +198,14 @@ async def maintenance_tick(session: AsyncSession, config: Config, renderer: Rend
         ):
             row.reminded_at = now
             await _maintenance_notice(
-                session, config, renderer, row, "Reminder", Audience(), row.start
+                session, config, renderer, row, "Reminder", Audience(), row.start, now
             )
             steps += 1
         if row.status == "scheduled" and now >= row.start:
-            await set_maintenance_status(session, config, renderer, row.id, "in_progress")
+            await set_maintenance_status(session, config, renderer, row.id, "in_progress", now=now)
             steps += 1
         if row.status == "in_progress" and now >= row.end:
-            await set_maintenance_status(session, config, renderer, row.id, "completed")
+            await set_maintenance_status(session, config, renderer, row.id, "completed", now=now)
             steps += 1
     return steps
 
@@ -212,6 +220,7 @@ async def _incident_notice(
     row: Incident,
     message: str,
     audience: Audience,
+    now: datetime,
 ) -> NoticeReport:
     return await queue_notice(
         session,
@@ -220,6 +229,7 @@ async def _incident_notice(
         category="incident",
         template="incident",
         audience=audience,
+        now=now,
         extra={
             "title": row.title,
             "status": row.status,
@@ -240,10 +250,11 @@ async def open_incident(
     message: str,
     notify: bool,
     audience: Audience | None = None,
+    now: datetime,
 ) -> tuple[Incident, NoticeReport | None]:
+    """Open an incident at NOW, telling the customers if NOTIFY."""
     if impact not in IMPACTS:
         raise UserError(f"--impact must be one of {', '.join(IMPACTS)}")
-    now = utcnow()
     row = Incident(
         title=title,
         impact=impact,
@@ -262,12 +273,13 @@ async def open_incident(
             type="incident_opened",
             actor="cli",
             detail={"incident": row.id, "impact": impact},
+            created_at=now,
         )
     )
     report = None
     if notify:
         report = await _incident_notice(
-            session, config, renderer, row, message, audience or Audience()
+            session, config, renderer, row, message, audience or Audience(), now
         )
     return row, report
 
@@ -282,7 +294,9 @@ async def update_incident(
     message: str,
     notify: bool,
     audience: Audience | None = None,
+    now: datetime,
 ) -> tuple[Incident, NoticeReport | None]:
+    """Move incident INCIDENT_ID to STATUS at NOW, telling the customers if NOTIFY."""
     row = await session.get(Incident, incident_id)
     if row is None:
         raise UserError(f"no incident {incident_id}")
@@ -292,23 +306,31 @@ async def update_incident(
         raise UserError(f"incident {incident_id} is resolved already")
     if STEPS.index(status) < STEPS.index(row.status):
         raise UserError(f"incident {incident_id} is {row.status}; it cannot go back to {status}")
-    now = utcnow()
     row.status = status
     if status == "resolved":
         row.resolved_at = now
     session.add(IncidentUpdate(incident_id=row.id, status=status, message=message, created_at=now))
     session.add(
-        Event(ticket_id=None, type=f"incident_{status}", actor="cli", detail={"incident": row.id})
+        Event(
+            ticket_id=None,
+            type=f"incident_{status}",
+            actor="cli",
+            detail={"incident": row.id},
+            created_at=now,
+        )
     )
     report = None
     if notify:
         report = await _incident_notice(
-            session, config, renderer, row, message, audience or Audience()
+            session, config, renderer, row, message, audience or Audience(), now
         )
     return row, report
 
 
-async def publish_postmortem(session: AsyncSession, incident_id: int, text: str) -> Incident:
+async def publish_postmortem(
+    session: AsyncSession, incident_id: int, text: str, *, now: datetime
+) -> Incident:
+    """Publish TEXT as the post-mortem of resolved incident INCIDENT_ID at NOW."""
     row = await session.get(Incident, incident_id)
     if row is None:
         raise UserError(f"no incident {incident_id}")
@@ -316,16 +338,22 @@ async def publish_postmortem(session: AsyncSession, incident_id: int, text: str)
         raise UserError(f"incident {incident_id} is not resolved yet")
     if not text.strip():
         raise UserError("the post-mortem is empty")
-    row.postmortem, row.postmortem_at = text, utcnow()
+    row.postmortem, row.postmortem_at = text, now
     session.add(
-        Event(ticket_id=None, type="postmortem_published", actor="cli", detail={"incident": row.id})
+        Event(
+            ticket_id=None,
+            type="postmortem_published",
+            actor="cli",
+            detail={"incident": row.id},
+            created_at=now,
+        )
     )
     return row
 
 
-async def due_postmortems(session: AsyncSession) -> list[Incident]:
-    """Resolved incidents still owing a post-mortem whose daily reminder is due; marks them."""
-    now = utcnow()
+async def due_postmortems(session: AsyncSession, *, now: datetime) -> list[Incident]:
+    """Resolved incidents still owing a post-mortem whose daily reminder is due at NOW; marks
+    them."""
     rows = list(
         await session.scalars(
             select(Incident)
@@ -342,9 +370,8 @@ async def due_postmortems(session: AsyncSession) -> list[Incident]:
 # --- the status page's data -------------------------------------------------------------------
 
 
-async def status_data(session: AsyncSession, config: Config) -> page.StatusData:
-    """Build the status page's data from the database, now."""
-    now = utcnow()
+async def status_data(session: AsyncSession, config: Config, *, now: datetime) -> page.StatusData:
+    """Build the status page's data from the database, as at NOW."""
     since = now - HISTORY
     incidents = list(
         await session.scalars(

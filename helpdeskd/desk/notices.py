@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
@@ -28,7 +29,7 @@ from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, sign_unsubscribe
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.store.db import SessionMaker
-from helpdeskd.store.models import Contact, Event, Notice, OptOut, Outbox, OutboxRecipient, utcnow
+from helpdeskd.store.models import Contact, Event, Notice, OptOut, Outbox, OutboxRecipient
 from helpdeskd.triage.loops import automatic_headers
 
 log = structlog.get_logger(__name__)
@@ -270,10 +271,12 @@ async def store_notice(
     rendered: Rendered,
     *,
     audience: Audience,
+    now: datetime,
     send_at: datetime,
     expires_at: datetime | None,
 ) -> NoticeReport:
-    """Queue the rendered mails in SESSION's transaction, spaced by the configured rate."""
+    """Queue the rendered mails at NOW in SESSION's transaction, from SEND_AT on, spaced by
+    the configured rate."""
     notices = config.notices
     assert notices is not None
     notice = Notice(
@@ -285,6 +288,7 @@ async def store_notice(
         send_at=send_at,
         expires_at=expires_at,
         skipped=len(plan.reasons),
+        created_at=now,
     )
     session.add(notice)
     await session.flush()
@@ -307,6 +311,7 @@ async def store_notice(
             type="notice_queued",
             actor="cli",
             detail={"notice": notice.id, "category": plan.category, "queued": len(rendered.mails)},
+            created_at=now,
         )
     )
     log.info("notice_queued", notice=notice.id, category=plan.category, queued=len(rendered.mails))
@@ -323,15 +328,17 @@ async def queue_notice(
     category: str,
     template: str,
     audience: Audience,
+    now: datetime,
     send_at: datetime | None = None,
     expires_at: datetime | None = None,
     extra: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> NoticeReport:
-    """Plan, render and queue a notice in SESSION's transaction (see send_notice for a large
-    one sent on its own: it keeps the database free while rendering)."""
-    send_at = send_at or utcnow()
+    """Plan, render and queue a notice at NOW in SESSION's transaction, sent from SEND_AT
+    (default NOW) on (see send_notice for a large one sent on its own: it keeps the database
+    free while rendering)."""
+    send_at = send_at or now
     plan = await plan_notice(
         session, config, renderer, category=category, template=template, audience=audience
     )
@@ -341,7 +348,14 @@ async def queue_notice(
     if dry_run:
         return _would_queue(plan, rendered)
     return await store_notice(
-        session, config, plan, rendered, audience=audience, send_at=send_at, expires_at=expires_at
+        session,
+        config,
+        plan,
+        rendered,
+        audience=audience,
+        now=now,
+        send_at=send_at,
+        expires_at=expires_at,
     )
 
 
@@ -358,10 +372,12 @@ async def send_notice(
     extra: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    clock: Clock = system_clock,
 ) -> NoticeReport:
     """Like queue_notice, in three steps so that no transaction is open while rendering: a
     running daemon keeps storing mail while ten thousand notices are rendered."""
-    send_at = send_at or utcnow()
+    now = clock()
+    send_at = send_at or now
     async with sessions() as session, session.begin():
         plan = await plan_notice(
             session, config, renderer, category=category, template=template, audience=audience
@@ -378,18 +394,30 @@ async def send_notice(
             plan,
             rendered,
             audience=audience,
+            now=now,
             send_at=send_at,
             expires_at=expires_at,
         )
 
 
-async def opt_out(session: AsyncSession, contact: Contact, category: str, via: str) -> bool:
-    """Opt CONTACT out of CATEGORY (every optional one for ALL_CATEGORIES); True if new."""
+async def opt_out(
+    session: AsyncSession,
+    contact: Contact,
+    category: str,
+    via: str,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """Opt CONTACT out of CATEGORY (every optional one for ALL_CATEGORIES) at NOW; True if new.
+
+    Without NOW the columns' defaults stamp the rows.
+    """
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stamp = {} if now is None else {"created_at": now}
     result = await session.execute(
         insert(OptOut)
-        .values(contact_id=contact.id, category=category, via=via, created_at=utcnow())
+        .values(contact_id=contact.id, category=category, via=via, **stamp)
         .on_conflict_do_nothing(index_elements=["contact_id", "category"])
     )
     created = bool(getattr(result, "rowcount", 0))
@@ -400,13 +428,17 @@ async def opt_out(session: AsyncSession, contact: Contact, category: str, via: s
                 type="opted_out",
                 actor=contact.email,
                 detail={"category": category, "via": via},
+                **stamp,
             )
         )
         log.info("opted_out", contact=contact.email, category=category, via=via)
     return created
 
 
-async def opt_in(session: AsyncSession, contact: Contact, category: str, via: str) -> bool:
+async def opt_in(
+    session: AsyncSession, contact: Contact, category: str, via: str, *, now: datetime
+) -> bool:
+    """Opt CONTACT back in to CATEGORY at NOW; True if it had opted out."""
     row = await session.scalar(
         select(OptOut).where(OptOut.contact_id == contact.id, OptOut.category == category)
     )
@@ -419,6 +451,7 @@ async def opt_in(session: AsyncSession, contact: Contact, category: str, via: st
             type="opted_in",
             actor=contact.email,
             detail={"category": category, "via": via},
+            created_at=now,
         )
     )
     return True

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.errors import UserError
-from helpdeskd.store.models import Outbox, OutboxRecipient, utcnow
+from helpdeskd.store.models import Outbox, OutboxRecipient
 
 
-async def retry_outbox(session: AsyncSession, outbox_id: int) -> None:
-    """Queue outbox row OUTBOX_ID for sending now; its failed recipients get fresh attempts.
+async def retry_outbox(session: AsyncSession, outbox_id: int, *, now: datetime) -> None:
+    """Queue outbox row OUTBOX_ID for sending at NOW; its failed recipients get fresh attempts.
 
     Raise UserError when there is no such row or it is neither failed nor pending (a sent or
     expired row stays as it is).
@@ -25,4 +27,4 @@ async def retry_outbox(session: AsyncSession, outbox_id: int) -> None:
         .where(OutboxRecipient.outbox_id == row.id, OutboxRecipient.state == "failed")
         .values(state="pending", attempts=0)
     )
-    row.state, row.next_attempt_at = "pending", utcnow()
+    row.state, row.next_attempt_at = "pending", now

@@ -24,16 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
-from helpdeskd.ingest.lookup import Known, Unknown
+from helpdeskd.ingest.lookup import Known
 from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.ingest.writer import Writer
 from helpdeskd.mail.attachments import store as store_attachment
 from helpdeskd.mail.parse import ParsedMessage
+from helpdeskd.store.contacts import ensure_agents
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import MailboxState, Quarantine, RawMessage, utcnow
 from helpdeskd.store.spool import spool
+from helpdeskd.triage.decision import decide
 from helpdeskd.triage.facts import Needs, Policy, Runtime, needs
-from helpdeskd.triage.plan import decide
 from helpdeskd.triage.received import Incoming, Outcome, raw_fields, ticket_ref
 
 log = structlog.get_logger(__name__)
@@ -126,6 +127,8 @@ class Processor:
             policy = self.runtime.policy  # the whole batch is decided under one policy
             outcomes: list[Outcome] = []
             async with self.sessions() as session, session.begin():
+                # Outside every SAVEPOINT: a run rolled back must not take the agents' ids.
+                await ensure_agents(session, policy.config)
                 while len(outcomes) < len(items):
                     i = len(outcomes)
                     item, result = items[i], results[i]
@@ -141,7 +144,7 @@ class Processor:
                         if seen or not isinstance(later_result, ParsedMessage):
                             break
                         later_needs = needs(later, later_result, policy)
-                        if later_needs.kind.kind in ALONE:
+                        if later_needs.kind.kind in ALONE or not later_needs.parsed.sender:
                             break
                         run.append((later, later_needs))
                     stored = await self._run(session, policy, run)
@@ -317,7 +320,9 @@ class Processor:
                 parsed = await self.parse_pool.parse(item.raw or b"")
             except Exception as exc:
                 parsed = exc
+            policy = self.runtime.policy
             async with self.sessions() as session, session.begin():
+                await ensure_agents(session, policy.config)
                 entry = await session.get_one(Quarantine, quarantine_id)
                 raw = await session.get_one(RawMessage, entry.raw_id)
                 entry.retries += 1
@@ -325,7 +330,6 @@ class Processor:
                 try:
                     if isinstance(parsed, Exception):
                         raise parsed
-                    policy = self.runtime.policy
                     mail_needs = needs(item, parsed, policy)
                     async with session.begin_nested():
                         stored = await self._apply(
@@ -370,12 +374,13 @@ class Processor:
                     message_id=mail_needs.parsed.message_id, source=item.source
                 ):
                     try:
-                        facts = known.facts(mail_needs)
-                    except Unknown:
+                        plan = decide(item, mail_needs, known.facts(mail_needs), policy)
+                    except Exception:
+                        # A run ends before a mail it cannot answer for (Unknown) or decide:
+                        # alone, that mail is looked up afresh, or quarantined with the reason.
                         if not run:
                             raise
                         break
-                    plan = decide(item, mail_needs, facts, policy)
                 ticket_id = plan.ticket_id
                 if plan.new_ticket:
                     ticket_id = await writer.ticket_id()
@@ -384,11 +389,11 @@ class Processor:
                 decided.append((item, mail_needs, plan, ticket_id))
             if not decided:
                 return []
-            reasons = await writer.write()
+            await writer.write()
         finally:
             writer.cancel()
         outcomes = []
-        for (item, mail_needs, plan, ticket_id), reason in zip(decided, reasons, strict=True):
+        for item, mail_needs, plan, ticket_id in decided:
             with structlog.contextvars.bound_contextvars(
                 message_id=mail_needs.parsed.message_id, source=item.source
             ):
@@ -401,7 +406,7 @@ class Processor:
                     mail_needs.parsed.message_id,
                     plan.outcome,
                     ref,
-                    reason if reason is not None else plan.reason,
+                    plan.reason,
                 )
             )
         return outcomes

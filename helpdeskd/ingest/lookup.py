@@ -34,8 +34,10 @@ from helpdeskd.triage.facts import (
     AgentFacts,
     ContactFacts,
     Facts,
+    MergeTarget,
     Needs,
     Policy,
+    ReplyContext,
     Returned,
     StoredMessage,
     TicketFacts,
@@ -74,6 +76,8 @@ class Known:
         self.autoreplies: Counter[str] = Counter()
         self.flood_told: set[str] = set()  # senders the agents were told about
         self.writers: dict[str, str] = {}  # Message-ID of a reply we sent -> its agent
+        self.replies: dict[int, ReplyContext] = {}  # ticket id -> what an agent's reply reads
+        self.merge_targets: dict[int, MergeTarget] = {}
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -160,6 +164,57 @@ class Known:
                 self.opted_out.add((contact_id, category))
         await self._load_agents(session)
         await self._load_counts(session, [n.parsed.sender for n in batch if n.parsed.sender])
+        agent_mail = [n for n in batch if n.kind.kind == "agent_reply"]
+        if agent_mail:
+            await self._load_replies(session, agent_mail)
+
+    async def _load_replies(self, session: AsyncSession, batch: Sequence[Needs]) -> None:
+        """What agents' replies read: each ticket's latest customer mail and deliverable Cc
+        participants, and the tickets a ``#merge`` names."""
+        ids = list(self.tickets)
+        parents: dict[int, StoredMessage] = {}
+        if ids:
+            latest = (
+                select(func.max(Message.id))
+                .where(
+                    Message.ticket_id.in_(ids),
+                    Message.direction == "in",
+                    Message.internal.is_(False),
+                )
+                .group_by(Message.ticket_id)
+            )
+            for message in await session.scalars(select(Message).where(Message.id.in_(latest))):
+                parents[message.ticket_id] = StoredMessage(
+                    message.message_id,
+                    message.ticket_id,
+                    message.direction,
+                    message.kind,
+                    tuple(message.references or ()),
+                    message.in_reply_to,
+                    message.thread_index,
+                )
+        ccs: dict[int, list[str]] = {tid: [] for tid in ids}
+        if ids:
+            for tid, email in await session.execute(
+                select(Participant.ticket_id, Contact.email)
+                .join(Contact, Participant.contact_id == Contact.id)
+                .where(
+                    Participant.ticket_id.in_(ids),
+                    Participant.role == "cc",
+                    Contact.undeliverable.is_(False),
+                )
+                .order_by(Participant.id)
+            ):
+                if email != self.tickets[tid].requester.email:
+                    ccs[tid].append(email)
+        targets = {n.merge_ticket for n in batch if n.merge_ticket is not None}
+        if targets:
+            for ticket in await session.scalars(select(Ticket).where(Ticket.id.in_(targets))):
+                self.merge_targets[ticket.id] = MergeTarget(
+                    ticket.id, ticket.requester_id, ticket.merged_into_id
+                )
+        for tid in ids:
+            self.replies[tid] = ReplyContext(parents.get(tid), tuple(ccs[tid]))
 
     async def _load_tickets(
         self, session: AsyncSession, ticket_ids: set[int], emails: set[str]
@@ -231,22 +286,15 @@ class Known:
                 external_ref=ticket.external_ref,
                 tags=tuple(ticket.tags or ()),
                 solved_at=ticket.solved_at,
+                first_response_at=ticket.first_response_at,
                 inbound=inbound,
                 recent=recent,
                 flood_told=ticket.id in told,
             )
 
     async def _load_agents(self, session: AsyncSession) -> None:
-        """Know every agent row, making one for each configured agent that has none."""
-        config = self.policy.config
+        """Know every agent row (the batch made one for each configured agent first)."""
         rows = {a.email: a for a in await session.scalars(select(Agent))}
-        missing = [a for a in config.agents if a.email not in rows]
-        if missing:
-            for configured in missing:
-                row = Agent(email=configured.email, name=configured.name, active=True)
-                session.add(row)
-                rows[row.email] = row
-            await session.flush()
         for agent in rows.values():
             self.agents[agent.email] = AgentFacts(agent.id, agent.email, agent.name, agent.active)
         if not self.policy.may_assign:
@@ -355,6 +403,17 @@ class Known:
             recent_by_sender=self.recent_by_sender[sender],
             sender_flood_told=sender in self.flood_told,
             returned=self._returned(needs),
+            replies={
+                tid: replace(
+                    context,
+                    merge_target=self.merge_targets.get(needs.merge_ticket)
+                    if needs.merge_ticket is not None
+                    else None,
+                )
+                for tid, context in self.replies.items()
+            }
+            if needs.kind.kind == "agent_reply"
+            else {},
         )
 
     def _ticket(self, ticket_id: int, strict: bool = False) -> TicketFacts | None:

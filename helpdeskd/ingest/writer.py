@@ -3,28 +3,26 @@
 :class:`Writer` takes the plans of a run (or of one mail) in order, composes their mail, and
 writes contacts, tickets, raw mail, participants, outbox rows, ticket messages, thread
 references, automatic-answer records and events with a Core executemany per table, ids taken up
-front so that rows can refer to each other. The two steps that belong to the desk — an
-authenticated agent's reply and an opt-out by mail — run after, on the written rows.
+front so that rows can refer to each other. What no INSERT says — Cc taken off a ticket, a
+merge moving a ticket's mail, an opt-out by mail — follows, on the written rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from helpdeskd.desk.agents import AgentDesk
 from helpdeskd.desk.notices import opt_out
 from helpdeskd.ingest.lookup import Known
 from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.mail.build import OutgoingMail, build_messages
+from helpdeskd.store.contacts import add_participant, remove_participant
 from helpdeskd.store.models import (
-    Agent,
     AutoReplyLog,
     Base,
     Contact,
@@ -43,19 +41,6 @@ from helpdeskd.triage.plan import Plan
 from helpdeskd.triage.received import Incoming, raw_fields
 
 BUILD_CHUNK = 16  # mails per build task: enough to pay for the trip to a worker
-
-
-@dataclass
-class _Desk:
-    """A step the desk takes on written rows: an agent's reply, or an opt-out by mail."""
-
-    index: int  # the plan's place in the run
-    plan: Plan
-    needs: Needs
-    item: Incoming
-    raw: dict[str, Any]
-    message: dict[str, Any] | None
-    ticket_id: int | None
 
 
 class Writer:
@@ -96,8 +81,9 @@ class Writer:
         self.existing_raw: list[dict[str, Any]] = []  # raw rows stored before (a retry)
         self.unbuilt: list[OutgoingMail] = []
         self.building: list[asyncio.Future[list[bytes]]] = []
-        self.desk: list[_Desk] = []
-        self.count = 0
+        self.removals: list[tuple[int, str]] = []  # (ticket id, address) off its Cc
+        self.merges: list[tuple[int, int]] = []  # (ticket id, the ticket it goes into)
+        self.opt_outs: list[tuple[int, str]] = []  # (contact id, category), by mail
 
     async def ticket_id(self) -> int:
         """The id of the next new ticket: ticket numbers are seen by customers, none is wasted."""
@@ -120,7 +106,6 @@ class Writer:
         raw_id: int | None = None,
     ) -> None:
         """Add the rows of PLAN for ITEM, its ticket TICKET_ID (new or stored)."""
-        index, self.count = self.count, self.count + 1
         raw = {
             "id": raw_id,
             **raw_fields(item, needs.parsed.message_id),
@@ -169,15 +154,20 @@ class Writer:
         for event in plan.events:
             self.rows["events"].append(
                 {
-                    "ticket_id": None if event.ticketless else ticket_id,
+                    "ticket_id": None if event.ticketless else event.on or ticket_id,
                     "type": event.type,
                     "actor": event.actor,
                     "detail": dict(event.detail),
                     "created_at": self.now,
                 }
             )
-        if plan.agent_reply is not None or plan.opt_out is not None:
-            self.desk.append(_Desk(index, plan, needs, item, raw, message, ticket_id))
+        if ticket_id is not None:
+            self.removals.extend((ticket_id, email) for email in plan.removals)
+            if plan.merge_into is not None:
+                self.merges.append((ticket_id, plan.merge_into))
+                self.tickets[ticket_id]["merged_into_id"] = plan.merge_into
+        if plan.opt_out is not None:
+            self.opt_outs.append(plan.opt_out)
 
     def _contact(self, email: str, name: str | None, changes: dict[str, Any]) -> None:
         row = self.contacts.get(email)
@@ -353,8 +343,8 @@ class Writer:
         top = await session.scalar(select(func.max(table.c.id))) or 0
         return list(range(top + 1, top + 1 + count))
 
-    async def write(self) -> list[str | None]:
-        """Write every row; return, per plan, the reason the desk's step gave (or None)."""
+    async def write(self) -> None:
+        """Write every row the plans added."""
         session, rows = self.session, self.rows
         for row, data in zip(rows["outbox"], await self._built(), strict=True):
             row["data"] = data
@@ -442,33 +432,27 @@ class Writer:
                 dialect_insert(ThreadRef).on_conflict_do_nothing(index_elements=["message_id"]),
                 rows["thread_refs"],
             )
-        return await self._desk_steps()
-
-    async def _desk_steps(self) -> list[str | None]:
-        reasons: list[str | None] = [None] * self.count
-        if not self.desk:
-            return reasons
-        session = self.session
-        agents = AgentDesk(self.policy.config, self.policy.renderer, backfill=self.policy.backfill)
-        for step in self.desk:
-            if step.plan.opt_out is not None:
-                contact_id, category = step.plan.opt_out
-                contact = await session.get_one(Contact, contact_id)
-                await opt_out(session, contact, category, "mail")
-            if step.plan.agent_reply is not None:
-                assert step.message is not None and step.ticket_id is not None
-                ticket = await session.get_one(Ticket, step.ticket_id)
-                agent = await session.get_one(Agent, step.plan.agent_reply.id)
-                message = await session.scalar(
-                    select(Message).where(Message.message_id == step.message["message_id"])
+        for ticket_id, email in self.removals:
+            await remove_participant(session, ticket_id, email, "cc")
+        ours = [row["id"] for row in rows["outbox"]]
+        for ticket_id, target in self.merges:
+            # The ticket's mail moves, the agent's reply included; what this plan sends about
+            # the merged ticket stays with it.
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.ticket_id == ticket_id,
+                    or_(Message.outbox_id.is_(None), Message.outbox_id.not_in(ours)),
                 )
-                raw = await session.get_one(RawMessage, step.raw["id"])
-                assert message is not None
-                reason = await agents.reply(session, ticket, agent, message, raw, step.needs.parsed)
-                raw.reason = reason[:2000]
-                reasons[step.index] = reason
-        await session.flush()
-        return reasons
+                .values(ticket_id=target)
+            )
+            for contact_id in await session.scalars(
+                select(Participant.contact_id).where(Participant.ticket_id == ticket_id)
+            ):
+                await add_participant(session, target, contact_id, "cc")
+        for contact_id, category in self.opt_outs:
+            contact = await session.get_one(Contact, contact_id)
+            await opt_out(session, contact, category, "mail")
 
 
 def _columns(model: type[Base], row: dict[str, Any]) -> dict[str, Any]:

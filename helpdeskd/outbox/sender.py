@@ -7,6 +7,10 @@ daemon), sends each to the recipients that have not accepted it yet, and records
 recipient, each mail in a transaction of its own: a 4xx or a connection error retries with
 exponential backoff and jitter, a 5xx fails that recipient. A recipient who accepted a mail is
 never sent it again.
+
+The sender reads its clock once for each step that looks at the time, and passes that moment
+down: picking the due rows, a mail just before it goes (has it expired?), and a mail's result
+(when it was sent, when to try again).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import structlog
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import DkimConfig, SmtpConfig
 from helpdeskd.outbox.dkim import sign
 from helpdeskd.store.db import SessionMaker, reading
-from helpdeskd.store.models import Base, Event, Outbox, OutboxRecipient, utcnow
+from helpdeskd.store.models import Base, Event, Outbox, OutboxRecipient
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +71,10 @@ def enqueue(
     expires_at: datetime | None = None,
     not_before: datetime | None = None,
 ) -> Outbox:
-    """Add an outgoing mail to SESSION; it is sent only once the caller commits."""
+    """Add an outgoing mail to SESSION; it is sent only once the caller commits.
+
+    It is due at NOT_BEFORE; without one, at once (the column's default stamps the row).
+    """
     unique = list(dict.fromkeys(r.lower() for r in recipients))
     row = Outbox(
         ticket_id=ticket_id,
@@ -76,10 +84,11 @@ def enqueue(
         data=data,
         state="pending",
         attempts=0,
-        next_attempt_at=not_before or utcnow(),
         expires_at=expires_at,
         recipients=[OutboxRecipient(address=a, state="pending", attempts=0) for a in unique],
     )
+    if not_before is not None:
+        row.next_attempt_at = not_before
     session.add(row)
     return row
 
@@ -109,9 +118,9 @@ class _Claim:
     data: bytes
 
 
-def _due_first(query: Select[_T]) -> Select[_T]:
-    """QUERY over the rows due now, the longest due first."""
-    return query.where(Outbox.state == "pending", Outbox.next_attempt_at <= utcnow()).order_by(
+def _due_first(query: Select[_T], now: datetime) -> Select[_T]:
+    """QUERY over the rows due at NOW, the longest due first."""
+    return query.where(Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(
         Outbox.next_attempt_at, Outbox.id
     )
 
@@ -135,8 +144,10 @@ class OutboxSender:
         idle_poll: float = 5.0,
         recheck: Recheck | None = None,
         dkim: DkimConfig | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.sessions = sessions
+        self.clock = clock
         self.recheck = recheck
         self.dkim = dkim
         self.smtp = smtp
@@ -183,7 +194,7 @@ class OutboxSender:
             )
         if due is None:
             return self.idle_poll
-        return min(self.idle_poll, max(0.05, (due - utcnow()).total_seconds()))
+        return min(self.idle_poll, max(0.05, (due - self.clock()).total_seconds()))
 
     async def drain(self, limit: float = 30.0) -> None:
         """Send until nothing is due (for the CLI and tests)."""
@@ -201,13 +212,15 @@ class OutboxSender:
         record, so another daemon skips it, and a daemon that dies mid-send releases it at once.
         """
         async with session.begin():
-            rows = await self._due(session, 1)
+            now = self.clock()
+            rows = await self._due(session, 1, now)
             if not rows:
                 return False
-            claim = await self._claim(session, rows[0], utcnow())
+            claim = await self._claim(session, rows[0], now)
             if claim is not None:
                 with _bound(claim):
-                    await self._record(session, claim.row_id, await self._send_claim(claim))
+                    result = await self._send_claim(claim)
+                    await self._record(session, claim.row_id, result, self.clock())
             return True
 
     async def _deliver_batch(self, session: AsyncSession) -> int:
@@ -223,37 +236,39 @@ class OutboxSender:
         aiosqlite's thread, the sender's main cost).
         """
         async with session.begin():
-            rows = await self._due_batch(session)
-            claims = [await self._claim(session, row, utcnow(), recheck=False) for row in rows]
+            now = self.clock()
+            rows = await self._due_batch(session, now)
+            claims = [await self._claim(session, row, now, recheck=False) for row in rows]
         for row, claim in zip(rows, claims, strict=True):
             if claim is None:
                 continue
-            expired = row.expires_at is not None and row.expires_at <= utcnow()
+            now = self.clock()  # this mail's turn: the batch's earlier mails took time
+            expired = row.expires_at is not None and row.expires_at <= now
             if expired or (self.recheck is not None and row.notice_id is not None):
                 async with session.begin():
-                    claim = await self._claim(session, row, utcnow())
+                    claim = await self._claim(session, row, now)
                 if claim is None:
                     continue
             with _bound(claim):
                 result = await self._send_claim(claim)
                 async with session.begin():
-                    await self._record(session, claim.row_id, result)
+                    await self._record(session, claim.row_id, result, self.clock())
         return len(rows)
 
     async def _send_claim(self, claim: _Claim) -> SendResult:
         return await self._send(claim.envelope_from, claim.pending, await self._sign(claim.data))
 
-    async def _due(self, session: AsyncSession, limit: int) -> Sequence[Outbox]:
-        """The next LIMIT due rows, oldest due first, locked where the database can."""
+    async def _due(self, session: AsyncSession, limit: int, now: datetime) -> Sequence[Outbox]:
+        """The next LIMIT rows due at NOW, oldest due first, locked where the database can."""
         rows = await session.scalars(
-            _due_first(select(Outbox)).limit(limit).with_for_update(skip_locked=True)
+            _due_first(select(Outbox), now).limit(limit).with_for_update(skip_locked=True)
         )
         return rows.all()
 
-    async def _due_batch(self, session: AsyncSession) -> Sequence[Outbox]:
-        """The next CLAIM_BATCH due rows, as many as fit in CLAIM_BYTES (at least one)."""
+    async def _due_batch(self, session: AsyncSession, now: datetime) -> Sequence[Outbox]:
+        """The next CLAIM_BATCH rows due at NOW, as many as fit in CLAIM_BYTES (at least one)."""
         sizes = await session.execute(
-            _due_first(select(Outbox.id, func.length(Outbox.data))).limit(CLAIM_BATCH)
+            _due_first(select(Outbox.id, func.length(Outbox.data)), now).limit(CLAIM_BATCH)
         )
         ids: list[int] = []
         total = 0
@@ -344,13 +359,15 @@ class OutboxSender:
         )
         return replace(result, permanent={**result.permanent, **wide})
 
-    async def _record(self, session: AsyncSession, row_id: int, result: SendResult) -> None:
-        """Record RESULT for row ROW_ID, recipient by recipient, in SESSION's transaction.
+    async def _record(
+        self, session: AsyncSession, row_id: int, result: SendResult, now: datetime
+    ) -> None:
+        """Record RESULT, known at NOW, for row ROW_ID, recipient by recipient, in SESSION's
+        transaction.
 
         The row is read again (``outbox retry`` may have changed it since it was claimed) and
         written with three Core statements, whatever the number of recipients.
         """
-        now = utcnow()
         found = (
             await session.execute(
                 select(
@@ -411,6 +428,7 @@ class OutboxSender:
                     type="delivery_failed",
                     actor="system",
                     detail={"recipient": address, "error": reason, "message_id": message_id},
+                    created_at=now,
                 )
             )
             log.error("smtp_failed", recipient=address, error=reason)

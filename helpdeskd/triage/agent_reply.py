@@ -1,8 +1,8 @@
 """Decide what an authenticated agent's reply does: the commands' effect, what is sent, the receipt.
 
 Pure: :func:`decide_agent_reply` takes the parsed command block, the reply's extracted text and
-the facts the desk looked up, and returns an :class:`AgentReplyPlan`; the desk
-(:meth:`helpdeskd.desk.agents.AgentDesk.reply`) only gathers the facts and carries the plan out.
+the facts the lookup gathered, and returns an :class:`AgentReplyPlan`, which the intake
+(:mod:`helpdeskd.triage.intake`) turns into the rows, events and mail of the mail's plan.
 
 The policy (DESIGN "Agents by email"):
 

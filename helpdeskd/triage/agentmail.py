@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 from helpdeskd.config.settings import ServiceConfig
 from helpdeskd.mail.authresults import dkim_aligned
@@ -68,3 +70,21 @@ def authenticate(
     if wants_dkim and not (service.authserv_id and dkim_aligned(parsed, service.authserv_id)):
         return Verdict(False, "no aligned DKIM pass in our Authentication-Results")
     return Verdict(True, "signed token" + (" and DKIM" if "dkim" in service.agent_auth else ""))
+
+
+def attachments_of(raw: bytes | None) -> tuple[tuple[str, str, bytes], ...]:
+    """Return the attachments of RAW as (name, content type, bytes), for carrying them over."""
+    if not raw:
+        return ()
+    msg = message_from_bytes(raw, policy=policy.default)
+    if not isinstance(msg, EmailMessage):
+        return ()
+    found = []
+    for part in msg.iter_attachments():
+        name = part.get_filename()
+        if not name:
+            continue
+        data = part.get_payload(decode=True)
+        if isinstance(data, bytes):
+            found.append((name, part.get_content_type(), data))
+    return tuple(found)

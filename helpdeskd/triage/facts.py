@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from helpdeskd.config.settings import Config
+from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.thread_index import thread_index_root
@@ -20,10 +21,12 @@ from helpdeskd.rules import loader
 from helpdeskd.rules.model import RuleSet
 from helpdeskd.triage.bounces import BounceReport, Complaint, parse_bounce, parse_complaint
 from helpdeskd.triage.classify import Classification, ClassifyContext, classify
+from helpdeskd.triage.commands import ParsedCommands, parse_commands
 from helpdeskd.triage.heroku import HerokuTicket, recognise
 from helpdeskd.triage.received import Incoming, ref_to_id, with_fallback_sender
 from helpdeskd.triage.threading import TicketView, subject_refs
 
+MAX_TICKET_ID = 2**31 - 1  # tickets.id is a 32-bit integer on PostgreSQL
 # An Outlook Thread-Index that only holds a root (22 bytes, 32 in base64) starts a conversation;
 # only a longer one continues it.
 _ROOT_B64 = 32
@@ -116,6 +119,7 @@ class TicketFacts(TicketView):
     external_ref: str | None = None
     tags: tuple[str, ...] = ()
     solved_at: datetime | None = None
+    first_response_at: datetime | None = None
     inbound: int = 0  # inbound messages, all time
     recent: int = 0  # inbound messages within the flood window
     flood_told: bool = False  # agents were told of a flood on it within the window
@@ -133,6 +137,11 @@ class StoredMessage:
     in_reply_to: str | None = None
     thread_index: str | None = None
 
+    @property
+    def parent(self) -> Parent:
+        """This message as the parent of an answer to it."""
+        return Parent(self.message_id, self.references, self.in_reply_to, self.thread_index)
+
 
 @dataclass(frozen=True)
 class Returned:
@@ -141,6 +150,24 @@ class Returned:
     ticket: TicketFacts | None = None
     message: StoredMessage | None = None
     writer: AgentFacts | None = None
+
+
+@dataclass(frozen=True)
+class MergeTarget:
+    """The ticket an agent's ``#merge`` names, as far as a merge needs to know."""
+
+    id: int
+    requester_id: int
+    merged_into_id: int | None
+
+
+@dataclass(frozen=True)
+class ReplyContext:
+    """What an agent's reply to a ticket reads besides the ticket: whom and what it answers."""
+
+    parent: StoredMessage | None = None  # the customer's latest mail on the ticket
+    cc: tuple[str, ...] = ()  # the ticket's deliverable Cc participants, requester aside
+    merge_target: MergeTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +191,7 @@ class Facts:
     recent_by_sender: int = 0  # the sender's inbound mail within the flood window
     sender_flood_told: bool = False  # agents were told of a flood by the sender
     returned: Returned = Returned()
+    replies: Mapping[int, ReplyContext] = field(default_factory=dict)  # agent mail, by ticket
 
     def contact(self, email: str) -> ContactFacts | None:
         return self.contacts.get(email.lower())
@@ -185,6 +213,8 @@ class Needs:
     complaint: Complaint | None = None
     returned_ids: tuple[str, ...] = ()  # our Message-IDs a bounce or complaint names
     unsubscribe: tuple[int, str] | None = None  # (contact id, category)
+    commands: ParsedCommands | None = None  # the command block of an agent's mail
+    merge_ticket: int | None = None  # the ticket its #merge names
 
     @property
     def message_ids(self) -> tuple[str, ...]:
@@ -237,6 +267,16 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
     ]
     root = thread_index_root(parsed.thread_index)
     continues = bool(root and parsed.thread_index and len(parsed.thread_index) > _ROOT_B64)
+    commands = merge_ticket = None
+    if kind.kind == "agent_reply":
+        commands = parse_commands(parsed.full_text, ticket_prefix=service.ticket_prefix)
+        for command in commands.commands:
+            if command.name == "cc":
+                emails.update(entry[1:].lower() for entry in command.args)
+        merge = commands.get("merge")
+        number = merge.args[0].rpartition("-")[2] if merge is not None else ""
+        if number.isdigit() and int(number) <= MAX_TICKET_ID:
+            merge_ticket = int(number)
     return Needs(
         parsed,
         kind,
@@ -246,6 +286,8 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
         thread_root=root if continues else None,
         emails=frozenset(emails),
         heroku=heroku,
+        commands=commands,
+        merge_ticket=merge_ticket,
     )
 
 

@@ -119,7 +119,25 @@ class FloodAlert:
     minutes: int
 
 
-Mail = Ack | Notification | Note | RuleCopy | FloodAlert
+@dataclass(frozen=True)
+class Reply:
+    """An agent's answer to the customer: the extracted text, with the agent's attachments.
+
+    On a Heroku ticket it goes to the desk's reply address, its subject intact, From our
+    registered agent address and with no differing Reply-To.
+    """
+
+    message_id: str
+    text: str
+    agent_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    parent: Parent | None = None
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
+    to_desk: bool = False
+
+
+Mail = Ack | Notification | Note | RuleCopy | FloodAlert | Reply
 
 
 def compose(
@@ -213,6 +231,32 @@ def compose(
             ticket_id=ticket_id,
             internal=True,
             extra_headers=automatic_headers(service.support_address, "auto-generated"),
+            now=now,
+        )
+    if isinstance(mail, Reply):
+        assert ticket is not None and ref is not None
+        heroku = config.heroku
+        if mail.to_desk and heroku is not None:
+            envelope = Envelope(from_addr=heroku.agent_address, from_name=service.name, to=mail.to)
+            subject = ticket.subject
+        else:
+            envelope = customer_envelope(
+                service,
+                ref,
+                mail.to,
+                from_name=f"{mail.agent_name} ({service.name})",
+                cc=mail.cc,
+            )
+            subject = tag_subject(f"Re: {ticket.subject}", ref, service.ticket_prefix)
+        return compose_mail(
+            **common,
+            kind="reply",
+            envelope=envelope,
+            subject=subject,
+            text=mail.text,
+            parent=mail.parent,
+            ticket_id=ticket_id,
+            attachments=mail.attachments,
             now=now,
         )
     if isinstance(mail, FloodAlert):

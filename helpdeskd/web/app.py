@@ -1,7 +1,8 @@
 """The daemon's small HTTP side (aiohttp inside the daemon's loop): health and metrics.
 
 Started with ``AppRunner`` (not ``run_app``, which would take the daemon's signals). ``/metrics``
-may listen on its own private address (``[http] metrics_listen``).
+may listen on its own private address (``[http] metrics_listen``). Each request reads the
+clock it was given once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from helpdeskd import __version__
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import (
@@ -28,7 +30,6 @@ from helpdeskd.store.models import (
     Quarantine,
     RawMessage,
     Ticket,
-    utcnow,
 )
 
 log = structlog.get_logger(__name__)
@@ -62,9 +63,10 @@ def _age(moment: datetime | None, now: datetime) -> float | None:
     return (now - moment).total_seconds() if moment is not None else None
 
 
-async def health(config: Config, sessions: SessionMaker, monitor: LoopMonitor) -> dict[str, Any]:
-    """Return the health report: the loop, and each mailbox's last successful poll."""
-    now = utcnow()
+async def health(
+    config: Config, sessions: SessionMaker, monitor: LoopMonitor, *, now: datetime
+) -> dict[str, Any]:
+    """Return the health report at NOW: the loop, and each mailbox's last successful poll."""
     async with reading(sessions) as session:
         states = {s.name: s for s in await session.scalars(select(MailboxState))}
     mailboxes = []
@@ -103,9 +105,8 @@ class _Snapshot(Collector):
         return iter(self.families)
 
 
-async def metrics_text(config: Config, sessions: SessionMaker) -> bytes:
-    """Return Prometheus text for the current state of the database."""
-    now = utcnow()
+async def metrics_text(config: Config, sessions: SessionMaker, *, now: datetime) -> bytes:
+    """Return Prometheus text for the state of the database, ages counted to NOW."""
     async with reading(sessions) as session:
         outcomes = await session.execute(
             select(RawMessage.outcome, func.count(RawMessage.id)).group_by(RawMessage.outcome)
@@ -166,18 +167,20 @@ async def metrics_text(config: Config, sessions: SessionMaker) -> bytes:
 
 
 def health_routes(
-    config: Config, sessions: SessionMaker, monitor: LoopMonitor
+    config: Config, sessions: SessionMaker, monitor: LoopMonitor, *, clock: Clock = system_clock
 ) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
-        report = await health(config, sessions, monitor)
+        report = await health(config, sessions, monitor, now=clock())
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
     return [web.get("/healthz", healthz)]
 
 
-def metrics_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
+def metrics_routes(
+    config: Config, sessions: SessionMaker, *, clock: Clock = system_clock
+) -> list[web.RouteDef]:
     async def metrics_view(request: web.Request) -> web.Response:
-        body = await metrics_text(config, sessions)
+        body = await metrics_text(config, sessions, now=clock())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     return [web.get("/metrics", metrics_view)]
@@ -200,7 +203,9 @@ async def stop_sites(runners: list[web.AppRunner]) -> None:
     await asyncio.gather(*(runner.cleanup() for runner in runners), return_exceptions=True)
 
 
-def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
+def status_routes(
+    config: Config, sessions: SessionMaker, *, clock: Clock = system_clock
+) -> list[web.RouteDef]:
     """The public status page, rendered from the database at each request."""
     from helpdeskd.desk.incidents import status_data
     from helpdeskd.desk.status import StatusData
@@ -210,7 +215,7 @@ def status_routes(config: Config, sessions: SessionMaker) -> list[web.RouteDef]:
 
     async def data() -> StatusData:
         async with reading(sessions) as session:
-            return await status_data(session, config)
+            return await status_data(session, config, now=clock())
 
     def respond(body: str, kind: str) -> web.Response:
         return web.Response(

@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 from sqlalchemy import select
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import DEFAULT_TEMPLATES, Config
 from helpdeskd.desk.notices import opt_in, opt_out, preferences_url
 from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, verify_unsubscribe
@@ -25,9 +26,14 @@ def _label(category: str) -> str:
 
 
 class UnsubscribePages:
-    def __init__(self, config: Config, sessions: SessionMaker) -> None:
+    """The pages behind a notice's unsubscribe and preferences links; CLOCK stamps changes."""
+
+    def __init__(
+        self, config: Config, sessions: SessionMaker, *, clock: Clock = system_clock
+    ) -> None:
         self.config = config
         self.sessions = sessions
+        self.clock = clock
         folders = [str(config.paths.templates), str(DEFAULT_TEMPLATES)]
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(folders),
@@ -99,7 +105,7 @@ class UnsubscribePages:
         via = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "web"
         async with self.sessions() as session, session.begin():
             row = await session.get_one(Contact, contact.id)
-            await opt_out(session, row, token.category, via)
+            await opt_out(session, row, token.category, via, now=self.clock())
         return self._page(
             "unsubscribe",
             done=True,
@@ -142,11 +148,12 @@ class UnsubscribePages:
         _, contact = found
         form = await request.post()
         wanted = set(form.getall("subscribe", []))
+        now = self.clock()
         async with self.sessions() as session, session.begin():
             row = await session.get_one(Contact, contact.id)
             for name in self._optional():
                 if name in wanted:
-                    await opt_in(session, row, name, "web")
+                    await opt_in(session, row, name, "web", now=now)
                 else:
-                    await opt_out(session, row, name, "web")
+                    await opt_out(session, row, name, "web", now=now)
         return await self.preferences(request, saved=True)

@@ -389,6 +389,7 @@ async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None
                         category="feature_update",
                         template="feature_update",
                         audience=Audience(),
+                        now=utcnow(),
                         extra={"message": "Connection pooling is here."},
                     )
                 commit_start = time.perf_counter()

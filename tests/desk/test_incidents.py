@@ -11,7 +11,9 @@ import pytest
 from helpdeskd.desk.housekeeping import tick_operations
 from helpdeskd.desk.incidents import schedule_maintenance, status_data
 from helpdeskd.mail.render import Renderer
+from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.web import feeds
+from tests.clocks import ManualClock
 from tests.desk.test_notices import CSV, sent_to
 from tests.harness import Desk, cli, cli_json
 
@@ -81,32 +83,51 @@ async def test_maintenance_is_announced_reminded_started_and_completed(config, s
         body = announcement.get_content()
         assert "read-only mode" in body and "(+00:00)" in body
 
-        # A maintenance whose time has come moves on by itself (forced: it starts now).
+        # A maintenance whose time has come moves on by itself: reminded, started, completed
+        # as the clock passes each moment (forced: it starts in less than a day).
+        clock = ManualClock()
+        start, end = clock() + timedelta(hours=3), clock() + timedelta(hours=4)
         async with desk.sessions() as session, session.begin():
-            now = datetime.now(UTC)
             await schedule_maintenance(
                 session,
                 config,
                 Renderer(config.paths.templates),
                 title="Quick restart",
-                start=now - timedelta(minutes=1),
-                end=now + timedelta(seconds=1),
+                start=start,
+                end=end,
                 components=["api"],
                 force_reason="urgent",
                 notify=False,
+                now=clock(),
             )
-        assert await tick_operations(desk.runtime, desk.sessions) == 1  # started
-        async with desk.sessions() as session:
-            data = await status_data(session, config)
-        assert {c.key: c.status for c in data.components}["api"] == "maintenance"
-        await desk.send_all()
-        started = [m["Subject"] for m in sent_to(smtp_sink, "ada@customer.example")]
-        assert any("Maintenance started: Quick restart" in s for s in started)
-        import asyncio
+        sender = OutboxSender(desk.sessions, config.smtp, clock=clock)
 
-        await asyncio.sleep(1.2)
-        assert await tick_operations(desk.runtime, desk.sessions) == 1  # completed
-        await desk.send_all()
+        async def tick() -> int:
+            steps = await tick_operations(desk.runtime, desk.sessions, clock=clock)
+            await sender.drain(10)
+            return steps
+
+        def told() -> list[str]:
+            return [m["Subject"] for m in sent_to(smtp_sink, "ada@customer.example")]
+
+        assert await tick() == 0  # three hours ahead: nothing to do yet
+        clock.set(start - timedelta(hours=2))
+        assert await tick() == 1  # reminded (reminder_hours = 2)
+        assert any("Reminder: Quick restart" in s for s in told())
+        assert await tick() == 0  # once
+        clock.set(start - timedelta(seconds=1))
+        assert await tick() == 0
+        clock.set(start)
+        assert await tick() == 1  # started
+        async with desk.sessions() as session:
+            data = await status_data(session, config, now=clock())
+        assert {c.key: c.status for c in data.components}["api"] == "maintenance"
+        assert any("Maintenance started: Quick restart" in s for s in told())
+        clock.set(end)
+        assert await tick() == 1  # completed
+        async with desk.sessions() as session:
+            data = await status_data(session, config, now=clock())
+        assert {c.key: c.status for c in data.components}["api"] == "operational"
     subjects = [m["Subject"] for m in sent_to(smtp_sink, "ada@customer.example")]
     assert any("Maintenance completed: Quick restart" in s for s in subjects)
 
@@ -148,8 +169,9 @@ async def test_incident_steps_notices_postmortem_and_reminders(config, smtp_sink
     assert refused.returncode == 1 and "not resolved" in refused.stderr
     cli(config, "incident", "resolve", "1", "--message", "Replaced.", "--notify")
     async with Desk(config) as desk:
+        clock = ManualClock()
         async with desk.sessions() as session:
-            data = await status_data(session, config)
+            data = await status_data(session, config, now=clock())
         [incident] = data.incidents
         assert [u.status for u in incident.updates] == [
             "investigating",
@@ -159,11 +181,19 @@ async def test_incident_steps_notices_postmortem_and_reminders(config, smtp_sink
         ]
         document = json.loads(feeds.render_json(data))
         assert document["incidents"][0]["title"] == "Connection errors"
-        assert await tick_operations(desk.runtime, desk.sessions) == 1  # the post-mortem reminder
-        assert await tick_operations(desk.runtime, desk.sessions) == 0  # once a day
+        assert await tick_operations(desk.runtime, desk.sessions, clock=clock) == 1  # a reminder
+        clock.advance(hours=23, minutes=59)
+        assert await tick_operations(desk.runtime, desk.sessions, clock=clock) == 0  # once a day
+        await desk.send_all()
+        reminders = [
+            m for m in sent_to(smtp_sink, "alice@acme.test") if "Post-mortem" in m["Subject"]
+        ]
+        assert len(reminders) == 1
+        clock.advance(minutes=1)
+        assert await tick_operations(desk.runtime, desk.sessions, clock=clock) == 1  # next day
         await desk.send_all()
     reminders = [m for m in sent_to(smtp_sink, "alice@acme.test") if "Post-mortem" in m["Subject"]]
-    assert len(reminders) == 1
+    assert len(reminders) == 2
     subjects = [m["Subject"] for m in sent_to(smtp_sink, "bob@customer.example")]
     assert [s.split("]")[1].split(":")[0].strip() for s in subjects] == [
         "Investigating",

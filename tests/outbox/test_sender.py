@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
 
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox.sender import OutboxSender, backoff
+from helpdeskd.store.models import Outbox
+from tests.clocks import ManualClock
 from tests.harness import Desk, cli_json
 from tests.servers.smtp import SmtpSink
 
@@ -38,14 +42,22 @@ async def _queue(desk: Desk, recipients: list[str], **kwargs: object) -> str:
     return message_id
 
 
-async def _until_done(sender: OutboxSender, config, rounds: int = 60) -> list[dict]:
+async def _rows(desk: Desk) -> list[Outbox]:
+    async with desk.sessions() as session:
+        return list(await session.scalars(select(Outbox).order_by(Outbox.id)))
+
+
+async def _until_done(
+    sender: OutboxSender, config, clock: ManualClock, rounds: int = 60
+) -> list[dict]:
+    """Send until no row is pending, moving SENDER's CLOCK past any backoff between rounds."""
     try:
         for _ in range(rounds):
             await sender.run_once()
             rows = cli_json(config, "outbox", "list")
             if all(r["state"] != "pending" for r in rows):
                 return rows
-            await asyncio.sleep(0.3)
+            clock.advance(seconds=config.smtp.retry_max)
         return cli_json(config, "outbox", "list")
     finally:
         await sender.close()
@@ -56,13 +68,14 @@ async def test_sink_down_then_back_delivers_once(make_config):
     config = make_config(smtp=sink)
     async with Desk(config) as desk:
         await _queue(desk, ["a@example.org"])
-        sender = OutboxSender(desk.sessions, config.smtp)
+        clock = ManualClock()
+        sender = OutboxSender(desk.sessions, config.smtp, clock=clock)
         await sender.run_once()
         [row] = cli_json(config, "outbox", "list")
         assert row["state"] == "pending" and row["attempts"] == 1 and row["last_error"]
         sink.start()
         try:
-            rows = await _until_done(sender, config)
+            rows = await _until_done(sender, config, clock)
         finally:
             sink.stop()
     assert rows[0]["state"] == "sent"
@@ -74,14 +87,15 @@ async def test_accepted_recipient_is_never_sent_again(make_config, smtp_sink):
     smtp_sink.handler.refuse["b@example.org"] = "450 4.2.0 mailbox busy"
     async with Desk(config) as desk:
         await _queue(desk, ["a@example.org", "b@example.org"])
-        sender = OutboxSender(desk.sessions, config.smtp)
+        clock = ManualClock()
+        sender = OutboxSender(desk.sessions, config.smtp, clock=clock)
         await sender.run_once()
         await sender.close()
         [row] = cli_json(config, "outbox", "list")
         states = {r["address"]: r["state"] for r in row["recipients"]}
         assert states == {"a@example.org": "sent", "b@example.org": "pending"}
         del smtp_sink.handler.refuse["b@example.org"]
-        rows = await _until_done(sender, config)
+        rows = await _until_done(sender, config, clock)
     assert rows[0]["state"] == "sent"
     got = smtp_sink.by_recipient()
     assert len(got["a@example.org"]) == 1
@@ -117,7 +131,10 @@ async def test_temporary_failures_give_up_after_max_attempts(make_config, smtp_s
     smtp_sink.handler.refuse["slow@example.org"] = "451 4.3.0 try later"
     async with Desk(config) as desk:
         await _queue(desk, ["slow@example.org"])
-        rows = await _until_done(OutboxSender(desk.sessions, config.smtp), config)
+        clock = ManualClock()
+        rows = await _until_done(
+            OutboxSender(desk.sessions, config.smtp, clock=clock), config, clock
+        )
     assert rows[0]["state"] == "failed"
     assert rows[0]["recipients"][0]["attempts"] == 3
 
@@ -159,6 +176,50 @@ async def test_non_ascii_address_is_delivered_where_the_relay_offers_smtputf8(ma
     to = email.message_from_string(delivery.data.decode(), policy=email.policy.default)["To"]
     assert [a.addr_spec for a in to.addresses] == ["jürgen@example.org"]
     assert b"To: j\xc3\xbcrgen@example.org\r\n" in delivery.data
+
+
+async def test_a_deferred_mail_waits_out_its_backoff_on_the_senders_clock(make_config, smtp_sink):
+    """A 4xx defers the mail by the backoff counted on the sender's clock: it is not tried
+    again a second before, and is at once when the clock reaches it."""
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, retry_base=600, retry_max=3600)
+    smtp_sink.handler.refuse["a@example.org"] = "451 4.3.0 try later"
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=UTC))  # years away: only the clock counts
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org"], not_before=clock())
+        sender = OutboxSender(desk.sessions, smtp, clock=clock)
+        try:
+            assert await sender.run_once() == 1
+            [row] = await _rows(desk)
+            assert (row.state, row.attempts) == ("pending", 1)
+            # The first retry waits half to all of retry_base (full jitter).
+            wait = row.next_attempt_at - clock()
+            assert timedelta(seconds=300) <= wait <= timedelta(seconds=600)
+            del smtp_sink.handler.refuse["a@example.org"]
+            clock.set(row.next_attempt_at - timedelta(seconds=1))
+            assert await sender.run_once() == 0
+            assert smtp_sink.deliveries == []
+            clock.set(row.next_attempt_at)
+            assert await sender.run_once() == 1
+        finally:
+            await sender.close()
+        [row] = await _rows(desk)
+    assert (row.state, row.attempts, row.sent_at) == ("sent", 2, clock())
+    assert [d.recipients for d in smtp_sink.deliveries] == [["a@example.org"]]
+
+
+async def test_a_row_is_not_sent_once_the_clock_passes_its_expiry(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=UTC))
+    async with Desk(config) as desk:
+        for address, hours in (("stale@example.org", 1), ("fresh@example.org", 2)):
+            expires_at = clock() + timedelta(hours=hours)
+            await _queue(desk, [address], not_before=clock(), expires_at=expires_at)
+        clock.advance(hours=1)  # the stale one's expiry: it is over at that moment
+        await OutboxSender(desk.sessions, config.smtp, clock=clock).drain(5)
+    rows = {r["recipients"][0]["address"]: r["state"] for r in cli_json(config, "outbox", "list")}
+    assert rows == {"stale@example.org": "expired", "fresh@example.org": "sent"}
+    assert [d.recipients for d in smtp_sink.deliveries] == [["fresh@example.org"]]
 
 
 async def test_expired_row_is_not_sent(make_config, smtp_sink):

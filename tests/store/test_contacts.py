@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -40,6 +41,26 @@ async def test_ensure_contact_cuts_a_long_name(sessions: SessionMaker) -> None:
         contact = await ensure_contact(session, "long@example.org", "x" * 500)
         assert contact.name == "x" * 200
         assert (await ensure_contact(session, "empty@example.org", "")).name is None
+
+
+async def test_rows_carry_the_callers_moment_or_the_columns_default(
+    sessions: SessionMaker,
+) -> None:
+    then = datetime(2030, 1, 1, tzinfo=UTC)
+    ticket_id, _ = await _ticket(sessions)
+    before = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        dated = await ensure_contact(session, "dated@example.org", None, now=then)
+        plain = await ensure_contact(session, "plain@example.org", None)
+        assert await add_participant(session, ticket_id, dated.id, "cc", now=then)
+        assert await add_participant(session, ticket_id, plain.id, "cc")
+    async with sessions() as session:
+        assert (await session.get_one(Contact, dated.id)).created_at == then
+        assert (await session.get_one(Contact, plain.id)).created_at >= before
+        stamps = dict(
+            (await session.execute(select(Participant.contact_id, Participant.created_at))).all()
+        )
+    assert stamps[dated.id] == then and stamps[plain.id] >= before
 
 
 async def test_two_daemons_creating_one_contact_get_the_same_row(sessions: SessionMaker) -> None:

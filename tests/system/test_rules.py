@@ -14,9 +14,11 @@ from sqlalchemy import text as sql
 
 from helpdeskd.desk import automation as automation_module
 from helpdeskd.desk.automation import Automation
+from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.store.models import Ticket
 from helpdeskd.triage.facts import Runtime
-from tests.desk.test_agents import AGENTS, mails_to
+from tests.clocks import ManualClock
+from tests.desk.test_agents import AGENTS, Scene, mails_to
 from tests.harness import Desk, cli, cli_json
 from tests.mailgen import customer_mail
 from tests.system.test_daemon import _wait_for_log, start_daemon
@@ -167,6 +169,54 @@ async def test_time_rules_remind_solve_and_close(make_config, smtp_sink, tmp_pat
         if "waiting for your answer" in m.get_content()
     ]
     assert len(reminders) == 1
+
+
+async def test_time_rules_fire_as_the_scheduler_clock_passes_their_due_time(
+    make_config, smtp_sink, tmp_path
+):
+    """Nothing back-dated: an agent's answer makes the ticket pending, and the scheduler's
+    clock alone takes it through the reminder (3 days on), the solve (4 days after the
+    reminder) and the close (4 days after the solve), each at its moment and not before."""
+    time_rules = TIMED.split("- name: standard")[0]  # no SLA
+    config = make_config(smtp=smtp_sink, agents=AGENTS, rules=rules_dir(tmp_path, time_rules))
+    async with Desk(config) as desk:
+        scene = Scene(desk, smtp_sink)
+        ref = await scene.open(1)
+        await scene.answer("We restarted the server; does it work now?")
+        clock = ManualClock()
+        automation = Automation(desk.runtime, desk.sessions, clock=clock)
+
+        async def state() -> tuple[str, datetime]:
+            async with desk.sessions() as session:
+                row = (await session.execute(select(Ticket.state, Ticket.state_since))).one()
+            return row.state, row.state_since
+
+        async def fires_at(due: datetime) -> None:
+            clock.set(due - timedelta(seconds=30))
+            steps, wake = await automation.run_due()
+            assert (steps, wake) == (0, due)  # not yet, and the scheduler knows when
+            clock.set(due)
+            assert (await automation.run_due())[0] == 1
+            assert (await automation.run_due())[0] == 0  # once
+
+        pending, since = await state()
+        assert pending == "pending"
+        await fires_at(since + timedelta(days=3))  # remind-pending
+        reminded = clock()
+        await OutboxSender(desk.sessions, config.smtp, clock=clock).drain(10)
+        await fires_at(reminded + timedelta(days=4))  # solve-after-reminder
+        solved = clock()
+        assert await state() == ("solved", solved)
+        await fires_at(solved + timedelta(days=4))  # close-solved
+        assert (await state())[0] == "closed"
+    [ticket] = cli_json(config, "tickets", "list")
+    assert (ticket["ref"], ticket["state"]) == (ref, "closed")
+    [reminder] = [
+        m
+        for m in mails_to(smtp_sink, "customer1@example.org")
+        if "waiting for your answer" in m.get_content()
+    ]
+    assert reminder["Date"].datetime == reminded.replace(microsecond=0)
 
 
 async def test_sla_warning_then_breach_mail(make_config, smtp_sink, tmp_path):

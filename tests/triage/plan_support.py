@@ -21,9 +21,10 @@ from helpdeskd.config.settings import DEFAULT_RULES, DEFAULT_TEMPLATES, Config
 from helpdeskd.mail.parse import parse_message
 from helpdeskd.mail.render import Renderer
 from helpdeskd.rules import loader
+from helpdeskd.triage.decision import decide
 from helpdeskd.triage.facts import AgentFacts, ContactFacts, Facts, Policy, TicketFacts, needs
 from helpdeskd.triage.mails import Ack, FloodAlert, Mail, Notification
-from helpdeskd.triage.plan import Plan, TicketRow, decide
+from helpdeskd.triage.plan import Plan, TicketRow
 from helpdeskd.triage.received import Incoming
 from tests.config.support import PASSWORD, SECRET_TEXT, good_config
 from tests.mailgen import customer_mail

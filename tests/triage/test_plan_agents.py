@@ -16,7 +16,7 @@ import pytest
 
 from helpdeskd.mail.tokens import ReplyToken, reply_address
 from helpdeskd.triage.facts import ContactFacts, Policy
-from helpdeskd.triage.mails import Note
+from helpdeskd.triage.mails import Note, Notification, Reply
 from tests.triage.plan_support import (
     ALERTS,
     ALICE,
@@ -82,7 +82,6 @@ def test_agent_mail_not_to_own_token_is_held(
         events=["message_received", "security_event"],
         mails=[("Note", ALICE.email)],
     )
-    assert plan.agent_reply is None
     assert plan.message is not None
     assert (plan.message["kind"], plan.message["internal"]) == ("agent_draft", True)
     assert event(plan, "security_event")["reason"] == reason
@@ -94,17 +93,26 @@ def test_agent_mail_not_to_own_token_is_held(
     )
 
 
-def test_authenticated_agent_reply_goes_to_the_desk(policy: Policy) -> None:
+def test_authenticated_agent_reply_is_sent_to_the_customer(policy: Policy) -> None:
+    """The agent's own reply: its text goes to the requester, the others hear of it, and the
+    ticket waits on the customer (agent_reply_state) with its first response stamped."""
     raw = mail(sender=ALICE.email, name="Alice", to=token_for(policy, "HD-7", ALICE.id))
     plan = plan_for(policy, raw, facts(by_token=ticket()))
-    assert summary(plan) == expected(
-        "reply",
-        "agent reply",
-        ticket_id=7,
-        ticket={"id": 7},
-        events=["message_received"],
-    )
-    assert plan.agent_reply == ALICE
+    assert (plan.outcome, plan.reason, plan.ticket_id) == ("reply", "reply sent", 7)
+    assert [e.type for e in plan.events] == [
+        "message_received",
+        "reply_sent",
+        "state_changed",
+        "agents_notified",
+    ]
+    reply = plan.mails[0]
+    assert isinstance(reply, Reply)
+    assert reply.to == ("jane@example.org",)
+    notified = {m.agent_email for m in plan.mails if isinstance(m, Notification)}
+    assert ALICE.email not in notified and notified
+    assert plan.ticket is not None
+    assert plan.ticket.state == policy.config.service.agent_reply_state
+    assert plan.ticket.first_response_at is not None
     assert plan.message is not None
     assert (plan.message["kind"], plan.message["internal"]) == ("agent_reply", True)
 
