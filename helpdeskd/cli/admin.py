@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,12 @@ url = "sqlite:///{database}"                # or postgresql://user@host/db
 # password_file = "/etc/helpdeskd/smtp-password"
 
 [http]
-listen = "127.0.0.1:8025"
+listen = "127.0.0.1:8025"                   # unsubscribe pages and /status, behind your proxy
+# /metrics and /healthz are not served on listen (404 there) unless a request carries
+# "Authorization: Bearer TOKEN" with the token of admin_token_file. Serve them on a private
+# address instead, where they need no token:
+# metrics_listen = "127.0.0.1:9025"
+# admin_token_file = "/etc/helpdeskd/admin-token"   # or admin_token_env / _credential
 
 # [[agent]]
 # email = "alice@acme.test"
@@ -62,21 +70,49 @@ listen = "127.0.0.1:8025"
 """
 
 
+def _private_file(path: Path, text: str = "") -> None:
+    """Create PATH readable and writable by its owner only (0600), with TEXT, if it is missing;
+    make an existing one 0600. Created with that mode: never readable by others, not even for
+    the moment before a chmod."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)  # the umask may have taken bits away, never added them; be exact
+
+
 def cmd_init(args: argparse.Namespace) -> int:
+    """Write a starter config, the token keys (0600) and a SQLite database (0600) in a state
+    directory only its owner can enter (0700)."""
     path: Path = args.config or Path("helpdeskd.toml")
     if path.exists() and not args.force:
         raise UserError(f"{path} exists; use --force to overwrite it")
     base = path.resolve().parent
     state = Path(args.state_dir).resolve() if args.state_dir else base / "state"
     secret = base / "secret.key"
+    database = state / "helpdeskd.db"
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        if state.is_dir():
+            # A folder made before (by systemd-tmpfiles: 0750, group helpdeskd) is not ours
+            # to change; one that every user can enter is worth a word.
+            mode = stat.S_IMODE(state.stat().st_mode)
+            if mode & 0o007:
+                print(
+                    f"helpdeskd: warning: {state} is open to every user (mode {mode:04o}): "
+                    f"run 'chmod 700 {state}'",
+                    file=sys.stderr,
+                )
+        else:
+            state.mkdir(parents=True, mode=0o700)
+            state.chmod(0o700)
         if not secret.exists():
-            secret.write_text(f"k1 {secrets.token_urlsafe(32)}\n")
-            secret.chmod(0o600)
-        path.write_text(
-            STARTER_CONFIG.format(secret=secret, state=state, database=state / "helpdeskd.db")
-        )
+            _private_file(secret, f"k1 {secrets.token_urlsafe(32)}\n")
+        # SQLite gives the -wal and -shm files the database file's mode.
+        _private_file(database)
+        path.write_text(STARTER_CONFIG.format(secret=secret, state=state, database=database))
     except OSError as exc:
         raise UserError(f"{exc.filename or path}: cannot write: {exc.strerror}") from None
     config = load_config(path)

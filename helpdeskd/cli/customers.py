@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from helpdeskd.cli.command import Subcommands, add_command, listing, print_json, with_db
@@ -24,10 +25,26 @@ CONTACT_FIELDS = (
 
 
 def cmd_customers_import(args: argparse.Namespace, config: Config) -> int:
+    """Import what can be: each bad or merged row is one line on stderr (FILE:LINE: reason),
+    the summary one line on stdout; exit 1 only when rows were given and none was good."""
+
     async def body(sessions: SessionMaker) -> int:
         async with sessions.begin() as session:
-            created, updated = await import_csv(session, args.file)
-        print(f"{created} customers added, {updated} updated")
+            report = await import_csv(session, args.file)
+        problems = sorted(
+            [(p.line, f"{args.file}:{p.line}: left out: {p.text}") for p in report.bad]
+            + [(p.line, f"{args.file}:{p.line}: {p.text}") for p in report.merged]
+        )
+        for _, line in problems:
+            print(line, file=sys.stderr)
+        if report.bad and not report.imported:
+            raise UserError(f"{args.file}: no customer imported: every row was bad (see above)")
+        summary = f"{report.created} customers added, {report.updated} updated"
+        if report.merged:
+            summary += f", {len(report.merged)} duplicate rows merged"
+        if report.bad:
+            summary += f", {len(report.bad)} bad rows left out"
+        print(summary)
         return 0
 
     return with_db(config, body)

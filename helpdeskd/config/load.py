@@ -321,6 +321,7 @@ def parse_config(
         flood_minutes=int(service_t.get("flood_minutes", int, 10)),
         reopen_window_days=int(service_t.get("reopen_window_days", int, 14)),
         agent_auth=service_t.choice("agent_auth", ("token", "token+dkim"), "token"),
+        agent_token_days=int(service_t.get("agent_token_days", int, 90)),
         authserv_id=service_t.get("authserv_id", str, None),
         agent_reply_state=service_t.choice(
             "agent_reply_state", ("open", "pending", "solved"), "pending"
@@ -330,6 +331,8 @@ def parse_config(
         max_message_bytes=int(_positive(service_t, "max_message_bytes", 25 * 1024 * 1024)),
         alert_after=float(service_t.get("alert_after", (int, float), 900)),
     )
+    if service.agent_token_days < 1:
+        raise ConfigError("service.agent_token_days: must be at least 1")
     if service.agent_auth == "token+dkim" and not service.authserv_id:
         raise ConfigError("service.authserv_id: required when agent_auth is token+dkim")
     service_t.check_unknown()
@@ -379,6 +382,13 @@ def parse_config(
     for key, value in (("listen", listen), ("metrics_listen", metrics_listen)):
         if value is not None and (":" not in value or not value.rpartition(":")[2].isdigit()):
             raise ConfigError(f"http.{key}: expected HOST:PORT, not {value!r}")
+    admin_token = http_t.secret("admin_token", inline=False)
+    if admin_token is not None and admin_token.available:
+        token = admin_token.reveal()
+        if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
+            raise ConfigError(
+                "http.admin_token: at least 16 printable ASCII characters without spaces"
+            )
     http_t.check_unknown()
 
     agents: list[AgentConfig] = []
@@ -438,7 +448,7 @@ def parse_config(
         database=DatabaseConfig(url=url),
         mailboxes=tuple(mailboxes),
         smtp=smtp,
-        http=HttpConfig(listen=listen, metrics_listen=metrics_listen),
+        http=HttpConfig(listen=listen, metrics_listen=metrics_listen, admin_token=admin_token),
         agents=tuple(agents),
         paths=paths,
         parse=parse,

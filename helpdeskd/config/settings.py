@@ -43,6 +43,7 @@ class ServiceConfig:
     flood_minutes: int = 10
     reopen_window_days: int = 14
     agent_auth: str = "token"  # token | token+dkim
+    agent_token_days: int = 90  # an agent's reply address expires this many days after issue
     authserv_id: str | None = None  # our own server's Authentication-Results id
     agent_reply_state: str = "pending"  # where a public agent reply moves an open ticket
     receipts: str = "always"  # always | errors: mail agents a receipt of applied commands
@@ -103,7 +104,11 @@ class SmtpConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str | None = None
-    metrics_listen: str | None = None  # serve /metrics here (a private address) instead
+    # /metrics and /healthz, with no token, on their own (private) address.
+    metrics_listen: str | None = None
+    # Without it /metrics and /healthz answer 404 on the public listener; with it, they answer
+    # requests that carry "Authorization: Bearer TOKEN".
+    admin_token: Secret | None = None
 
 
 @dataclass(frozen=True)

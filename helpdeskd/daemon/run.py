@@ -41,8 +41,8 @@ from helpdeskd.triage.facts import Policy, Runtime
 from helpdeskd.triage.received import Incoming
 from helpdeskd.web.app import (
     LoopMonitor,
-    health_routes,
-    metrics_routes,
+    behind_token,
+    operations_routes,
     start_site,
     status_routes,
     stop_sites,
@@ -317,19 +317,26 @@ class Daemon:
         return task
 
     async def _start_http(self, sessions: SessionMaker) -> list[web.AppRunner]:
+        """Serve the public pages on ``listen`` and /metrics and /healthz on ``metrics_listen``;
+        on the public listener those two need the admin token (without one: 404)."""
         http = self.config.http
-        runners = []
+        clock = self.clock
+        operations = operations_routes(self.config, sessions, self.monitor, clock=clock)
+        sites: list[tuple[str, str, list[web.RouteDef]]] = []
         if http.listen:
-            clock = self.clock
-            routes = health_routes(self.config, sessions, self.monitor, clock=clock)
+            routes = behind_token(operations, http.admin_token)
             routes += UnsubscribePages(self.config, sessions, clock=clock).routes()
             routes += status_routes(self.config, sessions, clock=clock)
-            if not http.metrics_listen:
-                routes += metrics_routes(self.config, sessions, clock=clock)
-            runners.append(await start_site(http.listen, routes))
+            sites.append(("http.listen", http.listen, routes))
         if http.metrics_listen:
-            metrics = metrics_routes(self.config, sessions, clock=self.clock)
-            runners.append(await start_site(http.metrics_listen, metrics))
+            sites.append(("http.metrics_listen", http.metrics_listen, operations))
+        runners: list[web.AppRunner] = []
+        try:
+            for key, listen, site_routes in sites:
+                runners.append(await start_site(listen, site_routes, key=key))
+        except HelpdeskError:
+            await stop_sites(runners)
+            raise
         return runners
 
     def _install_signals(self) -> None:

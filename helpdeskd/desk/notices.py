@@ -3,14 +3,17 @@
 Critical categories (maintenance, incident, overage, tos) reach every active customer but the
 hard-bounced; optional ones (feature_update, survey) skip whoever opted out or complained, and
 must carry a working unsubscribe link — a notice whose rendered body lacks it is refused before
-anything is queued. Suppression is checked again when each mail is sent.
+anything is queued. An opt-out of ALL_CATEGORIES covers every optional category, present and
+future. Suppression is checked again when each mail is sent. A customer whose address no mail
+can carry (bad data from before imports were checked) is a failed recipient with the reason:
+the others still get the notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +28,7 @@ from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
+from helpdeskd.mail.parse import is_address
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, sign_unsubscribe
 from helpdeskd.outbox import sender as outbox
@@ -79,6 +83,17 @@ def preferences_url(config: Config, contact_id: int) -> str:
     return f"{config.service.public_url}/preferences/{token}"
 
 
+def covers(opted: Collection[str], category: str) -> bool:
+    """Whether a contact's opt-outs OPTED (category names, or ALL_CATEGORIES for every optional
+    one) keep optional notices of CATEGORY from them."""
+    return category in opted or ALL_CATEGORIES in opted
+
+
+def opt_out_reason(opted: Collection[str], category: str) -> str:
+    """Why opt-outs OPTED (which cover CATEGORY) skip a notice of CATEGORY."""
+    return f"opted out of {category}" if category in opted else "opted out of all optional notices"
+
+
 async def recipients(session: AsyncSession, audience: Audience) -> list[Contact]:
     query = select(Contact).where(Contact.status.is_not(None)).order_by(Contact.id)
     for key, value in audience.filters:
@@ -92,16 +107,16 @@ async def suppressed(
 ) -> dict[int, str]:
     """Return, by contact id, why each suppressed contact must not get this notice."""
     reasons: dict[int, str] = {}
-    opted: set[int] = set()
+    opted: dict[int, set[str]] = {}
     if not critical and contacts:
-        opted = set(
-            await session.scalars(
-                select(OptOut.contact_id).where(
-                    OptOut.category == category,
-                    OptOut.contact_id.in_([c.id for c in contacts]),
-                )
+        rows = await session.execute(
+            select(OptOut.contact_id, OptOut.category).where(
+                OptOut.category.in_((category, ALL_CATEGORIES)),
+                OptOut.contact_id.in_([c.id for c in contacts]),
             )
         )
+        for contact_id, name in rows:
+            opted.setdefault(contact_id, set()).add(name)
     for contact in contacts:
         if contact.undeliverable:
             reasons[contact.id] = "hard-bounced"
@@ -110,7 +125,7 @@ async def suppressed(
         elif not critical and contact.suppressed:
             reasons[contact.id] = "complained (ARF)"
         elif contact.id in opted:
-            reasons[contact.id] = f"opted out of {category}"
+            reasons[contact.id] = opt_out_reason(opted[contact.id], category)
     return reasons
 
 
@@ -121,6 +136,7 @@ class NoticeReport:
     queued: int
     skipped: dict[str, int]
     subject: str
+    failed: int = 0  # recipients whose address no mail can carry (see Rendered.unaddressable)
 
 
 def _context(
@@ -187,6 +203,7 @@ async def plan_notice(
 class Rendered:
     mails: tuple[tuple[str, bytes, str], ...]  # (address, message, Message-ID)
     subject: str
+    unaddressable: tuple[str, ...] = ()  # contacts' addresses no mail can be written to
 
 
 def render_notice(
@@ -207,12 +224,18 @@ def render_notice(
     service = config.service
     category, critical = plan.category, plan.critical
     mails: list[tuple[str, bytes, str]] = []
+    unaddressable: list[str] = []
     subject = ""
     total = len(plan.contacts)
     for done, contact in enumerate(plan.contacts, 1):
         if progress is not None:
             progress(done, total)
         if contact.id in plan.reasons:
+            continue
+        if not is_address(contact.email):
+            # Stored before imports were checked: one such contact must not stop the notice
+            # (a critical one least of all) for everybody else.
+            unaddressable.append(contact.email)
             continue
         context = _context(config, contact, category, critical, extra or {})
         rendered = renderer.render(plan.template, context)
@@ -246,13 +269,18 @@ def render_notice(
             )
         )
         mails.append((contact.email, data, message_id))
-    return Rendered(tuple(mails), subject)
+    return Rendered(tuple(mails), subject, tuple(unaddressable))
 
 
 def _would_queue(plan: Plan, rendered: Rendered) -> NoticeReport:
     """The report of a dry run: what would be queued, nothing stored."""
     return NoticeReport(
-        None, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
+        None,
+        len(plan.contacts),
+        len(rendered.mails),
+        _skipped(plan),
+        rendered.subject,
+        len(rendered.unaddressable),
     )
 
 
@@ -305,18 +333,45 @@ async def store_notice(
             not_before=send_at + timedelta(seconds=index / notices.rate),
         )
         row.notice_id = notice.id
+    for address in rendered.unaddressable:
+        row = outbox.enqueue_failed(
+            session,
+            kind="notice",
+            message_id=new_message_id(config.service.support_domain),
+            envelope_from=notices.from_address,
+            address=address,
+            reason=outbox.UNADDRESSABLE,
+            now=now,
+        )
+        row.notice_id = notice.id
     session.add(
         Event(
             ticket_id=None,
             type="notice_queued",
             actor="cli",
-            detail={"notice": notice.id, "category": plan.category, "queued": len(rendered.mails)},
+            detail={
+                "notice": notice.id,
+                "category": plan.category,
+                "queued": len(rendered.mails),
+                "failed": len(rendered.unaddressable),
+            },
             created_at=now,
         )
     )
-    log.info("notice_queued", notice=notice.id, category=plan.category, queued=len(rendered.mails))
+    log.info(
+        "notice_queued",
+        notice=notice.id,
+        category=plan.category,
+        queued=len(rendered.mails),
+        failed=len(rendered.unaddressable),
+    )
     return NoticeReport(
-        notice.id, len(plan.contacts), len(rendered.mails), _skipped(plan), rendered.subject
+        notice.id,
+        len(plan.contacts),
+        len(rendered.mails),
+        _skipped(plan),
+        rendered.subject,
+        len(rendered.unaddressable),
     )
 
 

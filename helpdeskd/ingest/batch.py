@@ -43,7 +43,9 @@ HEADER_READ = 256 * 1024  # bytes read from an oversize mail to find its header 
 # Mail whose plan needs the desk after it is written (an agent's reply applies its commands; an
 # unsubscribe by mail opts out) is written alone: a run's later mail could not see its effects.
 ALONE = frozenset({"agent_reply", "unsubscribe"})
-WARNINGS = frozenset({"security_event", "flood_detected"})  # plan log lines logged as warnings
+WARNINGS = frozenset(
+    {"security_event", "flood_detected", "message_id_clash"}
+)  # plan log lines logged as warnings
 
 
 @dataclass(frozen=True)

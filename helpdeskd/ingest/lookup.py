@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,11 +27,17 @@ from helpdeskd.store.models import (
     Event,
     Message,
     OptOut,
+    Outbox,
+    OutboxRecipient,
     Participant,
+    RawMessage,
     ThreadRef,
     Ticket,
 )
+from helpdeskd.triage.agent_reply import HeldReply, held_reply
+from helpdeskd.triage.agentmail import SUMMARY_LINES, HeldMail, HeldNotices, attachments_of
 from helpdeskd.triage.facts import (
+    MAX_TICKET_ID,
     AgentFacts,
     ContactFacts,
     Facts,
@@ -47,6 +54,7 @@ from helpdeskd.triage.received import ticket_ref
 from helpdeskd.vocab import OPEN_STATES
 
 MERGE_DEPTH = 20  # merges followed from one ticket at the most
+HELD_LOOKBACK = timedelta(days=7)  # how far back an agent's untold held mail is summed up
 
 
 class Unknown(Exception):
@@ -62,7 +70,8 @@ class Known:
         service = policy.config.service
         self.flood_since = now - timedelta(minutes=service.flood_minutes)
         self.messages: dict[str, StoredMessage] = {}  # stored mail by Message-ID
-        self.thread_refs: dict[str, int] = {}  # Message-ID -> ticket id, referred to
+        # Message-ID -> (ticket id, the addresses on the mail that referred to it), referred to
+        self.thread_refs: dict[str, tuple[int, frozenset[str]]] = {}
         self.thread_roots: dict[str, int] = {}  # Outlook conversation root -> latest ticket
         self.tickets: dict[int, TicketFacts] = {}
         self.merged: dict[int, int] = {}  # merged ticket -> the ticket it was merged into
@@ -76,8 +85,11 @@ class Known:
         self.autoreplies: Counter[str] = Counter()
         self.flood_told: set[str] = set()  # senders the agents were told about
         self.writers: dict[str, str] = {}  # Message-ID of a reply we sent -> its agent
+        self.sent: dict[str, set[str]] = {}  # Message-ID of mail we sent -> its recipients
         self.replies: dict[int, ReplyContext] = {}  # ticket id -> what an agent's reply reads
         self.merge_targets: dict[int, MergeTarget] = {}
+        self.held: dict[tuple[int, str], HeldReply] = {}  # (ticket, code) -> the held reply
+        self.held_notices: dict[str, HeldNotices] = {}  # agent address -> notices of held mail
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -99,7 +111,8 @@ class Known:
                 numbers.add(needs.heroku.ticket_number)
             if needs.unsubscribe is not None:
                 contact_ids.add(needs.unsubscribe[0])
-        rows = await session.execute(
+        ids.discard("")
+        for message in await session.execute(
             select(
                 Message.message_id,
                 Message.ticket_id,
@@ -108,16 +121,31 @@ class Known:
                 Message.references,
                 Message.in_reply_to,
                 Message.thread_index,
+                Message.from_addr,
+                Message.to,
+                Message.cc,
+                Message.digest,
             ).where(Message.message_id.in_(ids))
-        )
-        for mid, tid, direction, kind, refs, in_reply_to, root in rows:
-            self.messages[mid] = StoredMessage(
-                mid, tid, direction, kind, tuple(refs or ()), in_reply_to, root
-            )
-        for mid, tid in await session.execute(
-            select(ThreadRef.message_id, ThreadRef.ticket_id).where(ThreadRef.message_id.in_(ids))
         ):
-            self.thread_refs[mid] = tid
+            self.messages[message.message_id] = StoredMessage(
+                message.message_id,
+                message.ticket_id,
+                message.direction,
+                message.kind,
+                tuple(message.references or ()),
+                message.in_reply_to,
+                message.thread_index,
+                message.from_addr,
+                tuple(message.to or ()),
+                tuple(message.cc or ()),
+                message.digest,
+            )
+        for mid, tid, addresses in await session.execute(
+            select(ThreadRef.message_id, ThreadRef.ticket_id, ThreadRef.addresses).where(
+                ThreadRef.message_id.in_(ids)
+            )
+        ):
+            self.thread_refs[mid] = (tid, frozenset(addresses or ()))
         if roots:
             for root, tid in await session.execute(
                 select(Message.thread_index, Message.ticket_id)
@@ -138,6 +166,14 @@ class Known:
             ):
                 if number is not None:
                     self.by_external_ref[number] = tid
+        returned_ids = {mid for needs in batch for mid in needs.returned_ids}
+        if returned_ids:
+            for mid, address in await session.execute(
+                select(Outbox.message_id, OutboxRecipient.address)
+                .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
+                .where(Outbox.message_id.in_(returned_ids))
+            ):
+                self.sent.setdefault(mid, set()).add(address.lower())
         returned = {m.message_id for m in self.messages.values() if m.direction == "out"}
         if returned:
             for actor, detail in await session.execute(
@@ -150,7 +186,8 @@ class Known:
                 if mid in returned:
                     self.writers.setdefault(mid, actor)
         ticket_ids.update(m.ticket_id for m in self.messages.values())
-        ticket_ids.update(self.thread_refs.values(), self.thread_roots.values())
+        ticket_ids.update(tid for tid, _ in self.thread_refs.values())
+        ticket_ids.update(self.thread_roots.values())
         ticket_ids.update(self.by_external_ref.values())
         await self._load_tickets(session, ticket_ids, emails)
         if contact_ids:
@@ -207,7 +244,9 @@ class Known:
             ):
                 if email != self.tickets[tid].requester.email:
                     ccs[tid].append(email)
+        await self._load_held(session, batch)
         targets = {n.merge_ticket for n in batch if n.merge_ticket is not None}
+        targets.update(t for held in self.held.values() if (t := _merge_ticket(held)) is not None)
         if targets:
             for ticket in await session.scalars(select(Ticket).where(Ticket.id.in_(targets))):
                 self.merge_targets[ticket.id] = MergeTarget(
@@ -215,6 +254,88 @@ class Known:
                 )
         for tid in ids:
             self.replies[tid] = ReplyContext(parents.get(tid), tuple(ccs[tid]))
+        await self._load_held_notices(session, {n.parsed.sender for n in batch})
+
+    async def _load_held(self, session: AsyncSession, batch: Sequence[Needs]) -> None:
+        """The replies that confirmation addresses in BATCH name, and whether each was
+        confirmed already (an agent's own only)."""
+        wanted = {n.confirmation: n.parsed.sender for n in batch if n.confirmation is not None}
+        if not wanted:
+            return
+        requested: dict[tuple[int, str], dict[str, Any]] = {}
+        confirmed: set[tuple[int, str]] = set()
+        for tid, type_, actor, detail in await session.execute(
+            select(Event.ticket_id, Event.type, Event.actor, Event.detail).where(
+                Event.ticket_id.in_({tid for tid, _ in wanted}),
+                Event.type.in_(("confirmation_requested", "reply_confirmed")),
+            )
+        ):
+            key = (tid, str((detail or {}).get("code")))
+            if wanted.get(key) != actor:
+                continue
+            if type_ == "confirmation_requested":
+                requested[key] = detail
+            else:
+                confirmed.add(key)
+        raws: dict[str, bytes | None] = {}
+        mids = [str(d.get("message_id")) for d in requested.values()]
+        if mids:
+            for mid, data in await session.execute(
+                select(RawMessage.message_id, RawMessage.data).where(
+                    RawMessage.message_id.in_(mids)
+                )
+            ):
+                if mid is not None:
+                    raws[mid] = data
+        for key, detail in requested.items():
+            found = held_reply(
+                detail,
+                confirmed=key in confirmed,
+                attachments=attachments_of(raws.get(str(detail.get("message_id")))),
+            )
+            if found is not None:
+                self.held[key] = found
+
+    async def _load_held_notices(self, session: AsyncSession, agents: set[str]) -> None:
+        """When AGENTS were last told of held mail, and what was held since without a notice."""
+        since = self.now - HELD_LOOKBACK
+        told = Event.detail["told"].as_boolean()
+        last: dict[str, datetime] = {}
+        for actor, at in await session.execute(
+            select(Event.actor, func.max(Event.created_at))
+            .where(
+                Event.type == "security_event",
+                Event.actor.in_(agents),
+                Event.created_at >= since,
+                or_(told.is_(None), told.is_(True)),  # events from before "told" were told
+            )
+            .group_by(Event.actor)
+        ):
+            last[actor] = at
+        for agent in agents:
+            after = last.get(agent, since)
+            untold = (
+                select(Event.ticket_id, Event.detail, Event.created_at)
+                .where(
+                    Event.type == "security_event",
+                    Event.actor == agent,
+                    Event.created_at > after,
+                    told.is_(False),
+                )
+                .order_by(Event.created_at.desc(), Event.id.desc())
+            )
+            count = await session.scalar(select(func.count()).select_from(untold.subquery()))
+            recent = [
+                HeldMail(
+                    at,
+                    ticket_ref(self.policy.config, tid) if tid is not None else "",
+                    str((detail or {}).get("reason", "")),
+                )
+                for tid, detail, at in await session.execute(untold.limit(SUMMARY_LINES))
+            ]
+            self.held_notices[agent] = HeldNotices(
+                last.get(agent), count or 0, tuple(reversed(recent))
+            )
 
     async def _load_tickets(
         self, session: AsyncSession, ticket_ids: set[int], emails: set[str]
@@ -360,12 +481,19 @@ class Known:
             (t for tid in needs.token_tickets if (t := self._ticket(tid)) is not None), None
         )
         by_reference = by_thread_index = None
+        referrers: frozenset[str] = frozenset()
         if by_token is None:
             for mid in [*references, own]:
                 stored = self.messages.get(mid) if mid != own else None
-                tid = stored.ticket_id if stored is not None else self.thread_refs.get(mid)
-                if tid is not None:
-                    by_reference = self._ticket(tid, strict=True)
+                if stored is not None:
+                    by_reference = self._ticket(stored.ticket_id, strict=True)
+                    if stored.direction == "out":  # the recipients of our mail it answers
+                        referrers = frozenset(a.lower() for a in (*stored.to, *stored.cc))
+                    break
+                remembered = self.thread_refs.get(mid)
+                if remembered is not None:
+                    by_reference = self._ticket(remembered[0], strict=True)
+                    referrers = remembered[1]
                     break
             if by_reference is None and needs.thread_root:
                 tid = self.thread_roots.get(needs.thread_root)
@@ -386,6 +514,8 @@ class Known:
         return Facts(
             now=self.now,
             stored=self.messages.get(own),
+            derived=self.messages.get(needs.derived_id),
+            referrers=referrers,
             known_ids=frozenset(
                 mid for mid in references if mid in self.messages or mid in self.thread_refs
             ),
@@ -403,18 +533,24 @@ class Known:
             recent_by_sender=self.recent_by_sender[sender],
             sender_flood_told=sender in self.flood_told,
             returned=self._returned(needs),
-            replies={
-                tid: replace(
-                    context,
-                    merge_target=self.merge_targets.get(needs.merge_ticket)
-                    if needs.merge_ticket is not None
-                    else None,
-                )
-                for tid, context in self.replies.items()
-            }
-            if needs.kind.kind == "agent_reply"
-            else {},
+            replies=self._replies(needs) if needs.kind.kind == "agent_reply" else {},
+            held_notices=self.held_notices if needs.kind.kind == "agent_reply" else {},
         )
+
+    def _replies(self, needs: Needs) -> dict[int, ReplyContext]:
+        """What an agent's reply reads of each ticket; a confirmation reads the held reply's."""
+        held = self.held.get(needs.confirmation) if needs.confirmation is not None else None
+        target = _merge_ticket(held) if held is not None else needs.merge_ticket
+        return {
+            tid: replace(
+                context,
+                merge_target=self.merge_targets.get(target) if target is not None else None,
+                held=held
+                if needs.confirmation is not None and needs.confirmation[0] == tid
+                else None,
+            )
+            for tid, context in self.replies.items()
+        }
 
     def _ticket(self, ticket_id: int, strict: bool = False) -> TicketFacts | None:
         """The ticket TICKET_ID names, its merges followed; None when there is none."""
@@ -428,17 +564,22 @@ class Known:
         return ticket
 
     def _returned(self, needs: Needs) -> Returned:
+        """What the bounce or complaint NEEDS describes is about: the first of its Message-IDs
+        that is mail we sent, with whom it went to."""
         for mid in needs.returned_ids:
             message = self.messages.get(mid)
+            sent_to = frozenset(self.sent.get(mid, ()))
             if message is not None:
                 writer = self.writers.get(mid)
+                configured = writer is not None and self.policy.config.agent(writer) is not None
                 return Returned(
                     self._ticket(message.ticket_id),
                     message,
-                    self.agents.get(writer)
-                    if writer and self.policy.config.agent(writer)
-                    else None,
+                    self.agents.get(writer) if writer is not None and configured else None,
+                    sent_to | {a.lower() for a in (*message.to, *message.cc)},
                 )
+            if sent_to:
+                return Returned(sent_to=sent_to)
         return Returned()
 
     # --- learning from a plan --------------------------------------------------------------
@@ -460,19 +601,43 @@ class Known:
                 tuple(message["references"]),
                 message["in_reply_to"],
                 message["thread_index"],
+                message["from_addr"],
+                tuple(message["to"]),
+                tuple(message["cc"]),
+                message["digest"],
             )
             if message["thread_index"]:
                 self.thread_roots[message["thread_index"]] = ticket_id
             self.recent_by_sender[parsed.sender] += 1
         for mid in plan.thread_refs:
             if ticket_id is not None:
-                self.thread_refs.setdefault(mid, ticket_id)
+                self.thread_refs.setdefault(mid, (ticket_id, frozenset(plan.referrers)))
         if plan.autoreply_to is not None:
             self.autoreplies[plan.autoreply_to] += 1
         if any(event.type == "flood_detected" for event in plan.events):
             self.flood_told.add(parsed.sender)
+        self._learn_held(plan, ticket_id)
         if plan.ticket is not None and ticket_id is not None:
             self._learn_ticket(plan, ticket_id)
+
+    def _learn_held(self, plan: Plan, ticket_id: int | None) -> None:
+        """Know the held mail PLAN told an agent of (or not), and the held reply it confirmed."""
+        for event in plan.events:
+            if event.type == "security_event" and "told" in event.detail:
+                known = self.held_notices.get(event.actor, HeldNotices())
+                if event.detail["told"]:
+                    self.held_notices[event.actor] = HeldNotices(self.now)
+                else:
+                    ref = ticket_ref(self.policy.config, ticket_id) if ticket_id else ""
+                    held = HeldMail(self.now, ref, str(event.detail.get("reason", "")))
+                    recent = (*known.recent, held)[-SUMMARY_LINES:]
+                    self.held_notices[event.actor] = replace(
+                        known, untold=known.untold + 1, recent=recent
+                    )
+            if event.type == "reply_confirmed" and ticket_id is not None:
+                key = (event.on or ticket_id, str(event.detail.get("code")))
+                if key in self.held:
+                    self.held[key] = replace(self.held[key], confirmed=True)
 
     def _learn_ticket(self, plan: Plan, ticket_id: int) -> None:
         row = plan.ticket
@@ -504,6 +669,13 @@ class Known:
         if row.assignee_id is not None and row.id is None and self.agent_load:
             open_, _ = self.agent_load.get(row.assignee_id, (0, 0))
             self.agent_load[row.assignee_id] = (open_ + 1, ticket_id)
+
+
+def _merge_ticket(held: HeldReply | None) -> int | None:
+    """The ticket a held reply's ``#merge`` names, if any."""
+    merge = held.commands.get("merge") if held is not None else None
+    number = merge.args[0].rpartition("-")[2] if merge is not None else ""
+    return int(number) if number.isdigit() and int(number) <= MAX_TICKET_ID else None
 
 
 def _contact(contact: Contact) -> ContactFacts:

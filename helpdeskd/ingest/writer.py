@@ -139,7 +139,12 @@ class Writer:
             self.rows["messages"].append(message)
         for mid in plan.thread_refs:
             self.rows["thread_refs"].append(
-                {"message_id": mid, "ticket_id": ticket_id, "created_at": self.now}
+                {
+                    "message_id": mid,
+                    "ticket_id": ticket_id,
+                    "addresses": list(plan.referrers),
+                    "created_at": self.now,
+                }
             )
         self._mails(plan, ticket_id)
         if plan.autoreply_to is not None:
@@ -295,6 +300,7 @@ class Writer:
                 self.rows["messages"].append(
                     {
                         **composed.message,
+                        "digest": None,
                         "raw": None,
                         "outbox": row,
                         "created_at": self.now,

@@ -38,6 +38,7 @@ MAX_TEXT = 512 * 1024  # characters of text kept per message
 # header line, also after "In-Reply-To: " when we answer it.
 MAX_ADDRESS = 320
 MAX_MSGID = 900
+MAX_REFERENCES = 100  # Message-IDs read from In-Reply-To or References, per mail
 REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "ja", "cs", "pt"]
 _BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 _MSGID = re.compile(r"<([^<>\s]+)>")
@@ -94,6 +95,17 @@ class ParsedMessage:
     defects: int = 0
     # Content types of the top-level MIME parts: what a report is when its report-type is not.
     part_types: tuple[str, ...] = ()
+    # Authentication-Results as received: not RFC 2047-decoded, not cleaned. Our MTA copies a
+    # sender's HELO and MAIL FROM into its own; decoded, they could spell results of their own.
+    auth_results: tuple[str, ...] = field(default=(), repr=False)
+    # Mailboxes From names as written, the ones no parser could read included.
+    from_written: int = 1
+
+    @property
+    def single_sender(self) -> bool:
+        """Whether From names exactly one mailbox: not two, and not one readable beside others
+        that were dropped. Mail that is not single-sender is never taken as an agent's."""
+        return len(self.from_) == 1 and self.from_written == 1
 
     def header(self, name: str) -> str | None:
         """Return the first value of header NAME, or None."""
@@ -218,14 +230,34 @@ def _addresses(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+def _written(values: list[str]) -> int:
+    """How many mailboxes VALUES (one per From header) name, readable or not."""
+    count = 0
+    for value in values:
+        try:
+            pairs = getaddresses([_clean(value)])
+        except (RecursionError, ValueError, IndexError):
+            pairs = [("", m) for m in _BARE_ADDRESS.findall(value)] or [("", value)]
+        count += sum(1 for name, address in pairs if (name + address).strip())
+    return count
+
+
 def _msgids(values: list[str]) -> tuple[str, ...]:
-    ids: list[str] = []
+    """The distinct Message-IDs of VALUES in order, in linear time, at most MAX_REFERENCES.
+
+    Beyond the cap, the first (the thread's root) and the latest are kept: a header of a
+    hundred thousand IDs is a stranger's attack, not a conversation.
+    """
+    ids: dict[str, None] = {}
     for value in values:
         for match in _MSGID.finditer(value):
             msgid = f"<{match.group(1)}>"
-            if msgid not in ids and len(msgid) <= MAX_MSGID:
-                ids.append(msgid)
-    return tuple(ids)
+            if len(msgid) <= MAX_MSGID:
+                ids[msgid] = None
+    found = list(ids)
+    if len(found) > MAX_REFERENCES:
+        found = [found[0], *found[len(found) - MAX_REFERENCES + 1 :]]
+    return tuple(found)
 
 
 def _html_to_text(html: str) -> str:
@@ -475,6 +507,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         message_id=message_id,
         has_message_id=has_id,
         from_=_addresses(from_values),
+        from_written=_written(from_values),
         to=tuple(a for _, a in _addresses(raw_values("to"))),
         cc=tuple(a for _, a in _addresses(raw_values("cc"))),
         reply_to=tuple(a for _, a in _addresses(raw_values("reply-to"))),
@@ -494,6 +527,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         headers=tuple(header_pairs),
         defects=len(mail.defects or []),
         part_types=_part_types(mail.message),
+        auth_results=tuple(raw_values("authentication-results")),
     )
 
 

@@ -6,7 +6,8 @@ PostgreSQL, so several daemons share the work; a batch at a time on SQLite, whic
 daemon), sends each to the recipients that have not accepted it yet, and records delivery per
 recipient, each mail in a transaction of its own: a 4xx or a connection error retries with
 exponential backoff and jitter, a 5xx fails that recipient. A recipient who accepted a mail is
-never sent it again.
+never sent it again. A recipient that cannot be addressed (no address a mail can carry, or a
+non-ASCII one where the relay lacks SMTPUTF8) fails at once with the reason; the others still go.
 
 The sender reads its clock once for each step that looks at the time, and passes that moment
 down: picking the due rows, a mail just before it goes (has it expired?), and a mail's result
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import DkimConfig, SmtpConfig
+from helpdeskd.mail.parse import is_address
 from helpdeskd.outbox.dkim import sign
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Base, Event, Outbox, OutboxRecipient
@@ -57,6 +59,9 @@ _RECORD_RECIPIENT = (
 
 # Given a claimed row, return the recipients to skip now, with the reason.
 Recheck = Callable[[AsyncSession, Outbox], Awaitable[dict[str, str]]]
+
+UNADDRESSABLE = "cannot be addressed: not a mail address a message can carry"
+NO_SMTPUTF8 = "the relay does not offer SMTPUTF8, needed for a non-ASCII address"
 
 
 def enqueue(
@@ -90,6 +95,51 @@ def enqueue(
     if not_before is not None:
         row.next_attempt_at = not_before
     session.add(row)
+    return row
+
+
+def enqueue_failed(
+    session: AsyncSession,
+    *,
+    kind: str,
+    message_id: str,
+    envelope_from: str,
+    address: str,
+    reason: str,
+    now: datetime,
+) -> Outbox:
+    """Add to SESSION, at NOW, a mail that cannot go to ADDRESS: a failed row and recipient,
+    with REASON, and the ``delivery_failed`` event a failure at the relay would leave.
+
+    For a recipient no message can even be written to: nothing is built, so the row holds no
+    mail (``outbox retry`` of it fails again at once, in :meth:`OutboxSender._send`).
+    """
+    address = address[:320]  # the column's size: a bad address may be longer
+    row = Outbox(
+        kind=kind,
+        message_id=message_id,
+        envelope_from=envelope_from,
+        data=b"",
+        state="failed",
+        attempts=0,
+        last_error=reason,
+        next_attempt_at=now,
+        created_at=now,
+        recipients=[
+            OutboxRecipient(address=address, state="failed", attempts=0, last_error=reason)
+        ],
+    )
+    session.add(row)
+    session.add(
+        Event(
+            ticket_id=None,
+            type="delivery_failed",
+            actor="system",
+            detail={"recipient": address, "error": reason, "message_id": message_id},
+            created_at=now,
+        )
+    )
+    log.error("recipient_unaddressable", recipient=address, error=reason, message_id=message_id)
     return row
 
 
@@ -256,7 +306,13 @@ class OutboxSender:
         return len(rows)
 
     async def _send_claim(self, claim: _Claim) -> SendResult:
-        return await self._send(claim.envelope_from, claim.pending, await self._sign(claim.data))
+        """Send CLAIM's mail; recipients no mail can be addressed to fail without a try."""
+        unaddressable = {r: UNADDRESSABLE for r in claim.pending if not is_address(r)}
+        addressable = [r for r in claim.pending if r not in unaddressable]
+        if not addressable:  # nothing to sign or send (a row of enqueue_failed holds no mail)
+            return SendResult((), {}, unaddressable)
+        result = await self._send(claim.envelope_from, addressable, await self._sign(claim.data))
+        return replace(result, permanent={**result.permanent, **unaddressable})
 
     async def _due(self, session: AsyncSession, limit: int, now: datetime) -> Sequence[Outbox]:
         """The next LIMIT rows due at NOW, oldest due first, locked where the database can."""
@@ -334,8 +390,9 @@ class OutboxSender:
             except aiosmtplib.SMTPNotSupported:
                 # Raised before MAIL FROM: the relay lacks SMTPUTF8 and no retry will give
                 # it. The ASCII addresses still go.
-                reason = "the relay does not offer SMTPUTF8, needed for a non-ASCII address"
-                wide = {r: reason for r in recipients if not r.isascii() or not sender.isascii()}
+                wide = {
+                    r: NO_SMTPUTF8 for r in recipients if not r.isascii() or not sender.isascii()
+                }
                 recipients = [r for r in recipients if r not in wide]
                 if not recipients:
                     return SendResult((), {}, wide)

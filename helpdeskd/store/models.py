@@ -198,6 +198,9 @@ class Message(Base):
     full_text: Mapped[str] = mapped_column(Text, default="")
     attachments: Mapped[list[Any]] = mapped_column(JSON, default=list)
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Of received mail: SHA-256 of its sender and content, so that a second mail under a stored
+    # Message-ID is told apart from the same mail received again (NULL: stored before 0006).
+    digest: Mapped[str | None] = mapped_column(String(64))
     raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -217,6 +220,9 @@ class ThreadRef(Base):
 
     message_id: Mapped[str] = mapped_column(String(998), primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    # The From, To and Cc of the mail that referred to it: only mail from one of them may join
+    # the ticket through this ID (a Message-ID is not a secret). NULL: stored before 0006.
+    addresses: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -43,6 +43,20 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 from email.utils import collapse_rfc2231_value
 
+from helpdeskd.triage.loops import robot_sender
+from helpdeskd.triage.ndr import (
+    ADDRESS,
+    DELAYED,
+    PERMANENT,
+    RETURNED_COPY,
+    general_diagnostic,
+    mail_system,
+    ndr_phrase,
+    notice_entries,
+    notice_only,
+    ses_recipients,
+)
+
 # Same limits as parsing.py: longer cannot be a real address or Message-ID.
 MAX_ADDRESS = 320
 MAX_MSGID = 900
@@ -64,13 +78,6 @@ RETURNED_TYPES = frozenset(
 FEEDBACK_TYPE = "message/feedback-report"
 VERP_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 
-# Bounded parts (RFC 5321: 64-octet local part, 63-octet labels) keep a search linear even
-# over a long run of address characters.
-_ADDR = (
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
-)
-_ADDRESS = re.compile(_ADDR)
 _MSGID = re.compile(r"<([^<>\s]+)>")
 # RFC 3463 enhanced status code; not part of a dotted quad or a longer number.
 _STATUS = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
@@ -86,100 +93,6 @@ _BASE64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 _DIAG_TYPE = re.compile(r"^[\w-]+;\s*")
 _PER_RECIPIENT = frozenset({"action", "status", "diagnostic-code"})
 _RECIPIENT_FIELDS = ("original-recipient", "final-recipient")
-
-# --- what marks a mail as coming from the mail system (only then is NDR text read) ---
-_DAEMON_LOCAL = re.compile(
-    r"^(?:mailer[-_]?daemon|mail[-_]?daemon|postmaster|mdaemon|microsoftexchange[0-9a-f]*)$",
-    re.IGNORECASE,
-)
-_PERMANENT = re.compile(
-    r"failed permanently|permanent (?:error|failure|fatal error)|permanently rejected",
-    re.IGNORECASE,
-)
-_DAEMON_NAME = re.compile(r"mail delivery (?:sub)?system|mailer[-_ ]daemon", re.IGNORECASE)
-
-# --- non-standard NDR text ---
-# Everything from the returned copy of our mail onwards is not the notice; cut it off so its
-# From/To addresses are not mistaken for recipients.
-_RETURNED_COPY = re.compile(
-    r"^[ \t]*(?:"
-    r"-+[ \t]*original[ \t]+message[ \t]*-*"  # Gmail, Outlook
-    r"|original message follows"
-    r"|original message headers"  # Exchange
-    r"|-+[ \t]*below this line is a copy of the message"  # qmail
-    r"|-+[ \t]*this is a copy of the message"  # Exim
-    r"|-+[ \t]*(?:the )?headers? of the original message"
-    r"|-+[ \t]*(?:returned|undelivered|forwarded) message"
-    r"|(?:return-path|received|dkim-signature|mime-version|message-id):[ \t]"
-    r")",
-    re.IGNORECASE | re.MULTILINE,
-)
-# A list of recipients follows these lines, one entry per address (see _list_entries).
-_LIST_INTRO = re.compile(
-    r"delivery has failed to these recipients or groups:?"  # Exchange / Office 365
-    r"|delivery is delayed to these recipients or groups:?"
-    r"|the following recipient\(s\) (?:cannot|could not) be reached:?"  # Exchange 2003
-    r"|delivery to the following recipients? (?:failed permanently|failed|has been delayed|"
-    r"was delayed)[^:\n]*:?"  # Gmail (classic)
-    r"|the following address\(es\) failed:?"  # Exim
-    r"|the address(?:es)? to which the message has not yet been delivered (?:is|are):?"
-    r"|i wasn't able to deliver your message to the following addresses\.?"  # qmail
-    r"|an error occurred while trying to deliver the mail to the following recipients?:?"  # SES
-    r"|^[ \t]*the mail system[ \t]*$"  # Postfix
-    r"|-+ ?the following addresses had (?:permanent fatal errors|delivery problems|"
-    r"transient non-fatal errors) ?-+",  # Sendmail
-    re.IGNORECASE | re.MULTILINE,
-)
-# One address named in a sentence.
-_INLINE = tuple(
-    re.compile(pattern, re.IGNORECASE)
-    for pattern in (
-        rf"your message to\s+<?(?P<addr>{_ADDR})>?\s+(?:couldn'?t|could not) be delivered",
-        rf"(?:wasn'?t|was not|couldn'?t be|could not be|has not been) delivered to\s+"
-        rf"<?(?P<addr>{_ADDR})>?",
-        rf"problem delivering your message to\s+<?(?P<addr>{_ADDR})>?",
-        rf"delivery to\s+<?(?P<addr>{_ADDR})>?\s+(?:has )?(?:failed|been delayed|was delayed)",
-        rf"(?:unable to|could not|couldn'?t) deliver (?:your |the )?(?:message |mail )?to\s+"
-        rf"<?(?P<addr>{_ADDR})>?",
-        rf"delivery failed[^\n:@]{{0,60}}:\s*<?(?P<addr>{_ADDR})>?",
-    )
-)
-# "<user@example.com>: host ... said: 550 ..." (Postfix, qmail and many others).
-_ANGLE_ENTRY = re.compile(
-    rf"^<(?P<addr>{_ADDR})>(?:[ \t]*\(expanded from[^)\n]*\))?:", re.MULTILINE | re.IGNORECASE
-)
-# "550 5.1.1 <user@example.com>: Recipient address rejected" anywhere in the notice.
-_SMTP_REJECT = re.compile(
-    rf"(?<![\w.])[45]\d\d[ \-](?:[245]\.\d{{1,3}}\.\d{{1,3}}[ \t]+)?<(?P<addr>{_ADDR})>",
-    re.IGNORECASE,
-)
-# One entry of a recipient list: a line that starts with an address, optionally after a display
-# name ("Jane Doe (jane@example.com)", "jane@example.com<mailto:jane@example.com>").
-_ENTRY = re.compile(
-    r"^[ \t]*(?:(?:\"[^\"\n]{0,80}\"|[^<>@:\"\n]{1,80}?)[ \t]*[(<][ \t]*)?"
-    rf"<?(?P<addr>{_ADDR})>?"
-)
-_SEPARATOR = re.compile(r"^\s*(?:-{3,}|\*{3,}|#{3,}|={3,})")
-# Where the notice names the error for all recipients at once.
-_GLOBAL_DIAGNOSTIC = tuple(
-    re.compile(pattern, re.IGNORECASE | re.MULTILINE)
-    for pattern in (
-        r"remote server returned '([^'\n]+)'",  # Exchange
-        r"reported error:[ \t]*(.+)",  # Office 365
-        r"the (?:error that the other server returned was|response (?:from the remote server )?"
-        r"was):?\s*([^\n]+(?:\n[^\n]+)*)",  # Gmail
-        r"remote host said:[ \t]*(.+)",  # qmail
-        r"diagnostic-code:[ \t]*(.+)",
-        r"status code:[ \t]*(.+)",  # Office 365
-        r"technical details of (?:permanent|temporary) failure:\s*([^\n]+(?:\n[^\n]+)*)",
-    )
-)
-_DELAYED = re.compile(
-    r"this is a warning (?:message )?only|delivery is delayed|has been delayed|"
-    r"has not yet been delivered|will be retried|still being retried|will (?:keep )?try"
-    r"|will retry|delivery attempts will continue|delivery incomplete|temporary problem delivering",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -226,8 +139,13 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
     msg = _parse(raw)
     leaves = list(_leaves(msg))
     dsn_parts = [part for part in leaves if part.get_content_type() in DSN_TYPES]
+    if not dsn_parts and _from_mail_system(msg):
+        # A filter that wraps the MTA's report in a message of its own (InterScan).
+        dsn_parts = [
+            part for part in _attached_leaves(leaves) if part.get_content_type() in DSN_TYPES
+        ]
     report_type = _report_type(msg)
-    if not dsn_parts and report_type not in ("", "delivery-status"):
+    if not dsn_parts and report_type not in ("", "delivery-status") and not _refusal(msg, leaves):
         return None  # a read receipt or a feedback report, not a bounce
 
     recipients: dict[str, BouncedRecipient] = {}
@@ -237,21 +155,28 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
             if recipient is not None:
                 recipients.setdefault(recipient.address, recipient)
 
+    returned = _returned_headers(leaves)
     if dsn_parts:
         kind = "dsn"
         if not recipients:
             recipients = _ndr_recipients(msg, _notice_text(leaves))
+    elif ses := _ses_recipients(_text_of(leaves)):
+        kind, recipients = "ndr", ses
     elif _from_mail_system(msg):
         kind = "ndr"
-        recipients = _ndr_recipients(msg, _notice_text(leaves))
+        if returned is None:
+            returned = _inline_returned_headers(_text_of(leaves))
+        notice = _notice_text(leaves)
+        # Some MTAs write the RFC 3464 fields into the text instead of a part of their own,
+        # after a list of the returned mail's header fields (PMDF): read the whole text.
+        recipients = _text_dsn_recipients(_text_of(leaves)) or _ndr_recipients(msg, notice)
+        if not recipients:
+            recipients = _returned_recipient(returned, notice)
         if not recipients:
             return None
     else:
         return None
 
-    returned = _returned_headers(leaves)
-    if returned is None and kind == "ndr":
-        returned = _inline_returned_headers(_text_of(leaves))
     original_id = _msgid(_header(returned, "Message-ID")) if returned is not None else None
     if original_id is None:
         # Exchange and Office 365 answer the bounced mail: their NDR's In-Reply-To names it.
@@ -291,7 +216,7 @@ def parse_complaint(raw: bytes) -> Complaint | None:
         fields.get("removal-recipient", "")
     )
     if complainant is None and returned is not None:
-        found = _ADDRESS.findall(_header(returned, "To"))
+        found = ADDRESS.findall(_header(returned, "To"))
         complainant = found[0].lower() if len(found) == 1 else None
     # AOL replaces the complainant's mailbox with a placeholder it names in Redacted-Address
     # (RFC 6590); the original Message-ID still leads to our recipient.
@@ -330,6 +255,16 @@ def _leaves(msg: Message) -> Iterator[Message]:
             stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
         else:
             yield part
+
+
+def _attached_leaves(leaves: list[Message]) -> Iterator[Message]:
+    """Yield the leaf parts of the messages attached to LEAVES, one level down."""
+    for part in leaves:
+        payload = part.get_payload()
+        if part.get_content_type() == "message/rfc822" and isinstance(payload, list):
+            for inner in payload:
+                if isinstance(inner, Message):
+                    yield from _leaves(inner)
 
 
 def _report_type(msg: Message) -> str:
@@ -388,7 +323,7 @@ def _part_text(part: Message) -> str:
 
 def _text_of(leaves: list[Message]) -> str:
     """Return the human-readable text of the mail: its text/plain parts, else its HTML."""
-    plain = [_part_text(p) for p in leaves if p.get_content_type() == "text/plain"]
+    plain = [_part_text(p) for p in leaves if _plain(p)]
     if any(text.strip() for text in plain):
         return "\n\n".join(plain)[:MAX_TEXT]
     html = [_part_text(p) for p in leaves if p.get_content_type() == "text/html"]
@@ -400,10 +335,18 @@ def _text_of(leaves: list[Message]) -> str:
     )
 
 
+def _plain(part: Message) -> bool:
+    """Say whether PART is plain text: also when its Content-Type is mangled ("text/plain
+    charset=…" on two lines) or it claims to be multipart with no boundary to split on."""
+    if part.get_content_maintype() == "multipart":
+        return isinstance(part.get_payload(), str)
+    return (part.get_content_type().split() or [""])[0] == "text/plain"
+
+
 def _notice_text(leaves: list[Message]) -> str:
     """Return the NDR's own words: its text up to the returned copy of our mail."""
     text = _text_of(leaves)
-    cut = _RETURNED_COPY.search(text)
+    cut = RETURNED_COPY.search(text)
     return text[: cut.start()] if cut else text
 
 
@@ -501,10 +444,12 @@ def _action_from_codes(status: str, diagnostic: str) -> str:
 
 
 def _from_mail_system(msg: Message) -> bool:
-    if (
-        _header(msg, "Return-Path").strip() == "<>"
-        or _header(msg, "X-Envelope-From").strip() == "<>"
-    ):
+    """Say whether the mail system sent MSG, so that its text is an NDR's to be read.
+
+    The same senders classification trusts (:func:`helpdeskd.triage.ndr.mail_system`), plus the
+    markers only an MTA writes, plus a robot (Auto-Submitted) that writes an NDR's words.
+    """
+    if _header(msg, "X-Envelope-From").strip() == "<>":
         return True
     if (
         msg.get("X-Failed-Recipients") is not None
@@ -513,29 +458,29 @@ def _from_mail_system(msg: Message) -> bool:
         return True
     if "mailer-daemon" in (msg.get_unixfrom() or "").lower():
         return True
-    sender = _header(msg, "From")
-    address = _ADDRESS.search(sender)
-    if address and _DAEMON_LOCAL.match(address.group(0).split("@")[0]):
+    return_path = msg.get("Return-Path")
+    if mail_system(_header(msg, "From"), None if return_path is None else str(return_path)):
         return True
-    return bool(_DAEMON_NAME.search(sender))
+    auto = _header(msg, "Auto-Submitted").strip().lower()
+    precedence = _header(msg, "Precedence").strip().lower()
+    sender = ADDRESS.search(_header(msg, "From"))
+    robot = (
+        bool(auto and not auto.startswith("no"))
+        or precedence in ("bulk", "junk", "auto_reply")
+        or (sender is not None and robot_sender(sender.group(0)))
+    )
+    text = _text_of(list(_leaves(msg)))
+    return (robot and ndr_phrase(text) is not None) or notice_only(_header(msg, "Subject"), text)
 
 
 def _ndr_recipients(msg: Message, notice: str) -> dict[str, BouncedRecipient]:
-    entries = _list_entries(notice) or _inline_entries(notice)
-    if not entries and (first := _ANGLE_ENTRY.search(notice)):
-        entries = _entries(notice[first.start() :])
-    if not entries:
-        for match in _SMTP_REJECT.finditer(notice):
-            line_start = notice.rfind("\n", 0, match.start()) + 1
-            line_end = notice.find("\n", match.end())
-            entries.setdefault(match.group("addr").lower(), []).append(
-                notice[line_start : line_end if line_end >= 0 else None]
-            )
-    if not entries:
-        for address in _ADDRESS.findall(_header(msg, "X-Failed-Recipients")):
-            entries.setdefault(address.lower(), [])
-    general = _general_diagnostic(notice)
-    action = "delayed" if _DELAYED.search(notice) else "failed"
+    entries = notice_entries(notice)
+    # Exim's X-Failed-Recipients is the MTA's own list: it beats whatever the text seems to say.
+    failed = [a.lower() for a in ADDRESS.findall(_header(msg, "X-Failed-Recipients"))]
+    if failed:
+        entries = {address: entries.get(address, []) for address in dict.fromkeys(failed)}
+    general = general_diagnostic(notice)
+    action = "delayed" if DELAYED.search(notice) else "failed"
     recipients: dict[str, BouncedRecipient] = {}
     for address, chunks in entries.items():
         if len(address) > MAX_ADDRESS:
@@ -547,76 +492,77 @@ def _ndr_recipients(msg: Message, notice: str) -> dict[str, BouncedRecipient]:
         )[0]
         status = _status(diagnostic)
         if not status and action == "failed" and not _SMTP_CODE.search(diagnostic):
-            status = "5.0.0" if _PERMANENT.search(notice) else ""
+            status = "5.0.0" if PERMANENT.search(notice) else ""
         recipients[address] = BouncedRecipient(
             address=address, action=action, status=status, diagnostic=diagnostic
         )
     return recipients
 
 
-def _list_entries(notice: str) -> dict[str, list[str]]:
-    intros = list(_LIST_INTRO.finditer(notice))
-    entries: dict[str, list[str]] = {}
-    for index, intro in enumerate(intros):
-        end = intros[index + 1].start() if index + 1 < len(intros) else len(notice)
-        for address, chunks in _entries(notice[intro.end() : end]).items():
-            entries.setdefault(address, []).extend(chunks)
-    return entries
+_DELETED = re.compile(r"^disposition:[^\n]*;\s*(?:deleted|denied)\b", re.IGNORECASE | re.MULTILINE)
 
 
-def _entries(block: str) -> dict[str, list[str]]:
-    """Read a list of recipients into address -> what the text says about it.
+def _refusal(msg: Message, leaves: list[Message]) -> bool:
+    """Say whether a "read receipt" is the mail system's refusal of our mail: an MDN whose
+    disposition is ``deleted`` (RFC 8098; ``denied`` in RFC 2298), sent by the mail system, as
+    Dovecot's LDA and Sieve's reject send when a mailbox is over quota."""
+    if _report_type(msg) != "disposition-notification" or not _from_mail_system(msg):
+        return False
+    return any(
+        _DELETED.search(_part_text(part))
+        for part in leaves
+        if part.get_content_type() == "message/disposition-notification"
+    )
 
-    An entry starts on a line that begins with its address; the lines below it, indented deeper
-    or up to the end of its paragraph, say what went wrong. Exchange names an address twice
-    (for the user, then for administrators): both chunks are kept.
-    """
-    found: list[tuple[str, list[str]]] = []
-    current: list[str] | None = None
-    entry_indent = 0
-    after_blank = False
-    for line in block.split("\n"):
-        if not line.strip():
-            after_blank = True
+
+def _text_dsn_recipients(notice: str) -> dict[str, BouncedRecipient]:
+    recipients: dict[str, BouncedRecipient] = {}
+    for record in _dsn_records(notice):
+        recipient = _dsn_recipient(record)
+        if recipient is not None:
+            recipients.setdefault(recipient.address, recipient)
+    return recipients
+
+
+def _returned_recipient(returned: Message | None, notice: str) -> dict[str, BouncedRecipient]:
+    """Name the one recipient of the returned mail, when the notice names none (Verizon's MMS
+    gateway, old Exchange): an NDR is about the mail it returns."""
+    if (
+        returned is None
+        or _header(returned, "Cc").strip()
+        or "multipart/report" in _header(returned, "Content-Type").lower()
+    ):
+        return {}
+    found = {a.lower() for a in ADDRESS.findall(_header(returned, "To"))}
+    if len(found) != 1:
+        return {}
+    address = found.pop()
+    action = "delayed" if DELAYED.search(notice) else "failed"
+    status = "5.0.0" if action == "failed" and PERMANENT.search(notice) else ""
+    diagnostic = general_diagnostic(notice)
+    return {address: BouncedRecipient(address, action, status or _status(diagnostic), diagnostic)}
+
+
+def _ses_recipients(text: str) -> dict[str, BouncedRecipient]:
+    """Read the bounced recipients of an Amazon SES bounce notification (JSON)."""
+    recipients: dict[str, BouncedRecipient] = {}
+    for address, fields in ses_recipients(text):
+        found = _address(address)
+        if found is None:
             continue
-        indent = len(line) - len(line.lstrip())
-        match = _ENTRY.match(line)
-        if match and (not found or indent <= entry_indent):
-            entry_indent = indent if not found else entry_indent
-            current = [line[match.end() :].strip()]
-            found.append((match.group("addr").lower(), current))
-        elif current is not None:
-            has_content = bool(" ".join(current).strip(" \t:;,.<>"))
-            if _SEPARATOR.match(line) or (after_blank and indent <= entry_indent and has_content):
-                current = None
-            else:
-                current.append(line.strip())
-        after_blank = False
-    entries: dict[str, list[str]] = {}
-    for address, lines in found:
-        entries.setdefault(address, []).append(" ".join(lines))
-    return entries
-
-
-def _inline_entries(notice: str) -> dict[str, list[str]]:
-    for pattern in _INLINE:
-        match = pattern.search(notice)
-        if match:
-            line_end = notice.find("\n", match.end())
-            return {
-                match.group("addr").lower(): [
-                    notice[match.end() : line_end if line_end >= 0 else None]
-                ]
-            }
-    return {}
-
-
-def _general_diagnostic(notice: str) -> str:
-    for pattern in _GLOBAL_DIAGNOSTIC:
-        match = pattern.search(notice)
-        if match and match.group(1).strip():
-            return _one_line(_DIAG_TYPE.sub("", match.group(1).strip()))
-    return ""
+        diagnostic = _one_line(_DIAG_TYPE.sub("", fields.get("diagnosticCode", "")))
+        status = _status(fields.get("status", "")) or _status(diagnostic)
+        action = fields.get("action", "").lower()
+        recipients.setdefault(
+            found,
+            BouncedRecipient(
+                address=found,
+                action=action if action in ACTIONS else _action_from_codes(status, diagnostic),
+                status=status,
+                diagnostic=diagnostic,
+            ),
+        )
+    return recipients
 
 
 # --- the returned mail ---
@@ -647,7 +593,7 @@ def _returned_headers(leaves: list[Message]) -> Message | None:
 
 def _inline_returned_headers(text: str) -> Message | None:
     """Return the header block of our mail quoted in an NDR's text (Gmail, qmail, Exim …)."""
-    cut = _RETURNED_COPY.search(text)
+    cut = RETURNED_COPY.search(text)
     if cut is None:
         return None
     rest = text[cut.start() :]
@@ -681,7 +627,7 @@ def _verp_token(msg: Message, returned: Message | None, local: str) -> str | Non
 def _address(value: str) -> str | None:
     """Return the address of a DSN/ARF address field ("rfc822; <a@b>"), lower-cased."""
     value = value.split(";", 1)[1] if ";" in value else value
-    match = _ADDRESS.search(value)
+    match = ADDRESS.search(value)
     if match is None or len(match.group(0)) > MAX_ADDRESS:
         return None
     return match.group(0).lower()

@@ -14,15 +14,23 @@ from dataclasses import dataclass
 from helpdeskd.config.settings import HerokuConfig
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.triage.heroku import recognise
-from helpdeskd.triage.loops import has_our_loop, robot_marker, robot_sender, spam_verdict
-
-BOUNCE_SUBJECTS = re.compile(
-    r"^\s*(undeliverable|undelivered mail returned to sender|delivery status notification "
-    r"\((failure|delay)\)|mail delivery failed|returned mail|failure notice|delivery failure|"
-    r"mail delivery (subsystem|system)|message delivery failure|nicht zustellbar|"
-    r"non remis|unzustellbar|delivery has failed|warning: could not send message)",
-    re.IGNORECASE,
+from helpdeskd.triage.loops import (
+    auto_submitted,
+    has_our_loop,
+    robot_marker,
+    robot_sender,
+    spam_verdict,
 )
+from helpdeskd.triage.ndr import (
+    mail_system,
+    ndr_phrase,
+    ndr_subject,
+    notice_only,
+    rejection_reason,
+    ses_bounce,
+    system_mailbox,
+)
+
 # An autoresponder's phrase is the whole subject or is followed by a colon, a bracket or a date
 # ("Automatic reply: …", "Abwesend bis …"); a customer's "Out of office hours support?" or "I am
 # out of connections" is not one.
@@ -80,32 +88,76 @@ def _report_type(parsed: ParsedMessage) -> str | None:
     return declared
 
 
+# A copy of the mail that bounced, whole or its headers only.
+RETURNED_PARTS = frozenset(
+    {
+        "message/rfc822",
+        "message/global",
+        "text/rfc822-headers",
+        "message/rfc822-headers",
+        "message/global-headers",
+        "message/partial",
+    }
+)
+
+
 def _bounce(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
+    """Say why PARSED is a bounce: a status report, or an NDR by its sender and its words.
+
+    Structure alone is enough (a delivery-status part, X-Failed-Recipients, Exchange's NDR
+    marker, an Amazon SES bounce notification). Otherwise the words of an NDR count only when
+    the mail system sent them (see :mod:`helpdeskd.triage.ndr`), or a robot did: an NDR that
+    also says Auto-Submitted is a bounce, not an auto-reply (DESIGN.md "Classification").
+    """
     report = _report_type(parsed)
     if report == "delivery-status":
         return "RFC 3464 delivery status report"
-    local = parsed.sender.partition("@")[0]
-    robot = bool(local) and re.match(r"^(mailer-daemon|postmaster)\b", local, re.I)
-    if (robot or not parsed.sender) and BOUNCE_SUBJECTS.search(parsed.subject):
-        return f"non-delivery report: {parsed.subject[:60]}"
-    # mail-parser lists few message/* parts as attachments; the top-level part types have them.
     part_types = {a.type for a in parsed.attachments} | set(parsed.part_types)
-    if (
-        robot
-        and report is None
-        and part_types & {"message/delivery-status", "message/rfc822", "text/rfc822-headers"}
-    ):
-        return "non-delivery report with returned message"
-    return_path = parsed.header("return-path")
-    if (
-        return_path is not None
-        and return_path.strip() in ("<>", "")
-        and BOUNCE_SUBJECTS.search(parsed.subject)
-    ):
-        return "null sender non-delivery report"
+    if part_types & {"message/delivery-status", "message/global-delivery-status"}:
+        return "delivery status part"
     if parsed.header("x-failed-recipients"):
         return "X-Failed-Recipients"
+    if parsed.header("x-ms-exchange-message-is-ndr") is not None:
+        return "X-MS-Exchange-Message-Is-Ndr"
+    headers = frozenset(name for name, _ in parsed.headers)
+    if ses_bounce(parsed.full_text, parsed.sender, headers):
+        return "Amazon SES bounce notification"
+    system = mail_system(parsed.header("from") or "", parsed.header("return-path"))
+    words = ndr_phrase(parsed.full_text)
+    if system is not None:
+        # A feedback report or read receipt returns the mail too, and so may a person's mail
+        # with a null return path: only a named mail system's returned copy is an NDR's.
+        returned = (
+            report is None and not system.startswith("null") and bool(part_types & RETURNED_PARTS)
+        )
+        evidence = (
+            (f"subject {parsed.subject[:60]!r}" if ndr_subject(parsed.subject) else None)
+            or (f"says {words!r}" if words else None)
+            or (f"quotes {reason!r}" if (reason := rejection_reason(parsed.full_text)) else None)
+            or ("returns the mail" if returned else None)
+        )
+        if evidence:
+            return f"non-delivery report: {system}, {evidence}"
+        return None
+    if words and _robot(parsed):
+        return f"non-delivery report from a robot: says {words!r}"
+    if notice_only(parsed.subject, parsed.full_text):
+        return "non-delivery report: nothing but the notice"
     return None
+
+
+def _robot(parsed: ParsedMessage) -> bool:
+    """Say whether a robot wrote PARSED: RFC 3834, a no-reply sender, or bulk mail.
+
+    ``Precedence: list`` and List-* headers are left out: a list relays people's mail.
+    """
+    precedence = (parsed.header("precedence") or "").strip().lower()
+    return (
+        auto_submitted(parsed) != "no"
+        or robot_sender(parsed.sender)
+        or precedence in ("bulk", "junk", "auto_reply")
+        or any(parsed.header(name) is not None for name in ("x-autoreply", "x-autorespond"))
+    )
 
 
 def _report(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
@@ -126,12 +178,30 @@ def _ignored(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
 
 
 def _unsubscribe(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
+    """Say why PARSED is an unsubscribe request: mail to ``unsubscribe+TOKEN@`` alone.
+
+    With one of our support addresses also in To or Cc the mail is a person's to support, and
+    the unsubscribe address only a side address: customer mail, and nobody is opted out
+    (DESIGN.md "Classification").
+    """
     domain = ctx.support_address.rpartition("@")[2].lower()
-    for address in parsed.recipients:
-        local, _, a_domain = address.rpartition("@")
-        if a_domain == domain and local.lower().startswith("unsubscribe+"):
-            return "mail to an unsubscribe address"
-    return None
+    if not any(
+        a_domain == domain and local.lower().startswith("unsubscribe+")
+        for local, _, a_domain in (address.rpartition("@") for address in parsed.recipients)
+    ):
+        return None
+    if any(_support_address(address, ctx) for address in (*parsed.to, *parsed.cc)):
+        return None
+    return "mail to an unsubscribe address"
+
+
+def _support_address(address: str, ctx: ClassifyContext) -> bool:
+    """Say whether ADDRESS is one of ours that people write to: a mailbox, or support+TAG@."""
+    if address in ctx.own_addresses:
+        return True
+    local, _, domain = address.rpartition("@")
+    support_local, _, support_domain = ctx.support_address.rpartition("@")
+    return domain == support_domain and local.partition("+")[0] == support_local
 
 
 def _spam(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
@@ -147,6 +217,8 @@ def _auto_reply(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
         return f"out-of-office subject: {parsed.subject[:60]}"
     if robot_sender(parsed.sender):
         return f"robot sender {parsed.sender}"
+    if parsed.sender and system_mailbox(parsed.sender):
+        return f"mail system sender {parsed.sender}"
     return None
 
 
@@ -167,8 +239,8 @@ def _heroku(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
 
 
 def _agent(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
-    # A From with several mailboxes is never treated as an agent's.
-    if len(parsed.from_) == 1 and parsed.sender in ctx.agent_addresses:
+    # A From with several mailboxes, readable or not, is never treated as an agent's.
+    if parsed.single_sender and parsed.sender in ctx.agent_addresses:
         return f"from agent {parsed.sender}"
     return None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from helpdeskd.mail.build import new_message_id
-from helpdeskd.triage.facts import ContactFacts, Facts, Needs, Policy
+from helpdeskd.triage.facts import ContactFacts, Facts, Needs, Policy, StoredMessage
 from helpdeskd.triage.intake import Intake
 from helpdeskd.triage.mails import Mail, Note, human_size
 from helpdeskd.triage.plan import ContactChange, Event, Plan
@@ -23,11 +23,48 @@ SOFT_BOUNCE_LIMIT = 3  # failed deliveries without a permanent status before we 
 
 def decide(item: Incoming, needs: Needs, facts: Facts, policy: Policy) -> Plan:
     """Decide what becomes of one received mail (DESIGN.md "Parts and the path of a message")."""
-    if facts.stored is not None:
-        tid = facts.stored.ticket_id
-        if facts.stored.direction == "out":
-            return Plan("ignored", "our own outgoing mail came back", ticket_id=tid)
-        return Plan("duplicate", "Message-ID already stored", ticket_id=tid)
+    stored = facts.stored
+    if stored is not None:
+        same = _same_mail(stored, needs)
+        if same and stored.direction == "out":
+            return Plan("ignored", "our own outgoing mail came back", ticket_id=stored.ticket_id)
+        if same:
+            return Plan("duplicate", "Message-ID already stored", ticket_id=stored.ticket_id)
+        if facts.derived is not None:
+            reason = "already stored under its derived Message-ID"
+            return Plan("duplicate", reason, ticket_id=facts.derived.ticket_id)
+        # A Message-ID is not a secret: another mail holds this one's. This mail is stored as
+        # its own under a derived ID, and the clash is recorded; nothing is hidden.
+        parsed = replace(needs.parsed, message_id=needs.derived_id)
+        plan = _decide(item, replace(needs, parsed=parsed), replace(facts, stored=None), policy)
+        detail = {
+            "reason": "a stored mail from another sender or with other content has its Message-ID",
+            "message_id": needs.parsed.message_id,
+            "stored_as": needs.derived_id,
+        }
+        clash = Event(
+            "security_event",
+            needs.parsed.sender or "unknown",
+            detail,
+            ticketless=plan.ticket is None and plan.ticket_id is None,
+        )
+        log = ("message_id_clash", {"message_id": needs.parsed.message_id})
+        return replace(plan, events=(*plan.events, clash), logs=(*plan.logs, log))
+    return _decide(item, needs, facts, policy)
+
+
+def _same_mail(stored: StoredMessage, needs: Needs) -> bool:
+    """Whether STORED is this very mail received again: same sender, same content.
+
+    Mail stored before digests were kept is judged by its sender alone.
+    """
+    sender = needs.parsed.sender.lower()
+    if stored.from_addr.lower() != sender:
+        return False
+    return stored.digest is None or stored.digest == needs.digest
+
+
+def _decide(item: Incoming, needs: Needs, facts: Facts, policy: Policy) -> Plan:
     kind = needs.kind
     if kind.kind == "bounce":
         return _bounce(needs, facts, policy)
@@ -63,9 +100,13 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
     counts: dict[str, ContactFacts] = {}
     contacts: list[ContactChange] = []
     lines = []
+    sent_to = facts.returned.sent_to
     for rcpt in report.recipients:
         contact = counts.get(rcpt.address) or facts.contact(rcpt.address)
-        if contact is not None and contact.id is not None and rcpt.action == "failed":
+        # Anyone can send a bounce: it counts against an address only when it is about mail
+        # we sent to that address.
+        ours = rcpt.address in sent_to
+        if contact is not None and contact.id is not None and rcpt.action == "failed" and ours:
             count = contact.bounce_count + 1
             undeliverable = contact.undeliverable or rcpt.hard or count >= SOFT_BOUNCE_LIMIT
             counts[rcpt.address] = replace(contact, bounce_count=count, undeliverable=undeliverable)

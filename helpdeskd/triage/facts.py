@@ -7,11 +7,12 @@ step of that decision: what kind of mail this is and which facts its decision wi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from helpdeskd.config.settings import Config
+from helpdeskd.config.settings import Config, ServiceConfig
 from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.mail.render import Renderer
@@ -19,6 +20,8 @@ from helpdeskd.mail.thread_index import thread_index_root
 from helpdeskd.mail.tokens import tokens_in, verify_reply, verify_unsubscribe
 from helpdeskd.rules import loader
 from helpdeskd.rules.model import RuleSet
+from helpdeskd.triage.agent_reply import HeldReply
+from helpdeskd.triage.agentmail import HeldNotices
 from helpdeskd.triage.bounces import BounceReport, Complaint, parse_bounce, parse_complaint
 from helpdeskd.triage.classify import Classification, ClassifyContext, classify
 from helpdeskd.triage.commands import ParsedCommands, parse_commands
@@ -136,6 +139,10 @@ class StoredMessage:
     references: tuple[str, ...] = ()
     in_reply_to: str | None = None
     thread_index: str | None = None
+    from_addr: str = ""
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    digest: str | None = None  # of received mail: its sender and content (None: not known)
 
     @property
     def parent(self) -> Parent:
@@ -150,6 +157,7 @@ class Returned:
     ticket: TicketFacts | None = None
     message: StoredMessage | None = None
     writer: AgentFacts | None = None
+    sent_to: frozenset[str] = frozenset()  # whom our mail went to: only they can bounce it
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,8 @@ class ReplyContext:
 
     parent: StoredMessage | None = None  # the customer's latest mail on the ticket
     cc: tuple[str, ...] = ()  # the ticket's deliverable Cc participants, requester aside
-    merge_target: MergeTarget | None = None
+    merge_target: MergeTarget | None = None  # for a confirmation, the held reply's #merge's
+    held: HeldReply | None = None  # the reply a confirmation request's address names
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,10 @@ class Facts:
 
     now: datetime
     stored: StoredMessage | None = None  # a message with this mail's own Message-ID
+    derived: StoredMessage | None = None  # one stored under this mail's derived Message-ID
+    referrers: frozenset[str] = frozenset()  # who the reference that matched names, besides
+    # the ticket's participants: the recipients of our mail it answers, or the addresses on
+    # the mail that remembered the ID
     known_ids: frozenset[str] = frozenset()  # referred-to IDs stored or remembered already
     by_token: TicketFacts | None = None
     by_reference: TicketFacts | None = None
@@ -192,6 +205,8 @@ class Facts:
     sender_flood_told: bool = False  # agents were told of a flood by the sender
     returned: Returned = Returned()
     replies: Mapping[int, ReplyContext] = field(default_factory=dict)  # agent mail, by ticket
+    # What the agents were told of their held mail, by agent address (agent mail only).
+    held_notices: Mapping[str, HeldNotices] = field(default_factory=dict)
 
     def contact(self, email: str) -> ContactFacts | None:
         return self.contacts.get(email.lower())
@@ -203,6 +218,8 @@ class Needs:
 
     parsed: ParsedMessage  # with the fallback sender applied
     kind: Classification
+    digest: str = ""  # SHA-256 of the sender and content (see content_digest)
+    derived_id: str = ""  # the Message-ID it is stored under if another mail has its own
     token_tickets: tuple[int, ...] = ()  # verified reply tokens' tickets, in order
     subject_tickets: tuple[int, ...] = ()
     references: tuple[str, ...] = ()  # In-Reply-To then References, newest first
@@ -215,11 +232,12 @@ class Needs:
     unsubscribe: tuple[int, str] | None = None  # (contact id, category)
     commands: ParsedCommands | None = None  # the command block of an agent's mail
     merge_ticket: int | None = None  # the ticket its #merge names
+    confirmation: tuple[int, str] | None = None  # (ticket, code) of an agent's confirmation token
 
     @property
     def message_ids(self) -> tuple[str, ...]:
         """Every Message-ID the threading reads: the mail's own, then those it refers to."""
-        return (self.parsed.message_id, *self.references)
+        return (self.parsed.message_id, self.derived_id, *self.references)
 
 
 def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
@@ -227,6 +245,8 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
     config, service = policy.config, policy.config.service
     parsed = with_fallback_sender(parsed)
     kind = classify(parsed, policy.context)
+    digest = content_digest(parsed)
+    derived = derived_id(parsed.message_id, digest, service)
     emails = {a.lower() for a in (parsed.sender, *parsed.to, *parsed.cc) if a}
     if kind.kind == "bounce":
         report = parse_bounce(item.raw or b"")
@@ -236,7 +256,15 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
                 i for i in (report.original_message_id, *reversed(report.original_references)) if i
             )
             emails.update(r.address for r in report.recipients)
-        return Needs(parsed, kind, bounce=report, returned_ids=ids, emails=frozenset(emails))
+        return Needs(
+            parsed,
+            kind,
+            digest=digest,
+            derived_id=derived,
+            bounce=report,
+            returned_ids=ids,
+            emails=frozenset(emails),
+        )
     if kind.kind == "report":
         complaint = parse_complaint(item.raw or b"")
         ids = ()
@@ -244,22 +272,39 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
             ids = (complaint.original_message_id,) if complaint.original_message_id else ()
             if complaint.complainant:
                 emails.add(complaint.complainant.lower())
-        return Needs(parsed, kind, complaint=complaint, returned_ids=ids, emails=frozenset(emails))
+        return Needs(
+            parsed,
+            kind,
+            digest=digest,
+            derived_id=derived,
+            complaint=complaint,
+            returned_ids=ids,
+            emails=frozenset(emails),
+        )
     if kind.kind == "unsubscribe":
-        return Needs(parsed, kind, unsubscribe=_unsubscribe_token(parsed, policy))
+        return Needs(
+            parsed,
+            kind,
+            digest=digest,
+            derived_id=derived,
+            unsubscribe=_unsubscribe_token(parsed, policy),
+        )
     if kind.kind in ("spam", "ignored", "blocked"):
-        return Needs(parsed, kind)
+        return Needs(parsed, kind, digest=digest, derived_id=derived)
     heroku = None
     if kind.kind == "heroku_forward" and config.heroku is not None:
         heroku = recognise(parsed, config.heroku)
         if heroku is not None and heroku.requester_email:
             emails.add(heroku.requester_email.lower())
     tokens = []
+    confirmation = None
     for text in tokens_in(list(parsed.recipients), service.support_address):
         token = verify_reply(service.secret_keys, text)
         ticket_id = ref_to_id(config, token.ref) if token is not None else None
         if ticket_id is not None:
             tokens.append(ticket_id)
+            if token is not None and token.confirms is not None and confirmation is None:
+                confirmation = (ticket_id, token.confirms)
     subjects = [
         ticket_id
         for ref in subject_refs(parsed.subject, service.ticket_prefix)
@@ -280,6 +325,8 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
     return Needs(
         parsed,
         kind,
+        digest=digest,
+        derived_id=derived,
         token_tickets=tuple(tokens),
         subject_tickets=tuple(subjects),
         references=tuple(dict.fromkeys([*parsed.in_reply_to, *reversed(parsed.references)])),
@@ -288,6 +335,7 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
         heroku=heroku,
         commands=commands,
         merge_ticket=merge_ticket,
+        confirmation=confirmation if kind.kind == "agent_reply" else None,
     )
 
 
@@ -304,3 +352,22 @@ def _unsubscribe_token(parsed: ParsedMessage, policy: Policy) -> tuple[int, str]
         if token is not None:
             return token.contact_id, token.category
     return None
+
+
+def content_digest(parsed: ParsedMessage) -> str:
+    """SHA-256 of what a mail says and who says it: the same mail received twice (two mailboxes,
+    a redelivery) has the same digest; another mail under the same Message-ID has not."""
+    parts = [
+        parsed.sender.lower(),
+        parsed.subject,
+        parsed.full_text,
+        *sorted(a.sha256 for a in parsed.attachments),
+    ]
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def derived_id(message_id: str, digest: str, service: ServiceConfig) -> str:
+    """The Message-ID a mail is stored under when another mail holds its own: the same for the
+    same mail, so receiving it again is still a duplicate."""
+    key = hashlib.sha256(f"{message_id}\0{digest}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"<{key[:40]}.derived@{service.support_domain}>"

@@ -12,13 +12,21 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from helpdeskd.mail.authresults import dkim_aligned, sender_verified
 from helpdeskd.mail.build import new_message_id
 from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.parse import ParsedMessage, extract_reply
 from helpdeskd.rules.evaluate import evaluate
 from helpdeskd.rules.model import Decision
 from helpdeskd.triage import agent_reply, lifecycle
-from helpdeskd.triage.agentmail import attachments_of, authenticate, forwarded_sender
+from helpdeskd.triage.agentmail import (
+    HeldNotices,
+    Verdict,
+    attachments_of,
+    authenticate,
+    forwarded_sender,
+    held_notice,
+)
 from helpdeskd.triage.facts import (
     AgentFacts,
     ContactFacts,
@@ -57,6 +65,8 @@ from helpdeskd.triage.threading import (
 )
 from helpdeskd.vocab import as_priority, as_state
 
+MAX_JOIN = 50  # Cc participants one mail may add to a ticket (and an answer may copy)
+
 
 class Intake:
     """The decision for one person's mail (a customer, an agent, Heroku's desk), step by step.
@@ -84,6 +94,9 @@ class Intake:
         self.participants: list[tuple[str, str]] = []
         self.members: set[str] = set()  # the ticket's participants as the plan leaves them
         self.thread_refs: list[str] = []
+        self.referrers: tuple[str, ...] = ()
+        self.joined = 0  # Cc participants this mail added
+        self.left_out: list[str] = []  # addresses past MAX_JOIN
         self.removals: list[str] = []
         self.merge_into: int | None = None
         self.events: list[Event] = []
@@ -105,7 +118,9 @@ class Intake:
             by_thread_index=facts.by_thread_index,
             by_subject=facts.by_subject,
         )
-        match = resolve_thread(parsed.sender, is_agent, candidates)
+        # Agents are on every ticket: their own out-of-office replies file in like their mail.
+        agent = parsed.single_sender and parsed.sender in self.policy.context.agent_addresses
+        match = resolve_thread(parsed.sender, agent, candidates, facts.referrers)
         ticket = match.ticket if isinstance(match.ticket, TicketFacts) else None
         if kind == "auto_reply":
             if ticket is None:
@@ -151,6 +166,8 @@ class Intake:
         self._new_ticket(match, template=template, ack=auto != "none" or self.item.oversize)
         self._carry_out(decision)
         self._notify()
+        if isinstance(match.linked, TicketFacts):
+            self._tell_linked(match.linked)
         return self._plan("new_ticket", match.reason)
 
     # --- the paths ---------------------------------------------------------------------------
@@ -194,7 +211,11 @@ class Intake:
         if ticket is None:
             forwarded = forwarded_sender(parsed.full_text)
             if forwarded is not None and self.policy.joinable(forwarded[1]):
-                # An agent forwarding a customer's mail to support opens the customer's ticket.
+                authserv_id = self.service.authserv_id
+                if not (authserv_id and dkim_aligned(parsed, authserv_id)):
+                    return self._held_forward(match, agent, forwarded[1])
+                # An agent forwarding a customer's mail to support opens the customer's ticket:
+                # only mail that proves it is the agent's (an aligned DKIM pass) may do that.
                 self._new_ticket(match, ack=False, requester_of=forwarded)
                 self._event("opened_from_forward", agent.email, {"customer": forwarded[1]})
                 self._notify(exclude=agent.id)
@@ -209,21 +230,45 @@ class Intake:
             {"message_id": parsed.message_id, "thread": match.reason},
         )
         ref = ticket_ref(self.config, ticket.id)
-        verdict = authenticate(parsed, agent.id, ref, self.service)
+        verdict = authenticate(parsed, agent.id, ref, self.service, self.now)
         if not verdict.authenticated:
             self._hold(agent, verdict.reason, security=True)
             return self._plan("reply", f"agent mail held as a draft: {verdict.reason}")
-        return self._agent_reply(agent, ticket)
+        return self._agent_reply(agent, ticket, verdict)
 
-    def _agent_reply(self, agent: AgentFacts, ticket: TicketFacts) -> Plan:
+    def _held_forward(self, match: ThreadMatch, agent: AgentFacts, customer: str) -> Plan:
+        """A forward that does not authenticate opens nothing for the customer: it is kept as
+        an internal draft on a ticket of the agent's own, and the agent is told."""
+        self._new_ticket(match, ack=False)
+        assert self.message is not None and self.ticket is not None
+        self.message.update(internal=True, kind="agent_draft")
+        reason = "a forward must pass DKIM in our Authentication-Results"
+        detail = {"reason": reason, "message_id": self.parsed.message_id, "customer": customer}
+        self._event("security_event", agent.email, detail)
+        self.logs.append(("security_event", {"reason": reason, "agent": agent.email}))
+        text = (
+            f"Your forward of {customer}'s mail did not open a ticket for them: {reason}, "
+            "and this one did not. It is kept here as an internal draft and nothing was sent. "
+            "If you did not send it, someone may be using your address.\n"
+        )
+        subject = "Not opened: " + self.ticket.subject
+        self.mails.append(Note(self._new_id(), agent.email, subject, text, agent_id=agent.id))
+        return self._plan("new_ticket", f"forward by {agent.email} held as a draft: {reason}")
+
+    def _agent_reply(self, agent: AgentFacts, ticket: TicketFacts, verdict: Verdict) -> Plan:
         """Carry an authenticated agent's reply into the plan: commands, the answer, receipts."""
         commands = self.needs.commands
         assert commands is not None and self.message is not None and self.ticket is not None
         context = self.facts.replies.get(ticket.id) or ReplyContext()
         text = extract_reply(commands.body) if commands.body.strip() else ""
-        decided = agent_reply.decide_agent_reply(commands, text, self._reply_facts(agent, ticket))
+        decided = agent_reply.decide_agent_reply(
+            commands, text, self._reply_facts(agent, ticket, verdict)
+        )
         if decided.message_text is not None:
             self.message["text"] = decided.message_text
+        if decided.confirm is not None:
+            self._ask_confirmation(agent, decided.confirm, decided.events)
+            return self._plan("reply", decided.outcome)
         if decided.held is not None:
             self._hold(agent, decided.held.reason, security=False, details=decided.held.details)
             return self._plan("reply", decided.outcome)
@@ -266,7 +311,9 @@ class Intake:
                 )
                 if parent is not None and decided.merge_into is None
                 else None,
-                attachments_of(self.item.raw),
+                context.held.attachments
+                if decided.confirmed is not None and context.held is not None
+                else attachments_of(self.item.raw),
                 to_desk,
             )
             self.mails.append(reply)
@@ -298,18 +345,26 @@ class Intake:
             undeliverable = contact is not None and contact.undeliverable
             if address not in edit.remove and address != requester and not undeliverable:
                 cc.append(address)
-        return tuple(cc)
+        return tuple(cc[:MAX_JOIN])  # an agent's answer never fans out to a crowd
 
-    def _reply_facts(self, agent: AgentFacts, ticket: TicketFacts) -> agent_reply.ReplyFacts:
-        """What deciding the agent's reply to TICKET reads, from the facts and the policy."""
-        commands = self.needs.commands
+    def _reply_facts(
+        self, agent: AgentFacts, ticket: TicketFacts, verdict: Verdict
+    ) -> agent_reply.ReplyFacts:
+        """What deciding the agent's reply to TICKET reads, from the facts and the policy.
+
+        A reply to a confirmation request is decided on the held reply's commands, so the
+        canned reply and the merge target are those the held reply names.
+        """
+        context = self.facts.replies.get(ticket.id) or ReplyContext()
+        confirmation = verdict.token.confirms if verdict.token is not None else None
+        held = context.held if confirmation is not None else None
+        commands = held.commands if held is not None else self.needs.commands
         assert commands is not None
         service = self.service
         template = commands.get("template")
         canned = template.args[0] if template is not None else None
         if canned is not None and not self.policy.renderer.exists(_canned(canned)):
             canned = None
-        context = self.facts.replies.get(ticket.id) or ReplyContext()
         target = context.merge_target
         facts = agent_reply.ReplyFacts(
             ticket=agent_reply.TicketFacts(
@@ -336,6 +391,10 @@ class Intake:
                 if target is not None
                 else None
             ),
+            strong_proof=verdict.strong,
+            participants=frozenset(ticket.participants),
+            confirmation=confirmation,
+            held=held,
         )
         if (
             canned
@@ -379,15 +438,32 @@ class Intake:
         security: bool,
         details: Sequence[str] = (),
     ) -> None:
-        """Keep the agent's mail as an internal draft and tell the agent why nothing was sent."""
+        """Keep the agent's mail as an internal draft and tell the agent why nothing was sent.
+
+        Mail that did not authenticate costs its sender nothing: the agent hears of it at most
+        once an hour, the rest summed up in the next notice (``told`` in the event says which).
+        """
         assert self.message is not None and self.before is not None
         self.message.update(internal=True, kind="agent_draft")
         message_id = self.parsed.message_id
         event = "security_event" if security else "reply_held"
-        detail = {"reason": reason, "message_id": message_id, "details": list(details)}
+        detail: dict[str, Any] = {
+            "reason": reason,
+            "message_id": message_id,
+            "details": list(details),
+        }
+        notice = (
+            held_notice(self.facts.held_notices.get(agent.email, HeldNotices()), self.now)
+            if security
+            else None
+        )
+        if notice is not None:
+            detail["told"] = notice.send
         self._event(event, agent.email, detail)
         ref = ticket_ref(self.config, self.before.id)
         self.logs.append((event, {"reason": reason, "agent": agent.email, "ticket": ref}))
+        if notice is not None and not notice.send:
+            return
         lines = [
             f"Your mail to {ref} was not sent to the customer and changed nothing: {reason}.",
             *(f"  - {line}" for line in details),
@@ -401,6 +477,8 @@ class Intake:
             )
         else:
             lines.append("Correct it and reply again.")
+        if notice is not None:
+            lines.extend(notice.summary)
         self.mails.append(
             Note(
                 self._new_id(),
@@ -412,26 +490,40 @@ class Intake:
             )
         )
 
+    def _ask_confirmation(
+        self,
+        agent: AgentFacts,
+        request: agent_reply.ConfirmRequest,
+        events: Sequence[agent_reply.EventRow],
+    ) -> None:
+        """Keep the agent's reply as a draft and mail the agent the request to confirm it.
+
+        Its Reply-To is the agent's confirmation address for the ticket (a token carrying the
+        request's code): only a reply to it carries the held reply out.
+        """
+        assert self.message is not None and self.before is not None
+        self.message.update(internal=True, kind="agent_draft")
+        self._events_of(events)
+        ref = ticket_ref(self.config, self.before.id)
+        self.logs.append(("confirmation_requested", {"agent": agent.email, "ticket": ref}))
+        self.mails.append(
+            Note(
+                self._new_id(),
+                agent.email,
+                "Confirm: " + self.before.subject,
+                "\n".join(request.lines) + "\n",
+                agent_id=agent.id,
+                parent=self._said().parent,
+                confirms=request.code,
+            )
+        )
+
     # --- the ticket ----------------------------------------------------------------------------
 
     def _file_into(self, ticket: TicketFacts) -> None:
         self.before = ticket
         self.members = set(ticket.participants)
-        self.ticket = TicketRow(
-            id=ticket.id,
-            subject=ticket.subject,
-            state=ticket.state,
-            priority=ticket.priority,
-            queue=ticket.queue,
-            assignee_id=ticket.assignee_id,
-            requester=ticket.requester.email,
-            channel=ticket.channel,
-            external_ref=ticket.external_ref,
-            tags=ticket.tags,
-            solved_at=ticket.solved_at,
-            closed_at=ticket.closed_at,
-            first_response_at=ticket.first_response_at,
-        )
+        self.ticket = _row_of(ticket)
 
     def _new_ticket(
         self,
@@ -447,6 +539,7 @@ class Intake:
         template: str = "ack.txt.j2",
     ) -> None:
         parsed = self.parsed
+        linked = match.linked if isinstance(match.linked, TicketFacts) else None
         name, email = requester_of or (parsed.sender_name, parsed.sender)
         requester = self._contact_facts(email, name)
         if subject is None:
@@ -464,22 +557,35 @@ class Intake:
             channel=channel,
             external_ref=external_ref,
             tags=(),
-            parent_id=parent.id if parent is not None else None,
+            parent_id=next((t.id for t in (parent, linked) if t is not None), None),
         )
         self._participant(requester.email, "requester")
         if channel == "email" and requester_of is None:
             for address in parsed.cc + parsed.to:
                 if self.policy.joinable(address) and address != requester.email:
-                    self._contact_facts(address, None)
-                    self._participant(address, "cc")
+                    self._join(address)
         self._inbound(kind, internal=False)
         known = self.facts.known_ids
         for mid in dict.fromkeys([*parsed.in_reply_to, *parsed.references]):
             if mid not in known:
                 self.thread_refs.append(mid)
+        if self.thread_refs:
+            # Only mail from these addresses may later join the ticket through those IDs.
+            on_mail = (parsed.sender, *parsed.to, *parsed.cc)
+            self.referrers = tuple(dict.fromkeys(a.lower() for a in on_mail if a))
         detail: dict[str, object] = {"message_id": parsed.message_id, "thread": match.reason}
         if parent is not None:
             detail["follow_up_to"] = ticket_ref(self.config, parent.id)
+        if linked is not None:
+            detail["linked_to"] = ticket_ref(self.config, linked.id)
+            self.events.append(
+                Event(
+                    "stranger_reference",
+                    parsed.sender,
+                    {"message_id": parsed.message_id, "reason": match.reason},
+                    on=linked.id,
+                )
+            )
         self._event("ticket_created", parsed.sender, detail)
         if ack:
             self._acknowledge(requester, template)
@@ -496,10 +602,8 @@ class Intake:
         )
         if match.trusted:
             for address in parsed.cc + parsed.to:
-                if self.policy.joinable(address):
-                    self._contact_facts(address, None)
-                    if self._participant(address, "cc"):
-                        self._event("participant_added", parsed.sender, {"email": address})
+                if self.policy.joinable(address) and self._join(address):
+                    self._event("participant_added", parsed.sender, {"email": address})
         if reopen:
             self._event("reopened", parsed.sender, {"from": ticket.state})
             ticket = ticket.status(lifecycle.reopen(ticket.current, self.now))
@@ -592,6 +696,7 @@ class Intake:
             self.logs.append(("ack_suppressed", {"reason": reason}))
             return
         parsed = self.parsed
+        authserv_id = self.service.authserv_id
         mail = Ack(
             self._new_id(),
             template,
@@ -602,6 +707,8 @@ class Intake:
                 parsed.in_reply_to[0] if parsed.in_reply_to else None,
                 self._said().thread_index,
             ),
+            # Only where our mail server stamps its verdict can a sender be judged unverified.
+            unverified=bool(authserv_id) and not sender_verified(parsed, authserv_id),
         )
         self.mails.append(mail)
         self.autoreply_to = requester.email
@@ -706,6 +813,30 @@ class Intake:
         detail = {"agents": [a.email for a in agents], "message_id": said.message_id}
         self._event("agents_notified", "system", detail)
 
+    def _tell_linked(self, linked: TicketFacts) -> None:
+        """Tell the agents of LINKED that a stranger's mail referred to it: it opened this new
+        ticket instead, which they may merge if the writer does belong there."""
+        if self.policy.backfill:
+            return
+        ref = ticket_ref(self.config, linked.id)
+        sender = self.parsed.sender
+        text = (
+            f"{sender} wrote in reply to mail of {ref}, but is not on {ref}: their mail did not "
+            f"join it and opened this ticket instead, linked to {ref}. Nothing of {ref} was "
+            "sent to them.\n\nIf they do belong on it, reply to this ticket's notification "
+            f"with '#merge {ref}' on the first line.\n"
+        )
+        for agent in self._agents_for(_row_of(linked), None):
+            self.mails.append(
+                Note(
+                    self._new_id(),
+                    agent.email,
+                    "Not threaded: " + linked.subject,
+                    text,
+                    agent_id=agent.id,
+                )
+            )
+
     def _agents_for(self, ticket: TicketRow, exclude: int | None) -> list[AgentFacts]:
         """The active assignee; else the agents of the ticket's queue (all without one)."""
         by_id = {a.id: a for a in self.facts.agents.values()}
@@ -740,6 +871,38 @@ class Intake:
             self.contacts[email] = ContactChange(email)
         return replace(known, name=current)
 
+    def _join(self, address: str) -> bool:
+        """Add ADDRESS from the mail's To/Cc as a Cc participant, up to MAX_JOIN from one mail;
+        the rest stay in the mail's record and the agents are told (one mail, no mass mailing).
+        """
+        email = address.lower()
+        if email in self.members:
+            return False
+        if self.joined >= MAX_JOIN:
+            self.left_out.append(email)
+            return False
+        self.joined += 1
+        self._contact_facts(email, None)
+        return self._participant(email, "cc")
+
+    def _cap_note(self) -> None:
+        """Record and tell the agents that a mail named more addresses than may join."""
+        if not self.left_out:
+            return
+        sender = self.parsed.sender
+        detail = {"added": self.joined, "left_out": len(self.left_out), "some": self.left_out[:20]}
+        self._event("participants_capped", sender, detail)
+        if self.policy.backfill or self.ticket is None:
+            return
+        text = (
+            f"{sender}'s mail named {self.joined + len(self.left_out)} addresses; the first "
+            f"{MAX_JOIN} joined the ticket and {len(self.left_out)} did not. They are kept in "
+            "the mail's record; add any that belong with '#cc +ADDRESS'.\n"
+        )
+        for agent in self._agents_for(self.ticket, None):
+            subject = "Recipients capped: " + self.ticket.subject
+            self.mails.append(Note(self._new_id(), agent.email, subject, text, agent_id=agent.id))
+
     def _participant(self, email: str, role: str) -> bool:
         email = email.lower()
         if email in self.members:
@@ -749,7 +912,7 @@ class Intake:
         return True
 
     def _inbound(self, kind: str, *, internal: bool) -> None:
-        self.message = inbound_message(self.parsed, kind, internal)
+        self.message = inbound_message(self.parsed, kind, internal, self.needs.digest)
 
     def _said(self) -> Said:
         message = self.message
@@ -770,6 +933,7 @@ class Intake:
         self.events.append(Event(type_, actor, detail))
 
     def _plan(self, outcome: str, reason: str) -> Plan:
+        self._cap_note()
         return Plan(
             outcome,
             reason,
@@ -779,6 +943,7 @@ class Intake:
             contacts=tuple(self.contacts.values()),
             participants=tuple(self.participants),
             thread_refs=tuple(self.thread_refs),
+            referrers=self.referrers,
             removals=tuple(self.removals),
             merge_into=self.merge_into,
             events=tuple(self.events),
@@ -791,3 +956,22 @@ class Intake:
 def _canned(name: str) -> str:
     """The template of canned reply NAME."""
     return f"replies/{name}.txt.j2"
+
+
+def _row_of(ticket: TicketFacts) -> TicketRow:
+    """TICKET as a row the plan leaves unchanged."""
+    return TicketRow(
+        id=ticket.id,
+        subject=ticket.subject,
+        state=ticket.state,
+        priority=ticket.priority,
+        queue=ticket.queue,
+        assignee_id=ticket.assignee_id,
+        requester=ticket.requester.email,
+        channel=ticket.channel,
+        external_ref=ticket.external_ref,
+        tags=ticket.tags,
+        solved_at=ticket.solved_at,
+        closed_at=ticket.closed_at,
+        first_response_at=ticket.first_response_at,
+    )

@@ -8,6 +8,7 @@ call it, so the mail is the same whichever shape wrote the plan.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,10 +17,20 @@ from typing import Any
 from helpdeskd.config.settings import Config
 from helpdeskd.mail.compose import Composed, Envelope, Parent, compose_mail, customer_envelope
 from helpdeskd.mail.render import Renderer
-from helpdeskd.mail.tokens import ReplyToken, reply_address
+from helpdeskd.mail.tokens import ReplyToken, issue_day, reply_address
 from helpdeskd.triage.loops import automatic_headers
 from helpdeskd.triage.received import ticket_ref
 from helpdeskd.triage.threading import tag_subject
+
+_LINKLIKE = re.compile(
+    r"\S*(?:://|www\.|@)\S*|\S*[\w-]\.[a-z]{2,}\S*|[<>\[\]{}\\|`\"]", re.IGNORECASE
+)
+
+
+def plain_cut(text: str, limit: int) -> str:
+    """TEXT without anything a mail client could make a link of, in at most LIMIT characters."""
+    words = " ".join(_LINKLIKE.sub(" ", text).split())
+    return words if len(words) <= limit else words[: limit - 1].rstrip() + "…"
 
 
 def human_size(size: int) -> str:
@@ -70,6 +81,7 @@ class Ack:
     template: str
     requester: tuple[str, str]  # name, address
     parent: Parent
+    unverified: bool = False  # the sender's domain did not pass: no link, a plain cut only
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Note:
     agent_id: int | None = None  # an agent gets a reply address for the ticket
     parent: Parent | None = None
     about_ticket: bool = True
+    confirms: str | None = None  # a confirmation request: its reply address confirms this code
 
 
 @dataclass(frozen=True)
@@ -150,20 +163,26 @@ def compose(
     common: dict[str, Any] = {"domain": service.support_domain, "message_id": mail.message_id}
     if isinstance(mail, Ack):
         assert ticket is not None and ref is not None
+        subject, name, template = ticket.subject, mail.requester[0], mail.template
+        if mail.unverified:
+            # Backscatter: whoever forged this sender must not get our mail to carry their
+            # words or a link to a stranger. A fixed template, and plain cuts of what they wrote.
+            subject, name = plain_cut(subject, 60), plain_cut(name, 40)
+            template = "ack_unverified.txt.j2"
         context = {
             "service": {"name": service.name, "support_address": service.support_address},
-            "ticket": {"ref": ref, "subject": ticket.subject, "state": ticket.state},
-            "requester": {"name": mail.requester[0], "email": mail.requester[1]},
+            "ticket": {"ref": ref, "subject": subject, "state": ticket.state},
+            "requester": {"name": name, "email": mail.requester[1]},
             "limit": human_size(service.max_message_bytes),
         }
-        rendered = renderer.render(mail.template, context)
+        rendered = renderer.render(template, context)
         return compose_mail(
             **common,
             kind="ack",
             envelope=customer_envelope(service, ref, (mail.requester[1],)),
             subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
             text=rendered.text,
-            html=rendered.html,
+            html=None if mail.unverified else rendered.html,
             parent=mail.parent,
             ticket_id=ticket_id,
             extra_headers=automatic_headers(service.support_address, "auto-replied"),
@@ -203,7 +222,7 @@ def compose(
                 from_addr=service.support_address,
                 from_name=f"{said.from_name or said.from_addr} via {service.name}",
                 to=(mail.agent_email,),
-                reply_to=agent_reply_to(config, ref, mail.agent_id),
+                reply_to=agent_reply_to(config, ref, mail.agent_id, now),
             ),
             subject=tag_subject(rendered.subject, ref, service.ticket_prefix),
             text=rendered.text,
@@ -279,7 +298,7 @@ def compose(
             from_name=f"{service.name} helpdesk",
             to=(mail.to,),
             reply_to=(
-                agent_reply_to(config, about, mail.agent_id)
+                agent_reply_to(config, about, mail.agent_id, now, confirms=mail.confirms)
                 if about is not None and mail.agent_id is not None
                 else None
             ),
@@ -294,8 +313,14 @@ def compose(
     )
 
 
-def agent_reply_to(config: Config, ref: str, agent_id: int) -> str:
-    """The signed reply address that lets agent AGENT_ID answer on ticket REF."""
+def agent_reply_to(
+    config: Config, ref: str, agent_id: int, now: datetime, *, confirms: str | None = None
+) -> str:
+    """Return the signed reply address that lets agent AGENT_ID answer on ticket REF.
+
+    It carries the day of NOW, from which it expires (``agent_token_days``); with CONFIRMS, the
+    code of a held reply, it is the address that confirms that reply.
+    """
     service = config.service
-    token = ReplyToken(ref, agent_id=agent_id)
+    token = ReplyToken(ref, agent_id=agent_id, issued=issue_day(now), confirms=confirms)
     return reply_address(service.support_address, service.secret_keys, token)

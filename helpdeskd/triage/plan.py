@@ -86,6 +86,7 @@ class Plan:
     removals: tuple[str, ...] = ()  # addresses taken off the ticket's Cc
     merge_into: int | None = None  # the ticket this one is merged into, its mail moved there
     thread_refs: tuple[str, ...] = ()  # Message-IDs referred to that we have not seen
+    referrers: tuple[str, ...] = ()  # the addresses on the mail that referred to them
     events: tuple[Event, ...] = ()
     mails: tuple[Mail, ...] = ()
     autoreply_to: str | None = None  # the address an acknowledgement counts against

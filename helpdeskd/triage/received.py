@@ -93,9 +93,12 @@ def with_fallback_sender(parsed: ParsedMessage) -> ParsedMessage:
     return parsed
 
 
-def inbound_message(parsed: ParsedMessage, kind: str, internal: bool) -> dict[str, Any]:
+def inbound_message(
+    parsed: ParsedMessage, kind: str, internal: bool, digest: str | None = None
+) -> dict[str, Any]:
     """The columns of the ticket Message that stores received mail PARSED (but its ticket)."""
     return {
+        "digest": digest,
         "direction": "in",
         "kind": kind,
         "message_id": parsed.message_id,

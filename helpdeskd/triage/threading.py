@@ -74,6 +74,7 @@ class ThreadMatch:
     ticket: TicketView | None
     step: str  # token | references | thread_index | subject | external_ref | new
     reason: str
+    linked: TicketView | None = None  # the ticket a stranger's mail referred to
 
     @property
     def trusted(self) -> bool:
@@ -81,14 +82,35 @@ class ThreadMatch:
         return self.step in ("token", "references", "thread_index")
 
 
-def resolve_thread(sender: str, is_agent: bool, candidates: Candidates) -> ThreadMatch:
-    """Pick the ticket for a mail from SENDER, in DESIGN.md's order."""
+def resolve_thread(
+    sender: str,
+    is_agent: bool,
+    candidates: Candidates,
+    referrers: frozenset[str] = frozenset(),
+) -> ThreadMatch:
+    """Pick the ticket for a mail from SENDER, in DESIGN.md's order.
+
+    A Message-ID is not a secret: References and Thread-Index file a mail into a ticket only
+    when its sender is on the ticket, is an agent, or is among REFERRERS (the recipients of our
+    mail it answers, or the addresses on the mail that remembered the ID). A stranger's mail
+    starts a new ticket, linked to the one it referred to.
+    """
     if candidates.by_token is not None:
         return ThreadMatch(candidates.by_token, "token", "signed reply token")
-    if candidates.by_reference is not None:
-        return ThreadMatch(candidates.by_reference, "references", "In-Reply-To/References")
-    if candidates.by_thread_index is not None:
-        return ThreadMatch(candidates.by_thread_index, "thread_index", "Outlook Thread-Index")
+    for step, found, label, allowed in (
+        ("references", candidates.by_reference, "In-Reply-To/References", referrers),
+        ("thread_index", candidates.by_thread_index, "Outlook Thread-Index", frozenset()),
+    ):
+        if found is None:
+            continue
+        if is_agent or sender in found.participants or sender in allowed:
+            return ThreadMatch(found, step, label)
+        return ThreadMatch(
+            None,
+            "new",
+            f"{label} of {found.ref} from someone not on it: new ticket",
+            linked=found,
+        )
     tagged = candidates.by_subject
     if tagged is not None:
         if is_agent or sender in tagged.participants:

@@ -1,14 +1,19 @@
 """The daemon's small HTTP side (aiohttp inside the daemon's loop): health and metrics.
 
 Started with ``AppRunner`` (not ``run_app``, which would take the daemon's signals). ``/metrics``
-may listen on its own private address (``[http] metrics_listen``). Each request reads the
-clock it was given once.
+and ``/healthz`` tell how the service runs (mailboxes, their errors, queue depths): they are
+served without a token only on their own private address (``[http] metrics_listen``). On the
+public listener, which a reverse proxy exposes, they answer 404 — like any unknown path — unless
+``[http] admin_token_file`` is set and the request carries ``Authorization: Bearer TOKEN``.
+Each request reads the clock it was given once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +26,9 @@ from sqlalchemy import func, select
 
 from helpdeskd import __version__
 from helpdeskd.clock import Clock, system_clock
+from helpdeskd.config.secrets import Secret
 from helpdeskd.config.settings import Config
+from helpdeskd.errors import HelpdeskError
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import (
     MailboxState,
@@ -33,6 +40,8 @@ from helpdeskd.store.models import (
 )
 
 log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class LoopMonitor:
@@ -166,35 +175,71 @@ async def metrics_text(config: Config, sessions: SessionMaker, *, now: datetime)
     return generate_latest(registry)
 
 
-def health_routes(
+def operations_routes(
     config: Config, sessions: SessionMaker, monitor: LoopMonitor, *, clock: Clock = system_clock
 ) -> list[web.RouteDef]:
+    """/healthz and /metrics, open to whoever reaches them (see :func:`behind_token`)."""
+
     async def healthz(request: web.Request) -> web.Response:
         report = await health(config, sessions, monitor, now=clock())
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
-    return [web.get("/healthz", healthz)]
-
-
-def metrics_routes(
-    config: Config, sessions: SessionMaker, *, clock: Clock = system_clock
-) -> list[web.RouteDef]:
     async def metrics_view(request: web.Request) -> web.Response:
         body = await metrics_text(config, sessions, now=clock())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
-    return [web.get("/metrics", metrics_view)]
+    return [web.get("/healthz", healthz), web.get("/metrics", metrics_view)]
 
 
-async def start_site(listen: str, routes: list[web.RouteDef]) -> web.AppRunner:
-    """Serve ROUTES on LISTEN (HOST:PORT) from the running loop; return the runner to stop."""
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an Authorization header value carries TOKEN as its bearer token (RFC 6750).
+
+    The scheme is case-insensitive; the token is compared in constant time.
+    """
+    if authorization is None:
+        return False
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+def behind_token(routes: list[web.RouteDef], token: Secret | None) -> list[web.RouteDef]:
+    """ROUTES for the public listener: each answers 404 (as an unknown path does, so nothing
+    tells they exist) unless TOKEN is set and the request carries it as its bearer token."""
+
+    def guard(handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            header = request.headers.get("Authorization")
+            if token is None or not bearer_matches(header, token.reveal()):
+                raise web.HTTPNotFound()
+            return await handler(request)
+
+        return guarded
+
+    return [
+        web.RouteDef(route.method, route.path, guard(route.handler), route.kwargs)
+        for route in routes
+    ]
+
+
+async def start_site(listen: str, routes: list[web.RouteDef], *, key: str) -> web.AppRunner:
+    """Serve ROUTES on LISTEN (HOST:PORT) from the running loop; return the runner to stop.
+
+    Raise HelpdeskError, one line naming the config KEY, when LISTEN cannot be bound (a port
+    in use, an unknown host).
+    """
     app = web.Application()
     app.add_routes(routes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise HelpdeskError(f"{key}: cannot listen on {listen}: {exc.strerror or exc}") from None
     log.info("http_listening", listen=listen)
     return runner
 

@@ -3,6 +3,9 @@
 Only a POST changes anything: link scanners follow GET links, so GET shows a confirm page. The
 one-click POST needs no cookie or login — the signed token in the URL is the authority. A forged
 or damaged token gets a 400 page and changes nothing. Every opt-out is an audit event.
+
+A token for ALL_CATEGORIES (the preferences link's) also works on the unsubscribe page: it opts
+out of every optional category at once, those added to the config later included.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from sqlalchemy import select
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import DEFAULT_TEMPLATES, Config
-from helpdeskd.desk.notices import opt_in, opt_out, preferences_url
+from helpdeskd.desk.notices import covers, opt_in, opt_out, preferences_url
 from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, verify_unsubscribe
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Contact, OptOut
 
 
 def _label(category: str) -> str:
-    return category.replace("_", " ")
+    return "all optional" if category == ALL_CATEGORIES else category.replace("_", " ")
 
 
 class UnsubscribePages:
@@ -71,9 +74,8 @@ class UnsubscribePages:
     ) -> tuple[UnsubscribeToken, Contact] | web.Response:
         token = verify_unsubscribe(self.config.service.secret_keys, request.match_info["token"])
         valid = token is not None and (
-            (token.category == ALL_CATEGORIES)
-            if preferences
-            else token.category in self._optional()
+            token.category == ALL_CATEGORIES
+            or (not preferences and token.category in self._optional())
         )
         if token is None or not valid:
             return self._page("error", status=400)
@@ -122,7 +124,7 @@ class UnsubscribePages:
                 )
             )
         return [
-            {"name": name, "label": _label(name), "subscribed": name not in opted}
+            {"name": name, "label": _label(name), "subscribed": not covers(opted, name)}
             for name in self._optional()
         ]
 
@@ -147,7 +149,7 @@ class UnsubscribePages:
             return found
         _, contact = found
         form = await request.post()
-        wanted = set(form.getall("subscribe", []))
+        wanted = set(form.getall("subscribe", [])) & set(self._optional())
         now = self.clock()
         async with self.sessions() as session, session.begin():
             row = await session.get_one(Contact, contact.id)
@@ -156,4 +158,8 @@ class UnsubscribePages:
                     await opt_in(session, row, name, "web", now=now)
                 else:
                     await opt_out(session, row, name, "web", now=now)
+            if wanted:
+                # The choice is now per category (each unwanted one is out above), so an
+                # opt-out of all of them no longer stands.
+                await opt_in(session, row, ALL_CATEGORIES, "web", now=now)
         return await self.preferences(request, saved=True)

@@ -267,7 +267,8 @@ def _setup_main(url: str, csv_path: str, conn: Connection) -> None:
         engine = create_engine(url)
         try:
             async with sessionmaker(engine)() as session, session.begin():
-                return await import_csv(session, Path(csv_path))
+                report = await import_csv(session, Path(csv_path))
+            return report.created, report.updated
         finally:
             await engine.dispose()
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.harness import Desk, cli, cli_json
 from tests.outbox.test_sender import _queue
 
 
-def _helpdeskd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _helpdeskd(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HELPDESKD_CONFIG"}
     return subprocess.run(
         [sys.executable, "-m", "helpdeskd", *args],
@@ -20,7 +24,7 @@ def _helpdeskd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         env=env,
         cwd=cwd,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -57,3 +61,70 @@ async def test_status_says_the_outbox_is_empty_rather_than_oldest_none(make_conf
     busy = cli(config, "status").stdout
     assert re.search(r"^outbox: 1 pending \(oldest \d{4}-\d\d-\d\dT[\d:.]+Z\)$", busy, re.M), busy
     assert cli_json(config, "status")["outbox_depth"] == 1
+
+
+@pytest.mark.parametrize("mode, warns", [(0o755, True), (0o750, False), (0o700, False)])
+def test_init_into_an_existing_state_dir_leaves_it_and_warns_if_open(tmp_path, mode, warns):
+    shared = tmp_path / "shared"  # made before: by systemd-tmpfiles (0750), or by hand
+    shared.mkdir()
+    shared.chmod(mode)
+    target = tmp_path / "helpdeskd.toml"
+    proc = _helpdeskd("init", "--config", str(target), "--state-dir", str(shared), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warning = (
+        f"helpdeskd: warning: {shared} is open to every user (mode {mode:04o}): "
+        f"run 'chmod 700 {shared}'\n"
+    )
+    assert proc.stderr == (warning if warns else "")
+    assert stat.S_IMODE(shared.stat().st_mode) == mode  # not ours to change
+    assert stat.S_IMODE((shared / "helpdeskd.db").stat().st_mode) == 0o600
+
+
+def test_init_again_with_force_keeps_the_key_and_tightens_the_database(tmp_path):
+    target = tmp_path / "helpdeskd.toml"
+    assert _helpdeskd("init", "--config", str(target), cwd=tmp_path).returncode == 0
+    key = (tmp_path / "secret.key").read_text()
+    database = tmp_path / "state" / "helpdeskd.db"
+    database.chmod(0o644)
+    proc = _helpdeskd("init", "--config", str(target), "--force", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "secret.key").read_text() == key  # tokens already out stay valid
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("postgresql://postgres@127.0.0.1:1/helpdeskd", "cannot reach the database: "),
+        ("sqlite:///{tmp}/missing/helpdeskd.db", "cannot reach the database: the folder "),
+    ],
+)
+def test_run_without_a_database_is_one_line(tmp_path, url, reason):
+    target = tmp_path / "helpdeskd.toml"
+    assert _helpdeskd("init", "--config", str(target), cwd=tmp_path).returncode == 0
+    text = target.read_text()
+    changed = re.sub(r'(?m)^url = "[^"]*"', f'url = "{url.format(tmp=tmp_path)}"', text)
+    assert changed != text
+    target.write_text(changed)
+    proc = _helpdeskd("run", "--config", str(target), cwd=tmp_path, timeout=30)
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"helpdeskd: {reason}"), proc.stderr
+
+
+def test_run_whose_listen_address_is_taken_is_one_line(tmp_path):
+    target = tmp_path / "helpdeskd.toml"
+    assert _helpdeskd("init", "--config", str(target), cwd=tmp_path).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        target.write_text(target.read_text().replace("127.0.0.1:8025", f"127.0.0.1:{port}"))
+        proc = _helpdeskd("run", "--config", str(target), cwd=tmp_path, timeout=30)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("{")]
+    assert errors == [
+        f"helpdeskd: http.listen: cannot listen on 127.0.0.1:{port}: error while attempting to "
+        f"bind on address ('127.0.0.1', {port}): address already in use"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr

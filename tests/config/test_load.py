@@ -104,6 +104,12 @@ def _mailbox_drop(key: str, **changes: Any) -> Mutation:
         (lambda d: d["smtp"].update(security="ssl"), "smtp.security", ""),
         (lambda d: d["smtp"].update(pasword_file="x"), "smtp.pasword_file", "unknown key"),
         (lambda d: d["http"].update(listen="8025"), "http.listen", "HOST:PORT"),
+        (lambda d: d["http"].update(admin_token="x" * 20), "http.admin_token", "unknown key"),
+        (
+            lambda d: d["http"].update(admin_token_file="no-such-file"),
+            "http.admin_token_file",
+            "cannot read",
+        ),
         (lambda d: d["agent"][0].update(nmae="A"), "agent[0].nmae", "unknown key"),
         (lambda d: d["agent"][0].update(email="alice"), "agent[0].email", ""),
         (lambda d: d["agent"][0].pop("name"), "agent[0].name", "missing"),
@@ -122,6 +128,28 @@ def test_errors_name_the_key(base: Path, mutate: Mutation, key: str, words: str)
     assert words in message
     assert "\n" not in message  # one line a person can act on
     assert PASSWORD not in message and SECRET_TEXT not in message
+
+
+def test_admin_token_is_read_as_a_secret(base: Path) -> None:
+    assert parse_config(good_config(), base).http.admin_token is None
+    (base / "admin-token").write_text("op-token-0123456789abcdef\n")
+    data = good_config()
+    data["http"].update(admin_token_file="admin-token", metrics_listen="127.0.0.1:9025")
+    http = parse_config(data, base).http
+    assert http.admin_token == Secret("op-token-0123456789abcdef")  # stripped of the newline
+    assert "0123456789abcdef" not in repr(http)
+    assert http.metrics_listen == "127.0.0.1:9025"
+
+
+@pytest.mark.parametrize("token", ["short", "sixteen chars ok", "non-ascii-tökén-0123456789"])
+def test_a_weak_or_unsendable_admin_token_is_refused(base: Path, token: str) -> None:
+    (base / "admin-token").write_text(token + "\n")
+    data = good_config()
+    data["http"].update(admin_token_file="admin-token")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, base)
+    assert str(caught.value).startswith("http.admin_token: at least 16 printable ASCII")
+    assert token not in str(caught.value)
 
 
 @pytest.mark.parametrize(

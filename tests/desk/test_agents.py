@@ -15,6 +15,9 @@ from tests.servers.smtp import SmtpSink
 ALICE = "alice@acme.test"
 BOB = "bob@acme.test"
 AGENTS = [(ALICE, "Alice"), (BOB, "Bob")]
+# Our MTA's verdict that the agent's own domain signed the mail: the proof #cc +x and #merge
+# need beyond the reply address (tests/system/test_attacks_tokens.py has the confirmation).
+DKIM = {"Authentication-Results": "mx.acme.test; dkim=pass header.d=acme.test"}
 
 
 def agent_mail(
@@ -93,7 +96,7 @@ class Scene:
 
 @pytest.fixture
 def config(make_config, smtp_sink):
-    return make_config(smtp=smtp_sink, agents=AGENTS)
+    return make_config(smtp=smtp_sink, agents=AGENTS, service={"authserv_id": "mx.acme.test"})
 
 
 async def test_agents_are_notified_with_their_own_reply_address(config, smtp_sink):
@@ -265,7 +268,7 @@ async def test_canned_reply_and_cc(config, smtp_sink):
     async with Desk(config) as desk:
         scene = Scene(desk, smtp_sink)
         await scene.open(1)
-        await scene.answer("#template thanks\n#cc +colleague@example.org")
+        await scene.answer("#template thanks\n#cc +colleague@example.org", headers=DKIM)
     [reply] = [
         m for m in mails_to(smtp_sink, "customer1@example.org") if m["Auto-Submitted"] is None
     ]
@@ -278,9 +281,9 @@ async def test_merge_needs_force_across_requesters(config, smtp_sink):
         scene = Scene(desk, smtp_sink)
         first = await scene.open(1)
         await scene.open(2)
-        reason = await scene.answer(f"#merge {first}")
+        reason = await scene.answer(f"#merge {first}", headers=DKIM)
         assert "another requester" in reason
-        await scene.answer(f"#merge {first} force")
+        await scene.answer(f"#merge {first} force", headers=DKIM)
     tickets = {t["ref"]: t for t in cli_json(config, "tickets", "list")}
     assert tickets[first]["message_count"] > 2
     assert [t["state"] for r, t in tickets.items() if r != first] == ["closed"]
@@ -291,7 +294,9 @@ async def test_merge_carries_mail_and_participants_whatever_the_command_order(co
         scene = Scene(desk, smtp_sink)
         first = await scene.open(1)
         second = await scene.open(2)
-        reason = await scene.answer(f"#merge {first} force\n#cc +colleague@example.org")
+        reason = await scene.answer(
+            f"#merge {first} force\n#cc +colleague@example.org", headers=DKIM
+        )
         assert (
             reason
             == f"merged into {first} (forced: different requesters); cc +colleague@example.org"
@@ -332,6 +337,7 @@ async def test_cc_removal_and_a_known_address(config, smtp_sink):
             reply_to(notes[0]),
             "#cc -carol@example.org +Customer2@Example.org\n\nLooping in your colleague.",
             in_reply_to=notes[0]["Message-ID"],
+            headers=DKIM,
         )
         [outcome] = await desk.ingest([raw])
         await desk.send_all()
@@ -341,14 +347,18 @@ async def test_cc_removal_and_a_known_address(config, smtp_sink):
     assert "carol@example.org" not in str(answer["Cc"])
 
 
-async def test_agent_forward_opens_ticket_for_the_customer(config, smtp_sink):
-    forward = agent_mail(
-        "support@acme.test",
-        "Can someone look at this?\n\n---------- Forwarded message ---------\n"
-        "From: Grace Hopper <grace@navy.example>\nDate: Mon, 2 Nov 2026\n"
-        "Subject: backups\n\nMy backups stopped.\n",
-        subject="Fwd: backups",
-    )
+FORWARD = (
+    "Can someone look at this?\n\n---------- Forwarded message ---------\n"
+    "From: Grace Hopper <grace@navy.example>\nDate: Mon, 2 Nov 2026\n"
+    "Subject: backups\n\nMy backups stopped.\n"
+)
+# Our MTA's verdict on the agent's mail: an aligned DKIM pass for acme.test.
+SIGNED = {"Authentication-Results": "mx.acme.test; dkim=pass header.d=acme.test; spf=pass"}
+
+
+async def test_agent_forward_opens_ticket_for_the_customer(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink, agents=AGENTS, service={"authserv_id": "mx.acme.test"})
+    forward = agent_mail("support@acme.test", FORWARD, subject="Fwd: backups", headers=SIGNED)
     async with Desk(config) as desk:
         [outcome] = await desk.ingest([forward])
         await desk.send_all()
@@ -356,6 +366,26 @@ async def test_agent_forward_opens_ticket_for_the_customer(config, smtp_sink):
     [ticket] = cli_json(config, "tickets", "list")
     assert ticket["requester"] == "grace@navy.example"
     assert mails_to(smtp_sink, "grace@navy.example") == []  # no acknowledgement for a forward
+
+
+@pytest.mark.parametrize("authserv_id", [None, "mx.acme.test"])
+async def test_a_forward_that_does_not_authenticate_opens_nothing(
+    make_config, smtp_sink, authserv_id
+):
+    """A forged 'forward' from an agent's address (or one with no DKIM verdict to prove it)
+    does not open a ticket for the customer it names: it is a held draft, the agent told."""
+    service = {"authserv_id": authserv_id} if authserv_id else {}
+    config = make_config(smtp=smtp_sink, agents=AGENTS, service=service)
+    forward = agent_mail("support@acme.test", FORWARD, subject="Fwd: backups")
+    async with Desk(config) as desk:
+        [outcome] = await desk.ingest([forward])
+        await desk.send_all()
+    assert outcome.outcome == "new_ticket" and "held as a draft" in outcome.reason
+    [ticket] = cli_json(config, "tickets", "list")
+    assert ticket["requester"] == ALICE
+    assert mails_to(smtp_sink, "grace@navy.example") == []
+    [note] = [m for m in mails_to(smtp_sink, ALICE) if "Not opened" in str(m["Subject"])]
+    assert "grace@navy.example" in note.get_content()
 
 
 HEROKU = """

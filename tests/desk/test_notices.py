@@ -277,3 +277,24 @@ async def test_preferences_page_shows_and_saves_every_optional_category(config):
                 assert response.status == 400  # a token for one category is not this page
     prefs = cli_json(config, "contacts", "show", "ada@customer.example")["preferences"]
     assert prefs["survey"] == "subscribed" and prefs["feature_update"].startswith("opted out (web")
+
+
+@pytest.mark.parametrize(
+    "opted, category, covered, reason",
+    [
+        (set(), "survey", False, None),
+        ({"feature_update"}, "survey", False, None),
+        ({"survey"}, "survey", True, "opted out of survey"),
+        ({"*"}, "survey", True, "opted out of all optional notices"),
+        ({"*"}, "a_category_added_later", True, "opted out of all optional notices"),
+        ({"*", "survey"}, "survey", True, "opted out of survey"),
+    ],
+)
+def test_an_opt_out_of_all_categories_covers_each(opted, category, covered, reason):
+    from helpdeskd.desk.notices import covers, opt_out_reason
+    from helpdeskd.mail.tokens import ALL_CATEGORIES
+
+    assert ALL_CATEGORIES == "*"
+    assert covers(opted, category) is covered
+    if covered:
+        assert opt_out_reason(opted, category) == reason

@@ -101,9 +101,19 @@ def configure(folder: Path, url: str, smtp: Any) -> Config:
     assert base.source is not None
     text = base.source.read_text()
     # The config helper writes scalars only: the list goes in by hand.
-    text = text.replace("[service]\n", f'[service]\nblocked_senders = ["{BLOCKED}"]\n', 1)
+    text = text.replace(
+        "[service]\n",
+        f'[service]\nblocked_senders = ["{BLOCKED}"]\nauthserv_id = "mx.acme.test"\n',
+        1,
+    )
     base.source.write_text(text + HEROKU)
     return load_config(base.source)
+
+
+def sender_of(raw: bytes) -> str:
+    found = re.search(rb"^From: (?:.*<)?([^<>\s]+@[^<>\s]+?)>?\r?$", raw, re.MULTILINE)
+    assert found is not None
+    return found.group(1).decode()
 
 
 def message_id_of(raw: bytes) -> str:
@@ -132,10 +142,15 @@ def mix() -> list[list[bytes]]:
     first = message_id_of(plain[1])
     cc_reply = customer_mail(
         905,
+        sender=sender_of(plain[1]),
         subject="Re: cc my colleague",
         in_reply_to=first,
         references=(first,),
         cc=("rosa@example.net",),
+    )
+    # Knowing a Message-ID is no key: a stranger's reply opens a ticket linked to it.
+    strangers_reply = customer_mail(
+        906, sender="eve@example.net", in_reply_to=first, references=(first,)
     )
     flood = [
         customer_mail(950 + i, sender="flood@example.net", subject=f"Down again {i}")
@@ -144,7 +159,7 @@ def mix() -> list[list[bytes]]:
     return [
         plain[:25],
         [*plain[25:40], plain[30], auto, *plain[40:50]],  # a duplicate, an auto-reply
-        [early_reply, stranger, participant, original, cc_reply, *plain[50:]],
+        [early_reply, stranger, participant, original, cc_reply, strangers_reply, *plain[50:]],
         flood,
     ]
 
@@ -211,6 +226,8 @@ async def desk_batch(desk: Desk) -> list[bytes]:
             "Our read replica is twenty minutes behind. Can you look?\n"
         ),
         message_id="<forward-1002@mail.acme.example>",
+        # our MTA's verdict: the forward is Bob's own (a forward must authenticate)
+        headers={"Authentication-Results": "mx.acme.test; dkim=pass header.d=acme.test"},
     )
     unsubscribe = unsubscribe_mail(1003, await unsubscribe_address(desk))
     return [
@@ -398,7 +415,13 @@ def test_runs_write_what_single_mail_writes(
     assert lanes.get("failed", 0) == 0, lanes
     assert {o.outcome for o in outcomes} == set(OUTCOMES) - {"quarantined"}
     kinds = {e["type"] for e in rows["events"]}
-    assert {"flood_detected", "rule_applied", "participant_added", "reopened"} <= kinds
+    assert {
+        "flood_detected",
+        "rule_applied",
+        "participant_added",
+        "reopened",
+        "stranger_reference",
+    } <= kinds
     assert {"bounce", "complaint", "opened_from_forward", "reply_sent", "opted_out"} <= kinds
     reasons = [o.reason for o in outcomes]
     assert any(r.startswith("RFC 3464") and "hard 5.1.1" in r for r in reasons), reasons

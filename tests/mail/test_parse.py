@@ -433,3 +433,17 @@ def test_the_parser_builds_what_mail_parser_builds_when_asked() -> None:
         ), _rel(path)
         compared += 1
     assert compared > 100
+
+
+def test_references_are_capped() -> None:
+    """A stranger's References of 100,000 IDs keeps the root and the latest IDs only."""
+    ids = [f"<id{n}@example.org>" for n in range(100_000)]
+    raw = (
+        "From: a@example.org\r\nTo: support@acme.test\r\nSubject: x\r\n"
+        "Message-ID: <own@example.org>\r\nReferences: " + " ".join(ids) + "\r\n\r\nhello\r\n"
+    ).encode()
+    parsed = parse_message(raw)
+    assert len(parsed.references) == 100
+    assert parsed.references[0] == ids[0]
+    assert parsed.references[-1] == ids[-1]
+    assert parsed.references[1] == ids[-99]

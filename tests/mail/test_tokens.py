@@ -1,23 +1,35 @@
-"""Reply tokens (DESIGN.md "Threading" step 1): signing, verification, rotation, extraction."""
+"""Reply tokens (DESIGN.md "Threading" step 1): signing, verification, rotation, extraction,
+and agent tokens' issue days, expiry and confirmations ("Agents by email")."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 from helpdeskd.config.secrets import Secret
 from helpdeskd.mail.tokens import (
+    CONFIRM_DAYS,
+    TOKEN_EPOCH,
+    UNDATED_AGENT_TOKENS,
     ReplyToken,
     UnsubscribeToken,
+    agent_token_expired,
+    confirmation_code,
+    issue_day,
     reply_address,
     sign_reply,
     sign_unsubscribe,
+    token_days,
     tokens_in,
     verify_reply,
     verify_unsubscribe,
 )
 
+DAY = date(2026, 12, 5)
+CODE = confirmation_code("<draft-1@acme.test>")
 OLD = ("k1", Secret("old-secret-key-0123456789abcdef"))
 NEW = ("k2", Secret("new-secret-key-0123456789abcdef"))
 KEYS = (OLD,)
@@ -37,6 +49,9 @@ def _swap_mac_char(text: str) -> str:
         ReplyToken("ACME-99999999"),
         ReplyToken("HD-1042", agent_id=3),
         ReplyToken("HD-7", agent_id=12345),
+        ReplyToken("HD-1042", agent_id=3, issued=DAY),
+        ReplyToken("HD-1042", agent_id=3, issued=TOKEN_EPOCH),
+        ReplyToken("HD-1042", agent_id=3, issued=DAY, confirms=CODE),
     ],
     ids=str,
 )
@@ -58,8 +73,13 @@ def test_reply_address_is_a_plus_address_of_the_support_address() -> None:
 
 AGENT = sign_reply(KEYS, ReplyToken("HD-1042", agent_id=3))
 PLAIN = sign_reply(KEYS, ReplyToken("HD-1042"))
+DATED = sign_reply(KEYS, ReplyToken("HD-1042", agent_id=3, issued=DAY))
+CONFIRMS = sign_reply(KEYS, ReplyToken("HD-1042", agent_id=3, issued=DAY, confirms=CODE))
 PLAIN_MAC = PLAIN.rsplit(".", 1)[1]
 AGENT_MAC = AGENT.rsplit(".", 1)[1]
+DATED_MAC = DATED.rsplit(".", 1)[1]
+CONFIRMS_MAC = CONFIRMS.rsplit(".", 1)[1]
+N = (DAY - TOKEN_EPOCH).days
 
 
 @pytest.mark.parametrize(
@@ -80,6 +100,17 @@ AGENT_MAC = AGENT.rsplit(".", 1)[1]
         ("", "empty"),
         ("HD-1042.k1.0000000000", "not base32"),
         (f"HD-1042.k1.{PLAIN_MAC}.extra", "trailing junk"),
+        (f"HD-1042.a3.d{N + 100}.k1.{DATED_MAC}", "issue day moved later"),
+        (f"HD-1042.a3.d0{N}.k1.{DATED_MAC}", "issue day with a leading zero"),
+        (f"HD-1042.a3.k1.{DATED_MAC}", "issue day stripped"),
+        (f"HD-1042.a3.d{N}.k1.{AGENT_MAC}", "issue day added to an undated token"),
+        (f"HD-1042.a4.d{N}.k1.{DATED_MAC}", "dated token moved to another agent"),
+        (f"HD-1042.d{N}.k1.{DATED_MAC}", "issue day on a customer token"),
+        (f"HD-1042.a3.d{N}.c{CODE}.k1.{DATED_MAC}", "confirmation added to an agent token"),
+        (f"HD-1042.a3.d{N}.k1.{CONFIRMS_MAC}", "confirmation stripped"),
+        (f"HD-1042.a3.d{N}.caaaaaa.k1.{CONFIRMS_MAC}", "confirmation of another held reply"),
+        (f"HD-1042.a3.c{CODE}.k1.{CONFIRMS_MAC}", "confirmation without an issue day"),
+        (f"HD-1042.a3.d{N}.c{CODE}a.k1.{CONFIRMS_MAC}", "confirmation code too long"),
     ],
     ids=lambda v: v if " " in str(v) else None,
 )
@@ -109,14 +140,24 @@ def test_key_id_names_the_key_that_signed() -> None:
         ((OLD,), (("k1", Secret("another-secret-0123456789abcdef")),), False),
     ],
 )
+@pytest.mark.parametrize(
+    "token",
+    [
+        ReplyToken("HD-1042", agent_id=2),
+        ReplyToken("HD-1042", agent_id=2, issued=DAY),
+        ReplyToken("HD-1042", agent_id=2, issued=DAY, confirms=CODE),
+    ],
+    ids=["undated", "dated", "confirmation"],
+)
 def test_key_rotation(
     signing: tuple[tuple[str, Secret], ...],
     verifying: tuple[tuple[str, Secret], ...],
     valid: bool,
+    token: ReplyToken,
 ) -> None:
-    text = sign_reply(signing, ReplyToken("HD-1042", agent_id=2))
-    assert text.split(".")[2] == signing[0][0]  # the first key signs
-    expected = ReplyToken("HD-1042", agent_id=2) if valid else None
+    text = sign_reply(signing, token)
+    assert text.split(".")[-2] == signing[0][0]  # the first key signs
+    expected = token if valid else None
     assert verify_reply(verifying, text) == expected
 
 
@@ -177,6 +218,11 @@ def test_tokens_in(addresses: list[str], expected: list[str]) -> None:
     [
         (ReplyToken("HD-1042"), "HD-1042.k1.ysbuqms5pt"),
         (ReplyToken("HD-1042", agent_id=3), "HD-1042.a3.k1.5opwc2ksaq"),
+        (ReplyToken("HD-1042", agent_id=3, issued=DAY), "HD-1042.a3.d2530.k1.fvh77rn6yl"),
+        (
+            ReplyToken("HD-1042", agent_id=3, issued=DAY, confirms=confirmation_code("<a@b>")),
+            "HD-1042.a3.d2530.c7vbkqt.k1.askf3b2ttx",
+        ),
         (UnsubscribeToken(17, "maintenance"), "17-maintenance.k1.rcrdbekakv"),
     ],
     ids=str,
@@ -193,3 +239,82 @@ def test_tokens_already_sent_stay_valid(
     else:
         assert sign_unsubscribe(keys, token) == expected
         assert verify_unsubscribe(keys, expected) == token
+
+
+# --- agent tokens: issue days, expiry, confirmations ---------------------------------------------
+
+
+def at(day: date, hour: int = 12) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("token", "age", "days", "expired"),
+    [
+        (ReplyToken("HD-1", 3, issued=DAY), 0, 90, False),
+        (ReplyToken("HD-1", 3, issued=DAY), 90, 90, False),  # valid through its 90th day
+        (ReplyToken("HD-1", 3, issued=DAY), 91, 90, True),
+        (ReplyToken("HD-1", 3, issued=DAY), 31, 30, True),  # agent_token_days configured
+        (ReplyToken("HD-1", 3, issued=DAY), -3, 90, False),  # another daemon's clock ahead
+        (ReplyToken("HD-1"), 10_000, 90, False),  # a customer's token never expires
+        (ReplyToken("HD-1", 3, issued=DAY, confirms=CODE), CONFIRM_DAYS, 90, False),
+        (ReplyToken("HD-1", 3, issued=DAY, confirms=CODE), CONFIRM_DAYS + 1, 90, True),
+        (ReplyToken("HD-1", 3, issued=DAY, confirms=CODE), 3, 2, True),  # never past the rest
+    ],
+)
+def test_agent_token_expiry(token: ReplyToken, age: int, days: int, expired: bool) -> None:
+    issued = token.issued or DAY
+    assert agent_token_expired(token, at(issued + timedelta(days=age)), days) is expired
+
+
+@pytest.mark.parametrize(("age", "expired"), [(0, False), (90, False), (91, True)])
+def test_undated_agent_tokens_count_as_issued_on_the_upgrade(age: int, expired: bool) -> None:
+    """Agent tokens from before issue days stay bounded: they expire like one issued that day."""
+    token = verify_reply(KEYS, AGENT)
+    assert token == ReplyToken("HD-1042", agent_id=3)  # it still verifies
+    now = at(UNDATED_AGENT_TOKENS + timedelta(days=age))
+    assert agent_token_expired(token, now, 90) is expired
+
+
+def test_token_days() -> None:
+    assert token_days(ReplyToken("HD-1", 3, issued=DAY), 90) == 90
+    assert token_days(ReplyToken("HD-1", 3, issued=DAY, confirms=CODE), 90) == CONFIRM_DAYS
+
+
+def test_the_issue_day_is_the_utc_date() -> None:
+    late = datetime(2026, 12, 5, 23, 30, tzinfo=UTC)
+    assert issue_day(late) == DAY
+    assert issue_day(late.astimezone(timezone(timedelta(hours=3)))) == DAY  # 02:30 the next day
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"issued": DAY}, "only an agent's token"),
+        ({"confirms": CODE}, "only an agent's token"),
+        ({"agent_id": 3, "confirms": CODE}, "needs an issue day"),
+        ({"agent_id": 3, "issued": DAY, "confirms": "ABC"}, "base32"),
+        ({"agent_id": 3, "issued": date(2019, 12, 31)}, "on or after"),
+    ],
+)
+def test_a_token_that_cannot_be_written_is_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ReplyToken("HD-1", **kwargs)
+
+
+def test_confirmation_codes() -> None:
+    codes = {confirmation_code(f"<draft-{n}@acme.test>") for n in range(200)}
+    assert len(codes) == 200
+    assert all(len(code) == 6 and code.isalnum() and code == code.lower() for code in codes)
+    assert confirmation_code("<draft-1@acme.test>") == CODE  # the same held mail, the same code
+
+
+def test_an_agent_address_stays_short() -> None:
+    """A local part has at most 64 octets (RFC 5321); ours stays well under for real refs."""
+    keys = (("key2026", Secret("a-secret-key-0123456789abcdef")),)
+    token = ReplyToken("HD-99999999", agent_id=99999, issued=date(2047, 1, 1), confirms=CODE)
+    address = reply_address(SUPPORT, keys, token)
+    local = address.rpartition("@")[0]
+    assert len(local) <= 60, local
+    typical = reply_address(SUPPORT, KEYS, ReplyToken("HD-1042", agent_id=3, issued=DAY))
+    assert len(typical.rpartition("@")[0]) <= 40, typical

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from helpdeskd.desk.redelivery import retry_outbox
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox.sender import OutboxSender, backoff
@@ -277,3 +278,69 @@ def test_backoff_grows_and_is_capped():
     assert 15 <= delays[0] <= 30
     assert all(d <= 3600 for d in delays)
     assert max(delays[-3:]) >= 1800
+
+
+async def test_a_recipient_no_mail_can_be_addressed_to_fails_and_the_rest_go(
+    make_config, smtp_sink
+):
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        message_id = new_message_id("acme.test")
+        mail = OutgoingMail(
+            from_addr="support@acme.test",
+            from_name="Acme",
+            to=("a@example.org",),
+            subject="hello",
+            text="body",
+            message_id=message_id,
+            date=datetime.now(UTC),
+        )
+        async with desk.sessions() as session, session.begin():
+            outbox.enqueue(  # stored by an older release, before addresses were checked
+                session,
+                kind="test",
+                message_id=message_id,
+                envelope_from="support@acme.test",
+                recipients=["a@example.org", "bad@@example.org", "b c@example.org"],
+                data=build_message(mail),
+            )
+        await OutboxSender(desk.sessions, config.smtp).drain(5)
+    [row] = cli_json(config, "outbox", "list")
+    got = {r["address"]: (r["state"], r["last_error"]) for r in row["recipients"]}
+    assert got == {
+        "a@example.org": ("sent", None),
+        "bad@@example.org": ("failed", outbox.UNADDRESSABLE),
+        "b c@example.org": ("failed", outbox.UNADDRESSABLE),
+    }
+    assert row["state"] == "sent"
+    assert [d.recipients for d in smtp_sink.deliveries] == [["a@example.org"]]
+
+
+async def test_a_row_for_an_unaddressable_recipient_fails_again_on_retry_untried(make_config):
+    sink = SmtpSink()  # never started: a connection attempt would leave a temporary error
+    config = make_config(smtp=sink)
+    now = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    async with Desk(config) as desk:
+        async with desk.sessions() as session, session.begin():
+            row = outbox.enqueue_failed(
+                session,
+                kind="notice",
+                message_id=new_message_id("acme.test"),
+                envelope_from="notices@acme.test",
+                address="bad@@example.org",
+                reason=outbox.UNADDRESSABLE,
+                now=now,
+            )
+            await session.flush()
+            row_id = row.id
+        [listed] = cli_json(config, "outbox", "list")
+        assert (listed["state"], listed["recipients"][0]["last_error"]) == (
+            "failed",
+            outbox.UNADDRESSABLE,
+        )
+        async with desk.sessions() as session, session.begin():
+            await retry_outbox(session, row_id, now=now)
+        await OutboxSender(desk.sessions, config.smtp, clock=ManualClock(now)).drain(5)
+    [listed] = cli_json(config, "outbox", "list")
+    assert listed["state"] == "failed" and listed["attempts"] == 1
+    assert listed["recipients"][0]["last_error"] == outbox.UNADDRESSABLE  # no connection tried

@@ -8,18 +8,25 @@ from typing import Any
 
 import pytest
 
+from helpdeskd.mail.tokens import confirmation_code
 from helpdeskd.triage.agent_reply import (
     CANNOT_APPLY,
+    CONFIRM,
+    CONFIRM_ONLY,
+    CONFIRMED_ALREADY,
     EMPTY,
     INVALID,
+    NOTHING_HELD,
     AgentFacts,
     AgentReplyPlan,
     Assign,
     EventRow,
     Held,
+    HeldReply,
     ReplyFacts,
     TicketFacts,
     decide_agent_reply,
+    held_reply,
 )
 from helpdeskd.triage.commands import parse_commands
 from helpdeskd.triage.lifecycle import CcEdit, MergeTarget, Status
@@ -46,6 +53,7 @@ FACTS = ReplyFacts(
     agent_addresses=frozenset({"alice@acme.test", "bob@acme.test"}),
     canned_replies=frozenset(),
     now=NOW,
+    strong_proof=True,  # DKIM-proven: see "stronger proof" below for a reply with a token only
 )
 SAME_REQUESTER = MergeTarget(id=40, requester_id=7, merged_into_id=None)
 OTHER_REQUESTER = MergeTarget(id=40, requester_id=8, merged_into_id=None)
@@ -395,3 +403,212 @@ def test_a_template_that_renders_empty_without_commands_cannot_happen() -> None:
     """#template is a command, so a reply with it is never 'empty': it applies and sends nothing."""
     plan = decide("#template thanks", "", canned_replies=frozenset({"thanks"}), canned_text="")
     assert plan.held is None and plan.send is None
+
+
+# --- stronger proof: a leaked reply address is not a master key -------------------------------
+
+TOKEN_ONLY = {"strong_proof": False, "participants": frozenset({"jane@example.org", "carl@x.org"})}
+CODE = confirmation_code("<agent-1@acme.test>")
+
+
+@pytest.mark.parametrize(
+    ("block", "facts", "reasons"),
+    [
+        (
+            "#merge HD-40",
+            {"merge_target": SAME_REQUESTER},
+            ("#merge HD-40: moves this ticket's mail and people into another",),
+        ),
+        (
+            "#cc +eve@evil.example +carl@x.org",
+            {},
+            ("#cc: adds eve@evil.example, not on the ticket yet",),
+        ),
+        (
+            "#status solved\n#cc +eve@evil.example\n#merge HD-40 force",
+            {"merge_target": OTHER_REQUESTER},
+            (
+                "#cc: adds eve@evil.example, not on the ticket yet",
+                "#merge HD-40: moves this ticket's mail and people into another",
+            ),
+        ),
+    ],
+)
+def test_a_command_reaching_beyond_the_ticket_is_held_for_confirmation(
+    block: str, facts: dict[str, Any], reasons: tuple[str, ...]
+) -> None:
+    plan = decide(block, "Looping in.", **TOKEN_ONLY, **facts)
+    assert plan.held == Held(CONFIRM, reasons)
+    assert plan.outcome == "held for confirmation: " + "; ".join(reasons)
+    assert plan.message_kind == "agent_draft" and plan.message_internal
+    assert plan.message_text == "Looping in."  # stored on the draft: a confirmation sends it
+    assert plan.changes is None and plan.send is None and plan.receipt == ()
+    assert (plan.cc, plan.assign, plan.merge_into) == (CcEdit(), None, None)
+    assert plan.confirm is not None and plan.confirm.code == CODE
+    [event] = plan.events
+    assert (event.ticket_id, event.type, event.actor) == (12, "confirmation_requested", ALICE.email)
+    assert event.detail["code"] == CODE and event.detail["why"] == list(reasons)
+    body = "\n".join(plan.confirm.lines)
+    assert all(f"  - {reason}" in body for reason in reasons)
+    assert "  > Looping in." in body and "within 7 days" in body
+    assert "someone may be using your" in body
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "#cc +carl@x.org",  # already on the ticket
+        "#cc +Jane@Example.org",  # the requester
+        "#cc +bob@acme.test",  # an agent
+        "#cc -carl@x.org",  # taking someone off reaches no one new
+        "#status solved\n#assign me\n#priority high\n#tags +vip\n#note",
+    ],
+)
+def test_commands_within_the_ticket_need_only_the_token(block: str) -> None:
+    plan = decide(block, "Noted.", **TOKEN_ONLY)
+    assert plan.held is None and plan.confirm is None
+    assert plan.changes is not None
+
+
+def test_dkim_proof_applies_at_once() -> None:
+    plan = decide("#cc +eve@example.org", "Hi.", **{**TOKEN_ONLY, "strong_proof": True})
+    assert plan.held is None and plan.cc == CcEdit(add=("eve@example.org",))
+
+
+def test_refusals_come_before_proof() -> None:
+    """A command that cannot apply is refused at once: nothing to confirm."""
+    plan = decide("#merge HD-40\n#cc +eve@example.org", "x", **TOKEN_ONLY)
+    assert plan.held == Held(CANNOT_APPLY, ("#merge: there is no ticket HD-40",))
+    assert plan.confirm is None
+
+
+def test_a_long_text_is_cut_in_the_request() -> None:
+    text = "\n".join(f"line {n}" for n in range(1, 31))
+    plan = decide("#cc +eve@example.org", text, **TOKEN_ONLY)
+    assert plan.confirm is not None
+    assert "  > line 20" in plan.confirm.lines and "  > line 21" not in plan.confirm.lines
+    assert "  > … (10 more lines)" in plan.confirm.lines
+
+
+def test_a_held_note_says_it_is_a_note() -> None:
+    plan = decide("#note\n#cc +eve@example.org", "internal only", **TOKEN_ONLY)
+    assert plan.confirm is not None
+    assert "with this note:" in plan.confirm.lines
+    assert "and send this text:" not in plan.confirm.lines
+
+
+def held(block: str, text: str = "Looping in.", **facts: Any) -> HeldReply:
+    """The reply BLOCK + TEXT as held and read back from its event, as the lookup does."""
+    plan = decide(block, text, **{**TOKEN_ONLY, **facts})
+    [event] = plan.events
+    found = held_reply(dict(event.detail))
+    assert found is not None
+    return found
+
+
+def confirm(reply: HeldReply, block: str = "", text: str = "Yes.", **facts: Any) -> AgentReplyPlan:
+    """Decide the answer BLOCK + TEXT to the confirmation request of REPLY."""
+    return decide(
+        block,
+        text,
+        **{
+            **TOKEN_ONLY,
+            "message_id": "<confirm-1@acme.test>",
+            "confirmation": reply.code,
+            "held": reply,
+            **facts,
+        },
+    )
+
+
+def test_the_event_detail_reads_back_as_the_held_reply() -> None:
+    block = "#cc +eve@example.org\n#cc +zed@example.org -carl@x.org\n#merge HD-40 force"
+    reply = held(block, merge_target=SAME_REQUESTER)
+    parsed = parse_commands(block, ticket_prefix="HD")
+    assert reply.code == CODE and reply.message_id == "<agent-1@acme.test>"
+    assert reply.text == "Looping in." and not reply.confirmed
+    assert [(c.name, c.args) for c in reply.commands.commands] == [
+        (c.name, c.args) for c in parsed.commands
+    ]
+    assert reply.commands.ok
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {},
+        {"code": CODE, "message_id": "<m>", "text": "x"},  # no commands
+        {"code": CODE, "message_id": "<m>", "text": "x", "commands": [["frob", [], "#frob"]]},
+        {"code": CODE, "message_id": "<m>", "text": "x", "commands": [["cc", "+a@b.c", "#cc"]]},
+        {"code": CODE, "message_id": "<m>", "text": 3, "commands": []},
+    ],
+)
+def test_a_detail_that_is_not_ours_reads_as_none(detail: dict[str, Any]) -> None:
+    assert held_reply(detail) is None
+
+
+def test_a_confirmation_carries_the_held_reply_out() -> None:
+    reply = held("#cc +eve@example.org\n#status solved")
+    plan = confirm(reply)
+    assert plan.held is None and plan.confirm is None
+    assert plan.confirmed == "<agent-1@acme.test>"
+    assert plan.cc == CcEdit(add=("eve@example.org",))
+    assert plan.send == "Looping in."  # the held text, not the confirmation's "Yes."
+    assert (plan.message_text, plan.message_kind, plan.message_internal) == ("Yes.", "note", True)
+    assert plan.changes is not None and plan.changes.status == Status("solved", NOW)
+    assert plan.events[0] == EventRow(
+        12,
+        "reply_confirmed",
+        ALICE.email,
+        {"code": CODE, "message_id": "<agent-1@acme.test>", "by": "<confirm-1@acme.test>"},
+    )
+    assert [e.type for e in plan.events[1:]] == ["command_cc", "command_status"]
+    assert plan.receipt[0] == "Confirmed and applied to HD-12:"
+    assert plan.outcome == "confirmed: cc +eve@example.org; status → solved; reply sent"
+
+
+def test_a_confirmed_merge_merges() -> None:
+    reply = held("#merge HD-40", "", merge_target=SAME_REQUESTER)
+    plan = confirm(reply, merge_target=SAME_REQUESTER)
+    assert plan.merge_into == 40 and plan.send is None
+
+
+def test_a_confirmed_note_records_the_held_mail_as_the_note() -> None:
+    reply = held("#note\n#cc +eve@example.org", "internal")
+    plan = confirm(reply)
+    assert plan.send is None
+    assert EventRow(12, "note_added", ALICE.email, {"message_id": "<agent-1@acme.test>"}) in (
+        plan.events
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "details"),
+    [
+        ({"held": None}, NOTHING_HELD, ()),
+        ({"confirmation": "aaaaaa"}, NOTHING_HELD, ()),  # another held reply's code
+        ({"confirmed": True}, CONFIRMED_ALREADY, ()),
+        ({"block": "#status solved"}, CONFIRM_ONLY, ("#status solved",)),
+        ({"block": "#frobnicate"}, CONFIRM_ONLY, ("#frobnicate",)),
+    ],
+)
+def test_a_confirmation_that_cannot_apply_is_held(
+    change: dict[str, Any], reason: str, details: tuple[str, ...]
+) -> None:
+    reply = held("#cc +eve@example.org")
+    if change.pop("confirmed", False):
+        reply = replace(reply, confirmed=True)
+    plan = confirm(reply, change.pop("block", ""), **change)
+    assert_held(plan, Held(reason, details), f"confirmation refused: {reason}")
+    assert plan.confirmed is None
+
+
+def test_a_held_merge_refused_at_confirmation_is_held_with_the_reason() -> None:
+    """The ticket changed since: the target was merged elsewhere. Nothing applies."""
+    reply = held("#merge HD-40", merge_target=SAME_REQUESTER)
+    plan = confirm(reply, merge_target=MergeTarget(40, 7, 41))
+    assert_held(
+        plan,
+        Held(CANNOT_APPLY, ("#merge: HD-40 was itself merged into another ticket",)),
+        "commands refused: #merge: HD-40 was itself merged into another ticket",
+    )

@@ -121,7 +121,8 @@ def sender(message: EmailMessage) -> tuple[str, str]:
             "agent_notification",
             f"{JANE.name} via {SERVICE}",
             ALICE.email,
-            ReplyToken("HD-42", agent_id=ALICE.id),  # the agent's own address for the ticket
+            # the agent's own address for the ticket, dated: it expires
+            ReplyToken("HD-42", agent_id=ALICE.id, issued=NOW.date()),
             "[HD-42] Backups not running",
             "<c1@example.org>",
             "auto-generated",
@@ -132,7 +133,7 @@ def sender(message: EmailMessage) -> tuple[str, str]:
             "agent_notice",
             f"{SERVICE} helpdesk",
             ALICE.email,
-            ReplyToken("HD-42", agent_id=ALICE.id),
+            ReplyToken("HD-42", agent_id=ALICE.id, issued=NOW.date()),
             "[HD-42] Not sent: Backups not running",
             "<draft-1@acme.test>",
             "auto-generated",
@@ -154,7 +155,7 @@ def sender(message: EmailMessage) -> tuple[str, str]:
             "agent_notice",
             f"{SERVICE} helpdesk",
             BOB.email,
-            ReplyToken("HD-42", agent_id=BOB.id),
+            ReplyToken("HD-42", agent_id=BOB.id, issued=NOW.date()),
             "[HD-42] Mail flood: Backups not running",
             None,
             "auto-generated",

@@ -19,9 +19,11 @@ import pytest
 
 from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.parse import parse_message
-from helpdeskd.triage.facts import Facts, Policy, StoredMessage
-from helpdeskd.triage.mails import Ack, FloodAlert, Notification
+from helpdeskd.triage.facts import Facts, Policy, StoredMessage, needs
+from helpdeskd.triage.mails import Ack, FloodAlert, Note, Notification
+from helpdeskd.triage.received import Incoming
 from tests.triage.plan_support import (
+    AGENTS,
     ALERTS,
     ALICE,
     BOB,
@@ -74,11 +76,45 @@ def policy_for(base: Path) -> PolicyFor:
     ],
 )
 def test_stored_message_id(policy: Policy, direction: str, outcome: str, reason: str) -> None:
+    """The same mail again (same sender, same content) is a duplicate, or our own mail."""
     raw = mail(message_id="<seen@example.org>")
-    stored = StoredMessage("<seen@example.org>", 7, direction, "customer")
+    digest = needs(Incoming("support", 1, raw, len(raw)), parse_message(raw), policy).digest
+    stored = StoredMessage(
+        "<seen@example.org>", 7, direction, "customer", from_addr=JANE.email, digest=digest
+    )
     plan = plan_for(policy, raw, facts(stored=stored, by_reference=ticket()))
     assert summary(plan) == expected(outcome, reason, ticket_id=7)
     assert plan.message is None
+
+
+def test_stored_before_digests_is_judged_by_its_sender(policy: Policy) -> None:
+    raw = mail(message_id="<seen@example.org>")
+    stored = StoredMessage("<seen@example.org>", 7, "in", "customer", from_addr=JANE.email)
+    plan = plan_for(policy, raw, facts(stored=stored))
+    assert (plan.outcome, plan.ticket_id) == ("duplicate", 7)
+
+
+@pytest.mark.parametrize("who", ["mallory@example.net", JANE.email])
+def test_a_stored_message_id_does_not_hide_another_mail(policy: Policy, who: str) -> None:
+    """A stranger who sent first under a victim's future Message-ID (or the victim's own mail
+    with other content) hides nothing: the mail is stored under a derived ID, and the clash is
+    a security event."""
+    raw = mail(message_id="<victim-next@example.org>")
+    stored = StoredMessage(
+        "<victim-next@example.org>", 9, "in", "customer", from_addr=who, digest="0" * 64
+    )
+    mail_needs = needs(Incoming("support", 1, raw, len(raw)), parse_message(raw), policy)
+    plan = plan_for(policy, raw, facts(stored=stored))
+    assert plan.outcome == "new_ticket"
+    assert plan.message is not None
+    assert plan.message["message_id"] == mail_needs.derived_id != "<victim-next@example.org>"
+    assert plan.message["digest"] == mail_needs.digest
+    clash = event(plan, "security_event")
+    assert clash["message_id"] == "<victim-next@example.org>"
+    assert clash["stored_as"] == mail_needs.derived_id
+    again = StoredMessage(mail_needs.derived_id, 12, "in", "customer", from_addr=JANE.email)
+    plan = plan_for(policy, raw, facts(stored=stored, derived=again))
+    assert (plan.outcome, plan.ticket_id) == ("duplicate", 12)
 
 
 # --- a new customer mail -------------------------------------------------------------------------
@@ -253,12 +289,6 @@ def test_reply_to_a_ticket_closed_long_ago_opens_a_follow_up(policy: Policy) -> 
     assert event(plan, "ticket_created")["follow_up_to"] == "HD-7"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN 'A Message-ID is not a secret': decide() files a stranger's mail into the "
-    "ticket its References name and makes the stranger a participant (resolve_thread checks "
-    "the sender only for the subject tag)",
-)
 def test_strangers_reply_by_references_opens_a_linked_ticket(policy: Policy) -> None:
     """Our reply went to Jane; Mallory, who knows its Message-ID, does not join her ticket."""
     raw = mail(
@@ -273,6 +303,20 @@ def test_strangers_reply_by_references_opens_a_linked_ticket(policy: Policy) -> 
     assert (plan.outcome, plan.ticket_id) == ("new_ticket", None)
     assert plan.ticket is not None and plan.ticket.parent_id == 7
     assert plan.participants == (("mallory@example.net", "requester"),)
+    assert event(plan, "ticket_created")["linked_to"] == "HD-7"
+    [told] = [e for e in plan.events if e.type == "stranger_reference"]
+    assert told.on == 7
+    # the agents hear of it; nothing of HD-7 goes to Mallory
+    assert {m.to for m in plan.mails if isinstance(m, Note)} == {a.email for a in AGENTS.values()}
+    assert all(getattr(m, "ticket_id", None) != 7 for m in plan.mails)
+
+
+def test_recipients_of_our_mail_may_answer_it(policy: Policy) -> None:
+    """Max got our reply (Cc): his answer to it files into the ticket though he is not yet on it."""
+    raw = mail(sender="max@example.net", in_reply_to=STORED_REPLY, references=(STORED_REPLY,))
+    found = facts(by_reference=ticket(), referrers=frozenset({"max@example.net"}))
+    plan = plan_for(policy, raw, found)
+    assert (plan.outcome, plan.ticket_id) == ("reply", 7)
 
 
 # --- the subject tag -----------------------------------------------------------------------------
@@ -318,10 +362,10 @@ def test_participants_subject_tag_files_the_mail_but_adds_nobody(policy: Policy)
     [
         (JANE.email, {"Auto-Submitted": "auto-replied"}, "Auto-Submitted: auto-replied"),
         (ALICE.email, {"Auto-Submitted": "auto-replied"}, "Auto-Submitted: auto-replied"),
-        ("noreply@example.org", {}, "robot sender noreply@example.org"),
     ],
 )
 def test_auto_reply(policy: Policy, sender: str, headers: dict[str, str], reason: str) -> None:
+    """The requester's or an agent's out-of-office is kept on the ticket, never answered."""
     raw = mail(sender=sender, headers=headers, in_reply_to=STORED_REPLY)
     alone = plan_for(policy, raw)
     assert summary(alone) == expected("auto_reply", reason)
@@ -334,6 +378,13 @@ def test_auto_reply(policy: Policy, sender: str, headers: dict[str, str], reason
         events=["auto_reply_received"],
     )
     assert kept.message is not None and kept.message["kind"] == "auto_reply"
+
+
+def test_a_robot_not_on_the_ticket_is_not_kept_on_it(policy: Policy) -> None:
+    """A robot that names the ticket's mail but is not on it is recorded, not filed."""
+    raw = mail(sender="noreply@example.org", in_reply_to=STORED_REPLY)
+    plan = plan_for(policy, raw, facts(by_reference=ticket()))
+    assert summary(plan) == expected("auto_reply", "robot sender noreply@example.org")
 
 
 # --- loop safety: when no acknowledgement goes out -----------------------------------------------

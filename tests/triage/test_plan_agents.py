@@ -26,6 +26,7 @@ from tests.triage.plan_support import (
     NOW,
     STORED_REPLY,
     SUPPORT,
+    PolicyFor,
     event,
     expected,
     facts,
@@ -34,6 +35,7 @@ from tests.triage.plan_support import (
     make_policy,
     new_row,
     plan_for,
+    policy_maker,
     summary,
     ticket,
     write_secrets,
@@ -48,6 +50,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def policy(base: Path) -> Policy:
     return make_policy(make_config(base))
+
+
+@pytest.fixture(scope="module")
+def policy_for(base: Path) -> PolicyFor:
+    return policy_maker(base)
 
 
 # --- agents' mail --------------------------------------------------------------------------------
@@ -117,13 +124,25 @@ def test_authenticated_agent_reply_is_sent_to_the_customer(policy: Policy) -> No
     assert (plan.message["kind"], plan.message["internal"]) == ("agent_reply", True)
 
 
-def test_agent_forwarding_a_customers_mail_opens_the_customers_ticket(policy: Policy) -> None:
-    body = (
-        "Can you take this one?\n\n---------- Forwarded message ---------\n"
-        "From: Sam Lee <sam.lee@example.com>\nDate: Mon, 2 Nov 2026 08:00\n"
-        "Subject: Backups not running\nTo: alice@acme.test\n\nThe backups stopped.\n"
+FORWARD_BODY = (
+    "Can you take this one?\n\n---------- Forwarded message ---------\n"
+    "From: Sam Lee <sam.lee@example.com>\nDate: Mon, 2 Nov 2026 08:00\n"
+    "Subject: Backups not running\nTo: alice@acme.test\n\nThe backups stopped.\n"
+)
+
+
+def test_agent_forwarding_a_customers_mail_opens_the_customers_ticket(
+    policy_for: PolicyFor,
+) -> None:
+    policy = policy_for(authserv_id="mx.acme.test")
+    signed = {"Authentication-Results": "mx.acme.test; dkim=pass header.d=acme.test"}
+    raw = mail(
+        sender=ALICE.email,
+        name="Alice",
+        subject="Fwd: Backups not running",
+        body=FORWARD_BODY,
+        headers=signed,
     )
-    raw = mail(sender=ALICE.email, name="Alice", subject="Fwd: Backups not running", body=body)
     plan = plan_for(policy, raw, facts(contacts={}))
     assert summary(plan) == expected(
         "new_ticket",
@@ -134,6 +153,21 @@ def test_agent_forwarding_a_customers_mail_opens_the_customers_ticket(policy: Po
         mails=[("Notification", BOB.email), ("Notification", CAROL.email)],
         contacts=[("sam.lee@example.com", "Sam Lee", {})],
     )
+
+
+def test_a_forward_that_does_not_authenticate_is_held(policy: Policy) -> None:
+    raw = mail(
+        sender=ALICE.email, name="Alice", subject="Fwd: Backups not running", body=FORWARD_BODY
+    )
+    plan = plan_for(policy, raw, facts(contacts={}))
+    assert plan.outcome == "new_ticket"
+    assert plan.ticket is not None and plan.ticket.requester == ALICE.email
+    assert plan.message is not None and plan.message["kind"] == "agent_draft"
+    assert "sam.lee@example.com" not in {email for email, _ in plan.participants}
+    assert event(plan, "security_event")["customer"] == "sam.lee@example.com"
+    assert [(type(m).__name__, m.to) for m in plan.mails if isinstance(m, Note)] == [
+        ("Note", ALICE.email)
+    ]
 
 
 # --- Heroku's desk -------------------------------------------------------------------------------

@@ -82,8 +82,9 @@ def dsn(status: str) -> bytes:
 
 
 def returned(kind: str = "reply") -> Returned:
-    message = StoredMessage(STORED_REPLY, 7, "out", kind, ("<c0@example.org>",))
-    return Returned(ticket(), message, ALICE)
+    """Our stored reply to Jane, as the lookup finds it: it went to Jane."""
+    message = StoredMessage(STORED_REPLY, 7, "out", kind, ("<c0@example.org>",), to=(JANE.email,))
+    return Returned(ticket(), message, ALICE, sent_to=frozenset({JANE.email}))
 
 
 @pytest.mark.parametrize(
@@ -176,3 +177,12 @@ def test_unsubscribe_by_mail(
     plan = plan_for(policy, raw, facts(unsubscriber=JANE, opted_out=opted_out))
     assert summary(plan) == expected("unsubscribe", reason)
     assert plan.opt_out == opt_out
+
+
+def test_a_bounce_about_mail_we_did_not_send_there_counts_for_nothing(policy: Policy) -> None:
+    """Anyone can send a bounce: one naming Jane about mail that did not go to Jane (or about
+    no mail of ours) does not make her undeliverable."""
+    for found in (Returned(), Returned(ticket(), returned().message, ALICE)):
+        plan = plan_for(policy, dsn("5.1.1"), facts(returned=found))
+        assert plan.outcome == "bounce"
+        assert plan.contacts == ()

@@ -148,7 +148,7 @@ def _without(*names: str) -> Candidates:
         (CUSTOMER, False, _without(), T_TOKEN, "token", True),
         (STRANGER, False, _without(), T_TOKEN, "token", True),
         (CUSTOMER, False, _without("by_token"), T_REF, "references", True),
-        (STRANGER, False, _without("by_token"), T_REF, "references", True),
+        (STRANGER, False, _without("by_token"), None, "new", False),
         (CUSTOMER, False, _without("by_token", "by_reference"), T_TIDX, "thread_index", True),
         (
             CUSTOMER,

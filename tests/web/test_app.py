@@ -1,4 +1,5 @@
-"""The daemon's HTTP side over a real socket: /healthz and /metrics."""
+"""The daemon's HTTP side over a real socket: /healthz and /metrics on their own listener, and
+behind a bearer token on the public one."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from helpdeskd.config.secrets import Secret
+from helpdeskd.errors import HelpdeskError
+from helpdeskd.web.app import bearer_matches, behind_token, start_site, stop_sites
 from tests.harness import cli, cli_json
 from tests.mailgen import customer_mail
 from tests.servers.smtp import free_port
@@ -38,7 +44,9 @@ def wait_until(check, timeout: float = 30.0):
 
 
 def _config(make_config, smtp_sink, dovecot, password: str):
-    port = free_port()
+    """A config whose /healthz and /metrics are served on their own (private) listener; return
+    it and that listener's base URL."""
+    port, private = free_port(), free_port()
     mailbox = {
         "name": "support",
         "host": dovecot.host,
@@ -50,8 +58,11 @@ def _config(make_config, smtp_sink, dovecot, password: str):
     }
     config = make_config(smtp=smtp_sink, mailboxes=[mailbox])
     source = Path(config.source)
-    source.write_text(source.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
-    return config, f"http://127.0.0.1:{port}"
+    source.write_text(
+        source.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n'
+        f'metrics_listen = "127.0.0.1:{private}"\n'
+    )
+    return config, f"http://127.0.0.1:{private}"
 
 
 def test_healthz_and_metrics(make_config, smtp_sink, dovecot):
@@ -116,3 +127,66 @@ def test_reads_answer_while_a_writer_holds_the_database(make_config, smtp_sink, 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    "header, matches",
+    [
+        ("Bearer s3cret-token-0123456789", True),
+        ("bearer s3cret-token-0123456789", True),  # the scheme is case-insensitive
+        ("  Bearer   s3cret-token-0123456789  ", True),
+        ("Bearer s3cret-token-012345678", False),  # a prefix is not the token
+        ("Bearer s3cret-token-0123456789x", False),
+        ("Basic s3cret-token-0123456789", False),
+        ("s3cret-token-0123456789", False),
+        ("Bearer", False),
+        ("", False),
+        (None, False),
+        ("Bearer s3cret-tökén", False),  # non-ASCII: compared as bytes, never raises
+    ],
+)
+def test_bearer_matches(header, matches):
+    assert bearer_matches(header, "s3cret-token-0123456789") is matches
+
+
+async def _serve(routes) -> tuple[web.AppRunner, str]:
+    port = free_port()
+    runner = await start_site(f"127.0.0.1:{port}", routes, key="http.listen")
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_behind_token_looks_like_an_unknown_path_without_the_token():
+    async def numbers(request: web.Request) -> web.Response:
+        return web.Response(text="numbers")
+
+    token = "s3cret-token-0123456789"
+    routes = [web.get("/metrics", numbers)]
+    with_token, site = await _serve(behind_token(routes, Secret(token)))
+    without_token, other = await _serve(behind_token(routes, None))
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def fetch(url: str, **headers: str) -> tuple[int, str, str]:
+                async with http.get(url, headers=headers) as response:
+                    return response.status, response.content_type, await response.text()
+
+            unknown = await fetch(site + "/nothing-here")
+            assert unknown[0] == 404
+            assert await fetch(site + "/metrics") == unknown
+            assert await fetch(site + "/metrics", Authorization="Bearer nope") == unknown
+            right = await fetch(site + "/metrics", Authorization=f"Bearer {token}")
+            assert right == (200, "text/plain", "numbers")
+            # No token configured: no header opens it.
+            assert await fetch(other + "/metrics", Authorization=f"Bearer {token}") == unknown
+    finally:
+        await stop_sites([with_token, without_token])
+
+
+async def test_a_listen_address_in_use_is_one_line_naming_the_key():
+    runner, base = await _serve([])
+    try:
+        with pytest.raises(HelpdeskError) as caught:
+            await start_site(base.removeprefix("http://"), [], key="http.metrics_listen")
+        assert str(caught.value).startswith(f"http.metrics_listen: cannot listen on {base[7:]}")
+    finally:
+        await stop_sites([runner])
