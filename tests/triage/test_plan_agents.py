@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,31 +30,11 @@ from tests.triage.plan_support import (
     expected,
     facts,
     mail,
-    make_config,
-    make_policy,
     new_row,
     plan_for,
-    policy_maker,
     summary,
     ticket,
-    write_secrets,
 )
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_secrets(tmp_path_factory.mktemp("plan"))
-
-
-@pytest.fixture(scope="module")
-def policy(base: Path) -> Policy:
-    return make_policy(make_config(base))
-
-
-@pytest.fixture(scope="module")
-def policy_for(base: Path) -> PolicyFor:
-    return policy_maker(base)
-
 
 # --- agents' mail --------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ Reports built by hand that return our stored reply, parsed for real; the facts b
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -23,24 +22,10 @@ from tests.triage.plan_support import (
     expected,
     facts,
     mail,
-    make_config,
-    make_policy,
     plan_for,
     summary,
     ticket,
-    write_secrets,
 )
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_secrets(tmp_path_factory.mktemp("plan"))
-
-
-@pytest.fixture(scope="module")
-def policy(base: Path) -> Policy:
-    return make_policy(make_config(base))
-
 
 # --- returned mail -------------------------------------------------------------------------------
 

@@ -31,19 +31,7 @@ from tests.triage.plan_support import (
     row,
     summary,
     ticket,
-    write_secrets,
 )
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_secrets(tmp_path_factory.mktemp("plan"))
-
-
-@pytest.fixture(scope="module")
-def policy(base: Path) -> Policy:
-    return make_policy(make_config(base))
-
 
 RULES = """\
 - name: casino-is-spam
