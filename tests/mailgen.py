@@ -80,14 +80,17 @@ def realistic_mix(count: int, seed: int = 7) -> list[bytes]:
     """COUNT mails: plain, alternative, attachments, encoded subjects and replies."""
     rnd = random.Random(seed)
     out: list[bytes] = []
-    ids: list[str] = []
+    ids: list[tuple[str, str]] = []  # (Message-ID, its sender)
     for n in range(count):
         kind = rnd.random()
         message_id = make_msgid(f"m{n}", domain="example.org")
+        sender = f"customer{n}@example.org"
         if kind < 0.15 and ids:
-            parent = rnd.choice(ids)
+            # a customer writing again on their own thread, as customers do
+            parent, sender = rnd.choice(ids)
             raw = customer_mail(
                 n,
+                sender=sender,
                 subject=f"Re: {SUBJECTS[n % 8]}",
                 in_reply_to=parent,
                 references=(parent,),
@@ -97,7 +100,7 @@ def realistic_mix(count: int, seed: int = 7) -> list[bytes]:
             raw = customer_mail(
                 n, html=kind < 0.55, attachment=0.55 <= kind < 0.65, message_id=message_id
             )
-        ids.append(message_id)
+        ids.append((message_id, sender))
         out.append(raw)
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -401,12 +401,15 @@ class Writer:
         for row in rows["recipients"]:
             row["outbox_id"] = row.pop("outbox")["id"]
         await session.flush()  # changes the lookup made (agent rows) go first
-        for email, row in self.contacts.items():
-            changed = {k: row[k] for k in row["_set"]}
-            if changed and not row["_new"]:
-                await session.execute(
-                    update(Contact).where(Contact.email == email).values(**changed)
-                )
+        await _update_by_id(
+            session,
+            Contact,
+            [
+                {"id": row["id"], **{k: row[k] for k in row["_set"]}}
+                for row in self.contacts.values()
+                if row["_set"] and not row["_new"]
+            ],
+        )
         for model, table_rows in (
             (Contact, inserts["contacts"]),
             (Ticket, inserts["tickets"]),
@@ -423,10 +426,7 @@ class Writer:
                 # statement per table (the ORM's bulk insert would cut it wherever the None
                 # columns change, and adds bookkeeping per row that these rows do not need).
                 await session.execute(insert(Base.metadata.tables[model.__tablename__]), table_rows)
-        for row in ticket_updates:
-            values = {k: v for k, v in row.items() if k != "id"}
-            if values:
-                await session.execute(update(Ticket).where(Ticket.id == row["id"]).values(**values))
+        await _update_by_id(session, Ticket, ticket_updates)
         for row in self.existing_raw:
             values = {k: row[k] for k in ("message_id", "outcome", "reason", "ticket_id")}
             await session.execute(
@@ -459,6 +459,27 @@ class Writer:
         for contact_id, category in self.opt_outs:
             contact = await session.get_one(Contact, contact_id)
             await opt_out(session, contact, category, "mail")
+
+
+async def _update_by_id(
+    session: AsyncSession, model: type[Base], rows: list[dict[str, Any]]
+) -> None:
+    """UPDATE MODEL's rows by id, one executemany for each set of columns the rows change."""
+    table = Base.metadata.tables[model.__tablename__]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        columns = tuple(sorted(k for k in row if k != "id"))
+        if columns:
+            groups.setdefault(columns, []).append(
+                {f"v_{k}": row[k] for k in row} | {"b_id": row["id"]}
+            )
+    for columns, params in groups.items():
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"v_{name}") for name in columns})
+        )
+        await session.execute(statement, params)
 
 
 def _columns(model: type[Base], row: dict[str, Any]) -> dict[str, Any]:

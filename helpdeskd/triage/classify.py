@@ -123,8 +123,10 @@ def _bounce(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
     if ses_bounce(parsed.full_text, parsed.sender, headers):
         return "Amazon SES bounce notification"
     system = mail_system(parsed.header("from") or "", parsed.header("return-path"))
-    words = ndr_phrase(parsed.full_text)
+    # The NDR phrases are read only for mail a mail system or a robot sent: most mail is a
+    # person's, and reading its whole text for them costs more than everything else here.
     if system is not None:
+        words = ndr_phrase(parsed.full_text)
         # A feedback report or read receipt returns the mail too, and so may a person's mail
         # with a null return path: only a named mail system's returned copy is an NDR's.
         returned = (
@@ -139,7 +141,7 @@ def _bounce(parsed: ParsedMessage, ctx: ClassifyContext) -> str | None:
         if evidence:
             return f"non-delivery report: {system}, {evidence}"
         return None
-    if words and _robot(parsed):
+    if _robot(parsed) and (words := ndr_phrase(parsed.full_text)):
         return f"non-delivery report from a robot: says {words!r}"
     if notice_only(parsed.subject, parsed.full_text):
         return "non-delivery report: nothing but the notice"

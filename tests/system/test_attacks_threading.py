@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from sqlalchemy import select
 
 from helpdeskd.store.models import Contact, Event, Message, Participant, Ticket
@@ -188,3 +189,58 @@ async def test_a_stored_message_id_does_not_hide_the_victims_mail(make_config, s
             )
             assert clash is not None
             assert clash.detail["message_id"] == "<victim-next@example.org>"
+
+
+async def test_one_mail_cannot_make_a_mass_mailing(make_config, smtp_sink):
+    """A mail naming 200 addresses adds at most 50 to its ticket; the rest stay in its record,
+    the agents are told, and the agent's answer copies no more than 50."""
+    config = make_config(smtp=smtp_sink, agents=AGENTS)
+    crowd = tuple(f"person{n}@crowd.example" for n in range(200))
+    async with Desk(config) as desk:
+        scene = Scene(desk, smtp_sink)
+        ref = await scene.open(1, sender=VICTIM, cc=crowd)
+        ticket_id = int(ref.split("-")[1])
+        rows = await who_is_on(desk)
+        assert len(participants(rows, ticket_id)) == 51  # the requester and 50
+        async with desk.sessions() as session:
+            capped = await session.scalar(select(Event).where(Event.type == "participants_capped"))
+            assert capped is not None and capped.detail["left_out"] == 150
+            stored = await session.scalar(select(Message).where(Message.ticket_id == ticket_id))
+            assert stored is not None and len(stored.cc) == 200  # kept in the record
+        told = [d for d in smtp_sink.deliveries if "Recipients capped" in str(d.message)]
+        assert told
+        before = len(smtp_sink.deliveries)
+        await scene.answer("We are on it.")
+        answers = [d for d in smtp_sink.deliveries[before:] if VICTIM in d.recipients]
+        assert answers and all(len(d.recipients) <= 51 for d in answers)
+
+
+@pytest.mark.parametrize(
+    ("results", "verified"),
+    [
+        ("mx.acme.test; spf=fail smtp.mailfrom=example.org; dkim=none", False),
+        ("mx.acme.test; dmarc=pass header.from=example.org", True),
+    ],
+)
+async def test_no_backscatter_with_our_name_on_it(make_config, smtp_sink, results, verified):
+    """An acknowledgement to a sender our MTA could not verify carries no link and only a plain
+    cut of what they wrote; a verified sender gets the usual one."""
+    config = make_config(smtp=smtp_sink, agents=AGENTS, service={"authserv_id": "mx.acme.test"})
+    spam = customer_mail(
+        1,
+        sender="victim@example.org",
+        subject="Claim your prize at http://evil.example/win now, visit www.evil.example",
+        headers={"Authentication-Results": results},
+    )
+    async with Desk(config) as desk:
+        await desk.ingest([spam])
+        await desk.send_all()
+    [ack] = [d.message for d in smtp_sink.deliveries if "victim@example.org" in d.recipients]
+    text = ack.get_body(("plain",)).get_content()
+    whole = str(ack["Subject"]) + text
+    if verified:
+        assert "http://evil.example" in whole  # the usual acknowledgement, subject and all
+    else:
+        assert "evil.example" not in whole and "http" not in whole
+        assert "Claim your prize" in str(ack["Subject"])
+        assert ack.get_body(("html",)) is None
