@@ -201,7 +201,11 @@ class Daemon:
             await sync_agents(sessions, config)
             self.runtime = Runtime.of(config)
             self.processor = Processor(
-                self.runtime, sessions, parse_pool, outbox_wakeup=self.outbox_wakeup
+                self.runtime,
+                sessions,
+                parse_pool,
+                outbox_wakeup=self.outbox_wakeup,
+                clock=self.clock,
             )
             supervisor = Supervisor(self.stop)
             if config.smtp is not None:

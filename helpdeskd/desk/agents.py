@@ -8,6 +8,8 @@ note (:func:`helpdeskd.triage.mails.compose`).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -84,9 +86,11 @@ class AgentDesk:
         text: str,
         *,
         parent: Parent | None = None,
+        now: datetime | None = None,
     ) -> None:
-        """Send AGENT (or a plain address) a short note from the desk. Only an agent gets a
-        reply address for the ticket."""
+        """Send AGENT (or a plain address) a short note from the desk, written at NOW (the
+        caller's moment; the wall clock without one). Only an agent gets a reply address for
+        the ticket."""
         note = Note(
             new_message_id(self.config.service.support_domain),
             agent.email if isinstance(agent, Agent) else agent,
@@ -108,4 +112,4 @@ class AgentDesk:
                 ticket.external_ref,
                 None,
             )
-        await store_mail(session, compose(note, card, self.config, self.renderer, utcnow()))
+        await store_mail(session, compose(note, card, self.config, self.renderer, now or utcnow()))

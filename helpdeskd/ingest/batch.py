@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
 from helpdeskd.ingest.lookup import Known
@@ -31,7 +32,7 @@ from helpdeskd.mail.attachments import store as store_attachment
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.store.contacts import ensure_agents
 from helpdeskd.store.db import SessionMaker, reading
-from helpdeskd.store.models import MailboxState, Quarantine, RawMessage, utcnow
+from helpdeskd.store.models import MailboxState, Quarantine, RawMessage
 from helpdeskd.store.spool import spool
 from helpdeskd.triage.decision import decide
 from helpdeskd.triage.facts import Needs, Policy, Runtime, needs
@@ -83,9 +84,11 @@ class Processor:
         *,
         outbox_wakeup: asyncio.Event | None = None,
         fast_lane: bool = True,
+        clock: Clock = system_clock,
     ) -> None:
         self.runtime = runtime  # its policy is read once per batch
         self.fast_lane = fast_lane
+        self.clock = clock  # read once per batch: the decisions' "now"
         self.lanes: Counter[str] = Counter()  # mail stored by shape; "failed": runs
         self.sessions = sessions
         self.parse_pool = parse_pool
@@ -345,7 +348,7 @@ class Processor:
                     entry.traceback = "".join(traceback.format_exception(exc))
                     log.warning("quarantine_retry_failed", quarantine_id=quarantine_id)
                     return Outcome(item.source, message_id, "quarantined", None, entry.error)
-                entry.resolved_at = utcnow()
+                entry.resolved_at = self.clock()
             if self.outbox_wakeup is not None:
                 self.outbox_wakeup.set()
             log.info("quarantine_released", quarantine_id=quarantine_id, outcome=outcome.outcome)
@@ -366,7 +369,7 @@ class Processor:
 
         Returns the outcomes of the mail written, in order (a run may write fewer than given).
         """
-        known = Known(policy, utcnow())
+        known = Known(policy, self.clock())
         await known.load(session, [n for _, n in entries])
         writer = Writer(session, policy, known, self.parse_pool if run else None)
         decided = []

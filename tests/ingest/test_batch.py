@@ -21,7 +21,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -55,6 +55,7 @@ from helpdeskd.store.models import (
 )
 from helpdeskd.triage.received import Incoming, Outcome
 from helpdeskd.vocab import OUTCOMES
+from tests.clocks import ManualClock
 from tests.conftest import CORPUS, CORPUS_NOT_MAIL, _pg_database, config_factory, need
 from tests.desk.test_agents import AGENTS, ALICE, BOB, FIXTURES, HEROKU, reply_to
 from tests.harness import Desk
@@ -507,3 +508,35 @@ def test_runs_carry_the_corpus_without_failing(corpus: tuple[str, Stored, Stored
     _, (outcomes, _, lanes), _ = corpus
     assert lanes.get("failed", 0) == 0, lanes
     assert lanes["fast"] > 0.8 * len(outcomes), lanes
+
+
+async def test_the_store_decides_by_its_clock(make_config, smtp_sink) -> None:
+    """The reopen window is judged by the processor's clock, not the wall's: a reply within 14
+    days of the close reopens the ticket, a later one opens a follow-up."""
+    clock = ManualClock(datetime(2031, 3, 2, 9, 0, tzinfo=UTC))
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        desk.processor.clock = clock
+        [opened] = await desk.ingest([customer_mail(1, message_id="<first@example.org>")])
+        async with desk.sessions() as session, session.begin():
+            await session.execute(
+                update(Ticket).values(state="closed", closed_at=clock.now, solved_at=clock.now)
+            )
+
+        def reply(n: int) -> bytes:
+            return customer_mail(
+                n,
+                sender="customer1@example.org",
+                subject="Re: again",
+                in_reply_to="<first@example.org>",
+                references=("<first@example.org>",),
+            )
+
+        clock.advance(days=13)
+        [within] = await desk.ingest([reply(2)])
+        async with desk.sessions() as session, session.begin():
+            await session.execute(update(Ticket).values(state="closed", closed_at=clock.now))
+        clock.advance(days=15)
+        [later] = await desk.ingest([reply(3)])
+    assert (within.outcome, within.ticket) == ("reply", opened.ticket)
+    assert later.outcome == "new_ticket" and later.reason.startswith("follow-up to closed")
