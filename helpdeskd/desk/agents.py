@@ -19,6 +19,7 @@ from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox.queue import store_mail
 from helpdeskd.store.models import Agent, Ticket, utcnow
+from helpdeskd.triage.drafting import agents_for
 from helpdeskd.triage.facts import Policy
 from helpdeskd.triage.mails import Note, TicketCard, compose
 
@@ -52,19 +53,17 @@ class AgentDesk:
     async def recipients_for(
         self, session: AsyncSession, ticket: Ticket, exclude: int | None
     ) -> list[Agent]:
-        """The active assignee; else the agents of the ticket's queue (all agents without one)."""
+        """The active assignee; else the agents of the ticket's queue (all agents without one):
+        the intake's rule (:func:`helpdeskd.triage.drafting.agents_for`), over agents' rows."""
+        rows: dict[str, Agent] = {}
+        for configured in self.config.agents:
+            row = await self.agent(session, configured.email)
+            if row is not None:
+                rows[row.email] = row
         assignee = await session.get(Agent, ticket.assignee_id) if ticket.assignee_id else None
-        if assignee is not None and assignee.active:
-            agents = [assignee]
-        else:
-            agents = []
-            for configured in self.config.agents:
-                if ticket.queue and configured.queues and ticket.queue not in configured.queues:
-                    continue
-                row = await self.agent(session, configured.email)
-                if row is not None:
-                    agents.append(row)
-        return [a for a in agents if a.id != exclude]
+        if assignee is not None:
+            rows.setdefault(assignee.email, assignee)
+        return agents_for(self.config, rows, ticket.assignee_id, ticket.queue, exclude)
 
     async def tell_all(
         self, session: AsyncSession, ticket: Ticket | None, subject: str, text: str

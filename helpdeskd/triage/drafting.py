@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from helpdeskd.config.settings import Config
 from helpdeskd.mail.authresults import sender_verified
 from helpdeskd.mail.build import new_message_id
 from helpdeskd.mail.compose import Parent
@@ -39,6 +40,16 @@ from helpdeskd.triage.threading import (
     ThreadMatch,
     normalize_subject,
 )
+
+
+class _Agent(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+
+
+A = TypeVar("A", bound=_Agent)
 
 MAX_JOIN = 50  # Cc participants one mail may add to a ticket (and an answer may copy)
 
@@ -273,20 +284,7 @@ class Drafting:
         self._event("agents_notified", "system", detail)
 
     def _agents_for(self, ticket: TicketRow, exclude: int | None) -> list[AgentFacts]:
-        """The active assignee; else the agents of the ticket's queue (all without one)."""
-        by_id = {a.id: a for a in self.facts.agents.values()}
-        assignee = by_id.get(ticket.assignee_id) if ticket.assignee_id is not None else None
-        agents: list[AgentFacts] = []
-        if assignee is not None and assignee.active:
-            agents = [assignee]
-        else:
-            for configured in self.config.agents:
-                if ticket.queue and configured.queues and ticket.queue not in configured.queues:
-                    continue
-                agent = self.facts.agents.get(configured.email)
-                if agent is not None:
-                    agents.append(agent)
-        return [a for a in agents if a.id != exclude]
+        return agents_for(self.config, self.facts.agents, ticket.assignee_id, ticket.queue, exclude)
 
     # --- rows --------------------------------------------------------------------------------
 
@@ -386,6 +384,28 @@ class Drafting:
             autoreply_to=self.autoreply_to,
             logs=tuple(self.logs),
         )
+
+
+def agents_for(
+    config: Config,
+    agents: Mapping[str, A],
+    assignee_id: int | None,
+    queue: str | None,
+    exclude: int | None = None,
+) -> list[A]:
+    """Who hears of a ticket's news: its active assignee; else the configured agents of its
+    QUEUE (all of them without one), from AGENTS by address; never EXCLUDE."""
+    assignee = next((a for a in agents.values() if a.id == assignee_id), None)
+    if assignee is not None and assignee.active:
+        chosen = [assignee]
+    else:
+        chosen = [
+            agent
+            for configured in config.agents
+            if not (queue and configured.queues and queue not in configured.queues)
+            and (agent := agents.get(configured.email)) is not None
+        ]
+    return [a for a in chosen if a.id != exclude]
 
 
 def row_of(ticket: TicketFacts) -> TicketRow:
