@@ -21,7 +21,7 @@ from helpdeskd.mail.tokens import tokens_in, verify_reply, verify_unsubscribe
 from helpdeskd.rules import loader
 from helpdeskd.rules.model import RuleSet
 from helpdeskd.triage.agent_reply import HeldReply
-from helpdeskd.triage.agentmail import HeldNotices
+from helpdeskd.triage.agentmail import HeldNotices, forwarded_sender
 from helpdeskd.triage.bounces import BounceReport, Complaint, parse_bounce, parse_complaint
 from helpdeskd.triage.classify import Classification, ClassifyContext, classify
 from helpdeskd.triage.commands import ParsedCommands, parse_commands
@@ -318,6 +318,10 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
         for command in commands.commands:
             if command.name == "cc":
                 emails.update(entry[1:].lower() for entry in command.args)
+        # A forward names the customer it is for: their contact may be stored already.
+        forwarded = forwarded_sender(parsed.full_text)
+        if forwarded is not None:
+            emails.add(forwarded[1])
         merge = commands.get("merge")
         number = merge.args[0].rpartition("-")[2] if merge is not None else ""
         if number.isdigit() and int(number) <= MAX_TICKET_ID:

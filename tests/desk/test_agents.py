@@ -368,6 +368,19 @@ async def test_agent_forward_opens_ticket_for_the_customer(make_config, smtp_sin
     assert mails_to(smtp_sink, "grace@navy.example") == []  # no acknowledgement for a forward
 
 
+async def test_a_forward_for_a_known_customer_opens_their_ticket(make_config, smtp_sink):
+    """The customer a forward names may be a contact already: the ticket is theirs, and the
+    forward is not quarantined on the contact row it found."""
+    config = make_config(smtp=smtp_sink, agents=AGENTS, service={"authserv_id": "mx.acme.test"})
+    forward = agent_mail("support@acme.test", FORWARD, subject="Fwd: backups", headers=SIGNED)
+    async with Desk(config) as desk:
+        [first] = await desk.ingest([customer_mail(1, sender="grace@navy.example")])
+        [outcome] = await desk.ingest([forward])
+    assert first.outcome == "new_ticket"
+    assert outcome.outcome == "new_ticket", outcome
+    assert outcome.reason.startswith("forwarded by")
+
+
 @pytest.mark.parametrize("authserv_id", [None, "mx.acme.test"])
 async def test_a_forward_that_does_not_authenticate_opens_nothing(
     make_config, smtp_sink, authserv_id
