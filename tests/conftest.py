@@ -101,6 +101,7 @@ def config_factory(tmp_path: Path, db_url: str) -> ConfigFactory:
         agents: list[tuple[str, str]] = (("alice@acme.test", "Alice"),),  # type: ignore[assignment]
         rules: Path | None = None,
         templates: Path | None = None,
+        extra: str = "",
     ) -> Config:
         secret = tmp_path / "secret.key"
         if not secret.exists():
@@ -143,7 +144,7 @@ def config_factory(tmp_path: Path, db_url: str) -> ConfigFactory:
         lines += ["[paths]", f'rules = "{rules}"']
         if templates is not None:
             lines.append(f'templates = "{templates}"')
-        lines += ["", "[parse]", "workers = 2", "timeout = 20"]
+        lines += ["", "[parse]", "workers = 2", "timeout = 20", "", extra]
         path = tmp_path / "helpdeskd.toml"
         path.write_text("\n".join(lines) + "\n")
         return load_config(path)
@@ -152,6 +153,8 @@ def config_factory(tmp_path: Path, db_url: str) -> ConfigFactory:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table: the same as a [parent.key] sub-table
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -222,12 +222,14 @@ def cmd_rules_test(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.oauth.credential import read_statuses
     from helpdeskd.store.views import status_rows
 
     async def body(sessions: SessionMaker) -> int:
         async with reading(sessions) as session:
             status = await status_rows(session)
         status["version"] = __version__
+        status["oauth"] = [s.as_json() for s in await read_statuses(config, sessions)]
         if args.json:
             print_json(status)
             return 0
@@ -242,6 +244,13 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         else:
             print("outbox: empty")
         print(f"quarantine: {status['quarantined']}")
+        for token in status["oauth"]:
+            error = f"  last error: {token['last_error']}" if token["last_error"] else ""
+            print(
+                f"oauth {token['name']}: {token['account']}, token expires "
+                f"{token['expires_at'] or '(none yet)'}, last refresh "
+                f"{token['last_refresh'] or 'never'}{error}"
+            )
         return 0
 
     return with_db(config, body)

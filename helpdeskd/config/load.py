@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from helpdeskd.config.dkimkey import load_dkim_key
@@ -25,6 +26,9 @@ from helpdeskd.config.settings import (
     DEFAULT_RULES,
     DEFAULT_SUBJECT_PATTERN,
     DEFAULT_TEMPLATES,
+    OAUTH_GRANTS,
+    OAUTH_MECHANISMS,
+    OAUTH_PROVIDERS,
     AgentConfig,
     Config,
     DatabaseConfig,
@@ -33,11 +37,13 @@ from helpdeskd.config.settings import (
     HttpConfig,
     MailboxConfig,
     NoticesConfig,
+    OAuthConfig,
     ParseConfig,
     PathsConfig,
     ServiceConfig,
     SmtpConfig,
     StatusPageConfig,
+    oauth_endpoints,
 )
 from helpdeskd.errors import ConfigError
 
@@ -224,13 +230,24 @@ def _mailbox(table: _Table) -> MailboxConfig:
     host: str = table.get("host", str)
     if security == "none" and not _is_loopback(host):
         raise ConfigError(f"{table.key('security')}: 'none' is allowed only on loopback hosts")
-    auth = table.choice("auth", ("password", "xoauth2"), "password")
-    password = table.secret("password") if auth == "password" else table.secret("token")
-    if password is None:
-        raise ConfigError(f"{table.key('password')}: required; set password_file or password_env")
+    name: str = table.get("name", str)
+    auth, oauth = _auth(table, "mailbox")
+    password: Secret | None = None
+    if auth == "password":
+        password = table.secret("password")
+        if password is None:
+            raise ConfigError(
+                f"{table.key('password')}: required; set password_file or password_env"
+            )
+    elif name == "smtp":
+        # 'helpdeskd oauth login smtp' names the [smtp] table.
+        raise ConfigError(
+            f"{table.key('name')}: 'smtp' is the name of the [smtp] table in "
+            "'helpdeskd oauth login'; give this mailbox another name"
+        )
     processed = table.get("processed_folder", str, None)
     mailbox = MailboxConfig(
-        name=table.get("name", str),
+        name=name,
         host=host,
         port=table.get("port", int, 993 if security == "tls" else 143),
         security=security,
@@ -245,6 +262,7 @@ def _mailbox(table: _Table) -> MailboxConfig:
         timeout=_positive(table, "timeout", 30),
         batch_size=int(_positive(table, "batch_size", MailboxConfig.batch_size)),
         max_message_bytes=int(_positive(table, "max_message_bytes", 25 * 1024 * 1024)),
+        oauth=oauth,
     )
     if mailbox.idle_interval > 29 * 60:
         raise ConfigError(f"{table.key('idle_interval')}: must be at most 1740 s (29 minutes)")
@@ -252,11 +270,139 @@ def _mailbox(table: _Table) -> MailboxConfig:
     return mailbox
 
 
+# --- OAuth 2.0 -----------------------------------------------------------------------------
+
+
+def _auth(table: _Table, kind: str) -> tuple[str, OAuthConfig | None]:
+    """Read TABLE's ``auth`` and, with ``auth = "oauth2"``, its ``oauth`` sub-table.
+
+    KIND ("mailbox" or "smtp") names the sub-table in errors: ``[mailbox.oauth]``.
+    """
+    auth = table.get("auth", str, "password")
+    if auth == "xoauth2":
+        raise ConfigError(
+            f'{table.key("auth")}: "xoauth2" with a fixed token is no longer supported; set '
+            f'auth = "oauth2" and add a [{kind}.oauth] table (see docs/admin.md)'
+        )
+    auth = table.choice("auth", ("password", "oauth2"), "password")
+    if auth == "password":
+        if "oauth" in table.data:
+            raise ConfigError(f'{table.key("oauth")}: set auth = "oauth2" to use it')
+        return auth, None
+    if "oauth" not in table.data:
+        raise ConfigError(
+            f'{table.key("oauth")}: required with auth = "oauth2"; add a [{kind}.oauth] table'
+        )
+    for secret in ("password", *(f"password_{k}" for k in SECRET_KINDS), "token"):
+        if secret in table.data:
+            raise ConfigError(f'{table.key(secret)}: not used with auth = "oauth2"; remove it')
+    return auth, _oauth(table.table("oauth"))
+
+
+def _oauth(table: _Table) -> OAuthConfig:
+    provider = table.get("provider", str)
+    if provider not in OAUTH_PROVIDERS:
+        raise ConfigError(
+            f"{table.key('provider')}: must be one of {', '.join(OAUTH_PROVIDERS)}, "
+            f"not {provider!r}"
+        )
+    tenant: str | None = table.get("tenant", str, None)
+    if provider == "microsoft":
+        tenant = (tenant or "organizations").strip()
+        if not tenant or not re.fullmatch(r"[A-Za-z0-9.-]+", tenant):
+            raise ConfigError(
+                f"{table.key('tenant')}: {tenant!r} is not a tenant (a domain, a tenant id, "
+                "organizations or common)"
+            )
+    elif tenant is not None:
+        raise ConfigError(f'{table.key("tenant")}: only for provider = "microsoft"')
+    client_id = table.get("client_id", str).strip()
+    if not client_id:
+        raise ConfigError(f"{table.key('client_id')}: must not be empty")
+    client_secret = table.secret("client_secret", inline=False)
+    grant = table.choice("grant", OAUTH_GRANTS, "refresh_token")
+    if grant == "client_credentials" and provider == "google":
+        raise ConfigError(
+            f"{table.key('grant')}: Google offers no client_credentials for mail; "
+            'use grant = "refresh_token"'
+        )
+    if grant == "client_credentials" and client_secret is None:
+        raise ConfigError(
+            f'{table.key("client_secret")}: required with grant = "client_credentials"; '
+            "set client_secret_file, client_secret_env or client_secret_credential"
+        )
+    token_file = table.path("token_file", None)
+    mechanism = table.choice("mechanism", OAUTH_MECHANISMS, "xoauth2")
+    defaults = oauth_endpoints(provider, tenant=tenant, grant=grant)
+    token_url = _oauth_url(table, "token_url", defaults.token_url)
+    if token_url is None:
+        raise ConfigError(f'{table.key("token_url")}: required with provider = "generic"')
+    scope = " ".join(table.get("scope", str, defaults.scope).split())
+    oauth = OAuthConfig(
+        provider=provider,
+        client_id=client_id,
+        client_secret=client_secret,
+        grant=grant,
+        token_file=token_file,
+        mechanism=mechanism,
+        token_url=token_url,
+        device_authorization_url=_oauth_url(
+            table, "device_authorization_url", defaults.device_authorization_url
+        ),
+        authorization_url=_oauth_url(table, "authorization_url", defaults.authorization_url),
+        scope=scope,
+        tenant=tenant,
+    )
+    table.check_unknown()
+    return oauth
+
+
+def _oauth_url(table: _Table, name: str, default: str | None) -> str | None:
+    """Read URL NAME: https, or http on a loopback host only (a test or a local proxy)."""
+    value: str | None = table.get(name, str, None)
+    if value is None:
+        return default
+    try:
+        parts = urlsplit(value.strip())
+        host = parts.hostname
+    except ValueError:
+        host = None
+        parts = urlsplit("")
+    if not host or parts.scheme not in ("https", "http"):
+        raise ConfigError(f"{table.key(name)}: {value!r} is not an https:// URL")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(
+            f"{table.key(name)}: http:// is allowed only on loopback hosts; use https://"
+        )
+    return value.strip()
+
+
+def _shared_token_files(owners: list[tuple[str, OAuthConfig]]) -> None:
+    """Refuse two tables that share a token_file but not the client and grant it belongs to."""
+    first: dict[Path, tuple[str, OAuthConfig]] = {}
+    for where, oauth in owners:
+        path = oauth.token_file.resolve()
+        if path not in first:
+            first[path] = (where, oauth)
+            continue
+        other_where, other = first[path]
+        for key in ("provider", "tenant", "client_id", "grant", "token_url", "scope"):
+            if getattr(oauth, key) != getattr(other, key):
+                raise ConfigError(
+                    f"{where}.token_file: shared with {other_where}, whose {key} differs; "
+                    "one token_file holds one client's token"
+                )
+        if oauth.client_secret != other.client_secret:
+            raise ConfigError(
+                f"{where}.token_file: shared with {other_where}, whose client secret differs"
+            )
+
+
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -361,20 +507,30 @@ def parse_config(
     if "smtp" in data:
         smtp_t = root.table("smtp")
         security = smtp_t.choice("security", ("tls", "starttls", "none"), "starttls")
+        smtp_auth, smtp_oauth = _auth(smtp_t, "smtp")
+        smtp_user = smtp_t.get("username", str, None)
+        if smtp_auth == "oauth2" and not smtp_user:
+            raise ConfigError('smtp.username: required with auth = "oauth2" (the SASL user)')
         smtp = SmtpConfig(
             host=smtp_t.get("host", str),
             port=smtp_t.get("port", int, {"tls": 465, "starttls": 587, "none": 25}[security]),
             security=security,
-            username=smtp_t.get("username", str, None),
-            password=smtp_t.secret("password"),
+            username=smtp_user,
+            password=smtp_t.secret("password") if smtp_auth == "password" else None,
             timeout=_positive(smtp_t, "timeout", 30),
             max_attempts=int(_positive(smtp_t, "max_attempts", 12)),
             retry_base=_positive(smtp_t, "retry_base", 30),
             retry_max=_positive(smtp_t, "retry_max", 3600),
+            auth=smtp_auth,
+            oauth=smtp_oauth,
         )
         if security == "none" and not _is_loopback(smtp.host):
             raise ConfigError("smtp.security: 'none' is allowed only on loopback hosts")
         smtp_t.check_unknown()
+    _shared_token_files(
+        [(f"mailbox[{i}].oauth", m.oauth) for i, m in enumerate(mailboxes) if m.oauth]
+        + ([("smtp.oauth", smtp.oauth)] if smtp is not None and smtp.oauth else [])
+    )
 
     http_t = root.table("http")
     listen = http_t.get("listen", str, None)

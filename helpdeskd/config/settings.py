@@ -69,6 +69,61 @@ class DatabaseConfig:
     url: str
 
 
+# --- OAuth 2.0 ([mailbox.oauth], [smtp.oauth]) --------------------------------------------
+
+OAUTH_PROVIDERS = ("microsoft", "google", "generic")
+OAUTH_GRANTS = ("refresh_token", "client_credentials")
+OAUTH_MECHANISMS = ("xoauth2", "oauthbearer")
+MICROSOFT_LOGIN = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
+MICROSOFT_DELEGATED_SCOPE = (
+    "https://outlook.office.com/IMAP.AccessAsUser.All "
+    "https://outlook.office.com/SMTP.Send offline_access"
+)
+MICROSOFT_APP_SCOPE = "https://outlook.office365.com/.default"
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_SCOPE = "https://mail.google.com/"
+
+
+@dataclass(frozen=True)
+class OAuthEndpoints:
+    """Where a provider's tokens come from, and the scope asked for."""
+
+    token_url: str | None
+    device_authorization_url: str | None
+    authorization_url: str | None
+    scope: str
+
+
+def oauth_endpoints(provider: str, *, tenant: str | None, grant: str) -> OAuthEndpoints:
+    """Return PROVIDER's endpoints and default scope; a generic provider has none but the scope."""
+    if provider == "microsoft":
+        base = MICROSOFT_LOGIN.format(tenant=tenant or "organizations")
+        scope = MICROSOFT_APP_SCOPE if grant == "client_credentials" else MICROSOFT_DELEGATED_SCOPE
+        return OAuthEndpoints(f"{base}/token", f"{base}/devicecode", f"{base}/authorize", scope)
+    if provider == "google":
+        # Google's device flow does not allow the mail scope: login is PKCE in a browser.
+        return OAuthEndpoints(GOOGLE_TOKEN_URL, None, GOOGLE_AUTHORIZATION_URL, GOOGLE_SCOPE)
+    return OAuthEndpoints(None, None, None, "")
+
+
+@dataclass(frozen=True)
+class OAuthConfig:
+    """An ``[mailbox.oauth]`` or ``[smtp.oauth]`` table, with the provider's defaults filled in."""
+
+    provider: str  # microsoft | google | generic
+    client_id: str
+    client_secret: Secret | None  # None: a public client
+    grant: str  # refresh_token | client_credentials
+    token_file: Path  # the refresh token and the token's status (0600)
+    mechanism: str  # xoauth2 | oauthbearer
+    token_url: str
+    device_authorization_url: str | None
+    authorization_url: str | None
+    scope: str  # "" sends none
+    tenant: str | None = None  # microsoft only
+
+
 @dataclass(frozen=True)
 class MailboxConfig:
     name: str
@@ -76,8 +131,8 @@ class MailboxConfig:
     port: int
     security: str  # tls | starttls | none
     username: str
-    password: Secret | None
-    auth: str = "password"  # password | xoauth2
+    password: Secret | None  # None with auth = "oauth2"
+    auth: str = "password"  # password | oauth2
     folder: str = "INBOX"
     processed_folder: str | None = None
     idle: bool = True
@@ -86,6 +141,7 @@ class MailboxConfig:
     timeout: float = 30.0
     batch_size: int = 250  # mails stored in one transaction, and then moved, during a catch-up
     max_message_bytes: int = 25 * 1024 * 1024
+    oauth: OAuthConfig | None = None  # set exactly when auth = "oauth2"
 
 
 @dataclass(frozen=True)
@@ -99,6 +155,8 @@ class SmtpConfig:
     max_attempts: int = 12
     retry_base: float = 30.0
     retry_max: float = 3600.0
+    auth: str = "password"  # password | oauth2
+    oauth: OAuthConfig | None = None  # set exactly when auth = "oauth2"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import ConfigError, TemplateError
 from helpdeskd.mail.render import Renderer
+from helpdeskd.oauth.credential import login_needed
 from helpdeskd.rules import loader
 
 REQUIRED_TEMPLATES = ("ack.txt.j2", "agent_notification.txt.j2", "oversize.txt.j2")
@@ -64,4 +65,6 @@ def check_all(config: Config) -> list[str]:
         f"rules: {len(rules.rules)} routing, {len(rules.time_rules)} time, {len(rules.slas)} SLA "
         f"rules ok in {config.paths.rules}"
     )
+    # Not an error: a new install passes check before its first login, and is told what to run.
+    lines += [f"oauth: not logged in yet: run {command}" for command in login_needed(config)]
     return lines

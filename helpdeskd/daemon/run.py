@@ -11,6 +11,7 @@ import signal
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config
+from helpdeskd.daemon.alerts import judge_poll
 from helpdeskd.daemon.checks import check_templates
 from helpdeskd.daemon.sdnotify import Notifier, watchdog_interval
 from helpdeskd.daemon.supervisor import Supervisor, TaskFactory
@@ -33,6 +35,8 @@ from helpdeskd.imap.watcher import FetchedMail, MailboxWatcher
 from helpdeskd.ingest.batch import MailboxMark, Prepared, Processor
 from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.mail.render import Renderer
+from helpdeskd.oauth import login_command
+from helpdeskd.oauth.credential import Credentials
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.rules import loader
 from helpdeskd.store.db import SessionMaker, check_schema, create_engine, sessionmaker
@@ -40,6 +44,7 @@ from helpdeskd.store.models import Agent, MailboxState
 from helpdeskd.triage.facts import Policy, Runtime
 from helpdeskd.triage.received import Incoming
 from helpdeskd.web.app import (
+    Logins,
     LoopMonitor,
     behind_token,
     operations_routes,
@@ -53,6 +58,7 @@ log = structlog.get_logger(__name__)
 
 LOCK_CHECK_EVERY = 5.0  # seconds between checks that a mailbox's advisory lock still holds
 HOUSEKEEPING_EVERY = 60.0  # seconds between housekeeping rounds (maintenance runs by time)
+TOKEN_CHECK_EVERY = 30.0  # seconds between looks at the OAuth tokens (each refreshes when due)
 
 
 async def sync_agents(sessions: SessionMaker, config: Config) -> None:
@@ -105,45 +111,37 @@ class ProcessorSink:
         batch, mark = prepared
         await self.processor.store(batch, mark=mark)
 
-    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
-        """Record a poll; tell the agents once when a mailbox keeps failing, and once more
-        when it recovers."""
-        now = self.clock()
-        config = self.runtime.policy.config
+    async def record_poll(
+        self,
+        mailbox: str,
+        *,
+        ok: bool,
+        error: str | None,
+        urgent: bool = False,
+        fix: str | None = None,
+    ) -> None:
+        """Record a poll; tell the agents when :func:`judge_poll` says so."""
         async with self.sessions() as session, session.begin():
             state = await session.get(MailboxState, mailbox)
             if state is None:
                 state = MailboxState(name=mailbox, last_uid=0)
                 session.add(state)
-            state.last_poll_at = now
-            if ok:
-                state.last_ok_at, state.last_error, state.failing_since = now, None, None
-                if state.alerted_at is not None:
-                    state.alerted_at = None
-                    await self._tell_agents(
-                        session,
-                        f"Mailbox {mailbox} works again",
-                        f"helpdeskd polls mailbox {mailbox} again; mail that arrived while it "
-                        "failed is being processed now.\n",
-                    )
-                    log.info("mailbox_recovered", mailbox=mailbox)
+            alert = judge_poll(
+                state,
+                ok=ok,
+                error=error,
+                urgent=urgent,
+                fix=fix,
+                now=self.clock(),
+                alert_after=self.runtime.policy.config.service.alert_after,
+            )
+            if alert is None:
                 return
-            state.last_error, state.last_error_at = (error or "error")[:1000], now
-            state.failing_since = state.failing_since or now
-            failing = (now - state.failing_since).total_seconds()
-            if state.alerted_at is None and failing >= config.service.alert_after:
-                state.alerted_at = now
-                await self._tell_agents(
-                    session,
-                    f"Mailbox {mailbox} cannot be polled",
-                    f"helpdeskd has not been able to poll mailbox {mailbox} since "
-                    f"{state.failing_since.isoformat(timespec='seconds')}.\n\n"
-                    f"Last error: {state.last_error}\n\nCustomers' mail waits on the server "
-                    "and nothing is lost, but nothing is answered either. Check the password or "
-                    "token, the server and its certificate. You will get one more mail when it "
-                    "works again.\n",
-                )
-                log.error("mailbox_alert", mailbox=mailbox, error=state.last_error)
+            await self._tell_agents(session, alert.subject, alert.text)
+            if ok:
+                log.info("mailbox_recovered", mailbox=mailbox)
+            else:
+                log.error("mailbox_alert", mailbox=mailbox, error=state.last_error, fix=fix)
 
     async def _tell_agents(self, session: AsyncSession, subject: str, text: str) -> None:
         await AgentDesk.of(self.runtime.policy).tell_all(session, None, subject, text)
@@ -186,6 +184,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.outbox_wakeup = asyncio.Event()
         self.monitor = LoopMonitor()
+        self.logins = Logins()
 
     async def run(self) -> int:
         config = self.config
@@ -199,6 +198,9 @@ class Daemon:
             await check_schema(engine)
             sessions = sessionmaker(engine)
             await sync_agents(sessions, config)
+            self.credentials = Credentials(config, sessions, self.clock)
+            await self.credentials.load()
+            self.logins.credentials = self.credentials
             self.runtime = Runtime.of(config)
             self.processor = Processor(
                 self.runtime,
@@ -216,8 +218,12 @@ class Daemon:
                     recheck=notices.recheck,
                     dkim=config.dkim,
                     clock=self.clock,
+                    token_source=self.credentials.for_smtp(),
+                    on_login=self._smtp_login,
                 )
                 supervisor.add("outbox", sender.run)
+            if self.credentials.all():
+                supervisor.add("oauth", self._keep_tokens_fresh())
             sink = ProcessorSink(self.processor, sessions, clock=self.clock)
             for mailbox in config.mailboxes:
                 supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
@@ -252,14 +258,17 @@ class Daemon:
             lock = await _mailbox_lock(engine, name, stop)
             mailbox = next(m for m in self.config.mailboxes if m.name == name)
             spool = self.config.service.state_dir / "oversize"
+            tokens = self.credentials.for_mailbox(name)
             if lock is None:
-                await MailboxWatcher(mailbox, sink, stop=stop, spool_dir=spool).run()
+                await MailboxWatcher(
+                    mailbox, sink, stop=stop, spool_dir=spool, token_source=tokens
+                ).run()
                 return
             # The lock lives as long as its connection: if PostgreSQL drops it (a restart),
             # this watcher finishes its batch and stops, and the supervisor locks again.
             mine = asyncio.Event()
             watcher = asyncio.create_task(
-                MailboxWatcher(mailbox, sink, stop=mine, spool_dir=spool).run()
+                MailboxWatcher(mailbox, sink, stop=mine, spool_dir=spool, token_source=tokens).run()
             )
             try:
                 while not watcher.done():
@@ -280,6 +289,52 @@ class Daemon:
                     await lock.close()
 
         return task
+
+    def _keep_tokens_fresh(self) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            # Each access token is refreshed ahead of its expiry whether or not a login needs
+            # it now, so that a revoked grant shows in /healthz at once and a refresh token
+            # that expires when unused never goes unused. Logins report their own failures.
+            warned: set[str] = set()
+            while not stop.is_set():
+                for credential in await self.credentials.keep_fresh():
+                    if credential.name not in warned:
+                        warned.add(credential.name)
+                        expires = credential.status().refresh_expires_at
+                        await self._warn_refresh_expiry(credential.name, expires)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=TOKEN_CHECK_EVERY)
+
+        return task
+
+    async def _warn_refresh_expiry(self, name: str, when: datetime | None) -> None:
+        """Tell the agents, once a run, that NAME's refresh token expires soon (WHEN): the
+        provider ends it whatever helpdeskd does (a Google app in "Testing" mode)."""
+        moment = when.isoformat(timespec="minutes") if when else "soon"
+        log.warning("oauth_refresh_token_expiring", oauth=name, expires_at=moment)
+        command = login_command(name)
+        async with self.processor.sessions() as session, session.begin():
+            await AgentDesk.of(self.runtime.policy).tell_all(
+                session,
+                None,
+                f"OAuth sign-in for {name} expires {moment}: run {command}",
+                f"The provider will end helpdeskd's sign-in for {name} at {moment} (UTC), "
+                f"whatever helpdeskd does. Before then, an admin should run:\n\n    {command}\n\n"
+                "To stop it recurring with Google, make the OAuth app Internal or publish it "
+                "(docs/admin.md).\n",
+            )
+        self.outbox_wakeup.set()
+
+    async def _smtp_login(self, error: str | None, fix: str | None) -> None:
+        """The outbox's SMTP login failed (ERROR, FIX), or works again (None, None).
+
+        The agents cannot be mailed about it through the relay that refuses helpdeskd: it
+        shows in the log, /healthz, /metrics and `helpdeskd status`."""
+        self.logins.smtp_error = error
+        if error is None:
+            log.info("smtp_login_recovered")
+        else:
+            log.error("smtp_alert", error=error, fix=fix)
 
     def _scheduler(self) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
@@ -325,7 +380,9 @@ class Daemon:
         on the public listener those two need the admin token (without one: 404)."""
         http = self.config.http
         clock = self.clock
-        operations = operations_routes(self.config, sessions, self.monitor, clock=clock)
+        operations = operations_routes(
+            self.config, sessions, self.monitor, clock=clock, logins=self.logins
+        )
         sites: list[tuple[str, str, list[web.RouteDef]]] = []
         if http.listen:
             routes = behind_token(operations, http.admin_token)

@@ -16,8 +16,10 @@ A :class:`Session` is one connection; the watcher sends its commands through it.
   :func:`helpdeskd.imap.wire.encode_mailbox`.
 - Its CAPABILITY from a LOGIN response keeps ``[``, ``]`` and the text after them:
   :meth:`Session.refresh_capabilities` asks again after authenticating.
-- It never answers the ``+`` challenge a server sends when XOAUTH2 fails, and hangs;
-  :class:`_Protocol` answers with an empty line so the server says NO.
+- It never answers the ``+`` challenge a server sends when XOAUTH2 fails, and hangs, and it
+  has no OAUTHBEARER: :meth:`Session.authenticate` sends any SASL mechanism with its initial
+  response (SASL-IR, or after the server's empty challenge without it), keeps the error
+  challenge and answers it with the mechanism's own failure response, so the server says NO.
 - It logs every line it sends at DEBUG, scrubbing only the raw password: the XOAUTH2 string
   (the bearer token in base64) and escaped passwords leaked. :class:`_Protocol` does not log.
 - It parses each read recursively, a frame or more per response line, each frame keeping a
@@ -30,10 +32,12 @@ A :class:`Session` is one connection; the watcher sends its commands through it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -72,8 +76,26 @@ def require_ok(response: Any, what: str) -> Any:
     return response
 
 
+@dataclass
+class _Sasl:
+    """One AUTHENTICATE exchange: what to answer the server's challenges with, what it said."""
+
+    initial: bytes | None  # base64 initial response still to send (no SASL-IR), or None
+    failure: bytes  # base64 response to an error challenge
+    challenge: bytes | None = None  # the server's error challenge, as sent (base64)
+
+
+@dataclass(frozen=True)
+class SaslOutcome:
+    """How AUTHENTICATE ended: OK or not, the status text, and the server's error challenge."""
+
+    ok: bool
+    text: str
+    challenge: bytes | None
+
+
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol: counts EXISTS, answers failed SASL, logs no secrets."""
+    """aioimaplib's protocol: counts EXISTS, answers SASL challenges, logs no secrets."""
 
     def __init__(
         self,
@@ -82,6 +104,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     ) -> None:
         super().__init__(loop, conn_lost_cb)
         self.exists_seen = 0
+        self.sasl: _Sasl | None = None
 
     def _untagged_response(self, line: bytes) -> Any:
         # aioimaplib drops an EXISTS that comes outside IDLE; count it so nothing new waits
@@ -91,11 +114,18 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def _continuation(self, line: bytes) -> None:
         command = self.pending_sync_command
-        super()._continuation(line)
-        if command is not None and command.name == "AUTHENTICATE":
-            # the initial response went with the command (SASL-IR): a challenge now carries
-            # the error, and the server waits for an empty response before it says NO
-            self.transport.write(b"\r\n")
+        sasl = self.sasl
+        if command is None or command.name != "AUTHENTICATE" or sasl is None:
+            super()._continuation(line)
+            return
+        if sasl.initial is not None:  # no SASL-IR: the first challenge is empty, asking for it
+            reply, sasl.initial = sasl.initial, None
+        else:
+            # after the initial response a challenge carries the error (RFC 7628 3.2.2), and
+            # the server waits for the failure response before it says NO
+            sasl.challenge = bytes(line[1:]).strip()
+            reply = sasl.failure
+        self.transport.write(reply + b"\r\n")
 
     def send(self, line: str, scrub: str | None = None) -> None:
         # aioimaplib logs each sent line at DEBUG and scrubs only the raw password
@@ -199,6 +229,30 @@ class Session:
         except (TimeoutError, aioimaplib.CommandTimeout):
             self.broken = True
             raise ImapDisconnected(f"no answer from the server within {limit:.0f} s") from None
+
+    async def authenticate(self, mechanism: str, initial: bytes, failure: bytes) -> SaslOutcome:
+        """Run AUTHENTICATE MECHANISM with the INITIAL client response.
+
+        FAILURE is the client's answer to an error challenge (XOAUTH2: empty; OAUTHBEARER:
+        ``\\x01``). The command goes through :meth:`call`, so it never waits past the
+        timeout; the outcome carries the server's error challenge, if any, as sent.
+        """
+        protocol = self.client.protocol
+        encoded = base64.b64encode(initial)
+        sasl_ir = self.has("SASL-IR")
+        protocol.sasl = _Sasl(
+            initial=None if sasl_ir else encoded, failure=base64.b64encode(failure)
+        )
+        args = [mechanism, encoded.decode("ascii")] if sasl_ir else [mechanism]
+        command = aioimaplib.Command("AUTHENTICATE", protocol.new_tag(), *args, loop=protocol.loop)
+        try:
+            response = await self.call(protocol.execute(command))
+        finally:
+            sasl, protocol.sasl = protocol.sasl, None
+        ok = response.result == "OK"
+        if ok:
+            protocol.state = aioimaplib.AUTH
+        return SaslOutcome(ok, response_text(response), sasl.challenge if sasl else None)
 
     async def refresh_capabilities(self) -> None:
         """Ask for CAPABILITY again: after STARTTLS, and after a login whose list is garbled."""

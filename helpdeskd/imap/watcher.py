@@ -23,7 +23,7 @@ import os
 import random
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +50,8 @@ from helpdeskd.imap.wire import (
     parse_select,
     uid_set,
 )
+from helpdeskd.oauth import OAuthError, TokenSource, login_command
+from helpdeskd.oauth.sasl import FAILED_SASL_RESPONSE, sasl_error, sasl_initial_response
 from helpdeskd.runs import split_runs
 from helpdeskd.store.spool import sync_directory
 
@@ -92,9 +94,34 @@ class MailSink(Protocol):
         """
         ...
 
-    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
-        """Record the outcome of a catch-up (or of a failed session) for `helpdeskd status`."""
+    async def record_poll(
+        self,
+        mailbox: str,
+        *,
+        ok: bool,
+        error: str | None,
+        urgent: bool = False,
+        fix: str | None = None,
+    ) -> None:
+        """Record the outcome of a catch-up (or of a failed session) for `helpdeskd status`.
+
+        URGENT: the failure needs a person, not time (a refused OAuth login), so the agents
+        are told at once; FIX is the command that mends it, when there is one.
+        """
         ...
+
+
+class LoginRefused(ImapError):
+    """An OAuth 2.0 login failed: no token, or the server refused it.
+
+    URGENT: only a person can mend it (not a provider that is down for a while); FIX is the
+    command that does, when there is one.
+    """
+
+    def __init__(self, message: str, *, urgent: bool = True, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.urgent = urgent
+        self.fix = fix
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
@@ -124,7 +151,7 @@ class MailboxWatcher:
         *,
         stop: asyncio.Event,
         ssl_context: ssl.SSLContext | None = None,
-        token_provider: Callable[[], Awaitable[str]] | None = None,
+        token_source: TokenSource | None = None,
         spool_dir: Path | None = None,
     ) -> None:
         """Watch CONFIG's folder into SINK until STOP is set.
@@ -133,9 +160,8 @@ class MailboxWatcher:
         pieces straight to disk so that they never sit in memory whole.
 
         SSL_CONTEXT replaces the default (system CAs, hostname checked) for ``tls`` and
-        ``starttls``. TOKEN_PROVIDER, for ``auth = "xoauth2"``, returns a fresh access token
-        before each login (its failure is a failed poll); without it the configured token is
-        used as it is.
+        ``starttls``. TOKEN_SOURCE, for ``auth = "oauth2"``, gives a fresh access token before
+        each login; its failure, or a refused token, is a failed poll that names its fix.
         """
         if config.processed_folder is not None and config.processed_folder == config.folder:
             raise ImapError(f"mailbox {config.name}: processed_folder must differ from folder")
@@ -143,7 +169,7 @@ class MailboxWatcher:
         self._sink = sink
         self._stop = stop
         self._ssl_context = ssl_context
-        self._token_provider = token_provider
+        self._token_source = token_source
         self._spool_dir = spool_dir
         self._failures = 0
         self._uidvalidity: int | None = None
@@ -168,7 +194,7 @@ class MailboxWatcher:
                     self._log.warning("imap_disconnected", error=error)
                 else:
                     self._log.warning("imap_session_failed", error=error)
-                await self._record(ok=False, error=error)
+                await self._record_failure(exc)
             delay = self._backoff()
             self._log.info("imap_reconnect_scheduled", delay=round(delay, 2))
             if await self._sleep(delay):
@@ -181,7 +207,7 @@ class MailboxWatcher:
             async with await self._connect() as session:
                 count = await self._catch_up(session)
         except Exception as exc:
-            await self._record(ok=False, error=_one_line(exc))
+            await self._record_failure(exc)
             raise
         await self._record(ok=True, error=None)
         return count
@@ -258,22 +284,56 @@ class MailboxWatcher:
 
     async def _login(self, session: Session) -> None:
         cfg = self.config
-        client = session.client
-        if cfg.auth == "xoauth2":
-            if self._token_provider is not None:
-                token = await session.call(self._token_provider())
-            elif cfg.password is not None:
-                token = cfg.password.reveal()
-            else:
-                raise ImapError(f"mailbox {cfg.name}: no XOAUTH2 token configured")
-            response = await session.call(client.xoauth2(cfg.username, token))
-        else:
-            if cfg.password is None:
-                raise ImapError(f"mailbox {cfg.name}: no password configured")
-            response = await session.call(client.login(cfg.username, cfg.password.reveal()))
+        if cfg.auth == "oauth2":
+            await self._oauth_login(session)
+            return
+        if cfg.password is None:
+            raise ImapError(f"mailbox {cfg.name}: no password configured")
+        response = await session.call(session.client.login(cfg.username, cfg.password.reveal()))
         if response.result != "OK":
-            raise ImapError(
-                f"{cfg.auth} login as {cfg.username} refused: {response_text(response)}"
+            raise ImapError(f"password login as {cfg.username} refused: {response_text(response)}")
+
+    async def _check_token(self) -> None:
+        """Between catch-ups, have the access token refreshed ahead of its expiry; end the
+        session when the credential needs a person (a revoked grant), so that they hear now.
+
+        A refresh that fails for a while (the provider unreachable) keeps the session: the
+        token it logged in with still works."""
+        if self._token_source is None or self.config.auth != "oauth2":
+            return
+        try:
+            await self._token_source.access_token()
+        except OAuthError as exc:
+            if not exc.temporary:
+                raise LoginRefused(str(exc), fix=exc.fix) from None
+            self._log.warning("oauth_refresh_failed", error=str(exc))
+
+    async def _oauth_login(self, session: Session) -> None:
+        """AUTHENTICATE with SASL XOAUTH2 or OAUTHBEARER and a fresh access token."""
+        cfg = self.config
+        assert cfg.oauth is not None  # the config ensures it for auth = "oauth2"
+        # a token the server refuses may be for another account or lack a scope: log in again
+        fix = login_command(cfg.name) if cfg.oauth.grant == "refresh_token" else None
+        if self._token_source is None:
+            raise LoginRefused(f"mailbox {cfg.name} uses OAuth 2.0 but has no token source")
+        try:
+            # the token endpoint has its own timeout; the session's would cut a slow refresh
+            token = await self._token_source.access_token()
+        except OAuthError as exc:
+            raise LoginRefused(str(exc), urgent=not exc.temporary, fix=exc.fix) from None
+        mechanism = cfg.oauth.mechanism
+        if not session.has(f"AUTH={mechanism.upper()}"):
+            raise LoginRefused(f"{cfg.host}:{cfg.port} does not offer AUTH={mechanism.upper()}")
+        initial = sasl_initial_response(
+            mechanism, cfg.username, token, host=cfg.host, port=cfg.port
+        )
+        outcome = await session.authenticate(
+            mechanism.upper(), initial, FAILED_SASL_RESPONSE[mechanism]
+        )
+        if not outcome.ok:
+            detail = f" ({sasl_error(outcome.challenge)})" if outcome.challenge else ""
+            raise LoginRefused(
+                f"{mechanism} login as {cfg.username} refused: {outcome.text}{detail}", fix=fix
             )
 
     async def _ensure_folder(self, session: Session, folder: str) -> None:
@@ -324,6 +384,7 @@ class MailboxWatcher:
             await self._record(ok=True, error=None)
             if self._stop.is_set():
                 return
+            await self._check_token()
             if use_idle:
                 await self._idle(session)
             elif await self._sleep(self.config.poll_interval):
@@ -613,8 +674,18 @@ class MailboxWatcher:
         self._failures += 1
         return random.uniform(base / 2, base)
 
-    async def _record(self, *, ok: bool, error: str | None) -> None:
+    async def _record_failure(self, exc: Exception) -> None:
+        if isinstance(exc, LoginRefused):
+            await self._record(ok=False, error=_one_line(exc), urgent=exc.urgent, fix=exc.fix)
+        else:
+            await self._record(ok=False, error=_one_line(exc))
+
+    async def _record(
+        self, *, ok: bool, error: str | None, urgent: bool = False, fix: str | None = None
+    ) -> None:
         try:
-            await self._sink.record_poll(self.config.name, ok=ok, error=error)
+            await self._sink.record_poll(
+                self.config.name, ok=ok, error=error, urgent=urgent, fix=fix
+            )
         except Exception as exc:  # bookkeeping must not stop the watcher
             self._log.error("imap_record_poll_failed", error=_one_line(exc))

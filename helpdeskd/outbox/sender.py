@@ -9,6 +9,11 @@ exponential backoff and jitter, a 5xx fails that recipient. A recipient who acce
 never sent it again. A recipient that cannot be addressed (no address a mail can carry, or a
 non-ASCII one where the relay lacks SMTPUTF8) fails at once with the reason; the others still go.
 
+With ``auth = "oauth2"`` the sender logs in with SASL XOAUTH2 or OAUTHBEARER and an access
+token from its :class:`TokenSource`. A login that fails (no token, a token the provider will not
+refresh, a token the relay refuses) is nobody's mail's fault: no row is claimed or charged an
+attempt; the sender reports it once (``on_login_failed``) and tries again later, backing off.
+
 The sender reads its clock once for each step that looks at the time, and passes that moment
 down: picking the due rows, a mail just before it goes (has it expired?), and a mail's result
 (when it was sent, when to try again).
@@ -17,6 +22,7 @@ down: picking the due rows, a mail just before it goes (has it expired?), and a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import DkimConfig, SmtpConfig
 from helpdeskd.mail.parse import is_address
+from helpdeskd.oauth import OAuthError, TokenSource, login_command
+from helpdeskd.oauth.sasl import FAILED_SASL_RESPONSE, sasl_error, sasl_initial_response
 from helpdeskd.outbox.dkim import sign
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Base, Event, Outbox, OutboxRecipient
@@ -61,6 +69,8 @@ _RECORD_RECIPIENT = (
 Recheck = Callable[[AsyncSession, Outbox], Awaitable[dict[str, str]]]
 
 UNADDRESSABLE = "cannot be addressed: not a mail address a message can carry"
+LOGIN_RETRY_BASE = 30.0  # seconds before trying a failed SMTP login again; doubles per failure
+LOGIN_RETRY_MAX = 600.0
 NO_SMTPUTF8 = "the relay does not offer SMTPUTF8, needed for a non-ASCII address"
 
 
@@ -149,6 +159,18 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+class LoginFailed(Exception):
+    """The relay could not be logged in to; FIX, when known, is the command that mends it."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+# Told of a failed SMTP login (message, fix), once per failure streak; and of the recovery.
+LoginReport = Callable[[str | None, str | None], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class SendResult:
     accepted: tuple[str, ...]
@@ -195,9 +217,18 @@ class OutboxSender:
         recheck: Recheck | None = None,
         dkim: DkimConfig | None = None,
         clock: Clock = system_clock,
+        token_source: TokenSource | None = None,
+        on_login: LoginReport | None = None,
     ) -> None:
+        """TOKEN_SOURCE gives the access tokens for ``auth = "oauth2"``. ON_LOGIN hears of a
+        failed login (its message and fix) when a streak of failures starts, and of the first
+        login that works after one (``None, None``)."""
         self.sessions = sessions
         self.clock = clock
+        self.token_source = token_source
+        self.on_login = on_login
+        self._login_failures = 0
+        self._login_retry_at: datetime | None = None  # no sending before it (a failed login)
         self.recheck = recheck
         self.dkim = dkim
         self.smtp = smtp
@@ -227,17 +258,44 @@ class OutboxSender:
             await self._close()
 
     async def run_once(self) -> int:
-        """Attempt the due rows once (at most a batch); return how many were attempted."""
-        async with self.sessions() as session:
-            if session.bind is None or session.bind.dialect.name != "postgresql":
-                return await self._deliver_batch(session)
-            attempted = 0
-            while attempted < CLAIM_BATCH and await self._deliver_next(session):
-                attempted += 1
-            return attempted
+        """Attempt the due rows once (at most a batch); return how many were attempted.
+
+        While a failed login is backed off, nothing is attempted.
+        """
+        if self._login_wait() > 0:
+            return 0
+        try:
+            async with self.sessions() as session:
+                if session.bind is None or session.bind.dialect.name != "postgresql":
+                    return await self._deliver_batch(session)
+                attempted = 0
+                while attempted < CLAIM_BATCH and await self._deliver_next(session):
+                    attempted += 1
+                return attempted
+        except LoginFailed as exc:  # raised before any row was charged: they wait as they are
+            await self._login_failed(exc)
+            return 0
+
+    def _login_wait(self) -> float:
+        """Seconds left before a failed login may be tried again (0 when it may)."""
+        if self._login_retry_at is None:
+            return 0.0
+        return max(0.0, (self._login_retry_at - self.clock()).total_seconds())
+
+    async def _login_failed(self, exc: LoginFailed) -> None:
+        await self._close()
+        delay = backoff(self._login_failures + 1, LOGIN_RETRY_BASE, LOGIN_RETRY_MAX)
+        self._login_retry_at = self.clock() + timedelta(seconds=delay)
+        log.error("smtp_login_failed", error=str(exc), fix=exc.fix, retry_in=round(delay, 1))
+        if self._login_failures == 0 and self.on_login is not None:
+            await self.on_login(str(exc), exc.fix)
+        self._login_failures += 1
 
     async def _until_due(self) -> float:
-        """Seconds until the next row is due (a retry's backoff), at most idle_poll."""
+        """Seconds until the next row is due (a retry's backoff), at most idle_poll; or until
+        a failed login may be tried again."""
+        if wait := self._login_wait():
+            return wait
         async with reading(self.sessions) as session:  # waits for no batch being stored
             due = await session.scalar(
                 select(func.min(Outbox.next_attempt_at)).where(Outbox.state == "pending")
@@ -505,10 +563,61 @@ class OutboxSender:
             start_tls=cfg.security == "starttls",
         )
         await client.connect()
-        if cfg.username and cfg.password is not None:
-            await client.login(cfg.username, cfg.password.reveal())
+        try:
+            if cfg.auth == "oauth2":
+                await self._oauth_login(client)
+            elif cfg.username and cfg.password is not None:
+                await client.login(cfg.username, cfg.password.reveal())
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            oauth = cfg.oauth
+            fix = login_command("smtp") if oauth and oauth.grant == "refresh_token" else None
+            raise LoginFailed(
+                f"SMTP login as {cfg.username} refused: {exc.code} {exc.message}", fix
+            ) from None
+        except BaseException:
+            client.close()
+            raise
+        if self._login_failures:
+            self._login_failures, self._login_retry_at = 0, None
+            log.info("smtp_login_recovered")
+            if self.on_login is not None:
+                await self.on_login(None, None)
         self._client = client
         return client
+
+    async def _oauth_login(self, client: aiosmtplib.SMTP) -> None:
+        """SASL XOAUTH2 or OAUTHBEARER with a fresh access token; LoginFailed when refused."""
+        cfg = self.smtp
+        assert cfg.oauth is not None and cfg.username is not None  # the config ensures both
+        if self.token_source is None:
+            raise LoginFailed("SMTP uses OAuth 2.0 but the sender was given no token source")
+        try:
+            token = await self.token_source.access_token()
+        except OAuthError as exc:
+            raise LoginFailed(str(exc), exc.fix) from exc
+        mechanism = cfg.oauth.mechanism
+        if mechanism not in client.server_auth_methods:
+            await client.ehlo()  # after STARTTLS aiosmtplib may not have asked yet
+        if mechanism not in client.server_auth_methods:
+            raise LoginFailed(
+                f"the relay {cfg.host}:{cfg.port} does not offer AUTH {mechanism.upper()}"
+            )
+        initial = sasl_initial_response(
+            mechanism, cfg.username, token, host=cfg.host, port=cfg.port
+        )
+        response = await client.execute_command(
+            b"AUTH", mechanism.upper().encode(), base64.b64encode(initial)
+        )
+        detail = ""
+        if response.code == 334:  # the error challenge (RFC 7628 3.2.2): answer it, then 535
+            detail = sasl_error(response.message.encode("utf-8", "replace"))
+            response = await client.execute_command(
+                base64.b64encode(FAILED_SASL_RESPONSE[mechanism])
+            )
+        if response.code != 235:
+            reason = f"{response.code} {response.message}" + (f" ({detail})" if detail else "")
+            raise aiosmtplib.SMTPAuthenticationError(response.code, reason)
 
     async def close(self) -> None:
         """Close the SMTP connection, if one is open."""

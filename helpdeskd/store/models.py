@@ -386,3 +386,26 @@ class AutoReplyLog(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     kind: Mapped[str] = mapped_column(String(30))
     sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OAuthToken(Base):
+    """One OAuth token's state on PostgreSQL, shared by every daemon (helpdeskd.oauth).
+
+    Keyed by the configured token_file's path, from which it was seeded. The refresh token is
+    encrypted with a key derived from the service's secret key: ``KEY_ID:base64url(nonce +
+    AES-GCM ciphertext)``. The access token is never stored.
+    """
+
+    __tablename__ = "oauth_tokens"
+
+    token_file: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    account: Mapped[str | None] = mapped_column(String(320))
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    obtained_at: Mapped[datetime | None] = mapped_column()
+    last_refresh: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    refresh_expires_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

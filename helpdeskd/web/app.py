@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.secrets import Secret
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import HelpdeskError
+from helpdeskd.oauth.credential import Credentials
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import (
     MailboxState,
@@ -38,6 +40,7 @@ from helpdeskd.store.models import (
     RawMessage,
     Ticket,
 )
+from helpdeskd.store.views import iso
 
 log = structlog.get_logger(__name__)
 
@@ -68,14 +71,50 @@ class LoopMonitor:
         return time.monotonic() - self.beat < self.interval * 5 and self.lag < 5.0
 
 
+@dataclass
+class Logins:
+    """What the daemon knows of its logins right now: its OAuth credentials (their in-memory
+    status) and the outbox's last SMTP login error. Changed by the daemon as it goes."""
+
+    credentials: Credentials | None = None
+    smtp_error: str | None = None
+
+    def oauth(self, now: datetime) -> list[dict[str, Any]]:
+        """One object per mailbox with OAuth and ``smtp``: ok, account, expiry, last error."""
+        if self.credentials is None:
+            return []
+        return [
+            {
+                "name": status.name,
+                "ok": status.last_error is None and status.logged_in,
+                "account": status.account,
+                "expires_at": iso(status.expires_at),
+                "expires_in_seconds": _seconds_until(status.expires_at, now),
+                "last_refresh": iso(status.last_refresh),
+                "last_error": status.last_error,
+            }
+            for status in self.credentials.statuses()
+        ]
+
+
+def _seconds_until(moment: datetime | None, now: datetime) -> float | None:
+    return round((moment - now).total_seconds(), 1) if moment is not None else None
+
+
 def _age(moment: datetime | None, now: datetime) -> float | None:
     return (now - moment).total_seconds() if moment is not None else None
 
 
 async def health(
-    config: Config, sessions: SessionMaker, monitor: LoopMonitor, *, now: datetime
+    config: Config,
+    sessions: SessionMaker,
+    monitor: LoopMonitor,
+    *,
+    now: datetime,
+    logins: Logins | None = None,
 ) -> dict[str, Any]:
-    """Return the health report at NOW: the loop, and each mailbox's last successful poll."""
+    """Return the health report at NOW: the loop, each mailbox's last successful poll, and
+    the logins (OAuth tokens, SMTP)."""
     async with reading(sessions) as session:
         states = {s.name: s for s in await session.scalars(select(MailboxState))}
     mailboxes = []
@@ -96,12 +135,19 @@ async def health(
                 "last_error": state.last_error if state else None,
             }
         )
-    return {
+    logins = logins or Logins()
+    oauth = logins.oauth(now)
+    healthy = healthy and all(entry["ok"] for entry in oauth) and logins.smtp_error is None
+    report: dict[str, Any] = {
         "status": "ok" if healthy else "degraded",
         "version": __version__,
         "event_loop": {"alive": monitor.alive, "lag_seconds": round(monitor.lag, 3)},
         "mailboxes": mailboxes,
+        "oauth": oauth,
     }
+    if config.smtp is not None:
+        report["smtp"] = {"ok": logins.smtp_error is None, "last_error": logins.smtp_error}
+    return report
 
 
 class _Snapshot(Collector):
@@ -114,8 +160,11 @@ class _Snapshot(Collector):
         return iter(self.families)
 
 
-async def metrics_text(config: Config, sessions: SessionMaker, *, now: datetime) -> bytes:
-    """Return Prometheus text for the state of the database, ages counted to NOW."""
+async def metrics_text(
+    config: Config, sessions: SessionMaker, *, now: datetime, logins: Logins | None = None
+) -> bytes:
+    """Return Prometheus text for the state of the database and the logins, ages counted to
+    NOW."""
     async with reading(sessions) as session:
         outcomes = await session.execute(
             select(RawMessage.outcome, func.count(RawMessage.id)).group_by(RawMessage.outcome)
@@ -169,23 +218,51 @@ async def metrics_text(config: Config, sessions: SessionMaker, *, now: datetime)
             "helpdeskd_quarantine_open", "Messages waiting in quarantine", value=quarantined or 0
         ),
         lag,
+        *_login_metrics(logins or Logins(), now),
     ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry)
 
 
+def _login_metrics(logins: Logins, now: datetime) -> list[Any]:
+    ok = GaugeMetricFamily(
+        "helpdeskd_oauth_ok",
+        "1 while a mailbox's (or smtp's) OAuth token can be had, 0 when it cannot",
+        labels=["name"],
+    )
+    expiry = GaugeMetricFamily(
+        "helpdeskd_oauth_token_expiry_seconds",
+        "Seconds until the current OAuth access token expires",
+        labels=["name"],
+    )
+    for entry in logins.oauth(now):
+        ok.add_metric([entry["name"]], 1 if entry["ok"] else 0)
+        if entry["expires_in_seconds"] is not None:
+            expiry.add_metric([entry["name"]], entry["expires_in_seconds"])
+    smtp = GaugeMetricFamily(
+        "helpdeskd_smtp_login_ok", "1 unless the outbox's last SMTP login failed"
+    )
+    smtp.add_metric([], 0 if logins.smtp_error else 1)
+    return [ok, expiry, smtp]
+
+
 def operations_routes(
-    config: Config, sessions: SessionMaker, monitor: LoopMonitor, *, clock: Clock = system_clock
+    config: Config,
+    sessions: SessionMaker,
+    monitor: LoopMonitor,
+    *,
+    clock: Clock = system_clock,
+    logins: Logins | None = None,
 ) -> list[web.RouteDef]:
     """/healthz and /metrics, open to whoever reaches them (see :func:`behind_token`)."""
 
     async def healthz(request: web.Request) -> web.Response:
-        report = await health(config, sessions, monitor, now=clock())
+        report = await health(config, sessions, monitor, now=clock(), logins=logins)
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
     async def metrics_view(request: web.Request) -> web.Response:
-        body = await metrics_text(config, sessions, now=clock())
+        body = await metrics_text(config, sessions, now=clock(), logins=logins)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     return [web.get("/healthz", healthz), web.get("/metrics", metrics_view)]

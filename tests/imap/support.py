@@ -29,6 +29,8 @@ class RecordingSink:
         self.deliveries: Counter[tuple[str, int, int]] = Counter()
         self.batches: list[list[int]] = []
         self.polls: list[tuple[bool, str | None]] = []
+        self.urgent: list[bool] = []
+        self.fixes: list[str | None] = []
 
     async def prepare_batch(self, mailbox: str, uidvalidity: int, mails: Any) -> Any:
         return mailbox, uidvalidity, mails
@@ -43,8 +45,18 @@ class RecordingSink:
             self.deliveries[key] += 1
             self.mails[key] = mail
 
-    async def record_poll(self, mailbox: str, *, ok: bool, error: str | None) -> None:
+    async def record_poll(
+        self,
+        mailbox: str,
+        *,
+        ok: bool,
+        error: str | None,
+        urgent: bool = False,
+        fix: str | None = None,
+    ) -> None:
         self.polls.append((ok, error))
+        self.urgent.append(urgent)
+        self.fixes.append(fix)
 
     def raws(self) -> set[bytes | None]:
         return {mail.raw for mail in self.mails.values()}

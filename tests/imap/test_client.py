@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from helpdeskd.config.secrets import Secret
-from helpdeskd.imap.watcher import MailboxWatcher
+from helpdeskd.config.settings import MailboxConfig, OAuthConfig
+from helpdeskd.imap.watcher import LoginRefused, MailboxWatcher
 from helpdeskd.imap.wire import ImapError
+from helpdeskd.oauth import OAuthError
 from tests.imap.support import (
     DovecotFactory,
     RecordingSink,
@@ -29,6 +32,7 @@ from tests.imap.support import (
 from tests.servers.dovecot import Dovecot
 from tests.servers.fixtures import SUPPORT_PASSWORD as PASSWORD
 from tests.servers.fixtures import SUPPORT_USER as USER
+from tests.servers.oauth import AuthServer
 
 # --- response shapes and arguments -------------------------------------------------------------
 
@@ -184,25 +188,82 @@ async def test_an_untrusted_certificate_is_refused(dovecot_factory: DovecotFacto
         await MailboxWatcher(config, RecordingSink(), stop=asyncio.Event()).run_once()
 
 
-async def test_xoauth2_login_and_refusal(dovecot_factory: DovecotFactory) -> None:
-    # Dovecot 2.3 checks an XOAUTH2 token as the user's password: enough to test the exchange
-    server = dovecot_factory(mechanisms="plain login xoauth2")
-    server.append(USER, PASSWORD, message(1))
-    sink = RecordingSink()
-    tokens = ["secret"]
+class Tokens:
+    """A credential's stand-in: hands out the given access tokens, or raises the given error."""
 
-    async def token() -> str:
-        return tokens.pop()
+    def __init__(self, *tokens: str, error: OAuthError | None = None) -> None:
+        self.tokens = list(tokens)
+        self.error = error
 
-    config = mailbox(server, auth="xoauth2", password=None)
-    watcher = MailboxWatcher(config, sink, stop=asyncio.Event(), token_provider=token)
+    async def access_token(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.tokens.pop(0)
+
+
+def oauth_mailbox(server: Dovecot, mechanism: str, **overrides: Any) -> MailboxConfig:
+    settings = OAuthConfig(
+        provider="generic",
+        client_id="helpdeskd",
+        client_secret=None,
+        grant="refresh_token",
+        token_file=Path("/nonexistent/token.json"),
+        mechanism=mechanism,
+        token_url="http://127.0.0.1:9/token",
+        device_authorization_url=None,
+        authorization_url=None,
+        scope="mail",
+    )
+    return replace(mailbox(server, password=None, **overrides), auth="oauth2", oauth=settings)
+
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+async def test_oauth_login_with_a_token_the_server_checks(
+    oauth_dovecot: Dovecot, auth_server: AuthServer, mechanism: str
+) -> None:
+    oauth_dovecot.append(USER, PASSWORD, message(1))
+    config = oauth_mailbox(oauth_dovecot, mechanism)
+    tokens = Tokens(auth_server.issue_access_token(USER))
+    watcher = MailboxWatcher(config, RecordingSink(), stop=asyncio.Event(), token_source=tokens)
     assert await watcher.run_once() == 1
-    assert "method=XOAUTH2" in server.log_tail()
+    assert f"method={mechanism.upper()}" in oauth_dovecot.log_tail()
 
-    # a refused token gets a "+ <error>" challenge; unanswered, aioimaplib would hang
-    refused = mailbox(server, auth="xoauth2", password=Secret("expired"), timeout=30.0)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    with pytest.raises(ImapError, match="refused"):
-        await MailboxWatcher(refused, sink, stop=asyncio.Event()).run_once()
-    assert loop.time() - start < 5.0
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+async def test_a_refused_token_is_answered_and_reported_with_its_fix(
+    oauth_dovecot: Dovecot, auth_server: AuthServer, mechanism: str
+) -> None:
+    # The server sends its error as a "+" challenge and waits: unanswered, the login would
+    # hang until the session's timeout (an ImapDisconnected), not end in a refusal.
+    token = auth_server.issue_access_token(USER)
+    auth_server.revoke_account(USER)
+    sink = RecordingSink()
+    config = oauth_mailbox(oauth_dovecot, mechanism, timeout=30.0)
+    watcher = MailboxWatcher(config, sink, stop=asyncio.Event(), token_source=Tokens(token))
+    with pytest.raises(LoginRefused, match=f"{mechanism} login as {USER} refused") as refused:
+        await watcher.run_once()
+    assert "(status " in str(refused.value)  # the challenge, decoded: 401 or invalid_token
+    assert refused.value.urgent and refused.value.fix == "helpdeskd oauth login support"
+    assert sink.urgent == [True] and sink.fixes == ["helpdeskd oauth login support"]
+
+
+INVALID_GRANT = OAuthError(
+    "refresh refused: invalid_grant", code="invalid_grant", fix="helpdeskd oauth login support"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "urgent"),
+    [(INVALID_GRANT, True), (OAuthError("no answer", code="unreachable"), False)],
+)
+async def test_a_token_that_cannot_be_had_fails_the_poll_urgent_only_when_a_person_must_act(
+    oauth_dovecot: Dovecot, error: OAuthError, urgent: bool
+) -> None:
+    sink = RecordingSink()
+    config = oauth_mailbox(oauth_dovecot, "xoauth2")
+    watcher = MailboxWatcher(config, sink, stop=asyncio.Event(), token_source=Tokens(error=error))
+    with pytest.raises(LoginRefused):
+        await watcher.run_once()
+    assert sink.urgent == [urgent]
+    assert sink.fixes == [error.fix]
+    assert sink.polls[0][1] is not None and str(error) in sink.polls[0][1]

@@ -6,9 +6,12 @@ import email
 import email.policy
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from helpdeskd.config.settings import OAuthConfig, SmtpConfig
 from helpdeskd.desk.redelivery import retry_outbox
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.outbox import sender as outbox
@@ -16,6 +19,7 @@ from helpdeskd.outbox.sender import OutboxSender, backoff
 from helpdeskd.store.models import Outbox
 from tests.clocks import ManualClock
 from tests.harness import Desk, cli_json
+from tests.servers.oauth import AuthServer
 from tests.servers.smtp import SmtpSink
 
 
@@ -344,3 +348,88 @@ async def test_a_row_for_an_unaddressable_recipient_fails_again_on_retry_untried
     [listed] = cli_json(config, "outbox", "list")
     assert listed["state"] == "failed" and listed["attempts"] == 1
     assert listed["recipients"][0]["last_error"] == outbox.UNADDRESSABLE  # no connection tried
+
+
+# --- OAuth 2.0 ---------------------------------------------------------------------------------
+
+
+class Tokens:
+    """A credential's stand-in: hands out access tokens in turn (the last one again and again)."""
+
+    def __init__(self, *tokens: str) -> None:
+        self.tokens = list(tokens)
+
+    async def access_token(self) -> str:
+        return self.tokens.pop(0) if len(self.tokens) > 1 else self.tokens[0]
+
+
+def _oauth(smtp: SmtpConfig, mechanism: str = "xoauth2") -> SmtpConfig:
+    settings = OAuthConfig(
+        provider="generic",
+        client_id="helpdeskd",
+        client_secret=None,
+        grant="refresh_token",
+        token_file=Path("/nonexistent/token.json"),
+        mechanism=mechanism,
+        token_url="http://127.0.0.1:9/token",
+        device_authorization_url=None,
+        authorization_url=None,
+        scope="mail",
+    )
+    return replace(smtp, auth="oauth2", username="support@acme.test", oauth=settings)
+
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+async def test_oauth_login_sends_as_the_tokens_account(
+    make_config, auth_server: AuthServer, oauth_smtp_sink: SmtpSink, mechanism: str
+) -> None:
+    config = make_config(smtp=oauth_smtp_sink)
+    tokens = Tokens(auth_server.issue_access_token("support@acme.test"))
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org"])
+        sender = OutboxSender(desk.sessions, _oauth(config.smtp, mechanism), token_source=tokens)
+        await sender.drain(5)
+    [delivery] = oauth_smtp_sink.deliveries
+    assert delivery.account == "support@acme.test"
+    assert [a.mechanism.lower() for a in oauth_smtp_sink.auth_log] == [mechanism]
+
+
+async def test_a_refused_login_charges_no_mail_is_reported_once_and_recovers(
+    make_config, auth_server: AuthServer, oauth_smtp_sink: SmtpSink
+) -> None:
+    config = make_config(smtp=oauth_smtp_sink)
+    revoked = auth_server.issue_access_token("support@acme.test")
+    auth_server.revoke_account("support@acme.test")
+    tokens = Tokens(revoked)
+    reports: list[tuple[str | None, str | None]] = []
+
+    async def on_login(error: str | None, fix: str | None) -> None:
+        reports.append((error, fix))
+
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org"])
+        clock = ManualClock()  # after the queueing: the row is due by the sender's clock
+        smtp = _oauth(config.smtp)
+        sender = OutboxSender(
+            desk.sessions, smtp, clock=clock, token_source=tokens, on_login=on_login
+        )
+        assert await sender.run_once() == 0
+        [(error, fix)] = reports
+        assert error is not None and "refused: 535" in error and "(status 401" in error
+        assert fix == "helpdeskd oauth login smtp"
+        [row] = cli_json(config, "outbox", "list")
+        assert row["state"] == "pending" and row["attempts"] == 0  # nobody's mail was charged
+
+        # backed off: no second try, no second report, until the sender's clock says so
+        assert await sender.run_once() == 0
+        assert len(oauth_smtp_sink.auth_log) == 1 and len(reports) == 1
+        clock.advance(seconds=outbox.LOGIN_RETRY_MAX)
+        assert await sender.run_once() == 0
+        assert len(oauth_smtp_sink.auth_log) == 2 and len(reports) == 1
+
+        tokens.tokens = [auth_server.issue_access_token("support@acme.test")]
+        clock.advance(seconds=outbox.LOGIN_RETRY_MAX)
+        rows = await _until_done(sender, config, clock)
+    assert rows[0]["state"] == "sent" and rows[0]["attempts"] == 1
+    assert reports[1:] == [(None, None)]
+    assert [d.recipients for d in oauth_smtp_sink.deliveries] == [["a@example.org"]]

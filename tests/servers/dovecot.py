@@ -25,12 +25,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.servers.oauth import AuthServer
 
 SYSTEM_USER = "helpdeskd-test"
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 STOP_GRACE = 0.5
+OAUTH_MECHANISMS = ("xoauth2", "oauthbearer")
 
 
 class DovecotError(RuntimeError):
@@ -127,6 +132,7 @@ class Dovecot:
         tls: bool = False,
         mechanisms: str = "plain login",
         extra_config: str = "",
+        oauth: AuthServer | None = None,
     ) -> None:
         """Prepare (not start) an instance.
 
@@ -135,6 +141,11 @@ class Dovecot:
         mechanisms (Dovecot 2.3 checks an ``xoauth2`` token as the user's password, which is
         enough to test XOAUTH2). EXTRA_CONFIG is appended to the config, e.g.
         ``imap_capability = IMAP4rev1 IDLE UIDPLUS`` to hide MOVE.
+
+        OAUTH, a started test authorization server, adds XOAUTH2 and OAUTHBEARER checked by a
+        passdb ``oauth2`` that introspects every token at that server (no auth cache: an expired
+        or revoked token is refused at once). The token's account needs no passwd entry; password
+        logins keep working for the users added with :meth:`add_user`.
         """
         binary = dovecot_binary()
         if binary is None:
@@ -143,6 +154,10 @@ class Dovecot:
         self.host = HOST
         self.port = free_port()
         self.tls = tls
+        self.oauth = oauth
+        if oauth is not None:
+            wanted = mechanisms.split()
+            mechanisms = " ".join(wanted + [m for m in OAUTH_MECHANISMS if m not in wanted])
         self.mechanisms = mechanisms
         self.extra_config = extra_config
         # with tls: STARTTLS on `port`, implicit TLS on `tls_port`, signed by `cert_path`
@@ -156,6 +171,7 @@ class Dovecot:
         self.mail_root = self.root / "mail"
         self.cert_path = self.root / "cert.pem"
         self.key_path = self.root / "key.pem"
+        self.oauth2_config_path = self.root / "dovecot-oauth2.conf.ext"
         self.users: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._prepared = False
@@ -373,6 +389,8 @@ class Dovecot:
         self._write_passwd()
         if self.tls:
             self._make_certificate()
+        if self.oauth is not None:
+            self.oauth2_config_path.write_text(self._oauth2_config(self.oauth))
         self.config_path.write_text(self._config())
         self._prepared = True
 
@@ -444,15 +462,7 @@ mail_plugins =
 mailbox_idle_check_interval = 1 secs
 imap_idle_notify_interval = 2 secs
 shutdown_clients = yes
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.passwd_path}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {self.passwd_path}
-}}
-service imap-login {{
+{self._auth_config()}service imap-login {{
   inet_listener imap {{
     address = {HOST}
     port = {self.port}
@@ -465,6 +475,65 @@ protocol imap {{
   mail_max_userip_connections = 100
 }}
 {self.extra_config}
+"""
+
+    def _auth_config(self) -> str:
+        password = f"""\
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.passwd_path}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {self.passwd_path}
+}}
+"""
+        if self.oauth is None:
+            return password
+        # Tokens go to the oauth2 passdb only, passwords to the passwd-file only; the static
+        # userdb lets a token's account in without a passwd entry. Without the anvil penalty
+        # listener the auth process keeps no per-IP penalty: otherwise every refused token
+        # would hold back the next login from 127.0.0.1 (any user's) by 4 s, then 8 s, ...
+        return f"""\
+auth_cache_size = 0
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = {" ".join(OAUTH_MECHANISMS)}
+  args = {self.oauth2_config_path}
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = {self._password_mechanisms()}
+  args = scheme=PLAIN username_format=%u {self.passwd_path}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {self.passwd_path}
+}}
+userdb {{
+  driver = static
+  args = allow_all_users=yes
+}}
+"""
+
+    def _password_mechanisms(self) -> str:
+        return " ".join(m for m in self.mechanisms.split() if m not in OAUTH_MECHANISMS) or "plain"
+
+    @staticmethod
+    def _oauth2_config(oauth: AuthServer) -> str:
+        return f"""\
+introspection_url = {oauth.introspection_url}
+introspection_mode = post
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 10000
 """
 
     def _wait_ready(self, port: int, *, greet: bool = True) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.servers.dovecot import Dovecot, unavailable_reason
+from tests.servers.oauth import AuthServer
+from tests.servers.smtp import SmtpSink
 
 SUPPORT_USER = "support@acme.test"
 SUPPORT_PASSWORD = "secret"
@@ -47,3 +49,33 @@ def dovecot_factory() -> Iterator[Callable[..., Dovecot]]:
 def dovecot(dovecot_factory: Callable[..., Dovecot]) -> Dovecot:
     """A started private Dovecot with ``support@acme.test`` / ``secret``."""
     return dovecot_factory()
+
+
+@pytest.fixture
+def auth_server() -> Iterator[AuthServer]:
+    """A started test OAuth 2.0 authorization server (access tokens live an hour)."""
+    server = AuthServer(access_lifetime=3600)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def oauth_dovecot(dovecot_factory: Callable[..., Dovecot], auth_server: AuthServer) -> Dovecot:
+    """A started private Dovecot that takes XOAUTH2 and OAUTHBEARER tokens from ``auth_server``
+    (and ``support@acme.test`` / ``secret`` by password, to set up and inspect)."""
+    return dovecot_factory(oauth=auth_server)
+
+
+@pytest.fixture
+def oauth_smtp_sink(auth_server: AuthServer) -> Iterator[SmtpSink]:
+    """A started SMTP sink that wants AUTH XOAUTH2 or OAUTHBEARER with a token from
+    ``auth_server`` before MAIL."""
+    sink = SmtpSink(oauth=auth_server)
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

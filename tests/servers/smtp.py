@@ -2,20 +2,32 @@
 
 It can be stopped and started again on the same port (the "sink down" case) and told to refuse
 chosen recipients with a 4xx or 5xx reply.
+
+With ``oauth=`` (a test :class:`~tests.servers.oauth.AuthServer`) it offers only AUTH XOAUTH2
+and OAUTHBEARER, wants AUTH before MAIL, checks each token by introspection at that server,
+answers a bad token as Gmail and Dovecot do (a ``334`` challenge carrying a base64 JSON error,
+then ``535`` once the client has answered it) and records the account behind each delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import json
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+if TYPE_CHECKING:
+    from tests.servers.oauth import AuthServer
 
 
 def free_port() -> int:
@@ -29,12 +41,24 @@ class Delivery:
     sender: str
     recipients: list[str]
     data: bytes
+    account: str | None = None  # the OAuth account that sent it; None without oauth
 
     @property
     def message(self) -> EmailMessage:
         msg = message_from_bytes(self.data, policy=policy.default)
         assert isinstance(msg, EmailMessage)
         return msg
+
+
+@dataclass(frozen=True)
+class AuthAttempt:
+    """One AUTH exchange at an OAuth sink."""
+
+    mechanism: str  # XOAUTH2 | OAUTHBEARER
+    user: str | None  # the user the client named
+    account: str | None  # the token's account, when the token was good
+    ok: bool
+    reply: bytes | None = None  # the client's answer to the error challenge (decoded)
 
 
 @dataclass
@@ -59,19 +83,115 @@ class _Handler:
 
             await asyncio.sleep(self.delay)
         content = envelope.original_content or b""
+        account = session.auth_data if isinstance(session.auth_data, str) else None
         with self.lock:
             self.deliveries.append(
-                Delivery(str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos], content)
+                Delivery(
+                    str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos], content, account
+                )
             )
         return "250 Message accepted"
 
 
+@dataclass
+class _OAuthHandler(_Handler):
+    """Adds AUTH XOAUTH2 / OAUTHBEARER checked at the test authorization server."""
+
+    oauth: Any = None  # AuthServer
+    # not "auth_...": aiosmtpd takes every handler attribute named so for a SASL mechanism
+    attempts: list[AuthAttempt] = field(default_factory=list)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._authenticate(server, "XOAUTH2", args)
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._authenticate(server, "OAUTHBEARER", args)
+
+    async def _authenticate(self, server: SMTP, mechanism: str, args: list[str]) -> AuthResult:
+        if len(args) > 1:
+            try:  # RFC 4954: "=" is an empty initial response
+                blob = b"" if args[1] == "=" else base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            answer = await server.challenge_auth(b"")
+            if not isinstance(answer, bytes):  # the client cancelled; aiosmtpd answered it
+                return AuthResult(success=False, handled=True)
+            blob = answer
+        user, token = parse_oauth_response(mechanism, blob)
+        account = None
+        if token is not None:
+            try:
+                info = await asyncio.get_running_loop().run_in_executor(
+                    None, self.oauth.introspect, token
+                )
+            except OSError:
+                message = "454 4.7.0 Temporary authentication failure"
+                return AuthResult(success=False, handled=False, message=message)
+            if info.get("active") is True:
+                account = str(info.get("username") or "")
+        if account and (user is None or user.lower() == account.lower()):
+            self._log(AuthAttempt(mechanism, user, account, ok=True))
+            return AuthResult(success=True, auth_data=account)
+        error = {
+            "status": "401" if mechanism == "XOAUTH2" else "invalid_token",
+            "schemes": "bearer",
+            "scope": self.oauth.DEFAULT_SCOPE,
+        }
+        reply = await server.challenge_auth(json.dumps(error, separators=(",", ":")))
+        if not isinstance(reply, bytes):  # "*" or bad base64: aiosmtpd answered 501
+            self._log(AuthAttempt(mechanism, user, None, ok=False))
+            return AuthResult(success=False, handled=True)
+        self._log(AuthAttempt(mechanism, user, None, ok=False, reply=reply))
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Authentication credentials invalid"
+        )
+
+    def _log(self, attempt: AuthAttempt) -> None:
+        with self.lock:
+            self.attempts.append(attempt)
+
+
+def parse_oauth_response(mechanism: str, blob: bytes) -> tuple[str | None, str | None]:
+    """Return (user, bearer token) from an XOAUTH2 or OAUTHBEARER (RFC 7628) client response."""
+    text = blob.decode("utf-8", errors="replace")
+    user = None
+    if mechanism == "OAUTHBEARER":
+        header, _, text = text.partition("\x01")
+        for part in header.split(","):
+            if part.startswith("a="):
+                user = part[2:].replace("=2C", ",").replace("=3D", "=")
+    token = None
+    for pair in text.split("\x01"):
+        key, _, value = pair.partition("=")
+        if key == "user" and mechanism == "XOAUTH2":
+            user = value
+        elif key == "auth":
+            scheme, _, credentials = value.partition(" ")
+            if scheme.lower() == "bearer" and credentials:
+                token = credentials.strip()
+    return user, token
+
+
 class SmtpSink:
-    def __init__(self, port: int | None = None, *, smtputf8: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, smtputf8: bool = False, oauth: AuthServer | None = None
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.smtputf8 = smtputf8  # offer SMTPUTF8 (RFC 6531)
-        self.handler = _Handler()
+        self.oauth = oauth  # require AUTH XOAUTH2 / OAUTHBEARER, checked at this server
+        self.handler = _Handler() if oauth is None else _OAuthHandler(oauth=oauth)
         self._controller: Controller | None = None
 
     @property
@@ -79,9 +199,25 @@ class SmtpSink:
         with self.handler.lock:
             return list(self.handler.deliveries)
 
+    @property
+    def auth_log(self) -> list[AuthAttempt]:
+        """Every AUTH exchange so far (empty without oauth)."""
+        if not isinstance(self.handler, _OAuthHandler):
+            return []
+        with self.handler.lock:
+            return list(self.handler.attempts)
+
     def start(self) -> None:
+        options: dict[str, Any] = {}
+        if self.oauth is not None:
+            # no TLS here: AUTH must be offered in the clear, and only the OAuth mechanisms
+            options = {"auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN", "PLAIN"]}
         self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=self.smtputf8
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            enable_SMTPUTF8=self.smtputf8,
+            **options,
         )
         self._controller.start()
 
