@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpdeskd.clock import system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.errors import ConfigError, TemplateError
 from helpdeskd.mail.render import Renderer
-from helpdeskd.oauth.credential import login_needed
+from helpdeskd.oauth.credential import login_needed, refresh_warnings
 from helpdeskd.rules import loader
 
 REQUIRED_TEMPLATES = ("ack.txt.j2", "agent_notification.txt.j2", "oversize.txt.j2")
@@ -67,4 +68,5 @@ def check_all(config: Config) -> list[str]:
     )
     # Not an error: a new install passes check before its first login, and is told what to run.
     lines += [f"oauth: not logged in yet: run {command}" for command in login_needed(config)]
+    lines += [f"oauth: {warning}" for warning in refresh_warnings(config, system_clock())]
     return lines

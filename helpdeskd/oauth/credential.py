@@ -429,3 +429,24 @@ def login_needed(config: Config) -> list[str]:
         if state is None or state.refresh_token is None:
             commands.append(login_command(name))
     return commands
+
+
+def refresh_warnings(config: Config, now: datetime) -> list[str]:
+    """Return a line per token file whose refresh token the provider ends within
+    :data:`REFRESH_WARNING` of NOW, with the command to run before then (for ``check``)."""
+    lines: list[str] = []
+    seen: set[Path] = set()
+    for name, oauth, _ in oauth_users(config):
+        if oauth.token_file in seen:
+            continue
+        seen.add(oauth.token_file)
+        try:
+            state = TokenFile(oauth.token_file).read_now()
+        except OAuthError:
+            continue
+        if state is not None and refresh_expiry_due(state.refresh_expires_at, now):
+            lines.append(
+                f"{name}'s refresh token expires {iso(state.refresh_expires_at)}: "
+                f"run {login_command(name)} before then"
+            )
+    return lines

@@ -18,6 +18,7 @@ from helpdeskd.oauth.credential import (
     login_needed,
     read_statuses,
     refresh_margin,
+    refresh_warnings,
 )
 from helpdeskd.oauth.state import TokenState
 from helpdeskd.oauth.tokenfile import TokenFile
@@ -313,3 +314,19 @@ async def test_a_refresh_token_without_a_known_end_is_not_warned_about(
     logged_in(auth_server, path)
     config = make_config(tmp_path, mailboxes={"support": oauth_table(auth_server, path)})
     assert await Credentials(config, None, ManualClock()).keep_fresh() == []
+
+
+async def test_check_warns_of_a_refresh_token_the_provider_ends_within_a_week(
+    auth_server: AuthServer, tmp_path: Path
+) -> None:
+    auth_server.refresh_lifetime = 3 * 24 * 3600
+    path = tmp_path / "oauth" / "support.json"
+    logged_in(auth_server, path)
+    clock = ManualClock()
+    config = make_config(tmp_path, mailboxes={"support": oauth_table(auth_server, path)})
+    assert refresh_warnings(config, clock()) == []  # nothing known of its end yet
+    await Credentials(config, None, clock).keep_fresh()  # the refresh says: three days
+    [warning] = refresh_warnings(config, clock())
+    assert warning.startswith("support's refresh token expires ")
+    assert warning.endswith("run helpdeskd oauth login support before then")
+    assert refresh_warnings(config, clock() - timedelta(days=5)) == []  # 8 days ahead: quiet
