@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from helpdeskd.config.settings import MailboxConfig, OAuthConfig
+from helpdeskd.config.settings import MailboxConfig
 from helpdeskd.imap.watcher import LoginRefused, MailboxWatcher
 from helpdeskd.imap.wire import ImapError
 from helpdeskd.oauth import OAuthError
@@ -29,6 +28,7 @@ from tests.imap.support import (
     ok_polls,
     watching,
 )
+from tests.oauth.support import Tokens, unused_oauth
 from tests.servers.dovecot import Dovecot
 from tests.servers.fixtures import SUPPORT_PASSWORD as PASSWORD
 from tests.servers.fixtures import SUPPORT_USER as USER
@@ -188,33 +188,9 @@ async def test_an_untrusted_certificate_is_refused(dovecot_factory: DovecotFacto
         await MailboxWatcher(config, RecordingSink(), stop=asyncio.Event()).run_once()
 
 
-class Tokens:
-    """A credential's stand-in: hands out the given access tokens, or raises the given error."""
-
-    def __init__(self, *tokens: str, error: OAuthError | None = None) -> None:
-        self.tokens = list(tokens)
-        self.error = error
-
-    async def access_token(self) -> str:
-        if self.error is not None:
-            raise self.error
-        return self.tokens.pop(0)
-
-
 def oauth_mailbox(server: Dovecot, mechanism: str, **overrides: Any) -> MailboxConfig:
-    settings = OAuthConfig(
-        provider="generic",
-        client_id="helpdeskd",
-        client_secret=None,
-        grant="refresh_token",
-        token_file=Path("/nonexistent/token.json"),
-        mechanism=mechanism,
-        token_url="http://127.0.0.1:9/token",
-        device_authorization_url=None,
-        authorization_url=None,
-        scope="mail",
-    )
-    return replace(mailbox(server, password=None, **overrides), auth="oauth2", oauth=settings)
+    config = mailbox(server, password=None, **overrides)
+    return replace(config, auth="oauth2", oauth=unused_oauth(mechanism))
 
 
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])

@@ -10,6 +10,7 @@ from typing import Any
 
 from helpdeskd.config.load import parse_config
 from helpdeskd.config.settings import Config, OAuthConfig
+from helpdeskd.oauth import OAuthError
 from helpdeskd.oauth.tokenfile import TokenFile
 from tests.servers.oauth import AuthServer
 
@@ -105,3 +106,34 @@ class Holder:
 
     def release(self) -> None:
         os.close(self.fd)
+
+
+def unused_oauth(mechanism: str = "xoauth2") -> OAuthConfig:
+    """An oauth table for IMAP and SMTP tests that hand out their own tokens (:class:`Tokens`):
+    its endpoints are never asked."""
+    return OAuthConfig(
+        provider="generic",
+        client_id="helpdeskd",
+        client_secret=None,
+        grant="refresh_token",
+        token_file=Path("/nonexistent/token.json"),
+        mechanism=mechanism,
+        token_url="http://127.0.0.1:9/token",
+        device_authorization_url=None,
+        authorization_url=None,
+        scope="mail",
+    )
+
+
+class Tokens:
+    """A credential's stand-in for IMAP and SMTP tests: hands out the given access tokens in
+    turn (the last one again and again), or raises the given error."""
+
+    def __init__(self, *tokens: str, error: OAuthError | None = None) -> None:
+        self.tokens = list(tokens)
+        self.error = error
+
+    async def access_token(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.tokens.pop(0) if len(self.tokens) > 1 else self.tokens[0]

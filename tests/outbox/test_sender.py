@@ -6,12 +6,11 @@ import email
 import email.policy
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from helpdeskd.config.settings import OAuthConfig, SmtpConfig
+from helpdeskd.config.settings import SmtpConfig
 from helpdeskd.desk.redelivery import retry_outbox
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.outbox import sender as outbox
@@ -19,6 +18,7 @@ from helpdeskd.outbox.sender import OutboxSender, backoff
 from helpdeskd.store.models import Outbox
 from tests.clocks import ManualClock
 from tests.harness import Desk, cli_json
+from tests.oauth.support import Tokens, unused_oauth
 from tests.servers.oauth import AuthServer
 from tests.servers.smtp import SmtpSink
 
@@ -353,30 +353,9 @@ async def test_a_row_for_an_unaddressable_recipient_fails_again_on_retry_untried
 # --- OAuth 2.0 ---------------------------------------------------------------------------------
 
 
-class Tokens:
-    """A credential's stand-in: hands out access tokens in turn (the last one again and again)."""
-
-    def __init__(self, *tokens: str) -> None:
-        self.tokens = list(tokens)
-
-    async def access_token(self) -> str:
-        return self.tokens.pop(0) if len(self.tokens) > 1 else self.tokens[0]
-
-
 def _oauth(smtp: SmtpConfig, mechanism: str = "xoauth2") -> SmtpConfig:
-    settings = OAuthConfig(
-        provider="generic",
-        client_id="helpdeskd",
-        client_secret=None,
-        grant="refresh_token",
-        token_file=Path("/nonexistent/token.json"),
-        mechanism=mechanism,
-        token_url="http://127.0.0.1:9/token",
-        device_authorization_url=None,
-        authorization_url=None,
-        scope="mail",
-    )
-    return replace(smtp, auth="oauth2", username="support@acme.test", oauth=settings)
+    oauth = unused_oauth(mechanism)
+    return replace(smtp, auth="oauth2", username="support@acme.test", oauth=oauth)
 
 
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
