@@ -1,4 +1,4 @@
-"""The ``customers`` and ``contacts`` commands: the add-on's customers and their preferences."""
+"""The ``customers`` commands and ``contacts show``: customers and their notice preferences."""
 
 from __future__ import annotations
 
@@ -89,11 +89,3 @@ def add_customers(sub: Subcommands) -> None:
     p = add_command(csub, "list")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_customers_list)
-
-
-def add_contacts(sub: Subcommands) -> None:
-    contacts = sub.add_parser("contacts", help="one contact and their notice preferences")
-    p = add_command(contacts.add_subparsers(dest="contacts", required=True), "show")
-    p.add_argument("email")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_contacts_show)

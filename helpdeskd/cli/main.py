@@ -2,8 +2,8 @@
 
 This module builds the parser from the command groups, loads the config and is the one error
 boundary: a :class:`~helpdeskd.errors.HelpdeskError` becomes one line on stderr and exit 1.
-The commands live in admin, tickets, outbox, customers, notices and oauth; they call services
-and print, and hold no SQL.
+The commands live in admin, tickets, outbox, customers, contacts, retention, notices and oauth;
+they call services and print, and hold no SQL.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from helpdeskd import __version__
-from helpdeskd.cli import admin, customers, notices, oauth, outbox, tickets
+from helpdeskd.cli import admin, contacts, customers, notices, oauth, outbox, retention, tickets
 from helpdeskd.cli.command import CONFIG_HELP, Subcommands
 from helpdeskd.config.load import default_config_path, load_config
 from helpdeskd.daemon.logs import configure
@@ -33,7 +33,8 @@ COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     outbox.add_quarantine,
     admin.add_rules,
     customers.add_customers,
-    customers.add_contacts,
+    contacts.add_contacts,
+    retention.add_retention,
     notices.add_notice,
     notices.add_maintenance,
     notices.add_incident,

@@ -40,6 +40,7 @@ from helpdeskd.config.settings import (
     OAuthConfig,
     ParseConfig,
     PathsConfig,
+    RetentionConfig,
     ServiceConfig,
     SmtpConfig,
     StatusPageConfig,
@@ -429,6 +430,32 @@ def _notices(table: _Table, service: ServiceConfig) -> NoticesConfig:
     return notices
 
 
+def _retention(table: _Table) -> RetentionConfig:
+    """Read ``[retention]``: each kind of data kept for a number of days, or "forever"."""
+    defaults = RetentionConfig()
+
+    def days(name: str) -> int | None:
+        default = getattr(defaults, name)
+        value = table.get(name, (int, str), "forever" if default is None else default)
+        if value == "forever":
+            return None
+        if isinstance(value, str) or value < 1:
+            raise ConfigError(f'{table.key(name)}: a number of days (1 or more) or "forever"')
+        return int(value)
+
+    retention = RetentionConfig(
+        raw_mail_days=days("raw_mail_days"),
+        quarantine_days=days("quarantine_days"),
+        closed_ticket_days=days("closed_ticket_days"),
+        sent_mail_days=days("sent_mail_days"),
+        event_days=days("event_days"),
+        processed_mail_days=days("processed_mail_days"),
+        batch=int(_positive(table, "batch", defaults.batch)),
+    )
+    table.check_unknown()
+    return retention
+
+
 def parse_config(
     data: Mapping[str, Any],
     base: Path,
@@ -598,6 +625,7 @@ def parse_config(
         components=tuple((str(k), str(v)) for k, v in components.items())
     )
     status_t.check_unknown()
+    retention = _retention(root.table("retention"))
     root.check_unknown()
     return Config(
         service=service,
@@ -612,6 +640,7 @@ def parse_config(
         notices=notices,
         dkim=dkim,
         status_page=status_page,
+        retention=retention,
         source=source,
     )
 

@@ -219,6 +219,26 @@ class StatusPageConfig:
     components: tuple[tuple[str, str], ...] = ()  # (key, display name)
 
 
+# --- [retention] ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """The ``[retention]`` table: how many days each kind of personal data is kept.
+
+    None keeps it for ever (``"forever"`` in the file). A ticket under legal hold (tag
+    ``hold``) keeps everything, whatever these say. helpdeskd.desk.retention enforces them.
+    """
+
+    raw_mail_days: int | None = 90  # raw mail, after its ticket closed (no ticket: arrival)
+    quarantine_days: int | None = 30  # quarantined mail, after it was resolved
+    closed_ticket_days: int | None = 730  # a closed ticket's bodies and attachments
+    sent_mail_days: int | None = 90  # the outbox's copies of mail sent (or given up)
+    event_days: int | None = 730  # events: of a ticket after it closed; others after they happened
+    processed_mail_days: int | None = None  # the processed folders' mail, after arrival
+    batch: int = 200  # rows handled per transaction
+
+
 # --- [heroku] ------------------------------------------------------------------------------
 
 # Illustrations, not a known format: an operator adapts them to the notifications they receive.
@@ -310,6 +330,7 @@ class Config:
     notices: NoticesConfig | None = None
     dkim: DkimConfig | None = None
     status_page: StatusPageConfig = field(default_factory=StatusPageConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path | None = None
 
     def agent(self, email: str) -> AgentConfig | None:

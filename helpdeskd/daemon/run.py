@@ -29,8 +29,9 @@ from helpdeskd.daemon.supervisor import Supervisor, TaskFactory
 from helpdeskd.desk import notices
 from helpdeskd.desk.agents import AgentDesk
 from helpdeskd.desk.automation import Automation
-from helpdeskd.desk.housekeeping import remind_quarantine, tick_operations
+from helpdeskd.desk.housekeeping import keep_retention, remind_quarantine, tick_operations
 from helpdeskd.errors import HelpdeskError
+from helpdeskd.imap.erase import keep_mailboxes
 from helpdeskd.imap.watcher import FetchedMail, MailboxWatcher
 from helpdeskd.ingest.batch import MailboxMark, Prepared, Processor
 from helpdeskd.ingest.parsepool import ParsePool
@@ -356,6 +357,14 @@ class Daemon:
                 told = await remind_quarantine(self.runtime, sessions, clock=self.clock)
                 if told or await tick_operations(self.runtime, sessions, clock=self.clock):
                     self.outbox_wakeup.set()
+                # Personal data: [retention], and what erasures left (docs/privacy.md).
+                await keep_retention(self.runtime, sessions, clock=self.clock)
+                await keep_mailboxes(
+                    sessions,
+                    self.runtime.policy.config,
+                    self.clock(),
+                    tokens=self.credentials.for_mailbox,
+                )
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=HOUSEKEEPING_EVERY)
                 except TimeoutError:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
 from helpdeskd.desk.notices import covers
+from helpdeskd.desk.privacy import erased
 from helpdeskd.errors import UserError
 from helpdeskd.mail.parse import is_address
 from helpdeskd.mail.tokens import ALL_CATEGORIES
@@ -231,6 +232,14 @@ async def store_customers(session: AsyncSession, rows: Sequence[CustomerRow]) ->
 async def import_csv(session: AsyncSession, path: Path) -> ImportReport:
     """Add or update the customers of PATH in SESSION's transaction, leaving out bad rows."""
     rows, bad, merged = read_customers(path)
+    # An address erased on request is never a customer again: no notice may reach it.
+    gone = await erased(session, [r.email for r in rows])
+    bad += [
+        RowProblem(r.line, "an address erased on request: not imported")
+        for r in rows
+        if r.email in gone
+    ]
+    rows = [r for r in rows if r.email not in gone]
     created, updated = await store_customers(session, rows)
     return ImportReport(created, updated, tuple(bad), tuple(merged))
 

@@ -1,4 +1,10 @@
-"""Periodic duties of the daemon that are not tied to one message."""
+"""Periodic duties of the daemon that are not tied to one message.
+
+Quarantine reminders, maintenance and post-mortem steps, and personal data: the files an
+erasure or a retention pass left to remove, the retention pass itself (hourly, in small
+batches, one daemon of a fleet at a time: helpdeskd.desk.retention) and the erasures that a
+legal hold kept back.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,11 @@ from sqlalchemy import func, select
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.desk.agents import AgentDesk
+from helpdeskd.desk.erasure import finish_held
 from helpdeskd.desk.incidents import due_postmortems, maintenance_tick
-from helpdeskd.store.db import SessionMaker
+from helpdeskd.desk.privacy import files_pending, finish_deletions
+from helpdeskd.desk.retention import due_for_pass, enforce
+from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Event, Quarantine
 from helpdeskd.triage.facts import Runtime
 
@@ -86,3 +95,33 @@ async def tick_operations(
             )
             steps += 1
         return steps
+
+
+RETENTION_BATCHES = 20  # batches of a retention pass per round: the rest waits for the next
+
+
+async def keep_retention(
+    runtime: Runtime, sessions: SessionMaker, *, clock: Clock = system_clock
+) -> int:
+    """Remove what is due under ``[retention]`` and what erasures left; return rows removed.
+
+    Files left by a crash go every round; the retention pass runs hourly (and every round
+    while a backlog remains), a few batches at a time. A failure is logged and tried again
+    next round: it must not stop the other duties.
+    """
+    config = runtime.policy.config
+    now = clock()
+    try:
+        async with reading(sessions) as session:
+            files = await files_pending(session)
+            due = await due_for_pass(session, now)
+        if files:
+            await finish_deletions(sessions, config.service.state_dir)
+        if not due:
+            return 0
+        removed = await enforce(sessions, config, now, max_batches=RETENTION_BATCHES)
+        await finish_held(sessions, config, now)
+    except Exception as exc:  # the round's boundary
+        log.error("retention_failed", error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
+        return 0
+    return removed.total

@@ -1,12 +1,12 @@
 """Notices to customers: audience, suppression, per-recipient rendering, opt-out.
 
 Critical categories (maintenance, incident, overage, tos) reach every active customer but the
-hard-bounced; optional ones (feature_update, survey) skip whoever opted out or complained, and
-must carry a working unsubscribe link — a notice whose rendered body lacks it is refused before
-anything is queued. An opt-out of ALL_CATEGORIES covers every optional category, present and
-future. Suppression is checked again when each mail is sent. A customer whose address no mail
-can carry (bad data from before imports were checked) is a failed recipient with the reason:
-the others still get the notice.
+hard-bounced and the erased (helpdeskd.desk.privacy); optional ones (feature_update, survey)
+skip whoever opted out or complained, and must carry a working unsubscribe link — a notice
+whose rendered body lacks it is refused before anything is queued. An opt-out of
+ALL_CATEGORIES covers every optional category, present and future. Suppression is checked again
+when each mail is sent. A customer whose address no mail can carry (bad data from before imports
+were checked) is a failed recipient with the reason: the others still get the notice.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
+from helpdeskd.desk.privacy import erased
 from helpdeskd.errors import UserError
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.mail.parse import is_address
@@ -117,8 +118,11 @@ async def suppressed(
         )
         for contact_id, name in rows:
             opted.setdefault(contact_id, set()).add(name)
+    gone = await erased(session, [c.email for c in contacts])
     for contact in contacts:
-        if contact.undeliverable:
+        if contact.email in gone:
+            reasons[contact.id] = "erased on request"
+        elif contact.undeliverable:
             reasons[contact.id] = "hard-bounced"
         elif contact.status == "deprovisioned":
             reasons[contact.id] = "deprovisioned"
@@ -522,7 +526,10 @@ async def recheck(session: AsyncSession, row: Outbox) -> dict[str, str]:
     addresses = [r.address for r in row.recipients if r.state == "pending"]
     contacts = list(await session.scalars(select(Contact).where(Contact.email.in_(addresses))))
     reasons = await suppressed(session, contacts, notice.category, notice.critical)
-    return {c.email: reasons[c.id] for c in contacts if c.id in reasons}
+    skip = {c.email: reasons[c.id] for c in contacts if c.id in reasons}
+    # Erased while the notice was being rendered: the contact is gone, the hash is not.
+    skip.update(dict.fromkeys(await erased(session, addresses), "erased on request"))
+    return skip
 
 
 async def notice_rows(session: AsyncSession, notice_id: int | None = None) -> list[dict[str, Any]]:

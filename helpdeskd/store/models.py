@@ -130,6 +130,8 @@ class Ticket(Base):
     solved_at: Mapped[datetime | None] = mapped_column()
     closed_at: Mapped[datetime | None] = mapped_column()
     first_response_at: Mapped[datetime | None] = mapped_column()
+    # When retention removed its bodies and attachments (helpdeskd.desk.retention).
+    purged_at: Mapped[datetime | None] = mapped_column()
 
     requester: Mapped[Contact] = relationship(foreign_keys=[requester_id], lazy="raise")
     assignee: Mapped[Agent | None] = relationship(foreign_keys=[assignee_id], lazy="raise")
@@ -409,3 +411,48 @@ class OAuthToken(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ErasedAddress(Base):
+    """An address erased on request, kept only as a salted hash: it is never mailed again.
+
+    The hash and the pseudonym that replaced the address come from helpdeskd.desk.privacy.
+    """
+
+    __tablename__ = "erased_addresses"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(320))
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set while tickets under legal hold keep part of the person's data: the contact whose
+    # erasure housekeeping finishes once no hold remains.
+    held_contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+
+
+class PrivacyState(Base):
+    """Small named values of helpdeskd.desk.privacy: the erasure salt, retention's last runs."""
+
+    __tablename__ = "privacy_state"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PendingDeletion(Base):
+    """Something to remove outside the database once the transaction that decided it commits.
+
+    A file (an oversize spool file), an attachment blob (by SHA-256, removed only while no
+    message refers to it) or a copy of a mail in a mailbox's processed folder (by Message-ID).
+    Whoever commits removes them; housekeeping finishes what a crash left.
+    """
+
+    __tablename__ = "pending_deletions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # file | blob | imap
+    target: Mapped[str] = mapped_column(Text)  # a path, a SHA-256 or a Message-ID
+    mailbox: Mapped[str | None] = mapped_column(String(300))  # imap: the mailbox's name
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,7 +18,8 @@ Spellings (Zendesk mail-API names are aliases):
 - ``#assign`` / ``#assignee`` EMAIL | ``me`` | ``none``;  ``#priority low|normal|high|urgent``.
 - ``#queue`` / ``#group`` NAME (one word, lower-cased).
 - ``#tags`` / ``#tag`` and ``#cc``: entries signed ``+`` (add) or ``-`` (remove); unsigned adds.
-  Several lines of the same list merge into one command.
+  Several lines of the same list merge into one command. ``#hold`` is ``#tags +hold``: a legal
+  hold, which keeps the ticket from erasure and retention until ``#tags -hold``.
 - ``#note``, and ``#public false`` as its alias, make the reply internal; ``#public true`` is
   explicitly public (a no-op that conflicts with ``#note``).
 - ``#template NAME`` sends a canned reply; ``#merge PREFIX-123 [force]`` merges this ticket into
@@ -286,6 +287,12 @@ def _tags(tokens: list[str], ctx: _Context) -> _Parsed:
     return "tags", tuple(_signed(tokens, ctx, "tag", tag))
 
 
+def _hold(tokens: list[str], ctx: _Context) -> _Parsed:
+    if tokens:
+        raise _Invalid(f"{ctx.spelled} takes no value; lift a hold with #tags -hold")
+    return "tags", ("+hold",)
+
+
 def _cc(tokens: list[str], ctx: _Context) -> _Parsed:
     return "cc", tuple(_signed(tokens, ctx, "address", lambda v: _email(v, ctx)))
 
@@ -339,6 +346,7 @@ _SPELLINGS: dict[str, Callable[[list[str], _Context], _Parsed]] = {
     "group": _queue,
     "tags": _tags,
     "tag": _tags,
+    "hold": _hold,
     "cc": _cc,
     "note": _note,
     "public": _public,

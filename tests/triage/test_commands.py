@@ -674,3 +674,10 @@ def test_any_text_parses(text: str) -> None:
         assert lines[line - 1].strip() == source
     for command in parsed.commands:
         assert describe(command)
+
+
+def test_hold_is_a_legal_hold_tag() -> None:
+    parsed = parse_commands("#hold\n#tags +billing\nKeep it.")
+    assert [(c.name, c.args) for c in parsed.commands] == [("tags", ("+hold", "+billing"))]
+    [error] = parse_commands("#hold please\n").errors
+    assert error.message == "#hold takes no value; lift a hold with #tags -hold"
