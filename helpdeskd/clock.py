@@ -42,7 +42,17 @@ def parse_time(text: str, timezone: str) -> datetime:
 
 
 def show_time(moment: datetime, timezone: str) -> str:
-    """Return MOMENT in TIMEZONE with the zone's name and offset: 2026-12-01 22:00 CET (+01:00)."""
+    """Return MOMENT in TIMEZONE with the zone's name and offset: 2026-12-01 22:00 CET (+01:00).
+
+    A name that says the offset already is not followed by it again: ``13:00 UTC``, and
+    ``13:00 +03:00`` for a zone whose only name is its offset.
+    """
     local = moment.astimezone(ZoneInfo(timezone))
-    offset = local.strftime("%z")
-    return f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({offset[:3]}:{offset[3:]})"
+    raw = local.strftime("%z")
+    offset = f"{raw[:3]}:{raw[3:]}"
+    name = local.tzname() or ""
+    if name == "UTC" and raw == "+0000":
+        return f"{local:%Y-%m-%d %H:%M} UTC"
+    if not name or name[0] in "+-":
+        return f"{local:%Y-%m-%d %H:%M} {offset}"
+    return f"{local:%Y-%m-%d %H:%M} {name} ({offset})"

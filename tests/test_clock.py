@@ -45,4 +45,7 @@ def test_parse_time_refuses_what_is_not_a_time():
 def test_show_time_names_the_zone_and_its_offset():
     moment = datetime(2026, 12, 1, 21, 0, tzinfo=UTC)
     assert show_time(moment, "Europe/Berlin") == "2026-12-01 22:00 CET (+01:00)"
-    assert show_time(moment, "UTC") == "2026-12-01 21:00 UTC (+00:00)"
+    assert show_time(moment, "UTC") == "2026-12-01 21:00 UTC"  # not "UTC (+00:00)"
+    assert show_time(moment, "Etc/UTC") == "2026-12-01 21:00 UTC"
+    assert show_time(moment, "Europe/London") == "2026-12-01 21:00 GMT (+00:00)"
+    assert show_time(moment, "Europe/Istanbul") == "2026-12-02 00:00 +03:00"  # named "+03"

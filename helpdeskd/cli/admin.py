@@ -95,6 +95,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     secret = base / "secret.key"
     database = state / "helpdeskd.db"
     try:
+        base.mkdir(parents=True, exist_ok=True)  # /etc/helpdeskd on a fresh host
         if state.is_dir():
             # A folder made before (by systemd-tmpfiles: 0750, group helpdeskd) is not ours
             # to change; one that every user can enter is worth a word.
@@ -122,9 +123,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, config: Config) -> int:
+    def waiting() -> None:
+        print(
+            "helpdeskd: another 'helpdeskd db upgrade' is running on this database; "
+            "waiting for it to finish",
+            file=sys.stderr,
+            flush=True,
+        )
+
     asyncio.run(ensure_reachable(config.database.url))
-    upgrade(config.database.url, args.revision)
-    print("database at head")
+    upgrade(config.database.url, args.revision, waiting=waiting)
+    print("database at head" if args.revision == "head" else f"database at {args.revision}")
     return 0
 
 
@@ -227,33 +236,72 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
     async def body(sessions: SessionMaker) -> int:
         async with reading(sessions) as session:
-            status = await status_rows(session)
+            status = await status_rows(session, [m.name for m in config.mailboxes])
         status["version"] = __version__
         status["oauth"] = [s.as_json() for s in await read_statuses(config, sessions)]
         if args.json:
             print_json(status)
             return 0
-        print(f"helpdeskd {__version__}")
-        for m in status["mailboxes"]:
-            error = f"  last error: {m['last_error']}" if m["last_error"] else ""
-            print(
-                f"mailbox {m['name']}: last poll {m['last_poll_at']}, ok {m['last_ok_at']}{error}"
-            )
-        if status["outbox_depth"]:
-            print(f"outbox: {status['outbox_depth']} pending (oldest {status['outbox_oldest']})")
-        else:
-            print("outbox: empty")
-        print(f"quarantine: {status['quarantined']}")
-        for token in status["oauth"]:
-            error = f"  last error: {token['last_error']}" if token["last_error"] else ""
-            print(
-                f"oauth {token['name']}: {token['account']}, token expires "
-                f"{token['expires_at'] or '(none yet)'}, last refresh "
-                f"{token['last_refresh'] or 'never'}{error}"
-            )
+        for line in status_lines(status):
+            print(line)
         return 0
 
     return with_db(config, body)
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """The lines of ``helpdeskd status`` for the STATUS that ``status --json`` prints."""
+    lines = [f"helpdeskd {status['version']}"]
+    daemons = {d["id"]: d for d in status["daemons"]}
+    if not daemons:
+        lines.append("daemons: none running")
+    for d in daemons.values():
+        held = ", ".join(d["mailboxes"]) or "no mailbox"
+        beat = _ago(d["seconds_since_heartbeat"])
+        if d["stale"]:
+            lines.append(
+                f"daemon {d['host']} pid {d['pid']} ({d['version']}): STALE, last heartbeat "
+                f"{beat} (killed, its host down, or it cannot reach the database)"
+            )
+        else:
+            lines.append(
+                f"daemon {d['host']} pid {d['pid']} ({d['version']}): up since "
+                f"{d['started_at']}, heartbeat {beat}; polls {held}"
+            )
+    for m in status["mailboxes"]:
+        lease = m["lease"]
+        if lease["held"]:
+            who = f"{lease['host']} pid {lease['pid']}" if lease["host"] else lease["daemon"]
+            polled = f"polled by {who}" + (" (STALE)" if lease["stale"] else "")
+        else:
+            polled = "not polled now (no daemon holds its lease)"
+        error = f"; last error {m['last_error_at']}: {m['last_error']}" if m["last_error"] else ""
+        lines.append(
+            f"mailbox {m['name']}: {polled}; last poll {m['last_poll_at'] or 'never'}, "
+            f"last ok {m['last_ok_at'] or 'never'}{error}"
+        )
+    if status["outbox_depth"]:
+        lines.append(f"outbox: {status['outbox_depth']} pending (oldest {status['outbox_oldest']})")
+    else:
+        lines.append("outbox: empty")
+    lines.append(f"quarantine: {status['quarantined']}")
+    for token in status["oauth"]:
+        error = f"  last error: {token['last_error']}" if token["last_error"] else ""
+        lines.append(
+            f"oauth {token['name']}: {token['account']}, token expires "
+            f"{token['expires_at'] or '(none yet)'}, last refresh "
+            f"{token['last_refresh'] or 'never'}{error}"
+        )
+    return lines
 
 
 # --- parsers, in the order of ``helpdeskd --help`` ---------------------------------------------
@@ -303,6 +351,8 @@ def add_rules(sub: Subcommands) -> None:
 
 
 def add_status(sub: Subcommands) -> None:
-    p = add_command(sub, "status", help="mailboxes, outbox depth, version")
+    p = add_command(
+        sub, "status", help="daemons, mailboxes (who polls each, last poll), outbox, version"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)

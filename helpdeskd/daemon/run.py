@@ -1,14 +1,17 @@
 """``helpdeskd run``: wire the parts together and supervise them until SIGTERM.
 
-The daemon holds one clock and gives it to every part it starts.
+The daemon holds one clock and gives it to every part it starts. It registers itself
+(helpdeskd.store.registry) and beats until it stops; it polls a mailbox only while it holds
+the mailbox's lease (helpdeskd.store.leases), which it renews, and every batch it stores is
+fenced by that lease, so that several daemons on one database never poll a mailbox together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -16,12 +19,12 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.load import load_config
-from helpdeskd.config.settings import Config
+from helpdeskd.config.settings import Config, MailboxConfig
 from helpdeskd.daemon.alerts import judge_poll
 from helpdeskd.daemon.checks import check_templates
 from helpdeskd.daemon.sdnotify import Notifier, watchdog_interval
@@ -40,8 +43,11 @@ from helpdeskd.oauth import login_command
 from helpdeskd.oauth.credential import Credentials
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.rules import loader
+from helpdeskd.store import leases, registry
 from helpdeskd.store.db import SessionMaker, check_schema, create_engine, sessionmaker
+from helpdeskd.store.leases import Lease
 from helpdeskd.store.models import Agent, MailboxState
+from helpdeskd.store.registry import Identity
 from helpdeskd.triage.facts import Policy, Runtime
 from helpdeskd.triage.received import Incoming
 from helpdeskd.web.app import (
@@ -57,7 +63,6 @@ from helpdeskd.web.unsubscribe import UnsubscribePages
 
 log = structlog.get_logger(__name__)
 
-LOCK_CHECK_EVERY = 5.0  # seconds between checks that a mailbox's advisory lock still holds
 HOUSEKEEPING_EVERY = 60.0  # seconds between housekeeping rounds (maintenance runs by time)
 TOKEN_CHECK_EVERY = 30.0  # seconds between looks at the OAuth tokens (each refreshes when due)
 
@@ -148,33 +153,56 @@ class ProcessorSink:
         await AgentDesk.of(self.runtime.policy).tell_all(session, None, subject, text)
 
 
-async def _mailbox_lock(
-    engine: AsyncEngine, name: str, stop: asyncio.Event
-) -> AsyncConnection | None:
-    """On PostgreSQL, hold an advisory lock so one daemon polls each mailbox; None elsewhere."""
-    if engine.dialect.name != "postgresql":
-        return None
-    key = zlib.crc32(f"helpdeskd-mailbox:{name}".encode())
-    while not stop.is_set():
-        conn = await engine.connect()
-        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-        await conn.commit()
-        if got:
-            return conn
-        await conn.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=10)
-    return None
-
-
-async def _still_locked(lock: AsyncConnection) -> bool:
-    """Whether the advisory lock's connection is still alive (the lock with it)."""
+def lease_seconds() -> float:
+    """How long a mailbox lease lasts: LEASE_SECONDS, or ``$HELPDESKD_LEASE_SECONDS`` (tests
+    shorten it to see takeovers sooner)."""
+    raw = os.environ.get("HELPDESKD_LEASE_SECONDS", "").strip()
+    if not raw:
+        return leases.LEASE_SECONDS
     try:
-        await asyncio.wait_for(lock.scalar(text("SELECT 1")), timeout=10)
-        await lock.commit()  # not idle in a transaction; a session-level lock outlives it
-    except Exception:
-        return False
-    return True
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 1.0 <= value <= 300.0:
+        raise HelpdeskError(f"HELPDESKD_LEASE_SECONDS={raw}: give seconds from 1 to 300")
+    return value
+
+
+class LeasedSink:
+    """A mailbox's sink while this daemon holds LEASE: each batch commits only if the lease
+    still holds, checked in the batch's own transaction (helpdeskd.store.leases.fence)."""
+
+    def __init__(self, sink: ProcessorSink, lease: Lease) -> None:
+        self.sink = sink
+        self.lease = lease
+
+    async def prepare_batch(
+        self, mailbox: str, uidvalidity: int, mails: Sequence[FetchedMail]
+    ) -> tuple[Prepared, MailboxMark]:
+        return await self.sink.prepare_batch(mailbox, uidvalidity, mails)
+
+    async def store_batch(self, prepared: tuple[Prepared, MailboxMark]) -> None:
+        batch, mark = prepared
+        await self.sink.processor.store(batch, mark=replace(mark, fence=self._fence))
+
+    async def _fence(self, session: AsyncSession) -> None:
+        await leases.fence(session, self.lease)
+
+    async def record_poll(
+        self,
+        mailbox: str,
+        *,
+        ok: bool,
+        error: str | None,
+        urgent: bool = False,
+        fix: str | None = None,
+    ) -> None:
+        await self.sink.record_poll(mailbox, ok=ok, error=error, urgent=urgent, fix=fix)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 class Daemon:
@@ -186,6 +214,10 @@ class Daemon:
         self.outbox_wakeup = asyncio.Event()
         self.monitor = LoopMonitor()
         self.logins = Logins()
+        self.me: Identity | None = None  # once registered
+        self.lease_seconds = lease_seconds()
+        self.heartbeat_every = min(registry.HEARTBEAT_SECONDS, self.lease_seconds / 2)
+        self.replaced: list[str] = []  # dead daemons whose leases may be taken at once
 
     async def run(self) -> int:
         config = self.config
@@ -197,8 +229,11 @@ class Daemon:
         parse_pool = ParsePool(config.parse.workers, config.parse.timeout)
         try:
             await check_schema(engine)
-            sessions = sessionmaker(engine)
+            sessions = self.sessions = sessionmaker(engine)
             await sync_agents(sessions, config)
+            me = Identity.here(config.service.state_dir)
+            self.replaced = await registry.register(sessions, me, every=self.heartbeat_every)
+            self.me = me
             self.credentials = Credentials(config, sessions, self.clock)
             await self.credentials.load()
             self.logins.credentials = self.credentials
@@ -227,7 +262,8 @@ class Daemon:
                 supervisor.add("oauth", self._keep_tokens_fresh())
             sink = ProcessorSink(self.processor, sessions, clock=self.clock)
             for mailbox in config.mailboxes:
-                supervisor.add(f"imap:{mailbox.name}", self._watch(engine, mailbox.name, sink))
+                supervisor.add(f"imap:{mailbox.name}", self._watch(mailbox, sink))
+            supervisor.add("registry", self._heartbeat())
             supervisor.add("housekeeping", self._housekeeping())
             supervisor.add("scheduler", self._scheduler())
             supervisor.add("loop-monitor", self.monitor.run)
@@ -241,7 +277,12 @@ class Daemon:
                 f"watching {len(config.mailboxes)} mailbox(es)"
                 + (", sending mail" if config.smtp else "")
             )
-            log.info("daemon_started", mailboxes=[m.name for m in config.mailboxes])
+            log.info(
+                "daemon_started",
+                mailboxes=[m.name for m in config.mailboxes],
+                daemon=me.id,
+                lease_seconds=self.lease_seconds,
+            )
             try:
                 code = await supervisor.run()
             finally:
@@ -250,46 +291,137 @@ class Daemon:
             log.info("daemon_stopped", code=code, reason=supervisor.failed)
             return code
         finally:
+            if self.me is not None:
+                await self._deregister(self.me)
             parse_pool.close()
             await engine.dispose()
             self.notifier.close()
 
-    def _watch(self, engine: AsyncEngine, name: str, sink: ProcessorSink) -> TaskFactory:
+    def _watch(self, mailbox: MailboxConfig, sink: ProcessorSink) -> TaskFactory:
+        """Poll MAILBOX whenever this daemon holds its lease; wait for it otherwise."""
+
         async def task(stop: asyncio.Event) -> None:
-            lock = await _mailbox_lock(engine, name, stop)
-            mailbox = next(m for m in self.config.mailboxes if m.name == name)
-            spool = self.config.service.state_dir / "oversize"
-            tokens = self.credentials.for_mailbox(name)
-            if lock is None:
-                await MailboxWatcher(
-                    mailbox, sink, stop=stop, spool_dir=spool, token_source=tokens
-                ).run()
-                return
-            # The lock lives as long as its connection: if PostgreSQL drops it (a restart),
-            # this watcher finishes its batch and stops, and the supervisor locks again.
-            mine = asyncio.Event()
-            watcher = asyncio.create_task(
-                MailboxWatcher(mailbox, sink, stop=mine, spool_dir=spool, token_source=tokens).run()
-            )
-            try:
-                while not watcher.done():
-                    if stop.is_set():
-                        mine.set()
-                    elif not await _still_locked(lock):
-                        log.error("mailbox_lock_lost", mailbox=name)
-                        mine.set()
-                        await watcher
-                        raise HelpdeskError(f"lost the lock on mailbox {name}")
-                    await asyncio.wait({watcher}, timeout=LOCK_CHECK_EVERY)
-                await watcher
-            finally:
-                mine.set()
-                if not watcher.done():
-                    watcher.cancel()
-                with contextlib.suppress(Exception):
-                    await lock.close()
+            while not stop.is_set():
+                lease = await self._acquire(mailbox.name, stop)
+                if lease is None:
+                    return
+                try:
+                    await self._poll(mailbox, lease, sink, stop)
+                finally:
+                    # Another daemon may take it at once (no-op when the lease was lost).
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(leases.release(self.sessions, lease), 5)
 
         return task
+
+    async def _acquire(self, name: str, stop: asyncio.Event) -> Lease | None:
+        """Wait until this daemon holds mailbox NAME's lease; None once STOP is set."""
+        assert self.me is not None
+        waiting = False
+        while not stop.is_set():
+            try:
+                lease = await leases.acquire(
+                    self.sessions,
+                    name,
+                    self.me.id,
+                    seconds=self.lease_seconds,
+                    replacing=self.replaced,
+                )
+            except Exception as exc:  # the database is away: try again
+                log.warning("mailbox_lease_unavailable", mailbox=name, error=_one_line(exc))
+                lease = None
+            if lease is not None:
+                log.info("mailbox_lease_acquired", mailbox=name, token=lease.token)
+                return lease
+            if not waiting:
+                log.info("mailbox_lease_waiting", mailbox=name)
+                waiting = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    stop.wait(), timeout=leases.acquire_every(self.lease_seconds)
+                )
+        return None
+
+    async def _poll(
+        self, mailbox: MailboxConfig, lease: Lease, sink: ProcessorSink, stop: asyncio.Event
+    ) -> None:
+        """Watch MAILBOX while LEASE holds: renew it; on STOP, or once the lease is lost, let
+        the watcher finish (a batch it stores without the lease is rolled back) and return."""
+        mine = asyncio.Event()
+        watcher = asyncio.create_task(
+            MailboxWatcher(
+                mailbox,
+                LeasedSink(sink, lease),
+                stop=mine,
+                spool_dir=self.config.service.state_dir / "oversize",
+                token_source=self.credentials.for_mailbox(mailbox.name),
+            ).run()
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        loop = asyncio.get_running_loop()
+        every = leases.renew_every(self.lease_seconds)
+        held_until = loop.time() + self.lease_seconds
+        renew_at = loop.time() + every
+        lost = False
+        try:
+            while not watcher.done():
+                if stop.is_set():
+                    mine.set()
+                if lost:
+                    await asyncio.wait({watcher})
+                    break
+                # Renewed on time while the watcher runs, and while it finishes after a stop.
+                waits = {watcher} if stopping.done() else {watcher, stopping}
+                await asyncio.wait(waits, timeout=max(0.0, renew_at - loop.time()))
+                if watcher.done() or loop.time() < renew_at:
+                    continue
+                started, renew_at = loop.time(), loop.time() + every
+                renewed: bool | None = None
+                try:
+                    renewed = await asyncio.wait_for(
+                        leases.renew(self.sessions, lease, seconds=self.lease_seconds),
+                        timeout=max(0.1, held_until - started),
+                    )
+                except Exception as exc:  # the database is away for a moment: the lease holds
+                    log.warning(
+                        "mailbox_lease_renewal_failed", mailbox=mailbox.name, error=_one_line(exc)
+                    )
+                if renewed:
+                    held_until = started + self.lease_seconds
+                elif renewed is False or loop.time() >= held_until:
+                    lost = True
+                    mine.set()
+                    log.error(
+                        "mailbox_lease_lost",
+                        mailbox=mailbox.name,
+                        token=lease.token,
+                        why="taken over" if renewed is False else "not renewed in time",
+                    )
+            await watcher
+        finally:
+            stopping.cancel()
+            mine.set()
+            if not watcher.done():
+                watcher.cancel()
+
+    def _heartbeat(self) -> TaskFactory:
+        async def task(stop: asyncio.Event) -> None:
+            assert self.me is not None
+            while not stop.is_set():
+                try:
+                    await registry.heartbeat(self.sessions, self.me, every=self.heartbeat_every)
+                except Exception as exc:  # shown as stale meanwhile; the next beat may work
+                    log.warning("daemon_heartbeat_failed", error=_one_line(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.heartbeat_every)
+
+        return task
+
+    async def _deregister(self, me: Identity) -> None:
+        try:
+            await asyncio.wait_for(registry.deregister(self.sessions, me), 5)
+        except Exception as exc:  # the row goes stale and is forgotten in a day
+            log.warning("daemon_deregister_failed", error=_one_line(exc))
 
     def _keep_tokens_fresh(self) -> TaskFactory:
         async def task(stop: asyncio.Event) -> None:
@@ -390,7 +522,12 @@ class Daemon:
         http = self.config.http
         clock = self.clock
         operations = operations_routes(
-            self.config, sessions, self.monitor, clock=clock, logins=self.logins
+            self.config,
+            sessions,
+            self.monitor,
+            clock=clock,
+            logins=self.logins,
+            daemon_id=self.me.id if self.me else None,
         )
         sites: list[tuple[str, str, list[web.RouteDef]]] = []
         if http.listen:

@@ -53,6 +53,7 @@ from helpdeskd.imap.wire import (
 from helpdeskd.oauth import OAuthError, TokenSource, login_command
 from helpdeskd.oauth.sasl import FAILED_SASL_RESPONSE, sasl_error, sasl_initial_response
 from helpdeskd.runs import split_runs
+from helpdeskd.store.leases import LeaseLost
 from helpdeskd.store.spool import sync_directory
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,8 @@ class MailSink(Protocol):
         """Commit a prepared batch durably, deduped on (mailbox, uidvalidity, uid).
 
         Raising means the batch is not committed: it is then neither moved nor marked.
+        Raising :class:`~helpdeskd.store.leases.LeaseLost` (another daemon holds the mailbox
+        now) also ends the watcher at once, without moving anything more.
         """
         ...
 
@@ -187,6 +190,9 @@ class MailboxWatcher:
                     break
                 async with session:
                     await self._serve(session)
+                break
+            except LeaseLost as exc:  # another daemon polls this mailbox now: leave it
+                self._log.error("mailbox_lease_lost", error=str(exc))
                 break
             except Exception as exc:  # the task boundary: record it, back off, reconnect
                 error = _one_line(exc)
@@ -450,6 +456,15 @@ class MailboxWatcher:
                 imap = asyncio.ensure_future(self._mark_and_fetch(session, stored, batches, sizes))
                 try:
                     await self._sink.store_batch(await preparing)
+                except LeaseLost:
+                    # Rolled back: the mailbox is another daemon's now. Move nothing more.
+                    if imap.done() and not imap.cancelled() and imap.exception() is None:
+                        ahead = imap.result()
+                    else:
+                        session.broken = True  # a command may be cut off: no polite logout
+                        imap.cancel()
+                        imap.add_done_callback(_discard)
+                    raise
                 except Exception:
                     # The batch before is committed: let its mark finish. The store's error is
                     # the one to report; an IMAP error too ends the session all the same.

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import structlog
 from sqlalchemy import select
@@ -51,11 +51,16 @@ WARNINGS = frozenset(
 
 @dataclass(frozen=True)
 class MailboxMark:
-    """Mailbox progress written in the same transaction as the batch."""
+    """Mailbox progress written in the same transaction as the batch.
+
+    FENCE, when given, runs in that transaction before the commit and raises to roll the
+    batch back (a mailbox lease this daemon no longer holds: helpdeskd.store.leases).
+    """
 
     name: str
     uidvalidity: int
     last_uid: int
+    fence: Callable[[AsyncSession], Awaitable[None]] | None = field(default=None, compare=False)
 
 
 def _read_head(path: str) -> bytes:
@@ -158,6 +163,8 @@ class Processor:
                         outcomes.append(await self._store_one(session, policy, item, result))
                         self.lanes["message"] += 1
                 if mark is not None:
+                    if mark.fence is not None:
+                        await mark.fence(session)
                     await self._mark_mailbox(session, mark)
             if self.outbox_wakeup is not None:
                 self.outbox_wakeup.set()

@@ -8,9 +8,11 @@ runs past its timeout has its worker killed; the pool is rebuilt and the message
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,13 +28,26 @@ from helpdeskd.runs import split_runs
 log = structlog.get_logger(__name__)
 
 
-def _ignore_interrupt() -> None:
-    """In a worker: leave Ctrl-C to the daemon, which finishes its batch and then stops us.
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _start_worker(parent: int) -> None:
+    """In a worker: die with the daemon (PARENT's pid), and leave Ctrl-C to it.
+
+    A daemon killed with SIGKILL (the OOM killer, ``kill -9``) cannot stop its workers; the
+    kernel kills them then (PR_SET_PDEATHSIG), and with the last of them gone the resource
+    tracker ends too. Nothing is left outside the daemon's cgroup to hold memory or a core.
 
     A terminal's Ctrl-C reaches the whole process group; a worker that took it would die
-    mid-parse with a traceback instead of being shut down in order.
+    mid-parse with a traceback instead of being shut down in order by the daemon.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("parse_worker_pdeathsig_failed", errno=ctypes.get_errno())
+    if os.getppid() != parent:  # the daemon died before the line above took effect
+        os._exit(1)
 
 
 def _answer() -> int:
@@ -70,7 +85,8 @@ class ParsePool:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupt,
+                initializer=_start_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 

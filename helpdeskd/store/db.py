@@ -7,8 +7,10 @@ documented aiosqlite hook that hands BEGIN to us, so every transaction is ``BEGI
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from helpdeskd import __version__
 from helpdeskd.config.settings import PACKAGE_DIR
 from helpdeskd.errors import DatabaseUnreachable, SchemaError
 
@@ -32,7 +35,7 @@ SessionMaker = async_sessionmaker[AsyncSession]
 # The newest migration's revision, which check_schema asks of the database. Known here, the
 # check needs no alembic (its import and reading the migrations take a command a third of a
 # second); a test holds it to migrations/.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 
 def async_url(url: str) -> str:
@@ -56,7 +59,18 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(full, connect_args={"timeout": 60}, **kwargs)
         _configure_sqlite(engine)
         return engine
+    if make_url(full).query.get("prepared_statement_cache_size") == "0":
+        # Behind a transaction pooler (PgBouncer before 1.21), a statement prepared in one
+        # transaction is gone in the next (another server connection): prepare each one afresh,
+        # under a name no other client's statement has.
+        kwargs.setdefault("connect_args", {}).update(
+            statement_cache_size=0, prepared_statement_name_func=_statement_name
+        )
     return create_async_engine(full, pool_pre_ping=True, **kwargs)
+
+
+def _statement_name() -> str:
+    return f"__helpdeskd_{uuid.uuid4().hex}__"
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -142,21 +156,76 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(read)
 
 
+def _newer(revision: str, head: str) -> bool:
+    """Whether REVISION comes after HEAD (revisions are numbered: 0001, 0002, ...)."""
+    return revision.isdigit() and head.isdigit() and int(revision) > int(head)
+
+
 async def check_schema(engine: AsyncEngine) -> None:
-    """Raise SchemaError unless the database is at the migration head."""
+    """Raise SchemaError unless the database is at the migration head, naming what to run."""
     current = await current_revision(engine)
     head = SCHEMA_HEAD
-    if current != head:
-        where = "empty" if current is None else f"at revision {current}"
+    if current == head:
+        return
+    if current is not None and _newer(current, head):
+        # A newer release upgraded it (a rolling upgrade): this one must not write to it.
         raise SchemaError(
-            f"database schema is {where}, not at head {head}: run 'helpdeskd db upgrade'"
+            f"database schema is at revision {current}, newer than this helpdeskd "
+            f"{__version__} knows (head {head}): install the release that upgraded it on this "
+            "host too (docs/admin.md, 'Running several daemons')"
         )
+    where = "empty" if current is None else f"at revision {current}"
+    raise SchemaError(f"database schema is {where}, not at head {head}: run 'helpdeskd db upgrade'")
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+UPGRADE_LOCK = 0x68656C7064657364  # "helpdesd": the advisory lock key of 'helpdeskd db upgrade'
+UPGRADE_WAIT = 600  # seconds a 'db upgrade' waits for another one before it gives up
+
+
+def upgrade(url: str, revision: str = "head", *, waiting: Callable[[], None] | None = None) -> None:
+    """Migrate URL's database to REVISION, in one transaction that first takes the upgrade lock.
+
+    A second ``db upgrade`` meanwhile waits for the first (WAITING is called when it starts
+    to), then finds nothing left to do. On PostgreSQL the lock is a transaction-level advisory
+    lock (it works through PgBouncer's transaction pooling); on SQLite the transaction begins
+    IMMEDIATE, which takes the database's write lock.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    cfg = alembic_config(url)
+
+    def migrate(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            lock = {"k": UPGRADE_LOCK}
+            if not connection.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), lock):
+                if waiting is not None:
+                    waiting()
+                connection.execute(text(f"SET LOCAL lock_timeout = '{UPGRADE_WAIT}s'"))
+                try:
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), lock)
+                except DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                        raise
+                    raise SchemaError(
+                        f"another 'helpdeskd db upgrade' still runs after {UPGRADE_WAIT} s "
+                        "of waiting for it: let it finish, then run this one again"
+                    ) from None
+                connection.execute(text("SET LOCAL lock_timeout = 0"))
+        else:
+            connection.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the write lock, now
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+    async def main() -> None:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(migrate)
+                await connection.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -456,3 +456,39 @@ class PendingDeletion(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailboxLease(Base):
+    """Which daemon polls a mailbox, until when (helpdeskd.store.leases).
+
+    The row is keyed by the mailbox's name itself and never deleted: ``token`` grows by one with
+    every acquisition, so a holder that lost the lease can never pass the check each of its
+    batches makes (the fence).
+    """
+
+    __tablename__ = "mailbox_leases"
+
+    mailbox: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token: Mapped[int] = mapped_column(Integer, default=1)
+    holder: Mapped[str | None] = mapped_column(String(32))  # a daemons.id; None once released
+    acquired_at: Mapped[datetime] = mapped_column()
+    renewed_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class DaemonRecord(Base):
+    """A running daemon, registered at its start and removed on a clean stop
+    (helpdeskd.store.registry); one whose heartbeat is overdue is stale."""
+
+    __tablename__ = "daemons"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # new at every start
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(50))
+    # Who can tell whether pid still runs: the boot and PID namespace the daemon runs in.
+    machine: Mapped[str] = mapped_column(String(100))
+    state_dir: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()
+    stale_at: Mapped[datetime] = mapped_column()  # heartbeat_at plus three heartbeats

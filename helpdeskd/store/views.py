@@ -1,7 +1,8 @@
-"""Read-side queries: tickets, outbox and quarantine as plain dicts for the CLI's JSON."""
+"""Read-side queries: tickets, outbox, quarantine and status as plain dicts for the CLI's JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
+from helpdeskd.store.leases import database_now, lease_rows
 from helpdeskd.store.models import (
     Agent,
     Contact,
@@ -20,6 +22,7 @@ from helpdeskd.store.models import (
     RawMessage,
     Ticket,
 )
+from helpdeskd.store.registry import daemon_rows
 from helpdeskd.triage.received import ref_to_id, ticket_ref
 
 
@@ -180,8 +183,15 @@ async def quarantine_detail(session: AsyncSession, quarantine_id: int) -> dict[s
     }
 
 
-async def status_rows(session: AsyncSession) -> dict[str, Any]:
-    mailboxes = await session.scalars(select(MailboxState).order_by(MailboxState.name))
+async def status_rows(session: AsyncSession, mailboxes: Sequence[str] = ()) -> dict[str, Any]:
+    """What ``helpdeskd status`` shows: the daemons (stale ones too), each mailbox (MAILBOXES,
+    the configured ones, and any polled before) with its lease, last poll and error, the outbox
+    and the quarantine. Ages and staleness count to the database's time now."""
+    now = await database_now(session)
+    states = {m.name: m for m in await session.scalars(select(MailboxState))}
+    held = await lease_rows(session, now)
+    daemons = await daemon_rows(session, now)
+    known = {d["id"]: d for d in daemons}
     depth = await session.scalar(select(func.count(Outbox.id)).where(Outbox.state == "pending"))
     oldest = await session.scalar(
         select(func.min(Outbox.created_at)).where(Outbox.state == "pending")
@@ -189,20 +199,52 @@ async def status_rows(session: AsyncSession) -> dict[str, Any]:
     quarantined = await session.scalar(
         select(func.count(Quarantine.id)).where(Quarantine.resolved_at.is_(None))
     )
-    return {
-        "mailboxes": [
+    rows = []
+    for name in [*mailboxes, *sorted(set(states) - set(mailboxes))]:
+        m = states.get(name)
+        rows.append(
             {
-                "name": m.name,
-                "uidvalidity": m.uidvalidity,
-                "last_uid": m.last_uid,
-                "last_poll_at": iso(m.last_poll_at),
-                "last_ok_at": iso(m.last_ok_at),
-                "last_error": m.last_error,
-                "last_error_at": iso(m.last_error_at),
+                "name": name,
+                "uidvalidity": m.uidvalidity if m else None,
+                "last_uid": m.last_uid if m else None,
+                "last_poll_at": iso(m.last_poll_at) if m else None,
+                "last_ok_at": iso(m.last_ok_at) if m else None,
+                "last_error": m.last_error if m else None,
+                "last_error_at": iso(m.last_error_at) if m else None,
+                "lease": _lease(held.get(name), known),
             }
-            for m in mailboxes
-        ],
+        )
+    return {
+        "checked_at": iso(now),
+        "daemons": daemons,
+        "mailboxes": rows,
         "outbox_depth": depth or 0,
         "outbox_oldest": iso(oldest) if oldest else None,
         "quarantined": quarantined or 0,
+    }
+
+
+def _lease(lease: dict[str, Any] | None, daemons: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A mailbox's lease for status: who polls it (``daemon``, its ``host`` and ``pid``) and
+    until when, or ``held`` false when nobody does."""
+    if lease is None:
+        return {
+            "held": False,
+            "daemon": None,
+            "host": None,
+            "pid": None,
+            "stale": False,
+            "token": 0,
+            "expires_at": None,
+        }
+    holder = daemons.get(lease["holder"] or "")
+    return {
+        "held": lease["held"],
+        "daemon": lease["holder"],
+        "host": holder["host"] if holder else None,
+        "pid": holder["pid"] if holder else None,
+        # held, by a daemon whose heartbeat is overdue or that is not registered
+        "stale": lease["held"] and (holder is None or holder["stale"]),
+        "token": lease["token"],
+        "expires_at": iso(lease["expires_at"]),
     }

@@ -32,6 +32,7 @@ from helpdeskd.config.settings import Config
 from helpdeskd.errors import HelpdeskError
 from helpdeskd.oauth.credential import Credentials
 from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.leases import database_now, lease_rows
 from helpdeskd.store.models import (
     MailboxState,
     Outbox,
@@ -40,6 +41,7 @@ from helpdeskd.store.models import (
     RawMessage,
     Ticket,
 )
+from helpdeskd.store.registry import daemon_rows
 from helpdeskd.store.views import iso
 
 log = structlog.get_logger(__name__)
@@ -161,10 +163,15 @@ class _Snapshot(Collector):
 
 
 async def metrics_text(
-    config: Config, sessions: SessionMaker, *, now: datetime, logins: Logins | None = None
+    config: Config,
+    sessions: SessionMaker,
+    *,
+    now: datetime,
+    logins: Logins | None = None,
+    daemon_id: str | None = None,
 ) -> bytes:
     """Return Prometheus text for the state of the database and the logins, ages counted to
-    NOW."""
+    NOW; the mailbox leases as the database's clock sees them, DAEMON_ID's own marked."""
     async with reading(sessions) as session:
         outcomes = await session.execute(
             select(RawMessage.outcome, func.count(RawMessage.id)).group_by(RawMessage.outcome)
@@ -183,6 +190,11 @@ async def metrics_text(
             select(func.count(Quarantine.id)).where(Quarantine.resolved_at.is_(None))
         )
         polls = list(await session.scalars(select(MailboxState)))
+        db_now = await database_now(session)  # leases expire by the database's clock
+        leases = await lease_rows(session, db_now)
+        fleet = _fleet_metrics(
+            config, leases, await daemon_rows(session, db_now), daemon_id, db_now
+        )
     ingested = CounterMetricFamily(
         "helpdeskd_messages_ingested", "Messages received, by outcome", labels=["outcome"]
     )
@@ -218,11 +230,58 @@ async def metrics_text(
             "helpdeskd_quarantine_open", "Messages waiting in quarantine", value=quarantined or 0
         ),
         lag,
+        *fleet,
         *_login_metrics(logins or Logins(), now),
     ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry)
+
+
+def _fleet_metrics(
+    config: Config,
+    leases: dict[str, dict[str, Any]],
+    daemons: list[dict[str, Any]],
+    daemon_id: str | None,
+    now: datetime,
+) -> list[Any]:
+    """Each configured mailbox's lease (held by anyone, by this daemon, until when, how often
+    taken) and the daemons registered, live and stale."""
+    held = GaugeMetricFamily(
+        "helpdeskd_mailbox_lease_held",
+        "1 while some daemon holds the mailbox's lease (polls it), 0 when none does",
+        labels=["mailbox"],
+    )
+    mine = GaugeMetricFamily(
+        "helpdeskd_mailbox_lease_mine",
+        "1 while this daemon holds the mailbox's lease",
+        labels=["mailbox"],
+    )
+    expiry = GaugeMetricFamily(
+        "helpdeskd_mailbox_lease_expiry_seconds",
+        "Seconds until the mailbox's lease expires unless renewed (negative: expired)",
+        labels=["mailbox"],
+    )
+    taken = CounterMetricFamily(
+        "helpdeskd_mailbox_lease_acquisitions",
+        "Times the mailbox's lease was taken (its fencing token): a rise is a takeover",
+        labels=["mailbox"],
+    )
+    for mailbox in config.mailboxes:
+        lease = leases.get(mailbox.name)
+        held.add_metric([mailbox.name], 1 if lease and lease["held"] else 0)
+        ours = lease is not None and lease["held"] and lease["holder"] == daemon_id
+        mine.add_metric([mailbox.name], 1 if ours else 0)
+        if lease is not None:
+            expiry.add_metric([mailbox.name], (lease["expires_at"] - now).total_seconds())
+            taken.add_metric([mailbox.name], lease["token"])
+    registered = GaugeMetricFamily(
+        "helpdeskd_daemons", "Daemons registered, live or stale", labels=["state"]
+    )
+    stale = sum(1 for d in daemons if d["stale"])
+    registered.add_metric(["live"], len(daemons) - stale)
+    registered.add_metric(["stale"], stale)
+    return [held, mine, expiry, taken, registered]
 
 
 def _login_metrics(logins: Logins, now: datetime) -> list[Any]:
@@ -254,15 +313,17 @@ def operations_routes(
     *,
     clock: Clock = system_clock,
     logins: Logins | None = None,
+    daemon_id: str | None = None,
 ) -> list[web.RouteDef]:
-    """/healthz and /metrics, open to whoever reaches them (see :func:`behind_token`)."""
+    """/healthz and /metrics, open to whoever reaches them (see :func:`behind_token`);
+    DAEMON_ID is the daemon that serves them."""
 
     async def healthz(request: web.Request) -> web.Response:
         report = await health(config, sessions, monitor, now=clock(), logins=logins)
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
     async def metrics_view(request: web.Request) -> web.Response:
-        body = await metrics_text(config, sessions, now=clock(), logins=logins)
+        body = await metrics_text(config, sessions, now=clock(), logins=logins, daemon_id=daemon_id)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     return [web.get("/healthz", healthz), web.get("/metrics", metrics_view)]

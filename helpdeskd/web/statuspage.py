@@ -259,6 +259,12 @@ class _View:
         found = [i for i in self.data.incidents if i.is_open]
         return sorted(found, key=lambda i: i.started_at, reverse=True)
 
+    def under_way(self) -> int:
+        """How many incidents are open and maintenance windows in progress: the bars show
+        them today, the history below does not (it holds what is over)."""
+        running = sum(1 for m in self.data.maintenances if m.status == "in_progress")
+        return len(self.open_incidents()) + running
+
     def upcoming_maintenance(self) -> list[Maintenance]:
         found = [m for m in self.data.maintenances if m.status in ("scheduled", "in_progress")]
         return sorted(found, key=lambda m: (m.status != "in_progress", m.start))

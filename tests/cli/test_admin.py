@@ -128,3 +128,64 @@ def test_run_whose_listen_address_is_taken_is_one_line(tmp_path):
         f"bind on address ('127.0.0.1', {port}): address already in use"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_status_shows_the_daemons_who_polls_each_mailbox_and_stale_ones(
+    make_config, tmp_path
+):
+    """Two daemons registered, one holding a lease, one stale; a mailbox never polled."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from helpdeskd.store.leases import acquire
+    from helpdeskd.store.models import DaemonRecord
+    from helpdeskd.store.registry import Identity, register
+
+    config = make_config(
+        mailboxes=[
+            {
+                "name": name,
+                "host": "127.0.0.1",
+                "port": 1,
+                "security": "none",
+                "username": "u",
+                "password": "p",
+            }
+            for name in ("support", "sales")
+        ]
+    )
+    polling = replace(Identity.here(tmp_path / "a"), host="host-a", pid=1)
+    gone = replace(Identity.here(tmp_path / "b"), host="host-b", pid=1)
+    async with Desk(config) as desk:
+        await register(desk.sessions, polling)
+        await register(desk.sessions, gone)
+        assert await acquire(desk.sessions, "support", polling.id, seconds=60)
+        async with desk.sessions() as session, session.begin():
+            await session.execute(
+                update(DaemonRecord)
+                .where(DaemonRecord.id == gone.id)
+                .values(stale_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+    status = cli_json(config, "status")
+    assert {"version", "oauth", "daemons", "mailboxes", "outbox_depth", "quarantined"} <= set(
+        status
+    )
+    daemons = {d["host"]: d for d in status["daemons"]}
+    assert daemons["host-a"]["stale"] is False and daemons["host-a"]["mailboxes"] == ["support"]
+    assert daemons["host-b"]["stale"] is True and daemons["host-b"]["mailboxes"] == []
+    assert {"id", "pid", "version", "started_at", "heartbeat_at"} <= set(daemons["host-a"])
+    mailboxes = {m["name"]: m for m in status["mailboxes"]}
+    assert list(mailboxes) == ["support", "sales"]  # the configured ones, in config order
+    support = mailboxes["support"]["lease"]
+    assert support["held"] and support["daemon"] == polling.id and support["host"] == "host-a"
+    assert support["token"] == 1 and not support["stale"]
+    assert mailboxes["sales"]["lease"]["held"] is False
+    assert mailboxes["sales"]["last_poll_at"] is None
+    text = cli(config, "status").stdout
+    assert "None" not in text
+    assert re.search(r"^daemon host-a pid 1 \(.+\): up since .+; polls support$", text, re.M)
+    assert re.search(r"^daemon host-b pid 1 \(.+\): STALE, last heartbeat", text, re.M), text
+    assert "mailbox support: polled by host-a pid 1; last poll never, last ok never" in text
+    assert "mailbox sales: not polled now (no daemon holds its lease); last poll never" in text

@@ -116,3 +116,63 @@ async def test_workers_that_cannot_start_in_time_are_one_clear_error() -> None:
         assert pool._pool is None  # the half-started pool is gone: the next use starts anew
     finally:
         pool.close()
+
+
+CHILD = """
+import asyncio, os, sys
+from helpdeskd.ingest.parsepool import ParsePool
+
+async def main():
+    pool = ParsePool(2, 20)
+    await pool.start()
+    print("ready", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_workers_and_the_resource_tracker_die_with_a_killed_daemon() -> None:
+    """SIGKILL leaves the pool no time to stop its workers: the kernel ends them
+    (PR_SET_PDEATHSIG), and then the resource tracker ends by itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.harness import ROOT
+
+    def children(pid: int) -> set[int]:
+        found: set[int] = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found |= {int(p) for p in (task / "children").read_text().split()}
+        return found
+
+    def running(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        while (line := proc.stdout.readline()) not in (b"ready\n", b""):
+            pass  # the pool's own log lines
+        assert line == b"ready\n"
+        kids = children(proc.pid)
+        assert len(kids) == 3  # two workers and the resource tracker
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(running(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in kids if running(pid)], "left behind after SIGKILL"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

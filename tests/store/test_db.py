@@ -35,3 +35,93 @@ async def test_a_read_only_transaction_reads_beside_a_writer(tmp_path: Path) -> 
         assert await asyncio.wait_for(waiting, 5) == ["support"]
     finally:
         await engine.dispose()
+
+
+def test_a_newer_schema_is_refused_with_what_to_do(db_url: str) -> None:
+    """A release whose head is behind the database's (a rolling upgrade, a host not upgraded
+    yet) refuses to start, and does not tell the admin to run db upgrade."""
+    import pytest
+    from sqlalchemy import text
+
+    from helpdeskd.errors import SchemaError
+    from helpdeskd.store.db import SCHEMA_HEAD, check_schema
+
+    newer = f"{int(SCHEMA_HEAD) + 1:04d}"
+
+    async def main() -> None:
+        engine = create_engine(db_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE alembic_version SET version_num = :v"), {"v": newer}
+                )
+            with pytest.raises(SchemaError) as caught:
+                await check_schema(engine)
+        finally:
+            await engine.dispose()
+        message = str(caught.value)
+        assert f"revision {newer}, newer than this helpdeskd" in message
+        assert "db upgrade" not in message and "install the release" in message
+
+    asyncio.run(main())
+
+
+def test_two_upgrades_never_run_at_once(pg_url: str, tmp_path: Path) -> None:
+    """While one 'db upgrade' holds the upgrade lock, a second says it waits and waits; once
+    the first is done, the second finds nothing to do and succeeds."""
+    import os
+    import sys
+
+    import asyncpg
+
+    from helpdeskd.store.db import UPGRADE_LOCK
+    from tests.harness import ROOT
+
+    config = tmp_path / "helpdeskd.toml"
+    secret = tmp_path / "secret.key"
+    secret.write_text("k1 test-secret-key-0123456789abcdef\n")
+    config.write_text(
+        '[service]\nname = "Acme"\nsupport_address = "support@acme.test"\n'
+        'public_url = "https://support.acme.test"\n'
+        f'secret_key_file = "{secret}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[database]\nurl = "{pg_url}"\n'
+    )
+    waiting = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+    )
+
+    async def main() -> None:
+        first = await asyncpg.connect(pg_url)
+        second = None
+        try:
+            async with first.transaction():
+                await first.execute("SELECT pg_advisory_xact_lock($1)", UPGRADE_LOCK)
+                second = await asyncio.create_subprocess_exec(
+                    *(sys.executable, "-m", "helpdeskd", "--config", str(config)),
+                    *("db", "upgrade"),
+                    cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env={k: v for k, v in os.environ.items() if k != "HELPDESKD_CONFIG"},
+                )
+                assert second.stderr is not None
+                line = await asyncio.wait_for(second.stderr.readline(), 60)
+                assert b"another 'helpdeskd db upgrade' is running" in line
+                # it waits for the lock (the first still holds it), not for anything else
+                for _ in range(600):
+                    if await first.fetchval(waiting) == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await first.fetchval(waiting) == 1
+                assert second.returncode is None
+            out, err = await asyncio.wait_for(second.communicate(), 120)
+            assert second.returncode == 0, err
+            assert out == b"database at head\n"
+        finally:
+            await first.close()
+            if second is not None and second.returncode is None:
+                second.kill()
+                await second.wait()
+
+    asyncio.run(main())

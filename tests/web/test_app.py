@@ -81,10 +81,22 @@ def test_healthz_and_metrics(make_config, smtp_sink, dovecot):
         assert 'helpdeskd_messages_ingested_total{outcome="new_ticket"} 1.0' in text
         assert 'helpdeskd_tickets{state="new"} 1.0' in text
         assert "helpdeskd_outbox_depth" in text and "helpdeskd_mailbox_poll_lag_seconds" in text
+        # the lease: held, by this daemon, taken once; the daemon registered and live
+        assert 'helpdeskd_mailbox_lease_held{mailbox="support"} 1.0' in text
+        assert 'helpdeskd_mailbox_lease_mine{mailbox="support"} 1.0' in text
+        assert 'helpdeskd_mailbox_lease_acquisitions_total{mailbox="support"} 1.0' in text
+        assert 'helpdeskd_mailbox_lease_expiry_seconds{mailbox="support"}' in text
+        assert 'helpdeskd_daemons{state="live"} 1.0' in text
+        assert 'helpdeskd_daemons{state="stale"} 0.0' in text
+        status = cli_json(config, "status")
+        [daemon] = status["daemons"]
+        assert daemon["pid"] == proc.pid and daemon["mailboxes"] == ["support"]
+        assert status["mailboxes"][0]["lease"]["daemon"] == daemon["id"]
     finally:
         proc.terminate()
         proc.wait(30)
     assert "http_listening" in daemon_log(config)
+    assert cli_json(config, "status")["daemons"] == []  # removed on a clean stop
 
 
 def test_healthz_reports_a_failing_mailbox(make_config, smtp_sink, dovecot):

@@ -147,6 +147,22 @@ def test_empty_page() -> None:
     assert feed.findtext(f"{ATOM}updated") == "2026-11-27T13:00:00Z"
 
 
+def test_history_summary_does_not_deny_what_the_bars_show_today() -> None:
+    """An open incident colours today's bar; the summary under the bars must not say there
+    were no incidents."""
+    html = sp.render_html(quiet(incidents=(incident("identified"),)))
+    summary = section(html, "history-h")
+    assert 'class="bar bar-partial_outage"' in summary  # today, the last bar
+    assert "No incidents" not in summary.split("history-summary", 1)[1]
+    assert "what is under way now is shown above" in summary
+    resolved = incident("resolved", id=2)
+    html = sp.render_html(quiet(incidents=(incident("monitoring"), resolved)))
+    assert "1 resolved incident and 0 maintenance windows since" in html
+    assert "what is under way now is shown above" in html
+    html = sp.render_html(quiet(incidents=(resolved,)))
+    assert "what is under way" not in html
+
+
 # ------------------------------------------------------------------------------------ times
 
 
