@@ -49,12 +49,27 @@ url = "sqlite:///{database}"                # or postgresql://user@host/db
 # poll_interval = 60
 # batch_size = 250                          # mails stored in one transaction when catching up
 
+# A Microsoft 365 or Google Workspace mailbox logs in with OAuth 2.0 instead of a password
+# (docs/admin.md; then run: helpdeskd oauth login support):
+# auth = "oauth2"
+# [mailbox.oauth]
+# provider = "microsoft"                    # microsoft | google | generic
+# tenant = "acme.onmicrosoft.com"
+# client_id = "..."
+# token_file = "{state}/oauth/support.json"
+
 # [smtp]
 # host = "smtp.acme.test"
 # port = 587
 # security = "starttls"                     # tls | starttls | none
 # username = "support@acme.test"
-# password_file = "/etc/helpdeskd/smtp-password"
+# password_file = "/etc/helpdeskd/smtp-password"   # or auth = "oauth2" with [smtp.oauth]
+
+# How long personal data is kept, in days or "forever" (docs/privacy.md):
+# [retention]
+# raw_mail_days = 90                        # received mail as it came, after its ticket closes
+# quarantine_days = 30                      # after the quarantine entry is resolved
+# closed_ticket_days = 730                  # bodies and attachments of closed tickets
 
 [http]
 listen = "127.0.0.1:8025"                   # unsubscribe pages and /status, behind your proxy
