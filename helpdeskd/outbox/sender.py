@@ -12,7 +12,8 @@ non-ASCII one where the relay lacks SMTPUTF8) fails at once with the reason; the
 With ``auth = "oauth2"`` the sender logs in with SASL XOAUTH2 or OAUTHBEARER and an access
 token from its :class:`TokenSource`. A login that fails (no token, a token the provider will not
 refresh, a token the relay refuses) is nobody's mail's fault: no row is claimed or charged an
-attempt; the sender reports it once (``on_login_failed``) and tries again later, backing off.
+attempt; the sender reports it once (``on_login``) and tries again later, backing off. That
+holds for a refused password too: a wrong password is no recipient's fault either.
 
 The sender reads its clock once for each step that looks at the time, and passes that moment
 down: picking the due rows, a mail just before it goes (has it expired?), and a mail's result
