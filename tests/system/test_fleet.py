@@ -122,6 +122,7 @@ class Daemon:
     config: Config
     proc: subprocess.Popen[bytes] | None = None
     pgids: list[int] = field(default_factory=list)
+    starts: int = 0  # how many times it was started, so how many ``daemon_started`` to wait for
 
     @property
     def log_path(self) -> Path:
@@ -143,6 +144,13 @@ class Daemon:
                 start_new_session=True,  # whatever is left can be found at the end
             )
         self.pgids.append(self.proc.pid)
+        self.starts += 1
+
+    def started(self) -> bool:
+        """Whether the latest start has come up: its signal handlers are in place from then on
+        (a SIGTERM while Python is still importing ends it as killed, as for any program)."""
+        done = sum(1 for e in self.events() if e.get("event") == "daemon_started")
+        return done >= self.starts or (self.proc is not None and self.proc.poll() is not None)
 
     @property
     def pid(self) -> int:
@@ -161,6 +169,7 @@ class Daemon:
     def stop(self) -> int | None:
         code = None
         if self.proc is not None and self.proc.poll() is None:
+            wait_until(self.started, 60, f"daemon {self.name} to come up before it is stopped")
             self.proc.terminate()
             try:
                 code = self.proc.wait(45)
@@ -407,6 +416,8 @@ def test_three_daemons_two_mailboxes_a_thousand_mails_and_kills(
             tails = "\n".join(d.tail() for d in fleet)
             raise AssertionError(f"{exc}\n{tails}\n--- dovecot:\n{dovecot.log_tail(40)}") from None
         finished = time.monotonic()
+        # the daemon restarted last may still be starting (settling needed only the others)
+        wait_until(lambda: all(d.started() for d in fleet), 60, "every daemon to be up")
         status = cli_json(fleet[0].config, "status")
     finally:
         stop_delivery.set()
