@@ -31,7 +31,7 @@ from helpdeskd.ingest.writer import Writer
 from helpdeskd.mail.attachments import store as store_attachment
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.store.contacts import ensure_agents
-from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.db import SessionMaker, reading, write_turn
 from helpdeskd.store.models import MailboxState, Quarantine, RawMessage
 from helpdeskd.store.spool import spool
 from helpdeskd.triage.decision import decide
@@ -136,7 +136,7 @@ class Processor:
         async with self._lock:
             policy = self.runtime.policy  # the whole batch is decided under one policy
             outcomes: list[Outcome] = []
-            async with self.sessions() as session, session.begin():
+            async with write_turn(self.sessions), self.sessions() as session, session.begin():
                 # Outside every SAVEPOINT: a run rolled back must not take the agents' ids.
                 await ensure_agents(session, policy.config)
                 while len(outcomes) < len(items):
@@ -168,8 +168,9 @@ class Processor:
                     await self._mark_mailbox(session, mark)
             if self.outbox_wakeup is not None:
                 self.outbox_wakeup.set()
+            stored_log = log.bind()  # one logger for the batch: the lazy proxy binds per line
             for outcome in outcomes:
-                log.info(
+                stored_log.info(
                     "message_stored",
                     source=outcome.source,
                     message_id=outcome.message_id,
@@ -382,17 +383,14 @@ class Processor:
         decided = []
         try:
             for item, mail_needs in entries:
-                with structlog.contextvars.bound_contextvars(
-                    message_id=mail_needs.parsed.message_id, source=item.source
-                ):
-                    try:
-                        plan = decide(item, mail_needs, known.facts(mail_needs), policy)
-                    except Exception:
-                        # A run ends before a mail it cannot answer for (Unknown) or decide:
-                        # alone, that mail is looked up afresh, or quarantined with the reason.
-                        if not run:
-                            raise
-                        break
+                try:
+                    plan = decide(item, mail_needs, known.facts(mail_needs), policy)
+                except Exception:
+                    # A run ends before a mail it cannot answer for (Unknown) or decide: alone,
+                    # that mail is looked up afresh, or quarantined with the reason.
+                    if not run:
+                        raise
+                    break
                 ticket_id = plan.ticket_id
                 if plan.new_ticket:
                     ticket_id = await writer.ticket_id()
@@ -405,12 +403,14 @@ class Processor:
         finally:
             writer.cancel()
         outcomes = []
+        plan_log = log.bind()  # one logger for the run: the lazy proxy binds per line
         for item, mail_needs, plan, ticket_id in decided:
-            with structlog.contextvars.bound_contextvars(
-                message_id=mail_needs.parsed.message_id, source=item.source
-            ):
-                for event, fields in plan.logs:
-                    (log.warning if event in WARNINGS else log.info)(event, **fields)
+            if plan.logs:  # the decision logs nothing itself: it is pure
+                with structlog.contextvars.bound_contextvars(
+                    message_id=mail_needs.parsed.message_id, source=item.source
+                ):
+                    for event, fields in plan.logs:
+                        (plan_log.warning if event in WARNINGS else plan_log.info)(event, **fields)
             ref = ticket_ref(policy.config, ticket_id) if ticket_id is not None else None
             outcomes.append(
                 Outcome(

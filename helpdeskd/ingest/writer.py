@@ -1,15 +1,17 @@
 """Write plans: every row a run of plans adds, with one INSERT per table.
 
-:class:`Writer` takes the plans of a run (or of one mail) in order, composes their mail, and
-writes contacts, tickets, raw mail, participants, outbox rows, ticket messages, thread
-references, automatic-answer records and events with a Core executemany per table, ids taken up
-front so that rows can refer to each other. What no INSERT says — Cc taken off a ticket, a
-merge moving a ticket's mail, an opt-out by mail — follows, on the written rows.
+:class:`Writer` takes the plans of a run (or of one mail) in order, has their mail composed
+(a run's by the parse pool's workers, while the run goes on), and writes contacts, tickets, raw
+mail, participants, outbox rows, ticket messages, thread references, automatic-answer records and
+events with a Core executemany per table, ids taken up front so that rows can refer to each
+other. What no INSERT says — Cc taken off a ticket, a merge moving a ticket's mail, an opt-out by
+mail — follows, on the written rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
@@ -20,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from helpdeskd.desk.notices import opt_out
 from helpdeskd.ingest.lookup import Known
 from helpdeskd.ingest.parsepool import ParsePool
-from helpdeskd.mail.build import OutgoingMail, build_messages
 from helpdeskd.store.contacts import add_participant, remove_participant
 from helpdeskd.store.models import (
     AutoReplyLog,
@@ -36,11 +37,19 @@ from helpdeskd.store.models import (
     Ticket,
 )
 from helpdeskd.triage.facts import Needs, Policy
-from helpdeskd.triage.mails import TicketCard, compose
+from helpdeskd.triage.mails import Composer, Draft, Queued, TicketCard
 from helpdeskd.triage.plan import Plan
 from helpdeskd.triage.received import Incoming, raw_fields
 
-BUILD_CHUNK = 16  # mails per build task: enough to pay for the trip to a worker
+COMPOSE_CHUNK = 32  # mails composed in one trip to a worker: enough to pay for the trip
+
+
+@dataclass
+class _Outgoing:
+    """A mail a plan sends: its outbox row and ticket message, filled in once it is composed."""
+
+    row: dict[str, Any]
+    message: dict[str, Any] | None = None  # None: not about a ticket (or not composed yet)
 
 
 class Writer:
@@ -66,21 +75,16 @@ class Writer:
         self.tickets: dict[int, dict[str, Any]] = {}  # new or changed, by id
         self.new_tickets: set[int] = set()
         self.rows: dict[str, list[dict[str, Any]]] = {
-            name: []
-            for name in (
-                "raw",
-                "participants",
-                "messages",
-                "thread_refs",
-                "outbox",
-                "recipients",
-                "autoreplies",
-                "events",
-            )
+            name: [] for name in ("raw", "participants", "thread_refs", "autoreplies", "events")
         }
         self.existing_raw: list[dict[str, Any]] = []  # raw rows stored before (a retry)
-        self.unbuilt: list[OutgoingMail] = []
-        self.building: list[asyncio.Future[list[bytes]]] = []
+        # Ticket messages in the order they are written: those of the mail a plan sends, when
+        # it is about a ticket, follow the received mail's.
+        self.messages: list[dict[str, Any] | _Outgoing] = []
+        self.outgoing: list[_Outgoing] = []
+        self.composer = Composer(policy.config, policy.renderer, self.now)
+        self.drafts: list[Draft] = []  # not given to a worker yet
+        self.composing: list[asyncio.Future[list[Queued]]] = []
         self.removals: list[tuple[int, str]] = []  # (ticket id, address) off its Cc
         self.merges: list[tuple[int, int]] = []  # (ticket id, the ticket it goes into)
         self.opt_outs: list[tuple[int, str]] = []  # (contact id, category), by mail
@@ -127,16 +131,10 @@ class Writer:
             self.rows["participants"].append(
                 {"ticket_id": ticket_id, "email": email, "role": role, "created_at": self.now}
             )
-        message = None
         if plan.message is not None:
-            message = {
-                **plan.message,
-                "ticket_id": ticket_id,
-                "raw": raw,
-                "outbox": None,
-                "created_at": self.now,
-            }
-            self.rows["messages"].append(message)
+            self.messages.append(
+                {**plan.message, "ticket_id": ticket_id, "raw": raw, "created_at": self.now}
+            )
         for mid in plan.thread_refs:
             self.rows["thread_refs"].append(
                 {
@@ -187,6 +185,8 @@ class Writer:
                     "name": None,
                     "undeliverable": False,
                     "bounce_count": 0,
+                    "bounce_score": 0.0,
+                    "last_bounce_weight": 0.0,
                     "suppressed": False,
                     "plan": None,
                     "created_at": self.now,
@@ -269,65 +269,71 @@ class Writer:
                     stored.external_ref,
                     None,
                 )
-        config, renderer = self.policy.config, self.policy.renderer
         for mail in plan.mails:
-            composed = compose(mail, card, config, renderer, self.now)
-            row = {
-                "id": None,
-                "ticket_id": composed.ticket_id,
-                "notice_id": None,
-                "kind": composed.kind,
-                "message_id": composed.message_id,
-                "envelope_from": composed.envelope_from,
-                "data": None,  # built by the parse pool's workers while the run goes on
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": self.now,
-                "expires_at": composed.expires_at,
-                "last_error": None,
-                "created_at": self.now,
-                "sent_at": None,
-            }
-            self.rows["outbox"].append(row)
-            self.unbuilt.append(composed.mail)
-            if self.parse_pool is not None and len(self.unbuilt) >= BUILD_CHUNK:
-                self._start_build()
-            for address in dict.fromkeys(r.lower() for r in composed.recipients):
-                self.rows["recipients"].append(
-                    {"outbox": row, "address": address, "state": "pending", "attempts": 0}
-                )
-            if composed.ticket_id is not None:
-                self.rows["messages"].append(
-                    {
-                        **composed.message,
-                        "digest": None,
-                        "raw": None,
-                        "outbox": row,
-                        "created_at": self.now,
-                    }
-                )
+            outgoing = _Outgoing({"id": None})
+            self.outgoing.append(outgoing)
+            self.messages.append(outgoing)
+            self.drafts.append(Draft(mail, card))
+            if self.parse_pool is not None and len(self.drafts) >= COMPOSE_CHUNK:
+                self._start_composing()
 
-    def _start_build(self) -> None:
-        if self.unbuilt and self.parse_pool is not None:
-            self.building.append(self.parse_pool.start_build(self.unbuilt))
-            self.unbuilt = []
+    def _start_composing(self) -> None:
+        if self.drafts and self.parse_pool is not None:
+            self.composing.append(self.parse_pool.submit(self.composer, self.drafts))
+            self.drafts = []
 
-    async def _built(self) -> list[bytes]:
-        """The bytes of every mail the run queued, in order (a short run builds them here)."""
-        if not self.building or self.parse_pool is None:
-            built = build_messages(self.unbuilt)
-            self.unbuilt = []
-            return built
-        self._start_build()
+    async def _composed(self) -> list[Queued]:
+        """Every mail the plans send, composed and built, in order (a short run's is composed
+        here: a trip to a worker would cost more)."""
+        if not self.composing or self.parse_pool is None:
+            composed = self.composer(self.drafts)
+            self.drafts = []
+            return composed
+        self._start_composing()
         chunks = await asyncio.wait_for(
-            asyncio.gather(*self.building), timeout=self.parse_pool.timeout
+            asyncio.gather(*self.composing), timeout=self.parse_pool.timeout
         )
-        return [data for chunk in chunks for data in chunk]
+        return [mail for chunk in chunks for mail in chunk]
 
     def cancel(self) -> None:
-        """Stop building mail for a run that will not be written."""
-        for future in self.building:
+        """Stop composing mail for a run that will not be written."""
+        for future in self.composing:
             future.cancel()
+
+    def _outbox(self, composed: list[Queued]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The outbox rows of the composed mail, and their recipients' rows."""
+        outbox: list[dict[str, Any]] = []
+        recipients: list[dict[str, Any]] = []
+        for outgoing, mail in zip(self.outgoing, composed, strict=True):
+            row = outgoing.row
+            row.update(
+                ticket_id=mail.ticket_id,
+                notice_id=None,
+                kind=mail.kind,
+                message_id=mail.message_id,
+                envelope_from=mail.envelope_from,
+                data=mail.data,
+                state="pending",
+                attempts=0,
+                next_attempt_at=self.now,
+                expires_at=mail.expires_at,
+                last_error=None,
+                created_at=self.now,
+                sent_at=None,
+            )
+            outbox.append(row)
+            for address in dict.fromkeys(r.lower() for r in mail.recipients):
+                recipients.append(
+                    {"outbox": row, "address": address, "state": "pending", "attempts": 0}
+                )
+            if mail.ticket_id is not None:
+                outgoing.message = {
+                    **mail.message,
+                    "digest": None,
+                    "raw_id": None,
+                    "created_at": self.now,
+                }
+        return outbox, recipients
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -352,16 +358,15 @@ class Writer:
     async def write(self) -> None:
         """Write every row the plans added."""
         session, rows = self.session, self.rows
-        for row, data in zip(rows["outbox"], await self._built(), strict=True):
-            row["data"] = data
+        outbox, recipients = self._outbox(await self._composed())
         new_contacts = [r for r in self.contacts.values() if r["_new"]]
         for row, value in zip(
             new_contacts, await self._allocate(Contact, len(new_contacts)), strict=True
         ):
             row["id"] = value
-        for allocated, name in ((RawMessage, "raw"), (Outbox, "outbox")):
+        for allocated, table_rows in ((RawMessage, rows["raw"]), (Outbox, outbox)):
             for row, value in zip(
-                rows[name], await self._allocate(allocated, len(rows[name])), strict=True
+                table_rows, await self._allocate(allocated, len(table_rows)), strict=True
             ):
                 row["id"] = value
         contact_ids = {email: row["id"] for email, row in self.contacts.items()}
@@ -393,12 +398,13 @@ class Writer:
             for r in rows["participants"]
         ]
         messages = []
-        for row in rows["messages"]:
-            raw, out = row.pop("raw"), row.pop("outbox")
-            row["raw_id"] = raw["id"] if raw is not None else None
-            row["outbox_id"] = out["id"] if out is not None else None
-            messages.append(row)
-        for row in rows["recipients"]:
+        for message in self.messages:
+            if not isinstance(message, _Outgoing):  # received mail
+                raw = message.pop("raw")
+                messages.append({**message, "raw_id": raw["id"], "outbox_id": None})
+            elif message.message is not None:  # mail we send about a ticket
+                messages.append({**message.message, "outbox_id": message.row["id"]})
+        for row in recipients:
             row["outbox_id"] = row.pop("outbox")["id"]
         await session.flush()  # changes the lookup made (agent rows) go first
         await _update_by_id(
@@ -415,8 +421,8 @@ class Writer:
             (Ticket, inserts["tickets"]),
             (RawMessage, rows["raw"]),
             (Participant, participants),
-            (Outbox, rows["outbox"]),
-            (OutboxRecipient, rows["recipients"]),
+            (Outbox, outbox),
+            (OutboxRecipient, recipients),
             (Message, messages),
             (AutoReplyLog, rows["autoreplies"]),
             (Event, rows["events"]),
@@ -440,7 +446,7 @@ class Writer:
             )
         for ticket_id, email in self.removals:
             await remove_participant(session, ticket_id, email, "cc")
-        ours = [row["id"] for row in rows["outbox"]]
+        ours = [row["id"] for row in outbox]
         for ticket_id, target in self.merges:
             # The ticket's mail moves, the agent's reply included; what this plan sends about
             # the merged ticket stays with it.

@@ -250,5 +250,5 @@ def build_message(mail: OutgoingMail) -> bytes:
 
 
 def build_messages(mails: Sequence[OutgoingMail]) -> list[bytes]:
-    """Build each of MAILS (in a worker process: see ParsePool.start_build)."""
+    """Build each of MAILS (in a worker process: see helpdeskd.triage.mails.Composer)."""
     return [build_message(mail) for mail in mails]

@@ -22,12 +22,14 @@ from helpdeskd.rules.model import (
 )
 
 
-def evaluate(rules: RuleSet, facts: Facts) -> Decision:
+def evaluate(rules: RuleSet, facts: Facts, *, explain: bool = True) -> Decision:
     """Walk the routing rules in order and merge the actions of those that match.
 
     Single-valued actions (queue, assign, priority, auto_reply, spam): the last matching rule wins.
     Tags accumulate, a later rule's sign winning for the same tag; notify accumulates. A matching
-    rule with ``stop`` ends the walk.
+    rule with ``stop`` ends the walk. Without EXPLAIN the results carry no reasons: the same
+    decision, for a caller that only applies it (wording every condition's reason is most of
+    the cost of a walk).
     """
     results: list[RuleResult] = []
     chosen: dict[str, tuple[str, Rule, Action]] = {}  # slot -> (value, rule, action)
@@ -37,7 +39,10 @@ def evaluate(rules: RuleSet, facts: Facts) -> Decision:
         if stopped_by is not None:
             skipped.append(rule.name)
             continue
-        matched, reasons = rule.check(facts, rules.calendar)
+        if explain:
+            matched, reasons = rule.check(facts, rules.calendar)
+        else:
+            matched, reasons = rule.matches(facts, rules.calendar), ()
         results.append(
             RuleResult(rule.name, rule.file, rule.line, matched, reasons, rule.actions, rule.stop)
         )

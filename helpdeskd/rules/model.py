@@ -98,13 +98,15 @@ class ValueCondition:
     values: tuple[str, ...]
     line: int
 
+    def holds(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        return _fact(facts, self.key) in self.values
+
     def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
         actual = _fact(facts, self.key)
         shown = "none" if actual is None else actual
+        ok = self.holds(facts, calendar)
         if len(self.values) == 1:
-            ok = actual == self.values[0]
             return Reason(ok, f"{self.key} {shown} {'==' if ok else '!='} {self.values[0]}")
-        ok = actual in self.values
         return Reason(ok, f"{self.key} {shown} {'in' if ok else 'not in'} {_list(self.values)}")
 
 
@@ -131,8 +133,14 @@ class AddressCondition:
                 return pattern
         return None
 
+    def _addresses(self, facts: Facts) -> tuple[str, ...]:
+        return (facts.from_addr,) if self.key == "from" else getattr(facts, self.key)
+
+    def holds(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        return any(self._matches(address) is not None for address in self._addresses(facts))
+
     def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
-        addresses = (facts.from_addr,) if self.key == "from" else getattr(facts, self.key)
+        addresses = self._addresses(facts)
         wanted = self.patterns[0] if len(self.patterns) == 1 else _list(self.patterns)
         for address in addresses:
             pattern = self._matches(address)
@@ -150,9 +158,15 @@ class RegexCondition:
     pattern: re.Pattern[str]
     line: int
 
+    def _text(self, facts: Facts) -> str:
+        return facts.subject if self.key == "subject_matches" else facts.body[:BODY_LIMIT]
+
+    def holds(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        return self.pattern.search(self._text(facts)) is not None
+
     def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
         is_subject = self.key == "subject_matches"
-        text = facts.subject if is_subject else facts.body[:BODY_LIMIT]
+        text = self._text(facts)
         found = self.pattern.search(text)
         shown = f"{self.key} {_q(self.pattern.pattern)}"
         if found is not None:
@@ -171,9 +185,15 @@ class HeaderCondition:
     line: int
     key: str = "header"
 
-    def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
+    def _values(self, facts: Facts) -> list[str]:
         lower = self.name.lower()
-        values = [value for name, value in facts.headers if name.lower() == lower]
+        return [value for name, value in facts.headers if name.lower() == lower]
+
+    def holds(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        return any(self.pattern.search(value) is not None for value in self._values(facts))
+
+    def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
+        values = self._values(facts)
         shown = f"header {self.name} {_q(self.pattern.pattern)}"
         if not values:
             return Reason(False, f"header {self.name} is absent")
@@ -192,17 +212,24 @@ class FlagCondition:
     expected: bool
     line: int
 
+    def _actual(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        if self.key == "new_ticket":
+            return facts.new_ticket
+        return calendar.is_open(facts.received_at)
+
+    def holds(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        return self._actual(facts, calendar) == self.expected
+
     def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
         wanted = "true" if self.expected else "false"
+        actual = self._actual(facts, calendar)
         if self.key == "new_ticket":
-            actual = facts.new_ticket
             what = "a new ticket" if actual else "a reply"
         else:
-            actual = calendar.is_open(facts.received_at)
             local = facts.received_at.astimezone(calendar.tz)
             when = local.strftime("%a %Y-%m-%d %H:%M %Z")
             what = f"received {when}, {'within' if actual else 'outside'} business hours"
-        return Reason(actual == self.expected, f"{self.key} {wanted}: {what}")
+        return Reason(self.holds(facts, calendar), f"{self.key} {wanted}: {what}")
 
 
 @dataclass(frozen=True)
@@ -213,9 +240,12 @@ class TagsCondition:
     line: int
     key: str = "tags"
 
+    def holds(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        return all(tag in facts.tags for tag in self.tags)
+
     def check(self, facts: Facts, calendar: BusinessCalendar) -> Reason:
         missing = [tag for tag in self.tags if tag not in facts.tags]
-        if not missing:
+        if self.holds(facts, calendar):
             return Reason(True, f"tags has {', '.join(self.tags)}")
         has = ", ".join(sorted(facts.tags)) or "no tags"
         return Reason(False, f"tags lacks {', '.join(missing)} (has {has})")
@@ -259,12 +289,19 @@ class Rule:
     on: On = "any"
     description: str = ""
 
+    def _on_holds(self, facts: Facts) -> bool:
+        return self.on == "any" or facts.new_ticket == (self.on == "new")
+
+    def matches(self, facts: Facts, calendar: BusinessCalendar) -> bool:
+        """Return whether the rule matches FACTS, as :meth:`check` does, without the reasons."""
+        return self._on_holds(facts) and all(c.holds(facts, calendar) for c in self.conditions)
+
     def check(self, facts: Facts, calendar: BusinessCalendar) -> tuple[bool, tuple[Reason, ...]]:
         """Return whether the rule matches FACTS and every condition's reason (all are checked)."""
         reasons: list[Reason] = []
         if self.on != "any":
             what = "a new ticket" if facts.new_ticket else "a reply"
-            reasons.append(Reason(facts.new_ticket == (self.on == "new"), f"on {self.on}: {what}"))
+            reasons.append(Reason(self._on_holds(facts), f"on {self.on}: {what}"))
         reasons.extend(condition.check(facts, calendar) for condition in self.conditions)
         if not reasons:
             reasons.append(Reason(True, "no conditions"))

@@ -165,7 +165,8 @@ class Drafting:
             self._event("ack_suppressed", "system", {"reason": reason})
             self.logs.append(("ack_suppressed", {"reason": reason}))
             return
-        parsed = self.parsed
+        parsed, message = self.parsed, self.message
+        assert message is not None
         authserv_id = self.service.authserv_id
         mail = Ack(
             self._new_id(),
@@ -175,7 +176,7 @@ class Drafting:
                 parsed.message_id,
                 parsed.references,
                 parsed.in_reply_to[0] if parsed.in_reply_to else None,
-                self._said().thread_index,
+                message["thread_index"],
             ),
             # Only where our mail server stamps its verdict can a sender be judged unverified.
             unverified=bool(authserv_id) and not sender_verified(parsed, authserv_id),
@@ -302,7 +303,7 @@ class Drafting:
             return replace(known, name=name[:200])
         if planned is None:
             self.contacts[email] = ContactChange(email)
-        return replace(known, name=current)
+        return known if known.name == current else replace(known, name=current)
 
     def _join(self, address: str) -> bool:
         """Add ADDRESS from the mail's To/Cc as a Cc participant, up to MAX_JOIN from one mail;

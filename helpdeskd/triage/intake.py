@@ -9,6 +9,7 @@ reopen or follow-up, the rules, then the acknowledgement and notifications of
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from helpdeskd.rules.evaluate import evaluate
 from helpdeskd.rules.model import Decision
@@ -178,7 +179,7 @@ class Intake(AgentIntake):
             channel=channel,
             now=self.now,
         )
-        decision = evaluate(self.policy.rules, facts)
+        decision = evaluate(self.policy.rules, facts, explain=False)
         if decision.hits:
             self.logs.append(("rules_matched", {"rules": [hit.rule for hit in decision.hits]}))
         return decision
@@ -188,18 +189,19 @@ class Intake(AgentIntake):
         ticket = self.ticket
         assert ticket is not None
         actions = decision.actions
+        changes: dict[str, Any] = {}
         if actions.queue is not None:
-            ticket = ticket.set(queue=actions.queue)
+            changes["queue"] = actions.queue
         if actions.priority is not None:
-            ticket = ticket.set(priority=actions.priority)
+            changes["priority"] = actions.priority
         if actions.tags_add or actions.tags_remove:
-            tags = edit_tags(ticket.tags, actions.tags_add, actions.tags_remove)
-            ticket = ticket.set(tags=tuple(tags))
+            changes["tags"] = tuple(edit_tags(ticket.tags, actions.tags_add, actions.tags_remove))
         if actions.assign is not None:
-            agent = self._pick_agent(actions.assign, ticket.queue)
+            agent = self._pick_agent(actions.assign, changes.get("queue", ticket.queue))
             if agent is not None:
-                ticket = ticket.set(assignee_id=agent.id)
-        self.ticket = ticket
+                changes["assignee_id"] = agent.id
+        if changes:
+            self.ticket = ticket.set(**changes)
         for applied in decision.applied:
             self._event(
                 "rule_applied",

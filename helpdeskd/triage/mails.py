@@ -3,18 +3,20 @@
 A plan names its mails (:class:`Ack`, :class:`Notification`, :class:`Note`, :class:`RuleCopy`)
 with their Message-IDs already chosen, so that the plan's events can name them; :func:`compose`
 renders and composes one for the ticket as the plan leaves it. Both shapes of the ingest writer
-call it, so the mail is the same whichever shape wrote the plan.
+call it, through a :class:`Composer` (in a parse worker for a run's mail), so the mail is the
+same whichever shape wrote the plan.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from helpdeskd.config.settings import Config
+from helpdeskd.mail.build import build_messages
 from helpdeskd.mail.compose import Composed, Envelope, Parent, compose_mail, customer_envelope
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.tokens import ReplyToken, issue_day, reply_address
@@ -311,6 +313,61 @@ def compose(
         extra_headers=automatic_headers(service.support_address, "auto-generated"),
         now=now,
     )
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A mail of a plan and the ticket it is about, to compose once the ticket has its number."""
+
+    mail: Mail
+    ticket: TicketCard | None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A composed mail as the outbox and the ticket keep it: its bytes and its rows' columns."""
+
+    kind: str
+    message_id: str
+    envelope_from: str
+    recipients: tuple[str, ...]
+    ticket_id: int | None
+    expires_at: datetime | None
+    message: dict[str, Any]  # the outbound ticket Message's columns, all but outbox_id
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Composer:
+    """Compose drafts with one config and set of templates at one moment, and build their bytes.
+
+    It can be pickled, so the ingest writer has the parse pool's workers compose a run's mail
+    while the run is decided (the renderer goes as its folder, see ``Renderer.__reduce__``).
+    """
+
+    config: Config
+    renderer: Renderer
+    now: datetime
+
+    def __call__(self, drafts: Sequence[Draft]) -> list[Queued]:
+        composed = [
+            compose(draft.mail, draft.ticket, self.config, self.renderer, self.now)
+            for draft in drafts
+        ]
+        built = build_messages([mail.mail for mail in composed])
+        return [
+            Queued(
+                mail.kind,
+                mail.message_id,
+                mail.envelope_from,
+                mail.recipients,
+                mail.ticket_id,
+                mail.expires_at,
+                mail.message,
+                data,
+            )
+            for mail, data in zip(composed, built, strict=True)
+        ]
 
 
 def agent_reply_to(

@@ -6,6 +6,7 @@ over them, so every branch is table-tested without I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,7 @@ _PREFIX = re.compile(
 _LIST_TAG = re.compile(r"^\s*\[[^\]]{1,40}\]\s*")
 
 
+@functools.cache  # one prefix, asked for several times per mail
 def ticket_tag_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"\[\s*({re.escape(prefix)}-\d+)\s*\]", re.IGNORECASE)
 

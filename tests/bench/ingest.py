@@ -40,6 +40,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,6 +68,8 @@ MB = 1024.0  # KiB per MiB (VmHWM is in KiB)
 TARGET_RATIO = 0.8
 TARGET_P95 = 1.0
 TARGET_RSS_MB = 150.0
+TARGET_FIRST_ACK = 10.0  # s from the first mail stored to its acknowledgement (--backlog)
+TARGET_ACK_LAG = 60.0  # s: acknowledgements never trail their mail by more (--backlog)
 
 
 class BenchError(RuntimeError):
@@ -677,8 +680,8 @@ def measure_latency(
     while time.monotonic() < deadline:
         fresh = sink.arrivals_since(mark + seen)
         seen += len(fresh)
-        for arrived, data in fresh:
-            headers = parser.parsebytes(data)
+        for arrived, content in fresh:
+            headers = parser.parsebytes(content)
             if str(headers.get("Auto-Submitted", "")).lower() != "auto-replied":
                 continue  # agent notifications and the like
             parent = _normal_id(headers.get("In-Reply-To"))
@@ -1006,14 +1009,16 @@ def backlog_phase(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack:
     if seen != count:
         raise BenchError(f"Dovecot sees {seen} messages, not {count}")
     del raws
-    sink = TimedSink(keep=False)
+    sink = TimedSink()
     sink.start()
     stack.callback(sink.stop)
-    daemon, result, _ = run_daemon_arm(
+    daemon, result, db_path = run_daemon_arm(
         dovecot, sink, work / "backlog", BACKLOG_USER, count, args.batch_size, stack, None
     )
     memory = daemon.memory()
+    drained, waited = wait_outbox_drained(db_path, daemon, args.drain_timeout)
     code = daemon.stop()
+    lags = ack_lags(daemon.log_path, sink)
     say(f"helpdeskd stopped (exit status {code})")
     main_ok = under_target(memory.main_kb or 0)
     workers = memory.workers()
@@ -1037,6 +1042,55 @@ def backlog_phase(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack:
     for line in memory.lines():
         say(f"  {line}")
     say(f"  main: {verdict(main_ok)}; parse workers: {verdict(workers_ok)}")
+    say(
+        f"outbox {'drained' if drained else 'NOT drained'} {waited:.1f} s after the last message "
+        f"was stored; {sink.count} mails at the sink"
+    )
+    if lags:
+        ordered = sorted(lag for _, lag in lags)
+        first = lags[0][1]
+        say(
+            f"acknowledgement lag, stored -> at the sink ({len(lags)} acks): first "
+            f"{first:.1f} s (target <= {TARGET_FIRST_ACK:g} s: "
+            f"{verdict(first <= TARGET_FIRST_ACK)}), p50 {percentile(ordered, 0.5):.1f} s, "
+            f"p95 {percentile(ordered, 0.95):.1f} s, max {ordered[-1]:.1f} s (target <= "
+            f"{TARGET_ACK_LAG:g} s: {verdict(ordered[-1] <= TARGET_ACK_LAG)})"
+        )
+        say("  lag by tenth of the backlog (max, s): " + lag_tenths(lags))
+    else:
+        say("acknowledgement lag: no acknowledgement could be matched to a stored mail")
+
+
+def ack_lags(log_path: Path, sink: TimedSink) -> list[tuple[float, float]]:
+    """Each acknowledgement's lag: from the daemon's ``message_stored`` of the mail it answers
+    (its log's wall-clock timestamp) to its arrival at the sink; as (stored, lag) pairs, in the
+    order the mails were stored."""
+    stored: dict[str, float] = {}
+    with log_path.open(errors="replace") as log:
+        for line in log:
+            if '"message_stored"' not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError):
+                event = json.loads(line)
+                stamp = event["timestamp"].replace("Z", "+00:00")
+                stored[_normal_id(event["message_id"])] = datetime.fromisoformat(stamp).timestamp()
+    offset = time.time() - time.monotonic()  # the sink's arrival times are monotonic
+    lags = []
+    for arrived, content in sink.arrivals_since(0):
+        headers = BytesHeaderParser().parsebytes(content)
+        if headers.get("Auto-Submitted", "").lower() != "auto-replied":
+            continue  # only acknowledgements answer a customer's mail
+        parent = _normal_id(headers.get("In-Reply-To"))
+        if parent in stored:
+            lags.append((stored[parent], arrived + offset - stored[parent]))
+    return sorted(lags)
+
+
+def lag_tenths(lags: list[tuple[float, float]]) -> str:
+    tenth = max(1, len(lags) // 10)
+    return " ".join(
+        f"{max(lag for _, lag in lags[i : i + tenth]):.1f}" for i in range(0, len(lags), tenth)
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

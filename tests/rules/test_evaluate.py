@@ -181,3 +181,21 @@ SHIPPED_CASES = [
 )
 def test_shipped_routing(shipped: RuleSet, overrides: dict[str, Any], expected: Actions) -> None:
     assert evaluate(shipped, facts(**overrides)).actions == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [case[1] for case in SHIPPED_CASES],
+    ids=[case[0] for case in SHIPPED_CASES],
+)
+def test_the_walk_without_reasons_decides_the_same(
+    shipped: RuleSet, overrides: dict[str, Any]
+) -> None:
+    explained = evaluate(shipped, facts(**overrides))
+    decided = evaluate(shipped, facts(**overrides), explain=False)
+    assert decided.actions == explained.actions
+    assert decided.applied == explained.applied
+    assert [(r.rule, r.matched) for r in decided.results] == [
+        (r.rule, r.matched) for r in explained.results
+    ]
+    assert all(not r.reasons for r in decided.results)

@@ -209,6 +209,21 @@ def test_condition(
     assert result.failed == (() if ok else (reason,))
 
 
+@pytest.mark.parametrize(("when", "overrides", "ok", "reason"), CONDITION_CASES)
+@pytest.mark.parametrize("on", ["any", "new", "reply"])
+def test_matches_says_what_check_says(
+    tmp_path: Path, when: str, overrides: dict[str, Any], ok: bool, reason: str, on: str
+) -> None:
+    """The walk without reasons (the ingest path) matches exactly where the explained one does."""
+    rules = load(tmp_path, one_rule(when, head=f"on: {on}"))
+    (rule,), calendar = rules.rules, rules.calendar
+    for new_ticket in (True, False):
+        mail = facts(**{"new_ticket": new_ticket, **overrides})
+        assert rule.matches(mail, calendar) is rule.check(mail, calendar)[0]
+        for condition in rule.conditions:
+            assert condition.holds(mail, calendar) is condition.check(mail, calendar).ok
+
+
 @pytest.mark.parametrize(
     ("on", "new_ticket", "ok", "reason"),
     [
