@@ -1,4 +1,5 @@
-"""The ``contacts`` commands: one person's details, their data exported, their data erased."""
+"""The ``contacts`` commands: one person's details and bounce score, a bounce suspension lifted,
+their data exported, their data erased."""
 
 from __future__ import annotations
 
@@ -8,15 +9,53 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpdeskd.cli.command import Subcommands, add_command, print_json, with_db
-from helpdeskd.cli.customers import cmd_contacts_show
+from helpdeskd.cli.customers import CONTACT_FIELDS
 from helpdeskd.clock import system_clock
 from helpdeskd.config.settings import Config
+from helpdeskd.desk.bounces import bounce_standing, describe, unsuspend
+from helpdeskd.desk.customers import contact_detail
 from helpdeskd.desk.erasure import Erasure, erase
 from helpdeskd.desk.export import export_contact
+from helpdeskd.errors import UserError
 from helpdeskd.store.db import SessionMaker, reading
 
 if TYPE_CHECKING:
     from helpdeskd.imap.erase import Expunged
+
+
+def cmd_contacts_show(args: argparse.Namespace, config: Config) -> int:
+    async def body(sessions: SessionMaker) -> int:
+        async with reading(sessions) as session:
+            detail = await contact_detail(session, config, args.email)
+            bounces = await bounce_standing(session, config, args.email, system_clock())
+        if detail is None or bounces is None:
+            raise UserError(f"no contact {args.email}")
+        if args.json:
+            print_json({**detail, "bounces": bounces})
+            return 0
+        for key in CONTACT_FIELDS:
+            print(f"{key}: {detail[key]}")
+        print("notices:")
+        for name, pref in detail["preferences"].items():
+            print(f"  {name:<16} {pref}")
+        for line in describe(args.email.lower(), bounces):
+            print(line)
+        return 0
+
+    return with_db(config, body)
+
+
+def cmd_contacts_unsuspend(args: argparse.Namespace, config: Config) -> int:
+    by = args.by or f"cli:{getpass.getuser()}"
+
+    async def body(sessions: SessionMaker) -> int:
+        async with sessions.begin() as session:
+            before = await unsuspend(session, args.email, by=by, now=system_clock())
+        state = "suspension lifted" if before.suspended else "was not suspended"
+        print(f"{args.email.lower()}: {state}; bounce score {before.score:g} cleared to 0")
+        return 0
+
+    return with_db(config, body)
 
 
 def cmd_contacts_export(args: argparse.Namespace, config: Config) -> int:
@@ -106,10 +145,18 @@ def _print(address: str, report: Erasure, imap: Expunged) -> None:
 def add_contacts(sub: Subcommands) -> None:
     contacts = sub.add_parser("contacts", help="one person: their details, export, erasure")
     csub = contacts.add_subparsers(dest="contacts", required=True)
-    p = add_command(csub, "show", help="a contact and their notice preferences")
+    p = add_command(
+        csub, "show", help="a contact, their notice preferences and bounce score, explained"
+    )
     p.add_argument("email")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_contacts_show)
+    p = add_command(
+        csub, "unsuspend", help="lift a suspension for bouncing and clear the bounce score"
+    )
+    p.add_argument("email")
+    p.add_argument("--by", help="who decided, for the record (default: cli:USER)")
+    p.set_defaults(func=cmd_contacts_unsuspend)
     p = add_command(
         csub, "export", help="everything stored about a person, as files with a manifest"
     )

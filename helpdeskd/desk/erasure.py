@@ -668,6 +668,10 @@ class _Eraser:
                 name=None,
                 undeliverable=True,
                 bounce_count=0,
+                bounce_score=0.0,
+                last_bounce_on=None,
+                last_bounce_weight=0.0,
+                bounce_reason=None,
                 suppressed=True,
                 created_at=self.now,
             )
@@ -697,6 +701,7 @@ class _Eraser:
         if held:
             # The held tickets still show who wrote; nothing else may reach the person.
             contact.plan = contact.app = contact.addon_id = contact.status = None
+            contact.bounce_reason = None  # a server's words, often with the address in them
             contact.suppressed = True
             return contact.id
         await session.execute(

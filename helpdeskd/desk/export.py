@@ -130,6 +130,11 @@ async def export_contact(
             **detail,
             "created_at": iso(contact.created_at),
             "bounce_count": contact.bounce_count,
+            "bounce_score": contact.bounce_score,
+            "last_bounce_on": (
+                contact.last_bounce_on.isoformat() if contact.last_bounce_on else None
+            ),
+            "bounce_reason": contact.bounce_reason,
             "opt_outs": optouts,
             "events": [_event(e) for e in events],
         },

@@ -86,6 +86,8 @@ class Known:
         self.flood_told: set[str] = set()  # senders the agents were told about
         self.writers: dict[str, str] = {}  # Message-ID of a reply we sent -> its agent
         self.sent: dict[str, set[str]] = {}  # Message-ID of mail we sent -> its recipients
+        # outbox row a verified VERP token names -> (its Message-ID, its ticket, its recipients)
+        self.verp: dict[int, tuple[str, int | None, frozenset[str]]] = {}
         self.replies: dict[int, ReplyContext] = {}  # ticket id -> what an agent's reply reads
         self.merge_targets: dict[int, MergeTarget] = {}
         self.held: dict[tuple[int, str], HeldReply] = {}  # (ticket, code) -> the held reply
@@ -111,6 +113,14 @@ class Known:
                 numbers.add(needs.heroku.ticket_number)
             if needs.unsubscribe is not None:
                 contact_ids.add(needs.unsubscribe[0])
+        verp = {n.verp_outbox for n in batch if n.verp_outbox is not None}
+        if verp:
+            await self._load_verp(session, verp)
+            for sent_id, sent_ticket, recipients in self.verp.values():
+                ids.add(sent_id)
+                emails.update(recipients)
+                if sent_ticket is not None:
+                    ticket_ids.add(sent_ticket)
         ids.discard("")
         for message in await session.execute(
             select(
@@ -204,6 +214,19 @@ class Known:
         agent_mail = [n for n in batch if n.kind.kind == "agent_reply"]
         if agent_mail:
             await self._load_replies(session, agent_mail)
+
+    async def _load_verp(self, session: AsyncSession, outbox_ids: set[int]) -> None:
+        """The sends that bounces' verified VERP tokens name: each row's Message-ID, ticket
+        and recipients (a row the retention removed is not found: its bounce names no send)."""
+        rows: dict[int, tuple[str, int | None, set[str]]] = {}
+        for oid, mid, tid, address in await session.execute(
+            select(Outbox.id, Outbox.message_id, Outbox.ticket_id, OutboxRecipient.address)
+            .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
+            .where(Outbox.id.in_(outbox_ids))
+        ):
+            rows.setdefault(oid, (mid, tid, set()))[2].add(address.lower())
+        for oid, (mid, tid, recipients) in rows.items():
+            self.verp[oid] = (mid, tid, frozenset(recipients))
 
     async def _load_replies(self, session: AsyncSession, batch: Sequence[Needs]) -> None:
         """What agents' replies read: each ticket's latest customer mail and deliverable Cc
@@ -524,7 +547,7 @@ class Known:
             by_thread_index=by_thread_index,
             by_subject=by_subject,
             by_external_ref=by_external_ref,
-            contacts={e: c for e in needs.emails if (c := self.contacts.get(e)) is not None},
+            contacts={e: c for e in self._emails(needs) if (c := self.contacts.get(e)) is not None},
             unsubscriber=unsubscriber,
             opted_out=bool(opted_out),
             agents=self.agents,
@@ -563,9 +586,30 @@ class Known:
             raise Unknown(f"ticket {ticket_id} not loaded")
         return ticket
 
+    def _emails(self, needs: Needs) -> frozenset[str]:
+        """The addresses whose contacts the decision about NEEDS reads: the mail's, and the
+        recipients of the send a bounce's VERP token names."""
+        sent = self.verp.get(needs.verp_outbox) if needs.verp_outbox is not None else None
+        return needs.emails | sent[2] if sent is not None else needs.emails
+
     def _returned(self, needs: Needs) -> Returned:
-        """What the bounce or complaint NEEDS describes is about: the first of its Message-IDs
-        that is mail we sent, with whom it went to."""
+        """What the bounce or complaint NEEDS describes is about: the send its verified VERP
+        token names, else the first of its Message-IDs that is mail we sent, with whom it
+        went to."""
+        sent = self.verp.get(needs.verp_outbox) if needs.verp_outbox is not None else None
+        if sent is not None:
+            mid, tid, recipients = sent
+            message = self.messages.get(mid)
+            tid = message.ticket_id if message is not None else tid
+            writer = self.writers.get(mid)
+            configured = writer is not None and self.policy.config.agent(writer) is not None
+            return Returned(
+                self._ticket(tid) if tid is not None else None,
+                message,
+                self.agents.get(writer) if writer is not None and configured else None,
+                recipients,
+                verp=needs.verp_outbox,
+            )
         for mid in needs.returned_ids:
             message = self.messages.get(mid)
             sent_to = frozenset(self.sent.get(mid, ()))
@@ -687,4 +731,8 @@ def _contact(contact: Contact) -> ContactFacts:
         suppressed=contact.suppressed,
         bounce_count=contact.bounce_count,
         plan=contact.plan,
+        bounce_score=contact.bounce_score,
+        last_bounce_on=contact.last_bounce_on,
+        last_bounce_weight=contact.last_bounce_weight,
+        bounce_reason=contact.bounce_reason,
     )

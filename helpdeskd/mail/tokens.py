@@ -214,3 +214,33 @@ def verify_unsubscribe(keys: tuple[tuple[str, Secret], ...], text: str) -> Unsub
         ):
             return UnsubscribeToken(int(match["contact"]), match["category"])
     return None
+
+
+# A return path per sent mail (VERP): ``bounces+<outbox id>.<mac>@domain``. A bounce sent to it
+# names the exact outbox row, so the exact send and recipient, whatever the report's wording.
+_BOUNCE = re.compile(r"^(?P<id>\d{1,18})\.(?P<mac>[a-z2-7]+)$", re.IGNORECASE)
+
+
+def sign_bounce(keys: tuple[tuple[str, Secret], ...], outbox_id: int) -> str:
+    """Return the VERP token naming outbox row OUTBOX_ID, signed with the first key."""
+    return f"{outbox_id}.{_mac(keys[0][1], str(outbox_id), 'bounce')}"
+
+
+def verify_bounce(keys: tuple[tuple[str, Secret], ...], text: str) -> int | None:
+    """Return the outbox row id a VERP token TEXT names, if any configured key signed it."""
+    match = _BOUNCE.match(text.strip())
+    if not match:
+        return None
+    for _kid, key in keys:
+        if hmac.compare_digest(_mac(key, match["id"], "bounce"), match["mac"].lower()):
+            return int(match["id"])
+    return None
+
+
+def bounce_address(
+    return_address: str, keys: tuple[tuple[str, Secret], ...], outbox_id: int
+) -> str:
+    """Return the VERP return path for outbox row OUTBOX_ID under RETURN_ADDRESS, whose local
+    part (``bounces`` in ``bounces@acme.test``) takes ``+TOKEN``."""
+    local, _, domain = return_address.rpartition("@")
+    return f"{local}+{sign_bounce(keys, outbox_id)}@{domain}"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -35,7 +36,7 @@ SessionMaker = async_sessionmaker[AsyncSession]
 # The newest migration's revision, which check_schema asks of the database. Known here, the
 # check needs no alembic (its import and reading the migrations take a command a third of a
 # second); a test holds it to migrations/.
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 
 def async_url(url: str) -> str:
@@ -112,6 +113,29 @@ async def reading(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
 
 def sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+_TURNS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager[object]:
+    """Take this process's turn to write, around a write transaction that may have to wait.
+
+    SQLite has one writer at a time, and a writer that finds the lock taken sleeps and retries
+    (busy_timeout): one that commits and begins again at once, as the ingest does through a
+    backlog, takes the lock back before a sleeper wakes, and the outbox starves — its
+    acknowledgements trailed a backlog by minutes. Writers that take turns here queue in
+    arrival order (an asyncio.Lock is first come, first served), so the sender's next claim
+    comes between two batches. Other processes (a CLI command) still wait as SQLite makes
+    them. PostgreSQL locks rows, not the database: no turns there.
+    """
+    engine = sessions.kw["bind"]
+    if not isinstance(engine, AsyncEngine) or engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    turn = _TURNS.get(engine.sync_engine)
+    if turn is None:
+        turn = _TURNS[engine.sync_engine] = asyncio.Lock()
+    return turn
 
 
 # --- migrations ------------------------------------------------------------------------------

@@ -6,13 +6,15 @@ autogenerate finds no difference on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -87,8 +89,15 @@ class Contact(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased
     name: Mapped[str | None] = mapped_column(String(200))
+    # Suspended for bouncing: no notices, acknowledgements or reminders (ticket replies still go).
     undeliverable: Mapped[bool] = mapped_column(Boolean, default=False)
-    bounce_count: Mapped[int] = mapped_column(Integer, default=0)
+    bounce_count: Mapped[int] = mapped_column(Integer, default=0)  # bounces of our mail, all time
+    # Mailman's bounce score (helpdeskd.triage.bounces): the day of the last scored bounce and
+    # what that day counted (the highest bounce of a day counts), and what the bounce said.
+    bounce_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    last_bounce_on: Mapped[date | None] = mapped_column(Date)
+    last_bounce_weight: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    bounce_reason: Mapped[str | None] = mapped_column(Text)
     # An ARF complaint: no more automatic or optional mail to this address.
     suppressed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Customer data from `customers import`; status None: a correspondent, not a customer.

@@ -25,7 +25,18 @@ gives no code at all gets status 5.0.0, RFC 3463's "permanent, otherwise undefin
 
 The bounced mail is found from the returned message/rfc822 or text/rfc822-headers part, else from
 the copy quoted in an NDR's text, else from the NDR's own In-Reply-To (Exchange and Office 365 set
-it to the bounced mail's Message-ID).
+it to the bounced mail's Message-ID). A bounce sent to our VERP return path
+(``bounces+TOKEN@``, :func:`helpdeskd.mail.tokens.bounce_address`) carries its TOKEN: that names
+the send itself, so such a report is read even when it names no recipient.
+
+A refusal of our mail as spam or by the receiving server's policy (:attr:`BouncedRecipient.policy`:
+a 5.7.x status with words of spam, blocking or policy, or an NDR's well-known words for it) says
+nothing about the customer's address and scores nothing.
+
+Scoring is Mailman's (:func:`score`): a hard bounce weighs 1, a soft one 0.5, a policy refusal
+or a delay 0; one bounce a day counts per address (the heaviest of that day); the score starts
+again when the last scored bounce is more than ``stale_after_days`` old; at ``threshold`` the
+address is suspended, and stays so until an admin lifts it.
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ import io
 import quopri
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
@@ -52,6 +64,7 @@ from helpdeskd.triage.ndr import (
     general_diagnostic,
     mail_system,
     ndr_phrase,
+    ndr_subject,
     notice_entries,
     notice_only,
     ses_recipients,
@@ -92,6 +105,41 @@ _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 _BASE64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 _DIAG_TYPE = re.compile(r"^[\w-]+;\s*")
 _PER_RECIPIENT = frozenset({"action", "status", "diagnostic-code"})
+_ACTION_FIELD = re.compile(
+    r"^action:[ \t]*(failed|delayed|delivered|relayed|expanded)\b", re.IGNORECASE | re.MULTILINE
+)
+
+HARD_WEIGHT = 1.0  # Mailman's bounce_score weights
+SOFT_WEIGHT = 0.5
+# The words of a refusal of our mail as spam or by policy, beside a 5.7.x status. "blocked" and
+# "denied" say it of the sender: a 5.7.x status already says "security or policy".
+_POLICY_WORDS = re.compile(
+    r"spam|junk|unsolicited|bulk\s+mail|\bblock(?:ed|ing)?\b|block\s*-?list|black\s*-?list|"
+    r"\blisted\b|\bdnsbl\b|\brbl\b|reputation|polic(?:y|ies)|content|filter|\bdmarc\b|\bspf\b|"
+    r"\bdkim\b|authenticat|\bdenied\b|not\s+(?:authori[sz]ed|allowed|permitted|accepted)|"
+    r"prohibited|refused|banned|virus|malware|phish|suspicious|\brelay",
+    re.IGNORECASE,
+)
+# What only a spam or policy refusal says, whatever its status (or with none): Gmail's
+# "likely unsolicited mail", Outlook.com's "on our block list", "blocked using Spamhaus",
+# Yahoo's "[BL21] ... in Spamhaus's list", "rejected as spam", "poor reputation", DMARC.
+_SPAM_REFUSAL = re.compile(
+    r"\bspam\b|unsolicited\s+(?:mail|e-?mail|message|bulk)|\bjunk\s+(?:mail|e-?mail)|"
+    r"spamhaus|spamcop|barracuda(?:central)?|\bsorbs\b|\bdnsbl\b|\brbl\b|"
+    r"block\s*-?list(?:ed)?|black\s*-?list(?:ed)?|\bblocked\s+using\b|"
+    r"\blisted\s+(?:at|on|in|by)\b|(?:poor|bad|low)\s+(?:ip\s+|sender\s+|domain\s+)?reputation|"
+    r"\bdmarc\b|(?:rejected|refused|blocked)\s+(?:for|due\s+to|because\s+of)\s+"
+    r"(?:policy|content|spam)|policy\s+(?:violation|rejection|reasons)|content\s+filter",
+    re.IGNORECASE,
+)
+# A refusal that is about the address after all ("550 5.7.1 User unknown", a misused status).
+_ADDRESS_PROBLEM = re.compile(
+    r"\b(?:user|recipient|address|mailbox|account)\s+(?:unknown|not\s+found|does\s+not\s+exist|"
+    r"disabled|inactive|deactivated)|\bno\s+such\s+(?:user|recipient|mailbox|address)|"
+    r"\b(?:unknown|invalid)\s+(?:user|recipient|mailbox|address)\b|"
+    r"not\s+listed\s+in\s+(?:the\s+)?(?:domino|public)",  # Domino and Notes
+    re.IGNORECASE,
+)
 _RECIPIENT_FIELDS = ("original-recipient", "final-recipient")
 
 
@@ -112,6 +160,36 @@ class BouncedRecipient:
         code = _SMTP_CODE.search(self.diagnostic)
         return code is not None and code.group(1).startswith("5") and code.group(1) != "552"
 
+    @property
+    def policy(self) -> bool:
+        """Say whether the receiving server refused our mail as spam or by its policy.
+
+        A 5.7.x or 4.7.x status (RFC 3463's "security or policy") counts when its words say spam,
+        blocking, reputation or policy, and not that the mailbox is unknown; without such a
+        status, only the words no address problem uses (spam, a block list, reputation, DMARC).
+        """
+        text = self.diagnostic
+        if _ADDRESS_PROBLEM.search(text):
+            return False
+        codes = (self.status, *_STATUS.findall(text))
+        if any(code[1:4] == ".7." for code in codes) and _POLICY_WORDS.search(text):
+            return True
+        return bool(_SPAM_REFUSAL.search(text))
+
+    @property
+    def weight(self) -> float:
+        """What this bounce adds to the address's score: hard 1, soft 0.5, else 0."""
+        if self.action != "failed" or self.policy:
+            return 0.0
+        return HARD_WEIGHT if self.hard else SOFT_WEIGHT
+
+    @property
+    def state(self) -> str:
+        """One word for what happened: hard, policy, failed (soft), delayed, ..."""
+        if self.action == "failed" and self.policy:
+            return "policy"
+        return "hard" if self.hard else self.action
+
 
 @dataclass(frozen=True)
 class BounceReport:
@@ -120,6 +198,18 @@ class BounceReport:
     original_references: tuple[str, ...]  # its In-Reply-To then References, "<...>" each
     verp_token: str | None  # TOKEN of a bounces+TOKEN@domain envelope recipient
     kind: str  # "dsn" (RFC 3464) | "ndr" (non-standard text)
+    # What the report says of the mail as a whole (address ""): what a VERP token's recipient
+    # failed with when the report names nobody we sent it to.
+    overall: BouncedRecipient | None = None
+
+    def verdict(self) -> BouncedRecipient:
+        """The worst failure the report tells of (for a VERP token's recipient, when it names
+        no one we sent the mail to): a hard failure before a soft one, a failure before a
+        delay; without any, what the report says as a whole."""
+        ranked = sorted(self.recipients, key=lambda r: (-r.weight, r.action != "failed"))
+        if ranked:
+            return ranked[0]
+        return self.overall or BouncedRecipient("", "failed", "", "")
 
 
 @dataclass(frozen=True)
@@ -127,6 +217,58 @@ class Complaint:
     complainant: str | None  # our recipient who complained; None when the report redacts it
     feedback_type: str  # abuse | fraud | not-spam | virus | other | ... ("unknown" if missing)
     original_message_id: str | None
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An address's bounce score as stored: the score, the day of the last scored bounce and
+    what that day counted, what the bounce said, and whether the address is suspended."""
+
+    score: float = 0.0
+    last_on: date | None = None
+    last_weight: float = 0.0
+    reason: str | None = None
+    suspended: bool = False
+
+    def stale(self, today: date, stale_after_days: int) -> bool:
+        """Say whether the score has gone stale by TODAY: no bounce scored for too long."""
+        return self.last_on is None or (today - self.last_on).days > stale_after_days
+
+    def current(self, today: date, stale_after_days: int) -> float:
+        """The score as it stands on TODAY: 0 once it is stale (the next bounce starts anew)."""
+        return 0.0 if self.stale(today, stale_after_days) else self.score
+
+    def resets_on(self, stale_after_days: int) -> date | None:
+        """The first day the score is stale, unless another bounce is scored before it."""
+        if self.last_on is None:
+            return None
+        return self.last_on + timedelta(days=stale_after_days + 1)
+
+
+def score(
+    standing: Standing,
+    bounce: BouncedRecipient,
+    day: date,
+    *,
+    threshold: float,
+    stale_after_days: int,
+) -> Standing:
+    """Score BOUNCE, received on DAY, against an address whose score is STANDING (Mailman's
+    way, see the module docstring). A bounce that weighs nothing leaves it as it is."""
+    weight = bounce.weight
+    if weight <= 0:
+        return standing
+    reason = f"{bounce.state} {bounce.status} {bounce.diagnostic}".replace("  ", " ").strip()
+    if standing.last_on is None or standing.stale(day, stale_after_days):
+        scored = Standing(weight, day, weight, reason, standing.suspended)
+    elif day <= standing.last_on:  # that day is scored already: its heaviest bounce counts
+        if weight <= standing.last_weight:
+            return standing
+        added = standing.score + weight - standing.last_weight
+        scored = replace(standing, score=added, last_weight=weight, reason=reason)
+    else:
+        scored = Standing(standing.score + weight, day, weight, reason, standing.suspended)
+    return replace(scored, suspended=scored.suspended or scored.score >= threshold)
 
 
 def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | None:
@@ -156,6 +298,7 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
                 recipients.setdefault(recipient.address, recipient)
 
     returned = _returned_headers(leaves)
+    overall: BouncedRecipient | None = None
     if dsn_parts:
         kind = "dsn"
         if not recipients:
@@ -173,7 +316,12 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
         if not recipients:
             recipients = _returned_recipient(returned, notice)
         if not recipients:
-            return None
+            # Naming nobody, the report is still about the send its VERP token names, if it
+            # says what an NDR says (an out-of-office sent to the return path does not).
+            said = ndr_phrase(notice) or ndr_subject(_header(msg, "Subject"))
+            if not said or _verp_token(msg, returned, verp_local) is None:
+                return None
+            overall = _overall(notice)
     else:
         return None
 
@@ -186,14 +334,19 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
         references = _msgids(
             _header(returned, "In-Reply-To") + " " + _header(returned, "References")
         )
-    if not recipients and original_id is None:
+    verp_token = _verp_token(msg, returned, verp_local)
+    if not recipients and original_id is None and verp_token is None:
         return None
+    if not recipients and overall is None:
+        dsn_text = "\n".join(_part_text(part) for part in dsn_parts)
+        overall = _overall(_notice_text(leaves) + "\n" + dsn_text)
     return BounceReport(
         recipients=tuple(recipients.values()),
         original_message_id=original_id,
         original_references=references,
-        verp_token=_verp_token(msg, returned, verp_local),
+        verp_token=verp_token,
         kind=kind,
+        overall=overall,
     )
 
 
@@ -522,6 +675,20 @@ def _text_dsn_recipients(notice: str) -> dict[str, BouncedRecipient]:
         if recipient is not None:
             recipients.setdefault(recipient.address, recipient)
     return recipients
+
+
+def _overall(notice: str) -> BouncedRecipient:
+    """What a notice that names no recipient says of the mail as a whole (address "")."""
+    field = _ACTION_FIELD.search(notice)
+    if field is not None:
+        action = field.group(1).lower()
+    else:
+        action = "delayed" if DELAYED.search(notice) else "failed"
+    diagnostic = _one_line(general_diagnostic(notice))
+    status = _status(diagnostic)
+    if not status and action == "failed" and PERMANENT.search(notice):
+        status = "5.0.0"
+    return BouncedRecipient("", action, status, diagnostic)
 
 
 def _returned_recipient(returned: Message | None, notice: str) -> dict[str, BouncedRecipient]:

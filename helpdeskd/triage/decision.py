@@ -9,16 +9,17 @@ complaints, unsubscribes) is decided here; a person's mail by :mod:`helpdeskd.tr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from helpdeskd.mail.build import new_message_id
+from helpdeskd.triage.bounces import BouncedRecipient, score
 from helpdeskd.triage.facts import ContactFacts, Facts, Needs, Policy, StoredMessage
 from helpdeskd.triage.intake import Intake
 from helpdeskd.triage.mails import Mail, Note, human_size
 from helpdeskd.triage.plan import ContactChange, Event, Plan
 from helpdeskd.triage.received import Incoming, ticket_ref
-
-SOFT_BOUNCE_LIMIT = 3  # failed deliveries without a permanent status before we stop mailing
 
 
 def decide(item: Incoming, needs: Needs, facts: Facts, policy: Policy) -> Plan:
@@ -91,51 +92,108 @@ def _decide(item: Incoming, needs: Needs, facts: Facts, policy: Policy) -> Plan:
 
 
 def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
-    """Record a bounce: mark the contact, note it on the ticket, tell the agent who wrote."""
+    """Record a bounce: score the address (Mailman's way), note it on the ticket, tell the agent
+    who wrote.
+
+    Anyone can send a bounce: it counts only against an address our mail went to — the mail
+    it names by Message-ID, or the send its verified VERP token names. A VERP token names the
+    send even when the report names nobody we sent it to (a forward's final address, or none):
+    a send to one recipient is then that recipient's bounce.
+    """
     reason = needs.kind.reason
     report = needs.bounce
     if report is None:
         return Plan("bounce", f"{reason}; no recipient could be read")
-    ticket, message = facts.returned.ticket, facts.returned.message
-    counts: dict[str, ContactFacts] = {}
+    returned = facts.returned
+    ticket, message = returned.ticket, returned.message
+    sent_to = returned.sent_to
+    lines = [_bounce_line(rcpt) for rcpt in report.recipients]
+    targets = [rcpt for rcpt in report.recipients if rcpt.address in sent_to]
+    if returned.verp is not None and not targets and len(sent_to) == 1:
+        [address] = sent_to
+        targets = [replace(report.verdict(), address=address)]
+        lines.append(f"{_bounce_line(targets[0])} (by VERP)")
+    bounces = policy.config.bounces
+    day = facts.now.astimezone(policy.config.service.tz).date()
+    known: dict[str, ContactFacts] = {}
     contacts: list[ContactChange] = []
-    lines = []
-    sent_to = facts.returned.sent_to
-    for rcpt in report.recipients:
-        contact = counts.get(rcpt.address) or facts.contact(rcpt.address)
-        # Anyone can send a bounce: it counts against an address only when it is about mail
-        # we sent to that address.
-        ours = rcpt.address in sent_to
-        if contact is not None and contact.id is not None and rcpt.action == "failed" and ours:
-            count = contact.bounce_count + 1
-            undeliverable = contact.undeliverable or rcpt.hard or count >= SOFT_BOUNCE_LIMIT
-            counts[rcpt.address] = replace(contact, bounce_count=count, undeliverable=undeliverable)
-            contacts.append(
-                ContactChange(
-                    contact.email, changes={"bounce_count": count, "undeliverable": undeliverable}
-                )
-            )
-        state = "hard" if rcpt.hard else rcpt.action
-        lines.append(f"{rcpt.address} {state} {rcpt.status} {rcpt.diagnostic}".strip())
-    summary = "; ".join(lines) or "no recipient listed"
     events: list[Event] = []
+    logs: list[tuple[str, Mapping[str, Any]]] = []
+    for rcpt in targets:
+        contact = known.get(rcpt.address) or facts.contact(rcpt.address)
+        if contact is None or contact.id is None or rcpt.action != "failed":
+            continue
+        before = contact.standing
+        after = score(
+            before,
+            rcpt,
+            day,
+            threshold=bounces.threshold,
+            stale_after_days=bounces.stale_after_days,
+        )
+        stale_after = bounces.stale_after_days
+        changes: dict[str, Any] = {}
+        if rcpt.weight > 0:  # a spam or policy refusal is recorded, never counted
+            changes["bounce_count"] = contact.bounce_count + 1
+        if after != before:
+            changes.update(
+                bounce_score=after.score,
+                last_bounce_on=after.last_on,
+                last_bounce_weight=after.last_weight,
+                bounce_reason=after.reason,
+                undeliverable=after.suspended,
+            )
+        if changes:
+            contacts.append(ContactChange(contact.email, changes=changes))
+            known[rcpt.address] = replace(contact, **changes)
+        detail = {
+            "day": day.isoformat(),
+            "state": rcpt.state,
+            "status": rcpt.status,
+            "diagnostic": rcpt.diagnostic,
+            "weight": rcpt.weight,
+            # what this bounce added: nothing on a day already scored as high
+            "counted": after.score - before.current(day, stale_after) if after != before else 0.0,
+            "score": after.current(day, stale_after),
+            "threshold": bounces.threshold,
+            "suspended": after.suspended,
+            "message_id": message.message_id if message is not None else report.original_message_id,
+            "outbox_id": returned.verp,
+        }
+        events.append(Event("bounce_scored", contact.email, detail, ticketless=True))
+        if after.suspended and not before.suspended:
+            logs.append(("bounce_suspended", {"contact": contact.id, "score": after.score}))
+    summary = "; ".join(lines) or "no recipient listed"
     mails: list[Mail] = []
     if ticket is not None:
-        detail = {"message_id": report.original_message_id, "recipients": lines}
-        events.append(Event("bounce", "system", detail))
-        writer = facts.returned.writer
+        on_ticket = {"message_id": report.original_message_id, "recipients": lines}
+        events.insert(0, Event("bounce", "system", on_ticket))
+        writer = returned.writer
         if message is not None and message.kind == "reply" and writer is not None:
             ref = ticket_ref(policy.config, ticket.id)
+            text = f"Your reply on {ref} could not be delivered:\n  {summary}\n"
+            if any(rcpt.action == "failed" and rcpt.policy for rcpt in targets):
+                text += (
+                    "The receiving server refused it as spam or by its policy: that says "
+                    "nothing of the customer's address and does not count against it.\n"
+                )
             mails.append(
                 Note(
                     new_message_id(policy.config.service.support_domain),
                     writer.email,
                     "Undeliverable: " + ticket.subject,
-                    f"Your reply on {ref} could not be delivered:\n  {summary}\n",
+                    text,
                     agent_id=writer.id,
                     parent=message.parent,
                 )
             )
+    logs.insert(
+        0,
+        (
+            "bounce_recorded",
+            {"recipients": lines, "ticket": ticket.id if ticket is not None else None},
+        ),
+    )
     return Plan(
         "bounce",
         f"{reason}; {summary}",
@@ -143,13 +201,12 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
         contacts=tuple(contacts),
         events=tuple(events),
         mails=tuple(mails),
-        logs=(
-            (
-                "bounce_recorded",
-                {"recipients": lines, "ticket": ticket.id if ticket is not None else None},
-            ),
-        ),
+        logs=tuple(logs),
     )
+
+
+def _bounce_line(rcpt: BouncedRecipient) -> str:
+    return f"{rcpt.address} {rcpt.state} {rcpt.status} {rcpt.diagnostic}".strip()
 
 
 def _report(needs: Needs, facts: Facts) -> Plan:

@@ -10,19 +10,25 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from helpdeskd.config.settings import Config, ServiceConfig
 from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.thread_index import thread_index_root
-from helpdeskd.mail.tokens import tokens_in, verify_reply, verify_unsubscribe
+from helpdeskd.mail.tokens import tokens_in, verify_bounce, verify_reply, verify_unsubscribe
 from helpdeskd.rules import loader
 from helpdeskd.rules.model import RuleSet
 from helpdeskd.triage.agent_reply import HeldReply
 from helpdeskd.triage.agentmail import HeldNotices, forwarded_sender
-from helpdeskd.triage.bounces import BounceReport, Complaint, parse_bounce, parse_complaint
+from helpdeskd.triage.bounces import (
+    BounceReport,
+    Complaint,
+    Standing,
+    parse_bounce,
+    parse_complaint,
+)
 from helpdeskd.triage.classify import Classification, ClassifyContext, classify
 from helpdeskd.triage.commands import ParsedCommands, parse_commands
 from helpdeskd.triage.heroku import HerokuTicket, recognise
@@ -95,10 +101,25 @@ class ContactFacts:
     email: str
     name: str | None = None
     id: int | None = None
-    undeliverable: bool = False
+    undeliverable: bool = False  # suspended for bouncing (see helpdeskd.triage.bounces)
     suppressed: bool = False
     bounce_count: int = 0
     plan: str | None = None
+    bounce_score: float = 0.0
+    last_bounce_on: date | None = None
+    last_bounce_weight: float = 0.0
+    bounce_reason: str | None = None
+
+    @property
+    def standing(self) -> Standing:
+        """The contact's bounce score as the scoring reads it."""
+        return Standing(
+            self.bounce_score,
+            self.last_bounce_on,
+            self.last_bounce_weight,
+            self.bounce_reason,
+            self.undeliverable,
+        )
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,7 @@ class Returned:
     message: StoredMessage | None = None
     writer: AgentFacts | None = None
     sent_to: frozenset[str] = frozenset()  # whom our mail went to: only they can bounce it
+    verp: int | None = None  # the outbox row a verified VERP token named: sent_to is its recipients
 
 
 @dataclass(frozen=True)
@@ -229,6 +251,7 @@ class Needs:
     bounce: BounceReport | None = None
     complaint: Complaint | None = None
     returned_ids: tuple[str, ...] = ()  # our Message-IDs a bounce or complaint names
+    verp_outbox: int | None = None  # the outbox row a bounce's VERP token names, verified
     unsubscribe: tuple[int, str] | None = None  # (contact id, category)
     commands: ParsedCommands | None = None  # the command block of an agent's mail
     merge_ticket: int | None = None  # the ticket its #merge names
@@ -249,9 +272,14 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
     derived = derived_id(parsed.message_id, digest, service)
     emails = {a.lower() for a in (parsed.sender, *parsed.to, *parsed.cc) if a}
     if kind.kind == "bounce":
-        report = parse_bounce(item.raw or b"")
+        report = parse_bounce(item.raw or b"", verp_local=verp_local(config))
         ids: tuple[str, ...] = ()
+        verp = None
         if report is not None:
+            # Only a token we signed names a send: a stranger cannot point a bounce at another
+            # customer's mail by writing a token.
+            if report.verp_token is not None:
+                verp = verify_bounce(service.secret_keys, report.verp_token)
             ids = tuple(
                 i for i in (report.original_message_id, *reversed(report.original_references)) if i
             )
@@ -263,6 +291,7 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
             derived_id=derived,
             bounce=report,
             returned_ids=ids,
+            verp_outbox=verp,
             emails=frozenset(emails),
         )
     if kind.kind == "report":
@@ -341,6 +370,13 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
         merge_ticket=merge_ticket,
         confirmation=confirmation if kind.kind == "agent_reply" else None,
     )
+
+
+def verp_local(config: Config) -> str:
+    """The local part our VERP return path takes ``+TOKEN`` on: ``[smtp] return_path``'s,
+    else ``bounces`` (a token still verifies after return_path was taken out of the config)."""
+    return_path = config.smtp.return_path if config.smtp is not None else None
+    return return_path.rpartition("@")[0] if return_path else "bounces"
 
 
 def _unsubscribe_token(parsed: ParsedMessage, policy: Policy) -> tuple[int, str] | None:

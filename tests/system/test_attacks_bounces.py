@@ -4,7 +4,7 @@ SQLite and PostgreSQL.
 Bounces: all of them recognised, none answered. 181 real bounces from more than 30 MTAs
 (tests/fixtures/bounces) go through ingest; each is a ``bounce`` (but the one whose body the
 parser cannot see, which is an ``auto_reply``) and not one acknowledgement is written. An NDR
-that also says Auto-Submitted marks the address undeliverable.
+that also says Auto-Submitted counts against the address.
 
 Nothing addressed to us is swallowed by a side address: a customer's mail to support@ with a
 valid ``unsubscribe+TOKEN@`` in Cc opens a ticket, is acknowledged, and opts nobody out.
@@ -12,15 +12,19 @@ valid ``unsubscribe+TOKEN@`` in Cc opens a ticket, is acknowledged, and opts nob
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from helpdeskd.clock import system_clock
 from helpdeskd.desk.notices import unsubscribe_mailto
-from helpdeskd.mail.tokens import ALL_CATEGORIES
-from helpdeskd.store.models import Contact, OptOut, Outbox
-from tests.harness import Desk, cli
+from helpdeskd.mail.tokens import ALL_CATEGORIES, sign_bounce
+from helpdeskd.store.db import create_engine, sessionmaker
+from helpdeskd.store.models import Contact, Event, OptOut, Outbox, OutboxRecipient
+from tests.clocks import ManualClock
+from tests.harness import Desk, cli, cli_json
 from tests.mailgen import customer_mail
 from tests.servers.smtp import SmtpSink
 from tests.triage import real_bounces
@@ -58,8 +62,9 @@ async def test_real_bounces_are_recognised_and_never_answered(make_config, smtp_
 
 
 async def test_auto_submitted_ndr_marks_the_address_undeliverable(make_config, smtp_sink):
-    """Exim-style NDR robots say Auto-Submitted: the address still goes undeliverable."""
-    config = make_config(smtp=smtp_sink)
+    """Exim-style NDR robots say Auto-Submitted: the bounce still counts against the address
+    (here one hard bounce reaches the threshold, and the address is suspended)."""
+    config = make_config(smtp=smtp_sink, extra="[bounces]\nthreshold = 1\n")
     customer = "kijitora@nyaan.example.org"  # the address lhost-x6-01 reports as failed
     ndr = real_bounces.FIXTURES / "sisimai" / "rb-dos-lhost-x6-01.eml"
     assert b"Auto-Submitted: auto-replied" in ndr.read_bytes()
@@ -79,7 +84,7 @@ async def test_auto_submitted_ndr_marks_the_address_undeliverable(make_config, s
             contact = await session.scalar(select(Contact).where(Contact.email == customer))
     assert (first.outcome, bounce.outcome, second.outcome) == ("new_ticket", "bounce", "new_ticket")
     assert "hard 5.4.6" in bounce.reason
-    assert contact is not None and contact.undeliverable
+    assert contact is not None and contact.undeliverable and contact.bounce_score == 1.0
     # Only the first ticket was acknowledged: the address bounced before the second.
     assert len([d for d in smtp_sink.deliveries if customer in d.recipients]) == 1
 
@@ -141,3 +146,162 @@ async def test_a_forged_bounce_marks_nobody_undeliverable(make_config, smtp_sink
             contact = await session.scalar(select(Contact).where(Contact.email == customer))
     assert (first.outcome, bounce.outcome) == ("new_ticket", "bounce")
     assert contact is not None and not contact.undeliverable and contact.bounce_count == 0
+    assert contact.bounce_score == 0.0 and contact.last_bounce_on is None
+
+
+# --- issue 21: Mailman's bounce scoring, and bounces to our VERP return path ---------------
+
+CUSTOMER = "jane@customer.example"
+FORWARD = "jane.roe@forward.example"  # where the customer's mailbox forwards: the NDR names it
+
+
+def verp_dsn(n: int, token: str, named: str, status: str, diagnostic: str) -> bytes:
+    """An RFC 3464 report sent to our VERP return path, naming NAMED and returning no copy of
+    our mail: only the token says which send it is about."""
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.forward.example>\r\n"
+        f"To: bounces+{token}@acme.test\r\n"
+        f"Delivered-To: bounces+{token}@acme.test\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <dsn.{n}@mx.forward.example>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"\r\n'
+        "\r\n--b0\r\nContent-Type: text/plain\r\n\r\n"
+        "Your message could not be delivered to one or more recipients.\r\n"
+        "--b0\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.forward.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {named}\r\nAction: failed\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\r\n"
+        "--b0--\r\n"
+    ).encode()
+
+
+def verp_ndr_naming_nobody(n: int, token: str) -> bytes:
+    """A plain NDR that names no recipient at all, sent to our VERP return path."""
+    return (
+        "From: MAILER-DAEMON@mx.forward.example\r\n"
+        f"To: bounces+{token}@acme.test\r\n"
+        "Subject: Mail delivery failed: returning message to sender\r\n"
+        f"Message-ID: <ndr.{n}@mx.forward.example>\r\n"
+        "\r\n"
+        "This message was created automatically by mail delivery software.\r\n\r\n"
+        "A message that you sent could not be delivered. This is a permanent error.\r\n"
+    ).encode()
+
+
+async def _jane(desk: Desk) -> Contact:
+    async with desk.sessions() as session:
+        contact = await session.scalar(select(Contact).where(Contact.email == CUSTOMER))
+    assert contact is not None
+    return contact
+
+
+async def test_bounce_scores_through_ingest(make_config, smtp_sink):
+    """A customer's acknowledgement bounces, day after day, to our VERP return path: a soft
+    and a hard bounce on one day count once (the hard one); a forged token and a spam refusal
+    count nothing; a stale score starts again; at 5 the address is suspended, which stops
+    its acknowledgement and a critical notice; `contacts show` explains it, and `contacts
+    unsuspend` lifts it."""
+    config = make_config(smtp=smtp_sink, smtp_extra={"return_path": "bounces@acme.test"})
+    keys = config.service.secret_keys
+    # The bounces happen over 15 days that end the day before yesterday: `contacts show` reads
+    # the real clock.
+    clock = ManualClock(system_clock() - timedelta(days=16))
+    first_day = clock().date()
+    async with Desk(config) as desk:
+        desk.processor.clock = clock
+        [opened] = await desk.ingest([customer_mail(1, sender=CUSTOMER, subject="Hello")])
+        async with desk.sessions() as session:
+            ack = await session.scalar(select(Outbox.id).where(Outbox.kind == "ack"))
+        assert opened.outcome == "new_ticket" and ack is not None
+        token = sign_bounce(keys, ack)
+        forged = f"{ack}.{'a' * 10}"
+        refused = "550 5.7.1 Message rejected as spam by Content Filtering"
+        day0 = await desk.ingest(
+            [
+                verp_dsn(1, token, FORWARD, "5.2.2", "552 5.2.2 Mailbox full"),  # soft: 0.5
+                verp_ndr_naming_nobody(2, token),  # names nobody: the token says who; hard: 1
+                verp_dsn(3, token, FORWARD, "5.1.1", "550 5.1.1 User unknown"),  # the same day
+                verp_dsn(4, forged, CUSTOMER, "5.1.1", "550 5.1.1 User unknown"),  # forged
+                verp_dsn(5, token, FORWARD, "5.7.1", refused),  # a spam refusal: 0
+            ]
+        )
+        assert [o.outcome for o in day0] == ["bounce"] * 5
+        assert f"{CUSTOMER} hard 5.0.0" in day0[1].reason and "(by VERP)" in day0[1].reason
+        jane = await _jane(desk)
+        assert (jane.bounce_score, jane.last_bounce_on, jane.undeliverable) == (
+            1.0,
+            first_day,
+            False,
+        )
+        assert jane.bounce_count == 3  # three real bounces; the forged one and the refusal not
+        clock.advance(days=1)
+        await desk.ingest([verp_dsn(6, token, FORWARD, "5.1.1", "550 5.1.1 User unknown")])
+        assert (await _jane(desk)).bounce_score == 2.0
+        # Nine days without a scored bounce: the score is stale and starts again.
+        for n, days in enumerate((9, 1, 1, 1), start=7):
+            clock.advance(days=days)
+            await desk.ingest([verp_dsn(n, token, FORWARD, "5.1.1", "550 5.1.1 User unknown")])
+        jane = await _jane(desk)
+        assert (jane.bounce_score, jane.undeliverable) == (4.0, False)
+        clock.advance(days=1)
+        await desk.ingest([verp_dsn(11, token, FORWARD, "5.1.1", "550 5.1.1 User unknown")])
+        jane = await _jane(desk)
+        assert (jane.bounce_score, jane.undeliverable) == (5.0, True)
+        suspended_on = clock().date()
+        # Suspended: her next mail opens a ticket, but is not acknowledged.
+        [again] = await desk.ingest([customer_mail(12, sender=CUSTOMER, subject="Still there?")])
+        async with desk.sessions() as session:
+            acks = (await session.scalars(select(Outbox.id).where(Outbox.kind == "ack"))).all()
+            jane_row = await session.get_one(Contact, jane.id)
+            jane_row.status = "active"  # a customer, so that notices are for her
+            session.add(Contact(email="ok@customer.example", status="active"))
+            await session.commit()
+    assert again.outcome == "new_ticket" and acks == [ack]
+
+    shown = cli_json(config, "contacts", "show", CUSTOMER)["bounces"]
+    assert (shown["score"], shown["threshold"], shown["suspended"]) == (5.0, 5.0, True)
+    assert shown["suspended_on"] == suspended_on.isoformat()
+    assert [(d["day"], d["weight"], d["state"]) for d in shown["counted"]] == [
+        ((first_day + timedelta(days=n)).isoformat(), 1.0, "hard") for n in range(10, 15)
+    ]
+    assert shown["resets_on"] == (suspended_on + timedelta(days=8)).isoformat()
+    assert shown["policy_refusals"] == 1
+    assert shown["last"]["reason"] == "hard 5.1.1 550 5.1.1 User unknown"
+
+    sent = cli(
+        config,
+        "notice",
+        "send",
+        "incident",
+        "--template",
+        "incident",
+        "--var",
+        "title=Database outage",
+        "--var",
+        "status=investigating",
+        "--var",
+        "message=We are on it.",
+        "--var",
+        "status_url=https://support.acme.test/status",
+    )
+    assert "1 suspended for bouncing" in sent.stdout, sent.stdout
+    lifted = cli(config, "contacts", "unsuspend", CUSTOMER, "--by", "dpo@acme.test").stdout
+    assert "suspension lifted; bounce score 5 cleared to 0" in lifted
+    engine = create_engine(config.database.url)
+    try:
+        async with sessionmaker(engine)() as session:
+            notice_to = set(
+                await session.scalars(
+                    select(OutboxRecipient.address)
+                    .join(Outbox, Outbox.id == OutboxRecipient.outbox_id)
+                    .where(Outbox.notice_id.is_not(None))
+                )
+            )
+            jane = await session.get_one(Contact, jane.id)
+            [lift] = await session.scalars(select(Event).where(Event.type == "bounce_unsuspended"))
+    finally:
+        await engine.dispose()
+    assert notice_to == {"ok@customer.example"}
+    assert (jane.bounce_score, jane.last_bounce_on, jane.undeliverable) == (0.0, None, False)
+    assert (lift.actor, lift.detail["by"], lift.detail["score"]) == (CUSTOMER, "dpo@acme.test", 5.0)

@@ -81,7 +81,9 @@ def config(make_config, smtp_sink):
     return make_config(smtp=smtp_sink, agents=AGENTS)
 
 
-async def test_bounce_of_an_agent_reply(config, smtp_sink):
+async def test_bounce_of_an_agent_reply(make_config, smtp_sink):
+    # One hard bounce reaches the threshold here (five days of them by default).
+    config = make_config(smtp=smtp_sink, agents=AGENTS, extra="[bounces]\nthreshold = 1\n")
     async with Desk(config) as desk:
         scene = Scene(desk, smtp_sink)
         ref = await scene.open(1)
@@ -91,7 +93,7 @@ async def test_bounce_of_an_agent_reply(config, smtp_sink):
         ]
         [outcome] = await desk.ingest([dsn(reply["Message-ID"], "customer1@example.org")])
         await desk.send_all()
-        # The contact is undeliverable now: a new ticket from it gets no acknowledgement.
+        # The contact is suspended now: a new ticket from it gets no acknowledgement.
         await desk.ingest([customer_mail(1, subject="another question")])
         await desk.send_all()
     assert outcome.outcome == "bounce" and outcome.ticket == ref

@@ -6,16 +6,22 @@ Reports built by hand that return our stored reply, parsed for real; the facts b
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from helpdeskd.mail.compose import Parent
-from helpdeskd.mail.tokens import UnsubscribeToken, sign_unsubscribe
-from helpdeskd.triage.facts import Policy, Returned, StoredMessage
+from helpdeskd.mail.parse import parse_message
+from helpdeskd.mail.tokens import UnsubscribeToken, sign_bounce, sign_unsubscribe
+from helpdeskd.triage.facts import ContactFacts, Policy, Returned, StoredMessage, needs
 from helpdeskd.triage.mails import Note
+from helpdeskd.triage.plan import Plan
+from helpdeskd.triage.received import Incoming
 from tests.triage.plan_support import (
     ALICE,
     JANE,
+    NOW,
     STORED_REPLY,
     SUPPORT,
     event,
@@ -37,11 +43,12 @@ def returned_report(
     *,
     sender: str = "MAILER-DAEMON@mx.example.org",
     subject: str = "Undelivered Mail Returned to Sender",
+    to: str = SUPPORT,
 ) -> bytes:
     """A multipart/report of REPORT_TYPE whose PART holds STATUS, returning our stored reply."""
     text = (
         f"From: {sender}\n"
-        f"To: {SUPPORT}\n"
+        f"To: {to}\n"
         f"Subject: {subject}\n"
         "Date: Mon, 2 Nov 2026 09:00:00 +0000\n"
         "Message-ID: <report.1@mx.example.org>\n"
@@ -57,44 +64,96 @@ def returned_report(
     return text.replace("\n", "\r\n").encode()
 
 
-def dsn(status: str) -> bytes:
+def dsn(status: str, diagnostic: str = "", recipient: str = JANE.email, to: str = SUPPORT) -> bytes:
+    code = f"Diagnostic-Code: smtp; {diagnostic}\n" if diagnostic else ""
     return returned_report(
         "delivery-status",
         "message/delivery-status",
         "Reporting-MTA: dns; mx.example.org\n\n"
-        f"Final-Recipient: rfc822; {JANE.email}\nAction: failed\nStatus: {status}\n",
+        f"Final-Recipient: rfc822; {recipient}\nAction: failed\nStatus: {status}\n{code}",
+        to=to,
     )
 
 
-def returned(kind: str = "reply") -> Returned:
+def returned(kind: str = "reply", verp: int | None = None) -> Returned:
     """Our stored reply to Jane, as the lookup finds it: it went to Jane."""
     message = StoredMessage(STORED_REPLY, 7, "out", kind, ("<c0@example.org>",), to=(JANE.email,))
-    return Returned(ticket(), message, ALICE, sent_to=frozenset({JANE.email}))
+    return Returned(ticket(), message, ALICE, sent_to=frozenset({JANE.email}), verp=verp)
+
+
+TODAY = NOW.date()  # the config's time zone is UTC
+YESTERDAY = TODAY - timedelta(days=1)
+
+
+def scored(plan: Plan) -> list[dict[str, Any]]:
+    """The bounce_scored events of PLAN: one per address a bounce was weighed against."""
+    found = [e for e in plan.events if e.type == "bounce_scored"]
+    assert all(e.ticketless for e in found)
+    return [{"actor": e.actor, **e.detail} for e in found]
 
 
 @pytest.mark.parametrize(
-    ("status", "count", "undeliverable", "state"),
+    ("status", "standing", "changes"),
     [
-        ("5.1.1", 0, True, "hard"),  # a permanent failure
-        ("5.2.2", 0, False, "failed"),  # mailbox full: soft, below the limit
-        ("5.2.2", 2, True, "failed"),  # the third soft one
+        # a permanent failure weighs 1
+        (
+            "5.1.1",
+            {},
+            {"bounce_score": 1.0, "last_bounce_weight": 1.0, "bounce_reason": "hard 5.1.1"},
+        ),
+        # mailbox full: soft, 0.5
+        (
+            "5.2.2",
+            {},
+            {"bounce_score": 0.5, "last_bounce_weight": 0.5, "bounce_reason": "failed 5.2.2"},
+        ),
+        # a score from yesterday: today's bounce adds to it
+        (
+            "5.1.1",
+            {"bounce_score": 2.5, "last_bounce_on": YESTERDAY, "last_bounce_weight": 0.5},
+            {"bounce_score": 3.5, "last_bounce_weight": 1.0, "bounce_reason": "hard 5.1.1"},
+        ),
+        # a score from nine days ago is stale: the score starts again
+        (
+            "5.2.2",
+            {"bounce_score": 4.5, "last_bounce_on": TODAY - timedelta(days=9)},
+            {"bounce_score": 0.5, "last_bounce_weight": 0.5, "bounce_reason": "failed 5.2.2"},
+        ),
     ],
 )
 def test_bounce_of_our_reply(
-    policy: Policy, status: str, count: int, undeliverable: bool, state: str
+    policy: Policy, status: str, standing: dict[str, Any], changes: dict[str, Any]
 ) -> None:
-    jane = replace(JANE, bounce_count=count)
+    jane = replace(JANE, bounce_count=3, **standing)
     plan = plan_for(policy, dsn(status), facts(contacts={JANE.email: jane}, returned=returned()))
-    line = f"{JANE.email} {state} {status}"
+    line = f"{JANE.email} {'hard' if status == '5.1.1' else 'failed'} {status}"
     assert summary(plan) == expected(
         "bounce",
         f"RFC 3464 delivery status report; {line}",
         ticket_id=7,
-        events=["bounce"],
+        events=["bounce", "bounce_scored"],
         mails=[("Note", ALICE.email)],
-        contacts=[(JANE.email, None, {"bounce_count": count + 1, "undeliverable": undeliverable})],
+        contacts=[
+            (
+                JANE.email,
+                None,
+                {
+                    "bounce_count": 4,
+                    **changes,
+                    "last_bounce_on": TODAY,
+                    "undeliverable": False,
+                },
+            )
+        ],
     )
     assert event(plan, "bounce") == {"message_id": STORED_REPLY, "recipients": [line]}
+    [detail] = scored(plan)
+    assert detail["actor"] == JANE.email
+    assert (detail["score"], detail["counted"], detail["suspended"]) == (
+        changes["bounce_score"],
+        changes["last_bounce_weight"],
+        False,
+    )
     [note] = plan.mails
     assert isinstance(note, Note)
     assert note.agent_id == ALICE.id
@@ -103,14 +162,93 @@ def test_bounce_of_our_reply(
     assert note.parent == Parent(STORED_REPLY, ("<c0@example.org>",))
 
 
+def test_the_threshold_suspends_the_address(policy: Policy) -> None:
+    jane = replace(JANE, bounce_score=4.5, last_bounce_on=YESTERDAY, last_bounce_weight=1.0)
+    plan = plan_for(policy, dsn("5.2.2"), facts(contacts={JANE.email: jane}, returned=returned()))
+    [(_, _, changes)] = [(c.email, c.name, dict(c.changes)) for c in plan.contacts]
+    assert (changes["bounce_score"], changes["undeliverable"]) == (5.0, True)
+    assert scored(plan)[0]["suspended"] is True
+    assert ("bounce_suspended", {"contact": JANE.id, "score": 5.0}) in plan.logs
+
+
+def test_one_bounce_a_day_the_heaviest(policy: Policy) -> None:
+    """Today scored 0.5 already: another soft bounce adds nothing (but is counted as a bounce),
+    a hard one makes today weigh 1."""
+    jane = replace(
+        JANE, bounce_count=1, bounce_score=2.0, last_bounce_on=TODAY, last_bounce_weight=0.5
+    )
+    same = plan_for(policy, dsn("5.2.2"), facts(contacts={JANE.email: jane}, returned=returned()))
+    assert [dict(c.changes) for c in same.contacts] == [{"bounce_count": 2}]
+    assert scored(same)[0] | {"diagnostic": ""} == {
+        "actor": JANE.email,
+        "day": TODAY.isoformat(),
+        "state": "failed",
+        "status": "5.2.2",
+        "diagnostic": "",
+        "weight": 0.5,
+        "counted": 0.0,
+        "score": 2.0,
+        "threshold": 5.0,
+        "suspended": False,
+        "message_id": STORED_REPLY,
+        "outbox_id": None,
+    }
+    harder = plan_for(policy, dsn("5.1.1"), facts(contacts={JANE.email: jane}, returned=returned()))
+    [changes] = [dict(c.changes) for c in harder.contacts]
+    assert (changes["bounce_score"], changes["last_bounce_weight"]) == (2.5, 1.0)
+    assert scored(harder)[0]["counted"] == 0.5
+
+
+def test_a_spam_refusal_is_recorded_and_scores_nothing(policy: Policy) -> None:
+    diagnostic = "550 5.7.1 Message rejected as spam by Content Filtering"
+    jane = replace(JANE, bounce_score=1.0, last_bounce_on=YESTERDAY, last_bounce_weight=1.0)
+    plan = plan_for(
+        policy,
+        dsn("5.7.1", diagnostic),
+        facts(contacts={JANE.email: jane}, returned=returned()),
+    )
+    line = f"{JANE.email} policy 5.7.1 {diagnostic}"
+    assert summary(plan) == expected(
+        "bounce",
+        f"RFC 3464 delivery status report; {line}",
+        ticket_id=7,
+        events=["bounce", "bounce_scored"],
+        mails=[("Note", ALICE.email)],
+    )
+    [detail] = scored(plan)
+    assert (detail["state"], detail["weight"], detail["counted"], detail["score"]) == (
+        "policy",
+        0.0,
+        0.0,
+        1.0,
+    )
+    [note] = plan.mails
+    assert isinstance(note, Note)
+    assert "refused it as spam or by its policy" in note.text
+    assert "does not count against it" in note.text
+
+
 def test_bounce_of_an_acknowledgement_tells_nobody(policy: Policy) -> None:
     plan = plan_for(policy, dsn("5.1.1"), facts(returned=returned("ack")))
     assert summary(plan) == expected(
         "bounce",
         f"RFC 3464 delivery status report; {JANE.email} hard 5.1.1",
         ticket_id=7,
-        events=["bounce"],
-        contacts=[(JANE.email, None, {"bounce_count": 1, "undeliverable": True})],
+        events=["bounce", "bounce_scored"],
+        contacts=[
+            (
+                JANE.email,
+                None,
+                {
+                    "bounce_count": 1,
+                    "bounce_score": 1.0,
+                    "last_bounce_on": TODAY,
+                    "last_bounce_weight": 1.0,
+                    "bounce_reason": "hard 5.1.1",
+                    "undeliverable": False,
+                },
+            )
+        ],
     )
 
 
@@ -119,6 +257,45 @@ def test_bounce_about_nobody_we_know_changes_nothing(policy: Policy) -> None:
     assert summary(plan) == expected(
         "bounce", f"RFC 3464 delivery status report; {JANE.email} hard 5.1.1"
     )
+
+
+# --- VERP: the send a verified token names --------------------------------------------------
+
+
+def test_only_a_verp_token_we_signed_names_a_send(policy: Policy) -> None:
+    good = sign_bounce(policy.config.service.secret_keys, 12)
+    mac = good.partition(".")[2]
+    for token, outbox in ((good, 12), ("12.aaaaaaaaaa", None), (f"13.{mac}", None)):
+        raw = dsn("5.1.1", to=f"bounces+{token}@acme.test")
+        incoming = Incoming("support", 1, raw, len(raw))
+        assert needs(incoming, parse_message(raw), policy).verp_outbox == outbox, token
+
+
+def test_verp_counts_against_the_sends_recipient_whoever_the_report_names(
+    policy: Policy,
+) -> None:
+    """The report names a forward's final address; the token names our send to Jane."""
+    raw = dsn("5.1.1", recipient="jane.roe@forwarded.example")
+    plan = plan_for(policy, raw, facts(returned=returned(verp=12)))
+    assert plan.reason == (
+        "RFC 3464 delivery status report; jane.roe@forwarded.example hard 5.1.1; "
+        f"{JANE.email} hard 5.1.1 (by VERP)"
+    )
+    [change] = plan.contacts
+    assert (change.email, change.changes["bounce_score"]) == (JANE.email, 1.0)
+    assert scored(plan)[0]["outbox_id"] == 12
+
+
+def test_verp_with_several_recipients_counts_only_those_named(policy: Policy) -> None:
+    bob = ContactFacts("bob@example.org", "Bob", id=12)
+    contacts = {JANE.email: JANE, bob.email: bob}
+    several = replace(returned(verp=12), sent_to=frozenset({JANE.email, bob.email}))
+    named = plan_for(policy, dsn("5.1.1"), facts(contacts=contacts, returned=several))
+    assert [c.email for c in named.contacts] == [JANE.email]
+    # naming neither, it cannot say whose it is: nobody's score moves
+    other = dsn("5.1.1", recipient="someone@forwarded.example")
+    unnamed = plan_for(policy, other, facts(contacts=contacts, returned=several))
+    assert (unnamed.outcome, unnamed.contacts, scored(unnamed)) == ("bounce", (), [])
 
 
 def test_complaint_suppresses_the_complainant(policy: Policy) -> None:
