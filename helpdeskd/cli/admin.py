@@ -13,6 +13,7 @@ from typing import Any
 
 from helpdeskd import __version__
 from helpdeskd.cli.command import Subcommands, add_command, print_json, with_db
+from helpdeskd.cli.progress import progress
 from helpdeskd.clock import system_clock
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config
@@ -64,6 +65,13 @@ url = "sqlite:///{database}"                # or postgresql://user@host/db
 # security = "starttls"                     # tls | starttls | none
 # username = "support@acme.test"
 # password_file = "/etc/helpdeskd/smtp-password"   # or auth = "oauth2" with [smtp.oauth]
+# return_path = "bounces@acme.test"         # VERP: bounces name the exact send; deliver
+#                                           # bounces+*@ into a watched mailbox
+
+# Bounce scores, as Mailman keeps them: hard 1, soft 0.5, once a day (docs/admin.md):
+# [bounces]
+# threshold = 5.0                           # suspended for notices at this score
+# stale_after_days = 7                      # the score starts again after a quiet week
 
 # How long personal data is kept, in days or "forever" (docs/privacy.md):
 # [retention]
@@ -179,13 +187,17 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         processor = Processor(Runtime.of(config, backfill=args.backfill), sessions, pool)
         counts: dict[str, int] = {}
         try:
-            batch = []
-            for item in read_sources(args.paths):
-                batch.append(item)
-                if len(batch) >= 50:
-                    _report(await processor.process_batch(batch), args.json, counts)
-                    batch = []
-            _report(await processor.process_batch(batch), args.json, counts)
+            # No total: mbox files and Maildirs are counted only by reading them.
+            with progress("ingesting", None) as advance:
+                batch = []
+                for item in read_sources(args.paths):
+                    batch.append(item)
+                    if len(batch) >= 50:
+                        _report(await processor.process_batch(batch), args.json, counts)
+                        advance(len(batch))
+                        batch = []
+                _report(await processor.process_batch(batch), args.json, counts)
+                advance(len(batch))
         finally:
             pool.close()
         if not args.json:

@@ -6,11 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from helpdeskd.cli.command import Subcommands, add_command, listing, print_json, with_db
+from helpdeskd.cli.command import Subcommands, add_command, listing, with_db
+from helpdeskd.cli.progress import progress
 from helpdeskd.config.settings import Config
-from helpdeskd.desk.customers import contact_detail, customer_rows, import_csv
+from helpdeskd.desk.customers import (
+    RowProblem,
+    count_rows,
+    customer_rows,
+    import_csv,
+)
 from helpdeskd.errors import UserError
-from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.db import SessionMaker
 
 CONTACT_FIELDS = (
     "email",
@@ -25,25 +31,29 @@ CONTACT_FIELDS = (
 
 
 def cmd_customers_import(args: argparse.Namespace, config: Config) -> int:
-    """Import what can be: each bad or merged row is one line on stderr (FILE:LINE: reason),
-    the summary one line on stdout; exit 1 only when rows were given and none was good."""
+    """Import what can be: each bad or merged row is one line on stderr (FILE:LINE: reason) as
+    soon as its chunk is stored, with the progress; the summary is one line on stdout. The file
+    is one transaction: one found broken half-way stores nothing. Exit 1 only when rows were
+    given and none was good."""
+
+    def show(problem: RowProblem) -> None:
+        reason = f"left out: {problem.text}" if problem.left_out else problem.text
+        print(f"{args.file}:{problem.line}: {reason}", file=sys.stderr)
 
     async def body(sessions: SessionMaker) -> int:
-        async with sessions.begin() as session:
-            report = await import_csv(session, args.file)
-        problems = sorted(
-            [(p.line, f"{args.file}:{p.line}: left out: {p.text}") for p in report.bad]
-            + [(p.line, f"{args.file}:{p.line}: {p.text}") for p in report.merged]
-        )
-        for _, line in problems:
-            print(line, file=sys.stderr)
-        if report.bad and not report.imported:
+        try:
+            with progress("importing customers", count_rows(args.file)) as advance:
+                async with sessions.begin() as session:
+                    report = await import_csv(session, args.file, problems=show, advance=advance)
+        except UserError as exc:
+            raise UserError(f"{exc}; nothing imported") from None
+        if report.bad_rows and not report.imported:
             raise UserError(f"{args.file}: no customer imported: every row was bad (see above)")
         summary = f"{report.created} customers added, {report.updated} updated"
-        if report.merged:
-            summary += f", {len(report.merged)} duplicate rows merged"
-        if report.bad:
-            summary += f", {len(report.bad)} bad rows left out"
+        if report.merged_rows:
+            summary += f", {report.merged_rows} duplicate rows merged"
+        if report.bad_rows:
+            summary += f", {report.bad_rows} bad rows left out"
         print(summary)
         return 0
 
@@ -59,25 +69,6 @@ def cmd_customers_list(args: argparse.Namespace, config: Config) -> int:
             f"{row['email']:<36} {row['status']:<14} {row['plan'] or '-':<14} {row['app'] or '-'}"
         ),
     )
-
-
-def cmd_contacts_show(args: argparse.Namespace, config: Config) -> int:
-    async def body(sessions: SessionMaker) -> int:
-        async with reading(sessions) as session:
-            detail = await contact_detail(session, config, args.email)
-        if detail is None:
-            raise UserError(f"no contact {args.email}")
-        if args.json:
-            print_json(detail)
-            return 0
-        for key in CONTACT_FIELDS:
-            print(f"{key}: {detail[key]}")
-        print("notices:")
-        for name, pref in detail["preferences"].items():
-            print(f"  {name:<16} {pref}")
-        return 0
-
-    return with_db(config, body)
 
 
 def add_customers(sub: Subcommands) -> None:

@@ -2,36 +2,77 @@
 
 An import takes what it can: every address is checked with email-validator (syntax only: no DNS,
 no deliverability), a bad row is reported with its line and reason and left out, the good rows
-are stored, and rows that name one address in different cases are merged into one customer.
+are stored, and rows that name one address in different cases are merged into one customer. An
+address erased on request is left out (``helpdeskd.desk.privacy.erased``); an existing contact
+keeps what the import does not own (suppression, bounces, undeliverable).
+
+An import streams: the file is read ``CHUNK`` rows at a time and memory does not grow with it.
+Each chunk costs the same few statements whatever its size, none per row: the erased-address
+check, one INSERT ... RETURNING into a temporary table of the addresses met so far (which gives
+each address's first line, so that a repeat far down the file is still merged into its first
+row), one SELECT counting the contacts that exist (created or updated), and one multi-row
+``INSERT ... ON CONFLICT DO UPDATE`` (a second one only for repeats of earlier chunks). The
+whole import is one transaction, the caller's: a file found broken half-way stores nothing.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+import functools
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    literal,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
 from helpdeskd.desk.notices import covers
-from helpdeskd.desk.privacy import erased
+from helpdeskd.desk.privacy import erased, postgres
 from helpdeskd.errors import UserError
 from helpdeskd.mail.parse import is_address
 from helpdeskd.mail.tokens import ALL_CATEGORIES
-from helpdeskd.store.models import Contact, OptOut
+from helpdeskd.store.models import Contact, OptOut, utcnow
 
 COLUMNS = ("email", "name", "plan", "app", "addon_id", "status")
 STATUSES = ("active", "deprovisioned")
 # The columns' sizes (store.models.Contact): a longer value is a bad row, not a failed import.
 LIMITS = {"email": 320, "name": 200, "plan": 100, "app": 200, "addon_id": 200}
-_CHUNK = 500  # addresses per SELECT or upsert: well under any database's parameter limit
+# Rows per chunk. An upsert of a chunk binds 10 values a row: 5,000 is well under SQLite's
+# (32,766 since 3.32) and PostgreSQL's (32,767) limits on parameters.
+CHUNK = 500
+
+# The addresses this import has met so far, with the line of the first row of each: private
+# to the import's connection (PostgreSQL drops it at COMMIT or ROLLBACK; on SQLite a rollback
+# undoes its creation, and import_csv drops it at the end).
+_SEEN = Table(
+    "helpdeskd_import_seen",
+    MetaData(),
+    Column("email", String(320), primary_key=True),
+    Column("line", Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",
+)
+
+Advance = Callable[[int], None]
+ProblemSink = Callable[["RowProblem"], None]
 
 
 @dataclass(frozen=True)
@@ -61,18 +102,24 @@ class CustomerRow:
 
 @dataclass(frozen=True)
 class RowProblem:
-    """A row of the file that was left out (bad) or merged into an earlier one."""
+    """A row of the file that was left out (bad) or, not LEFT_OUT, merged into an earlier one."""
 
     line: int
     text: str
+    left_out: bool = True
 
 
 @dataclass(frozen=True)
 class ImportReport:
+    """What an import did. The problems themselves are in BAD and MERGED unless import_csv
+    handed them to its ``problems`` callback as they came (then only counted here)."""
+
     created: int
     updated: int
-    bad: tuple[RowProblem, ...]  # rows left out, with the reason
-    merged: tuple[RowProblem, ...]  # rows that repeat an earlier row's address
+    bad_rows: int  # rows left out: bad, or an erased address
+    merged_rows: int  # rows that repeat an earlier row's address
+    bad: tuple[RowProblem, ...] = ()
+    merged: tuple[RowProblem, ...] = ()
 
     @property
     def imported(self) -> int:
@@ -123,19 +170,18 @@ def parse_row(line: int, row: dict[str, str | None]) -> CustomerRow:
     return CustomerRow(line, email, status=status, **cells)
 
 
-def read_customers(
-    path: Path,
-) -> tuple[list[CustomerRow], list[RowProblem], list[RowProblem]]:
-    """Read PATH: the good rows (duplicates merged, first line kept), the bad ones and the
-    merged ones. Raise UserError when the file itself cannot be read."""
+def _open(path: Path) -> Any:
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        return path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
-    found: dict[str, CustomerRow] = {}
-    bad: list[RowProblem] = []
-    merged: list[RowProblem] = []
-    with handle:
+
+
+def read_rows(path: Path) -> Iterator[CustomerRow | RowProblem]:
+    """Yield each row of PATH in file order, checked: a CustomerRow, or the RowProblem that
+    leaves it out. Raise UserError when the file itself cannot be read (at once for its header,
+    or where the damage is: the rows before it have been yielded)."""
+    with _open(path) as handle:
         reader = csv.DictReader(handle)
         try:
             fields = reader.fieldnames or []
@@ -149,68 +195,173 @@ def read_customers(
             for row in reader:
                 line = reader.line_num  # where the row ends: a quoted cell may span lines
                 if None in row:  # more cells than the header has columns
-                    bad.append(RowProblem(line, "more cells than the header line has columns"))
+                    yield RowProblem(line, "more cells than the header line has columns")
                     continue
                 try:
-                    customer = parse_row(line, row)
+                    yield parse_row(line, row)
                 except ValueError as exc:
-                    bad.append(RowProblem(line, str(exc)))
-                    continue
-                first = found.get(customer.email)
-                if first is None:
-                    found[customer.email] = customer
-                else:
-                    found[customer.email] = first.merged(customer)
-                    merged.append(
-                        RowProblem(
-                            line,
-                            f"{customer.email} repeats line {first.line} (addresses are not "
-                            "case-sensitive): merged into one customer",
-                        )
-                    )
+                    yield RowProblem(line, str(exc))
         except csv.Error as exc:
-            raise UserError(f"{path}: not CSV: {exc}") from None
+            # The csv reader's count: DictReader's own is that of the last row it returned.
+            raise UserError(f"{path}: not CSV: {exc} (line {reader.reader.line_num})") from None
         except UnicodeDecodeError:
             raise UserError(f"{path}: not UTF-8 text") from None
-    return list(found.values()), bad, merged
 
 
-def _chunks(items: Sequence[CustomerRow]) -> Iterable[Sequence[CustomerRow]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+def count_rows(path: Path) -> int | None:
+    """How many rows PATH has under its header, for a progress bar; None when that cannot be
+    known cheaply (not a regular file, which cannot be read twice) or the file is broken (the
+    import says how)."""
+    if not path.is_file():
+        return None
+    try:
+        with _open(path) as handle:
+            records = sum(1 for record in csv.reader(handle) if record)
+    except (UserError, OSError, csv.Error, UnicodeDecodeError):
+        return None
+    return max(records - 1, 0)
 
 
-async def store_customers(session: AsyncSession, rows: Sequence[CustomerRow]) -> tuple[int, int]:
-    """Add or update ROWS in SESSION's transaction; return (created, updated).
+def _chunks(rows: Iterable[CustomerRow | RowProblem]) -> Iterator[list[CustomerRow | RowProblem]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        yield chunk
 
-    One upsert per chunk of rows, race-free against a daemon adding the same address at the
-    same moment (from a mail). An existing contact keeps its name when the row has none; its
-    plan, app and add-on id become the row's (empty clears them), as a re-import should.
-    """
-    existing = 0
-    for chunk in _chunks(rows):
-        existing += (
-            await session.scalar(
-                select(func.count(Contact.id)).where(Contact.email.in_([r.email for r in chunk]))
-            )
-            or 0
+
+def _keep_name(excluded: Any) -> dict[str, ColumnElement[Any]]:
+    """A customer's first rows in the file: their cells are the customer's now. No name keeps
+    the name known (from their mail, say); an empty plan, app or add-on id clears it."""
+    return {
+        "name": func.coalesce(excluded.name, Contact.name),
+        "plan": excluded.plan,
+        "app": excluded.app,
+        "addon_id": excluded.addon_id,
+        "status": excluded.status,
+    }
+
+
+def _fill_in(excluded: Any) -> dict[str, ColumnElement[Any]]:
+    """Rows repeating an address that an earlier chunk stored: they fill in what they give,
+    as CustomerRow.merged does within a chunk."""
+    return {
+        key: func.coalesce(getattr(excluded, key), getattr(Contact, key))
+        for key in ("name", "plan", "app", "addon_id", "status")
+    }
+
+
+def _repeats(rows: list[CustomerRow], first_line: int) -> list[RowProblem]:
+    return [
+        RowProblem(
+            row.line,
+            f"{row.email} repeats line {first_line} (addresses are not case-sensitive): "
+            "merged into one customer",
+            left_out=False,
         )
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Contact)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["email"],
-        set_={
-            "name": func.coalesce(stmt.excluded.name, Contact.name),
-            "plan": stmt.excluded.plan,
-            "app": stmt.excluded.app,
-            "addon_id": stmt.excluded.addon_id,
-            "status": stmt.excluded.status,
-        },
-    )
-    for chunk in _chunks(rows):
-        await session.execute(
-            stmt,
+        for row in rows
+    ]
+
+
+class _Import:
+    """One import in SESSION's transaction, fed chunk by chunk."""
+
+    def __init__(self, session: AsyncSession, problems: ProblemSink | None) -> None:
+        self.session = session
+        self.pg = postgres(session)
+        self.insert: Any = pg_insert if self.pg else sqlite_insert
+        self.problems = problems
+        self.kept: list[RowProblem] = []  # when no callback takes them
+        self.created = self.updated = self.bad_rows = self.merged_rows = 0
+        self.now = utcnow()
+
+    async def begin(self) -> None:
+        connection = await self.session.connection()
+        if self.pg:
+            # A generic plan, made on the first chunks while the table was small, would scan
+            # it for every chunk once it is large; a plan per statement keeps to the index.
+            await connection.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        else:
+            await connection.execute(text("DROP TABLE IF EXISTS temp.helpdeskd_import_seen"))
+        await connection.run_sync(_SEEN.create)
+
+    async def end(self) -> None:
+        await (await self.session.connection()).run_sync(_SEEN.drop)
+
+    async def chunk(self, items: list[CustomerRow | RowProblem]) -> None:
+        """Store the good rows of ITEMS, merging repeats, and report the rest in line order."""
+        problems = [item for item in items if isinstance(item, RowProblem)]
+        by_address: dict[str, list[CustomerRow]] = {}
+        for item in items:
+            if isinstance(item, CustomerRow):
+                by_address.setdefault(item.email, []).append(item)
+        if by_address:
+            # An address erased on request is never a customer again: no notice may reach it.
+            gone = await erased(self.session, by_address)
+            first_lines = await self._meet(by_address)
+            new: list[CustomerRow] = []  # the customers this chunk is the first to give
+            again: list[CustomerRow] = []  # those an earlier chunk gave: filled in
+            for email, rows in by_address.items():
+                customer = functools.reduce(CustomerRow.merged, rows)
+                first_line = first_lines[email]
+                if first_line == rows[0].line:
+                    problems += _repeats(rows[1:], first_line)
+                    if email in gone:
+                        problems.append(
+                            RowProblem(first_line, "an address erased on request: not imported")
+                        )
+                    else:
+                        new.append(customer)
+                else:
+                    problems += _repeats(rows, first_line)
+                    if email not in gone:
+                        again.append(customer)
+            if new:
+                existing = await self._existing([row.email for row in new])
+                self.created += len(new) - existing
+                self.updated += existing
+                await self._upsert(new, fill_in=False)
+            if again:
+                await self._upsert(again, fill_in=True)
+        for problem in sorted(problems, key=lambda p: p.line):
+            self._report(problem)
+
+    async def _meet(self, by_address: dict[str, list[CustomerRow]]) -> dict[str, int]:
+        """Record this chunk's addresses as met; return the first line of each in the file
+        (of an earlier chunk if one had it, else of this one), in one statement."""
+        stmt = self.insert(_SEEN)
+        # Setting the line to itself on a conflict makes RETURNING give the row kept.
+        stmt = stmt.on_conflict_do_update(index_elements=["email"], set_={"line": _SEEN.c.line})
+        connection = await self.session.connection()
+        result = await connection.execute(
+            stmt.returning(_SEEN.c.email, _SEEN.c.line),
+            [{"email": email, "line": rows[0].line} for email, rows in by_address.items()],
+        )
+        return {email: line for email, line in result}
+
+    async def _existing(self, emails: list[str]) -> int:
+        """How many of EMAILS are contacts already, in one SELECT. On PostgreSQL as IN (SELECT
+        unnest(array)), which it looks up address by address in the index; with a list of
+        literals it scans a table that has no statistics yet (as one this import fills) for
+        every chunk."""
+        if self.pg:
+            among = Contact.email.in_(select(func.unnest(literal(emails, ARRAY(String)))))
+        else:
+            among = Contact.email.in_(emails)
+        return await self.session.scalar(select(func.count()).where(among)) or 0
+
+    async def _upsert(self, rows: list[CustomerRow], *, fill_in: bool) -> None:
+        """Add or update ROWS in one multi-row INSERT ... ON CONFLICT DO UPDATE: race-free
+        against a daemon adding the same address from a mail at the same moment. FILL_IN: the
+        rows repeat customers an earlier chunk stored (an empty cell, status too, keeps)."""
+        stmt = self.insert(Contact)
+        update = _fill_in(stmt.excluded) if fill_in else _keep_name(stmt.excluded)
+        stmt = stmt.on_conflict_do_update(index_elements=["email"], set_=update)
+        # Given a list of rows and RETURNING, SQLAlchemy sends them as multi-row VALUES (up to
+        # 1,000 rows a statement: "insertmanyvalues") compiled once; .values(rows) would be
+        # compiled afresh for every chunk, and without RETURNING it would be an executemany.
+        # Core, not the ORM: rows to an ORM insert would make it an ORM bulk insert.
+        connection = await self.session.connection()
+        await connection.execute(
+            stmt.returning(Contact.id),
             [
                 {
                     "email": r.email,
@@ -218,30 +369,59 @@ async def store_customers(session: AsyncSession, rows: Sequence[CustomerRow]) ->
                     "plan": r.plan,
                     "app": r.app,
                     "addon_id": r.addon_id,
-                    "status": r.status or "active",
+                    "status": r.status if fill_in else r.status or "active",
                     "undeliverable": False,
                     "bounce_count": 0,
                     "suppressed": False,
+                    "created_at": self.now,
                 }
-                for r in chunk
+                for r in rows
             ],
         )
-    return len(rows) - existing, existing
+
+    def _report(self, problem: RowProblem) -> None:
+        if problem.left_out:
+            self.bad_rows += 1
+        else:
+            self.merged_rows += 1
+        if self.problems is not None:
+            self.problems(problem)
+        else:
+            self.kept.append(problem)
+
+    def report(self) -> ImportReport:
+        return ImportReport(
+            self.created,
+            self.updated,
+            self.bad_rows,
+            self.merged_rows,
+            tuple(p for p in self.kept if p.left_out),
+            tuple(p for p in self.kept if not p.left_out),
+        )
 
 
-async def import_csv(session: AsyncSession, path: Path) -> ImportReport:
-    """Add or update the customers of PATH in SESSION's transaction, leaving out bad rows."""
-    rows, bad, merged = read_customers(path)
-    # An address erased on request is never a customer again: no notice may reach it.
-    gone = await erased(session, [r.email for r in rows])
-    bad += [
-        RowProblem(r.line, "an address erased on request: not imported")
-        for r in rows
-        if r.email in gone
-    ]
-    rows = [r for r in rows if r.email not in gone]
-    created, updated = await store_customers(session, rows)
-    return ImportReport(created, updated, tuple(bad), tuple(merged))
+async def import_csv(
+    session: AsyncSession,
+    path: Path,
+    *,
+    problems: ProblemSink | None = None,
+    advance: Advance | None = None,
+) -> ImportReport:
+    """Add or update the customers of PATH in SESSION's transaction, leaving out bad rows.
+
+    Each bad or merged row goes to PROBLEMS as soon as its chunk is stored, in line order (or,
+    without PROBLEMS, into the report: for small files). ADVANCE is told how many rows of the
+    file each chunk took. Raise UserError if the file turns out to be unreadable; the caller's
+    transaction then holds a part of the file and must roll back.
+    """
+    work = _Import(session, problems)
+    await work.begin()
+    for chunk in _chunks(read_rows(path)):
+        await work.chunk(chunk)
+        if advance is not None:
+            advance(len(chunk))
+    await work.end()
+    return work.report()
 
 
 def _row(contact: Contact) -> dict[str, Any]:

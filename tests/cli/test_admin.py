@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Desk, cli, cli_json
+from tests.mailgen import customer_mail
 from tests.outbox.test_sender import _queue
 
 
@@ -189,3 +190,22 @@ async def test_status_shows_the_daemons_who_polls_each_mailbox_and_stale_ones(
     assert re.search(r"^daemon host-b pid 1 \(.+\): STALE, last heartbeat", text, re.M), text
     assert "mailbox support: polled by host-a pid 1; last poll never, last ok never" in text
     assert "mailbox sales: not polled now (no daemon holds its lease); last poll never" in text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_ingest_tells_its_progress_on_stderr_and_answers_on_stdout(
+    make_config, tmp_path, monkeypatch
+):
+    config = make_config()
+    monkeypatch.setenv("HELPDESKD_PROGRESS_EVERY", "0")  # a plain line at every batch
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"{n}.eml").write_bytes(customer_mail(n))
+    proc = cli(config, "ingest", "--backfill", str(folder))
+    assert proc.stdout.splitlines()[-1] == "new_ticket: 3"
+    # Not a terminal: plain lines; no total, as an mbox is counted only by reading it.
+    assert [re.sub(r", \d+/s", "", line) for line in proc.stderr.splitlines()[-2:]] == [
+        "ingesting: 3",
+        "ingesting: 3, done",
+    ], proc.stderr
