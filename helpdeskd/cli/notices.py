@@ -8,8 +8,6 @@ mail builder, which ``helpdeskd tickets list`` should not wait for.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
 
 
 def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
+    from helpdeskd.cli.progress import progress
     from helpdeskd.desk.notices import Audience, send_notice
     from helpdeskd.mail.render import Renderer
 
@@ -32,7 +31,6 @@ def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
     extra = dict(_pairs(args.var))
 
     async def body(sessions: SessionMaker) -> int:
-        progress = _progress_bar("rendering") if sys.stderr.isatty() else None
         report = await send_notice(
             sessions,
             config,
@@ -46,8 +44,6 @@ def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
             progress=progress,
             clock=system_clock,
         )
-        if progress is not None:
-            sys.stderr.write("\n")
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
         when = show_time(send_at, config.service.timezone) if send_at else "now"
         verb = "would queue" if args.dry_run else f"notice {report.notice_id}: queued"
@@ -68,17 +64,6 @@ def _pairs(items: list[str] | None) -> list[tuple[str, str]]:
             raise UserError(f"--var {item!r}: expected NAME=VALUE")
         pairs.append((key, value))
     return pairs
-
-
-def _progress_bar(label: str) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        if done % 25 and done != total:
-            return
-        filled = 30 * done // max(total, 1)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-        sys.stderr.flush()
-
-    return show
 
 
 def cmd_notice_list(args: argparse.Namespace, config: Config) -> int:

@@ -15,6 +15,7 @@ from helpdeskd.desk.customers import customer_rows, import_csv
 from helpdeskd.desk.erasure import erase, finish_held
 from helpdeskd.desk.notices import (
     Audience,
+    Spool,
     plan_notice,
     queue_notice,
     recheck,
@@ -314,31 +315,29 @@ async def test_a_notice_rendered_while_she_was_erased_does_not_reach_her(
     renderer = Renderer(config.paths.templates)
     extra = {"title": "Race", "status": "identified", "message": "-", "status_url": "-"}
     async with Desk(config) as desk:
-        # send_notice's three steps, with the erasure between the plan and the store.
-        async with desk.sessions() as session:
-            plan = await plan_notice(
-                session,
-                config,
-                renderer,
-                category="incident",
-                template="incident",
-                audience=Audience(),
-            )
+        # send_notice's two steps, with the erasure between rendering and storing.
+        plan = plan_notice(
+            config, renderer, category="incident", template="incident", audience=Audience()
+        )
         now = system_clock()
-        rendered = render_notice(config, renderer, plan, send_at=now, extra=extra)
-        assert len(rendered.mails) == 2
-        await erase(desk.sessions, config, ADA, by="dpo", now=now)
-        async with desk.sessions.begin() as session:
-            await store_notice(
-                session,
-                config,
-                plan,
-                rendered,
-                audience=Audience(),
-                now=now,
-                send_at=now,
-                expires_at=None,
-            )
+        with Spool() as spool:
+            async with desk.sessions() as session:
+                tally = await render_notice(
+                    session, config, renderer, plan, send_at=now, extra=extra, spool=spool
+                )
+            assert tally.queued == 2
+            await erase(desk.sessions, config, ADA, by="dpo", now=now)
+            async with desk.sessions.begin() as session:
+                await store_notice(
+                    session,
+                    config,
+                    plan,
+                    spool.replay(),
+                    tally,
+                    now=now,
+                    send_at=now,
+                    expires_at=None,
+                )
         await OutboxSender(desk.sessions, config.smtp, recheck=recheck).drain(30)
     notices = [d for d in smtp_sink.deliveries if "incident" in str(d.message["List-Id"])]
     assert [d.recipients for d in notices] == [[BOB]]
