@@ -30,6 +30,7 @@ from helpdeskd.config.settings import (
     OAUTH_MECHANISMS,
     OAUTH_PROVIDERS,
     AgentConfig,
+    BouncesConfig,
     Config,
     DatabaseConfig,
     DkimConfig,
@@ -41,6 +42,7 @@ from helpdeskd.config.settings import (
     ParseConfig,
     PathsConfig,
     RetentionConfig,
+    SendRates,
     ServiceConfig,
     SmtpConfig,
     StatusPageConfig,
@@ -399,6 +401,79 @@ def _shared_token_files(owners: list[tuple[str, OAuthConfig]]) -> None:
             )
 
 
+def _return_path(table: _Table) -> str | None:
+    """``[smtp] return_path``: the VERP base address, whose local part takes ``+TOKEN``."""
+    if table.get("return_path", str, None) is None:
+        return None
+    address = _address(table, "return_path")
+    if "+" in address.partition("@")[0]:
+        raise ConfigError(
+            f"{table.key('return_path')}: {address!r} has a '+' already; "
+            "write the base address (bounces@…), helpdeskd adds +TOKEN to it"
+        )
+    return address
+
+
+MAX_SMTP_CONNECTIONS = 64
+
+
+def _connections(table: _Table) -> int:
+    """``[smtp] connections``: how many SMTP connections the outbox keeps open."""
+    value: int = table.get("connections", int, 4)
+    if not 1 <= value <= MAX_SMTP_CONNECTIONS:
+        raise ConfigError(
+            f"{table.key('connections')}: must be from 1 to {MAX_SMTP_CONNECTIONS}, not {value}"
+        )
+    return value
+
+
+def _rate(table: _Table, name: str, default: float | None) -> float | None:
+    """A rate in mails per second: a number above 0, or 0 for no limit (None)."""
+    value = table.get(name, (int, float), default if default is not None else 0)
+    if value < 0 or value != value or value == float("inf"):
+        raise ConfigError(
+            f"{table.key(name)}: must be a number of mails per second, or 0 for no limit"
+        )
+    return float(value) or None
+
+
+def _send_rates(table: _Table) -> SendRates:
+    """``[smtp.rates]``: mails per second of each class of mail (0: no limit)."""
+    defaults = SendRates()
+    rates = SendRates(
+        critical=_rate(table, "critical", defaults.critical),
+        optional=_rate(table, "optional", defaults.optional),
+        transactional=_rate(table, "transactional", defaults.transactional),
+    )
+    table.check_unknown()
+    return rates
+
+
+_RATE_DOMAIN = re.compile(r"^(?=.{1,253}$)[^\s@.]+(\.[^\s@.]+)+$")
+
+
+def _domain_rates(table: _Table) -> dict[str, Any]:
+    """``[smtp.domain_rates]``: mails per second to a destination domain, by domain name, and
+    ``default`` for the others (0: no limit)."""
+    default = _rate(table, "default", SmtpConfig.domain_rate)
+    named: dict[str, float | None] = {}
+    for name in table.data:
+        if name == "default":
+            continue
+        if isinstance(table.data[name], dict):  # gmail.com = 20: TOML reads a dotted key
+            raise ConfigError(f'{table.key(name)}: quote a domain name with dots: "{name}.…" = 20')
+        domain = name.strip().rstrip(".").lower()
+        if not _RATE_DOMAIN.match(domain):
+            raise ConfigError(
+                f"{table.key(name)}: not a domain name; write the part after @ "
+                '("gmail.com" = 20), or default'
+            )
+        if domain in named:
+            raise ConfigError(f"{table.key(name)}: {domain!r} is named twice")
+        named[domain] = _rate(table, name, None)
+    return {"domain_rates": tuple(sorted(named.items())), "domain_rate": default}
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -454,6 +529,20 @@ def _retention(table: _Table) -> RetentionConfig:
     )
     table.check_unknown()
     return retention
+
+
+def _bounces(table: _Table) -> BouncesConfig:
+    """Read ``[bounces]``: the score that suspends an address, and when a score goes stale."""
+    defaults = BouncesConfig()
+    stale = table.get("stale_after_days", int, defaults.stale_after_days)
+    if stale < 1:
+        raise ConfigError(f"{table.key('stale_after_days')}: a number of days, 1 or more")
+    threshold = _positive(table, "threshold", defaults.threshold)
+    if threshold != threshold:  # nan: no score would ever reach it, silently
+        raise ConfigError(f"{table.key('threshold')}: must be a number greater than 0")
+    bounces = BouncesConfig(threshold=threshold, stale_after_days=stale)
+    table.check_unknown()
+    return bounces
 
 
 def parse_config(
@@ -550,6 +639,10 @@ def parse_config(
             retry_max=_positive(smtp_t, "retry_max", 3600),
             auth=smtp_auth,
             oauth=smtp_oauth,
+            return_path=_return_path(smtp_t),
+            connections=_connections(smtp_t),
+            rates=_send_rates(smtp_t.table("rates")),
+            **_domain_rates(smtp_t.table("domain_rates")),
         )
         if security == "none" and not _is_loopback(smtp.host):
             raise ConfigError("smtp.security: 'none' is allowed only on loopback hosts")
@@ -626,6 +719,7 @@ def parse_config(
     )
     status_t.check_unknown()
     retention = _retention(root.table("retention"))
+    bounces = _bounces(root.table("bounces"))
     root.check_unknown()
     return Config(
         service=service,
@@ -641,6 +735,7 @@ def parse_config(
         dkim=dkim,
         status_page=status_page,
         retention=retention,
+        bounces=bounces,
         source=source,
     )
 

@@ -145,6 +145,20 @@ class MailboxConfig:
 
 
 @dataclass(frozen=True)
+class SendRates:
+    """``[smtp.rates]``: mails per second the outbox sends of each class, at most; None: no limit.
+
+    Notices of critical categories (maintenance, incident, ...) may go faster than optional ones;
+    transactional mail (acknowledgements, replies, agents' notifications) is never held behind
+    either, whatever the rates.
+    """
+
+    critical: float | None = 200.0
+    optional: float | None = 20.0
+    transactional: float | None = None
+
+
+@dataclass(frozen=True)
 class SmtpConfig:
     host: str
     port: int
@@ -157,6 +171,19 @@ class SmtpConfig:
     retry_max: float = 3600.0
     auth: str = "password"  # password | oauth2
     oauth: OAuthConfig | None = None  # set exactly when auth = "oauth2"
+    # VERP: each mail's MAIL FROM is bounces+<outbox id>.<mac>@domain under this address, so a
+    # bounce names the exact send (helpdeskd.mail.tokens.bounce_address). None: the From address.
+    return_path: str | None = None
+    connections: int = 4  # SMTP connections the outbox keeps open, each sending its own mail
+    rates: SendRates = field(default_factory=SendRates)
+    # [smtp.domain_rates]: mails per second to one destination domain, at most (None: no limit),
+    # by domain (lower case); DOMAIN_RATE for every domain not named.
+    domain_rates: tuple[tuple[str, float | None], ...] = ()
+    domain_rate: float | None = 50.0
+
+    def rate_for(self, domain: str) -> float | None:
+        """Mails per second the outbox may send to DOMAIN (None: no limit)."""
+        return dict(self.domain_rates).get(domain, self.domain_rate)
 
 
 @dataclass(frozen=True)
@@ -237,6 +264,20 @@ class RetentionConfig:
     event_days: int | None = 730  # events: of a ticket after it closed; others after they happened
     processed_mail_days: int | None = None  # the processed folders' mail, after arrival
     batch: int = 200  # rows handled per transaction
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    """The ``[bounces]`` table: Mailman's bounce scoring (helpdeskd.triage.bounces).
+
+    A hard bounce of our mail scores 1, a soft one 0.5, at most one a day per address (the
+    highest that day counts); a spam or policy refusal scores 0. At THRESHOLD the address is
+    suspended (no notices, acknowledgements or reminders); the score starts again from 0 when
+    the last scored bounce is more than STALE_AFTER_DAYS days old.
+    """
+
+    threshold: float = 5.0
+    stale_after_days: int = 7  # Mailman's bounce_info_stale_after
 
 
 # --- [heroku] ------------------------------------------------------------------------------
@@ -331,6 +372,7 @@ class Config:
     dkim: DkimConfig | None = None
     status_page: StatusPageConfig = field(default_factory=StatusPageConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     source: Path | None = None
 
     def agent(self, email: str) -> AgentConfig | None:

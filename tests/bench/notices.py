@@ -11,20 +11,33 @@ Phases:
 
 1. setup (in a child process, so that its memory does not count in phase 2's peak RSS):
    ``helpdeskd.store.db.upgrade``, then N customers from a generated CSV through
-   ``helpdeskd.desk.customers.import_csv`` in one transaction, as ``helpdeskd customers import``.
-2. queue: ``queue_notice`` of the optional category ``feature_update`` with the shipped
-   template ``feature_update`` to every customer (``Audience()``: all), then COMMIT, in one
-   transaction as ``helpdeskd notice send``. Wall time, recipients/s, and the process's peak
-   RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) before and after.
-3. raw arm: the first M rendered mails (the ``data`` column of their outbox rows) sent by one
-   ``aiosmtplib.SMTP`` connection, ``sendmail`` one after the other; timed from connect to QUIT.
+   ``helpdeskd.desk.customers.import_csv`` in one transaction, as ``helpdeskd customers import``;
+   when N > 10,000, a second database with the first 10,000 of them the same way.
+2. queue: the optional category ``feature_update`` with the shipped template
+   ``feature_update`` to every customer (``Audience()``: all), at 10,000 customers (when N is
+   more) and then at N, each of two ways: ``queue_notice`` in one transaction (as incidents and
+   maintenance notices are queued) and ``send_notice`` (``helpdeskd notice send``: rendered
+   into a spool on disk under a read-only transaction, then inserted in one transaction). Each
+   run is a fresh child process (``spawn``) on a fresh copy of its database, so that each peak
+   RSS is its own; the last one, ``notice send`` to all N, runs on the database the send phases
+   use. Per run: wall time (and each step's, as its progress reports them), recipients/s, CPU,
+   the child's peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) before and after and the
+   growth per recipient, the SQL statements and COMMITs.
+3. raw arm: the first M rendered mails (the ``data`` column of their outbox rows) sent over C
+   ``aiosmtplib.SMTP`` connections at once (C = ``--connections``, default ``[smtp]
+   connections``, 4), each a loop of ``sendmail`` over every C-th mail; timed from the connects
+   to the last QUIT.
 4. helpdeskd arm: ``OutboxSender(sessions, smtp, recheck=notices.recheck).drain()`` delivering
-   those M rows. ``queue_notice`` spreads a notice over time (row i is due ``i / rate`` seconds
-   after ``send_at``, ``[notices] rate`` defaults to 20/s); the config here sets
-   ``rate = 1e9`` so that every row is due at once and the sender runs flat out. The rows after
-   the first M stay in the table (a 10,000-row queue) but are moved a day ahead, so that
-   ``drain()`` stops after M.
+   those M rows as the daemon does (batch claims, C connections, results recorded in batches),
+   flat out like the raw loops: ``[smtp.rates]`` and ``[smtp.domain_rates]`` lifted. The config
+   sets ``[notices] rate = 1e9`` so that every row is due at once. The rows after the first M
+   stay in the table (a large queue) but are moved a day ahead, so that ``drain()`` stops after
+   M. Send rate, CPU ms/mail and SQL statements/mail (the raw loops run none).
 5. raw arm again; the raw figure used for the ratio is the mean of the two runs.
+6. incident: the first ``--incident`` rows of the notice (default 10,000; 0 skips it) made due
+   again at once and their notice an ``incident`` (critical), sent at the default rates
+   (``[smtp.rates] critical``, ``[smtp.domain_rates] default``): the time to hand them all to
+   the relay.
 
 The sink runs in its own process (``--inproc-sink`` puts it in a thread of this one, as the
 tests do), so its work does not compete with the sender for this process's GIL. helpdeskd logs
@@ -48,7 +61,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -297,22 +310,414 @@ def setup_database(url: str, csv_path: Path) -> tuple[float, int, int, float, fl
     return result
 
 
+# --- the queue phase: each measurement in a child process of its own --------------------------
+
+QUEUE_WAYS = {
+    "notice send": "send_notice: rendered into a spool under a read-only transaction, then "
+    "inserted in one transaction",
+    "queue_notice": "queue_notice in one transaction (as incidents and maintenance do)",
+}
+FIRST_SIZE = 10_000  # the first measurement; then the full --recipients
+
+
+@dataclass
+class QueueRun:
+    """One queue measurement, as the child reports it."""
+
+    way: str
+    report: dict[str, Any]  # NoticeReport's fields
+    wall: float
+    cpu: float
+    busy: float
+    phases: dict[str, float]  # progress label ("rendering", "queueing") -> seconds
+    rss_before: float  # peak RSS before queueing (imports, engine, a first connection)
+    rss_now: float  # current RSS then
+    rss_after: float  # peak RSS after the commit
+    statements: int
+    commits: int
+
+
+def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
+    """Child process: queue the notice one WAY and report a QueueRun, as ``notice send`` does."""
+    import dataclasses
+
+    from helpdeskd.config.load import load_config
+    from helpdeskd.daemon.logs import configure
+    from helpdeskd.desk.notices import Audience, queue_notice, send_notice
+    from helpdeskd.mail.render import Renderer
+    from helpdeskd.store.db import create_engine, sessionmaker
+    from helpdeskd.store.models import utcnow
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent kills it on Ctrl-C
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - the process ends after this
+    configure(json=True, level="INFO", stream=devnull)
+    config = load_config(Path(config_path))
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=url))
+    phases: dict[str, float] = {}
+
+    @contextmanager
+    def timed(label: str, _total: int | None) -> Iterator[Any]:
+        start = time.perf_counter()
+        try:
+            yield lambda _n: None
+        finally:
+            phases[label] = phases.get(label, 0.0) + time.perf_counter() - start
+
+    async def run() -> QueueRun:
+        engine = create_engine(url)
+        counter = StatementCounter(engine)
+        sessions = sessionmaker(engine)
+        renderer = Renderer(config.paths.templates)
+        extra = {"message": "Connection pooling is here."}
+        try:
+            async with engine.connect() as warm:
+                await warm.exec_driver_sql("SELECT 1")
+            rss_before, rss_now = peak_rss_mb(), current_rss_mb()
+            statements0 = counter.reading()
+            with measure() as span:
+                if way == "notice send":
+                    report = await send_notice(
+                        sessions,
+                        config,
+                        renderer,
+                        category="feature_update",
+                        template="feature_update",
+                        audience=Audience(),
+                        extra=extra,
+                        progress=timed,
+                    )
+                else:
+                    async with sessions() as session, session.begin():
+                        report = await queue_notice(
+                            session,
+                            config,
+                            renderer,
+                            category="feature_update",
+                            template="feature_update",
+                            audience=Audience(),
+                            now=utcnow(),
+                            extra=extra,
+                            progress=timed,
+                        )
+            statements = counter.reading()
+            return QueueRun(
+                way,
+                dataclasses.asdict(report),
+                span.wall,
+                span.cpu,
+                span.busy,
+                phases,
+                rss_before,
+                rss_now,
+                peak_rss_mb(),
+                statements[0] - statements0[0],
+                statements[1] - statements0[1],
+            )
+        finally:
+            await engine.dispose()
+
+    conn.send(dataclasses.asdict(asyncio.run(run())))  # a dict: __main__'s classes differ
+
+
+def queue_in_child(config_path: Path, url: str, way: str) -> QueueRun:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_queue_main, args=(str(config_path), url, way, child), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(3600):
+            raise BenchError(f"{way}: queueing took longer than an hour")
+        result = QueueRun(**parent.recv())
+        process.join(10)
+    except EOFError:
+        raise BenchError(f"{way}: the queue child failed (exit code {process.exitcode})") from None
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return result
+
+
+def queue_line(run: QueueRun) -> str:
+    queued = run.report["queued"]
+    phases = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in run.phases.items())
+    return (
+        f"  {run.way:<13} {queued:>7} {run.wall:7.2f} s = {rate(queued, run.wall):7.0f} "
+        f"recipients/s ({phases}; CPU {run.cpu:.2f} s, machine {100 * run.busy:.0f}% busy)\n"
+        f"  {'':<13} {'':>7} peak RSS +{run.rss_after - run.rss_before:.1f} MiB "
+        f"({run.rss_before:.1f} MiB peak, {run.rss_now:.1f} MiB current before; "
+        f"{run.rss_after:.1f} MiB after), "
+        f"{1024 * (run.rss_after - run.rss_before) / max(1, queued):.2f} KiB/recipient; "
+        f"{run.statements} SQL statements, {run.commits} COMMIT"
+    )
+
+
+def queue_phase(
+    args: argparse.Namespace, config_path: Path, url: str, small_url: str | None
+) -> Any:
+    """Queue the notice at FIRST_SIZE (on SMALL_URL's database) and at --recipients, each way
+    in a fresh child process on a fresh copy of the database; the last, ``notice send`` to
+    every customer, on URL's database itself, which the send phase then uses. Return its
+    NoticeReport."""
+    from helpdeskd.desk.notices import NoticeReport
+
+    sizes = [(FIRST_SIZE, small_url)] if small_url is not None else []
+    sizes.append((args.recipients, url))
+    say()
+    say("queue: feature_update (optional, shipped template) to every customer, each run in a")
+    say("fresh child process (peak RSS its own) on a fresh copy of the database:")
+    for way, what in QUEUE_WAYS.items():
+        say(f"  {way}: {what}")
+    report: Any = None
+    for count, source in sizes:
+        say(f"  -- {count} customers")
+        for way in ("queue_notice", "notice send"):
+            last = source == url and way == "notice send"
+            target = source if last else _copy_database(source, f"copy-{count}-{way[:5]}")
+            try:
+                run = queue_in_child(config_path, target, way)
+            finally:
+                if not last:
+                    _remove_database(target)
+            if run.report["queued"] != count or run.report["notice_id"] is None:
+                raise BenchError(f"{way}: queued {run.report} of {count}")
+            say(queue_line(run))
+            if last:
+                report = NoticeReport(**run.report)
+    return report
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def _copy_database(url: str, name: str) -> str:
+    """A copy of the (closed, checkpointed) SQLite database at URL, as a URL."""
+    source = _sqlite_path(url)
+    target = source.with_name(f"{name.replace(' ', '')}.db")
+    shutil.copyfile(source, target)
+    return f"sqlite:///{target}"
+
+
+def _remove_database(url: str) -> None:
+    path = _sqlite_path(url)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 # --- the raw arm ------------------------------------------------------------------------------
 
 
-async def raw_send(host: str, port: int, mails: list[tuple[str, str, bytes]]) -> Span:
-    """Send MAILS over one aiosmtplib connection, one sendmail after the other."""
-    with measure() as span:
+async def raw_send(
+    host: str, port: int, mails: list[tuple[str, str, bytes]], connections: int
+) -> Span:
+    """Send MAILS over CONNECTIONS aiosmtplib connections at once, each a loop of sendmail
+    over its share of them (every CONNECTIONS-th mail); timed from connect to the last QUIT."""
+
+    async def loop(share: list[tuple[str, str, bytes]]) -> None:
         client = aiosmtplib.SMTP(
             hostname=host, port=port, timeout=30, use_tls=False, start_tls=False
         )
         await client.connect()
         try:
-            for sender, recipient, data in mails:
+            for sender, recipient, data in share:
                 await client.sendmail(sender, [recipient], data)
         finally:
             await client.quit()
+
+    with measure() as span:
+        await asyncio.gather(*(loop(mails[i::connections]) for i in range(connections)))
     return span
+
+
+async def send_phase(
+    args: argparse.Namespace,
+    config: Any,
+    sessions: Any,
+    counter: StatementCounter,
+    sink: Sink,
+    notice_id: int | None,
+    queued: int,
+) -> None:
+    """Phases 3 to 6: the raw loops, the sender, the raw loops again (the first M rows of the
+    notice); then the whole notice as an incident at the default rates."""
+    from helpdeskd.config.settings import NoticesConfig, SendRates, SmtpConfig
+    from helpdeskd.desk import notices
+    from helpdeskd.outbox.sender import OutboxSender
+    from helpdeskd.store.models import Notice, Outbox, OutboxRecipient, utcnow
+
+    assert config.smtp is not None and notice_id is not None
+    # The queue phase's children wrote the database while this process held a pooled
+    # connection opened before; SQLite may have removed the WAL behind it: start afresh.
+    await sessions.kw["bind"].dispose()
+    # --- keep only the first M rows due ------------------------------------------------------
+    send = min(args.send, queued)
+    async with sessions() as session, session.begin():
+        ids = list(
+            await session.scalars(
+                select(Outbox.id)
+                .where(Outbox.notice_id == notice_id)
+                .order_by(Outbox.next_attempt_at, Outbox.id)
+                .limit(send)
+            )
+        )
+        await session.execute(
+            update(Outbox)
+            .where(Outbox.notice_id == notice_id, Outbox.id.not_in(ids))
+            .values(next_attempt_at=utcnow() + DAY)
+        )
+        await session.execute(
+            update(Outbox).where(Outbox.id.in_(ids)).values(next_attempt_at=utcnow())
+        )
+        rows = (
+            await session.execute(
+                select(Outbox.envelope_from, OutboxRecipient.address, Outbox.data)
+                .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
+                .where(Outbox.id.in_(ids))
+                .order_by(Outbox.next_attempt_at, Outbox.id)
+            )
+        ).all()
+    mails = [(str(s), str(a), bytes(d)) for s, a, d in rows]
+    if len(mails) != send:
+        raise BenchError(f"expected {send} rendered mails, read {len(mails)}")
+
+    connections = args.connections or config.smtp.connections
+    # Flat out, as the raw loops: no rate (the rates' own phase is the incident's, below).
+    flat = replace(
+        config.smtp,
+        connections=connections,
+        rates=SendRates(critical=None, optional=None, transactional=None),
+        domain_rates=(),
+        domain_rate=None,
+    )
+    say()
+    say(
+        f"send: the first {send} of the {queued} queued mails to an aiosmtpd sink "
+        f"({'in this process' if args.inproc_sink else 'in its own process'}), "
+        f"no DKIM, no TLS, {connections} SMTP connections in both arms, no rate limits"
+    )
+
+    async def raw(label: str) -> Span:
+        before = sink.count()
+        span = await raw_send(config.smtp.host, config.smtp.port, mails, connections)
+        got = sink.count() - before
+        if got != send:
+            raise BenchError(f"{label}: the sink got {got} mails, not {send}")
+        say(arm_line(label, send, span) + ", 0 SQL statements/mail")
+        return span
+
+    raw1 = await raw("raw aiosmtplib (1)")
+
+    sender = OutboxSender(sessions, flat, recheck=notices.recheck)
+    before_count, before_sql = sink.count(), counter.reading()
+    with measure() as desk:
+        await sender.drain(limit=args.drain_limit)
+    await sender.close()
+    got = sink.count() - before_count
+    sql = counter.reading()
+    states = await _states(sessions, notice_id)
+    if got != send or states.get("sent") != send:
+        raise BenchError(
+            f"helpdeskd: the sink got {got} mails, outbox states {states}, expected {send} "
+            f"sent (raise --drain-limit, now {args.drain_limit:g} s?)"
+        )
+    say(
+        arm_line("helpdeskd OutboxSender", send, desk)
+        + f", {(sql[0] - before_sql[0]) / send:.2f} SQL statements/mail"
+    )
+    say(
+        f"  {'':<22} {sql[0] - before_sql[0]} SQL statements and {sql[1] - before_sql[1]} "
+        f"COMMITs in all (synchronous=FULL); {sender.connections_opened} SMTP connections opened"
+    )
+
+    raw2 = await raw("raw aiosmtplib (2)")
+
+    raw_rate = (rate(send, raw1.wall) + rate(send, raw2.wall)) / 2
+    raw_cpu = (raw1.cpu + raw2.cpu) / 2
+    say()
+    say(
+        f"ratio helpdeskd/raw at {connections} connections: "
+        f"{rate(send, desk.wall) / raw_rate:.3f} by rate "
+        f"({rate(send, desk.wall):.1f} / {raw_rate:.1f} mails/s, raw = mean of both runs); "
+        f"CPU per mail {desk.cpu / max(raw_cpu, 1e-9):.2f}x the raw loop's "
+        f"({1000 * desk.cpu / send:.2f} / {1000 * raw_cpu / send:.2f} ms)"
+    )
+
+    # --- the whole notice as an incident, at the default rates --------------------------------
+    count = min(args.incident, queued)
+    if not count:
+        return
+    async with sessions() as session, session.begin():
+        chosen = list(
+            await session.scalars(
+                select(Outbox.id)
+                .where(Outbox.notice_id == notice_id)
+                .order_by(Outbox.id)
+                .limit(count)
+            )
+        )
+        now = utcnow()
+        await session.execute(
+            update(Outbox).where(Outbox.notice_id == notice_id).values(next_attempt_at=now + DAY)
+        )
+        for start in range(0, len(chosen), 5000):
+            part = chosen[start : start + 5000]
+            await session.execute(
+                update(Outbox)
+                .where(Outbox.id.in_(part))
+                .values(state="pending", attempts=0, next_attempt_at=now, sent_at=None)
+            )
+            await session.execute(
+                update(OutboxRecipient)
+                .where(OutboxRecipient.outbox_id.in_(part))
+                .values(state="pending", attempts=0, sent_at=None)
+            )
+        await session.execute(
+            update(Notice).where(Notice.id == notice_id).values(category="incident", critical=True)
+        )
+    defaults = SendRates()
+    smtp = replace(config.smtp, connections=connections)  # the default rates
+    say()
+    say(
+        f"incident: {count} recipients over 97 domains, all due at once, at the default rates "
+        f"([smtp.rates] critical = {defaults.critical:g}/s, [smtp.domain_rates] default = "
+        f"{SmtpConfig.domain_rate:g}/s)"
+    )
+    sender = OutboxSender(sessions, smtp, recheck=notices.recheck)
+    before_count, before_sql = sink.count(), counter.reading()
+    with measure() as span:
+        await sender.drain(limit=args.drain_limit)
+    await sender.close()
+    got = sink.count() - before_count
+    sql = counter.reading()
+    states = await _states(sessions, notice_id)
+    if got != count or states.get("sent") != count:
+        raise BenchError(f"incident: the sink got {got} mails, outbox states {states}")
+    say(
+        f"  handed to the relay in {span.wall:.1f} s = {rate(count, span.wall):.1f} mails/s "
+        f"(the rate allows {count / (defaults.critical or 1):.1f} s); CPU "
+        f"{1000 * span.cpu / count:.2f} ms/mail, {(sql[0] - before_sql[0]) / count:.2f} SQL "
+        f"statements/mail, machine {100 * span.busy:.0f}% busy"
+    )
+    spacing = NoticesConfig.rate
+    say(
+        f"  (every row was due at once here: [notices] rate = 1e9. At its default of "
+        f"{spacing:g}/s desk/notices.py queues the rows 1/{spacing:g} s apart, so such a notice "
+        f"takes {count / spacing:.0f} s whatever the sender's speed)"
+    )
+
+
+async def _states(sessions: Any, notice_id: int) -> dict[str, int]:
+    from helpdeskd.store.models import Outbox
+
+    async with sessions() as session:
+        found = await session.execute(
+            select(Outbox.state, func.count(Outbox.id))
+            .where(Outbox.notice_id == notice_id)
+            .group_by(Outbox.state)
+        )
+        return {str(state): int(n) for state, n in found}
 
 
 # --- the benchmark ----------------------------------------------------------------------------
@@ -351,13 +756,8 @@ def arm_line(name: str, count: int, span: Span) -> str:
 
 async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None:
     from helpdeskd.config.load import load_config
-    from helpdeskd.config.settings import NoticesConfig
-    from helpdeskd.desk import notices
-    from helpdeskd.desk.notices import Audience, queue_notice
-    from helpdeskd.mail.render import Renderer
-    from helpdeskd.outbox.sender import OutboxSender
     from helpdeskd.store.db import create_engine, sessionmaker
-    from helpdeskd.store.models import Outbox, OutboxRecipient, utcnow
+    from helpdeskd.store.models import Outbox
 
     config = load_config(config_path)
     assert config.notices is not None and config.smtp is not None
@@ -375,137 +775,13 @@ async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None
         say(f"[notices] rate = {config.notices.rate:g}/s (default 20/s): every row due at once")
 
         # --- queue ---------------------------------------------------------------------------
-        say()
-        say(f"queue: feature_update (optional, shipped template) to {args.recipients} customers")
-        renderer = Renderer(config.paths.templates)
-        rss_before, rss_now = peak_rss_mb(), current_rss_mb()
-        statements0 = counter.reading()
-        with measure() as total:
-            async with sessions() as session, session.begin():
-                with measure() as render:
-                    report = await queue_notice(
-                        session,
-                        config,
-                        renderer,
-                        category="feature_update",
-                        template="feature_update",
-                        audience=Audience(),
-                        now=utcnow(),
-                        extra={"message": "Connection pooling is here."},
-                    )
-                commit_start = time.perf_counter()
-        commit = time.perf_counter() - commit_start
-        rss_after = peak_rss_mb()
-        statements = counter.reading()
-        if report.queued != args.recipients or report.notice_id is None:
-            raise BenchError(f"queued {report.queued} of {report.recipients}: {report.skipped}")
+        report = queue_phase(args, config_path, config.database.url, args.small_url)
         async with sessions() as session:
             size = await session.scalar(select(func.avg(func.length(Outbox.data))))
-        say(
-            f"  queue_notice + commit  {total.wall:6.2f} s = "
-            f"{rate(report.queued, total.wall):7.1f} recipients/s  "
-            f"(queue_notice {render.wall:.2f} s, flush + commit {commit:.2f} s; "
-            f"CPU {total.cpu:.2f} s, machine {100 * total.busy:.0f}% busy)"
-        )
-        say(
-            f"  peak RSS               {rss_after:6.1f} MiB after commit; {rss_before:.1f} MiB "
-            f"peak ({rss_now:.1f} MiB current) before queue_notice: +{rss_after - rss_before:.1f} "
-            f"MiB, {1024 * (rss_after - rss_before) / report.queued:.1f} KiB/recipient"
-        )
-        say(
-            f"  {report.queued} outbox rows, {size or 0:.0f} bytes/mail on average; "
-            f"{statements[0] - statements0[0]} SQL statements, "
-            f"{statements[1] - statements0[1]} COMMIT"
-        )
+        say(f"  {report.queued} outbox rows, {size or 0:.0f} bytes/mail on average")
 
-        # --- keep only the first M rows due --------------------------------------------------
-        send = min(args.send, report.queued)
-        async with sessions() as session, session.begin():
-            ids = list(
-                await session.scalars(
-                    select(Outbox.id)
-                    .where(Outbox.notice_id == report.notice_id)
-                    .order_by(Outbox.next_attempt_at, Outbox.id)
-                    .limit(send)
-                )
-            )
-            await session.execute(
-                update(Outbox)
-                .where(Outbox.notice_id == report.notice_id, Outbox.id.not_in(ids))
-                .values(next_attempt_at=utcnow() + DAY)
-            )
-            rows = (
-                await session.execute(
-                    select(Outbox.envelope_from, OutboxRecipient.address, Outbox.data)
-                    .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
-                    .where(Outbox.id.in_(ids))
-                    .order_by(Outbox.next_attempt_at, Outbox.id)
-                )
-            ).all()
-        mails = [(str(s), str(a), bytes(d)) for s, a, d in rows]
-        if len(mails) != send:
-            raise BenchError(f"expected {send} rendered mails, read {len(mails)}")
-
-        say()
-        say(
-            f"send: the first {send} of the {report.queued} queued mails to an aiosmtpd sink "
-            f"({'in this process' if args.inproc_sink else 'in its own process'}), "
-            "no DKIM, no TLS"
-        )
-
-        async def raw(label: str) -> Span:
-            before = sink.count()
-            span = await raw_send(config.smtp.host, config.smtp.port, mails)
-            got = sink.count() - before
-            if got != send:
-                raise BenchError(f"{label}: the sink got {got} mails, not {send}")
-            say(arm_line(label, send, span))
-            return span
-
-        raw1 = await raw("raw aiosmtplib (1)")
-
-        sender = OutboxSender(sessions, config.smtp, recheck=notices.recheck)
-        before_count, before_sql = sink.count(), counter.reading()
-        with measure() as desk:
-            await sender.drain(limit=args.drain_limit)
-        got = sink.count() - before_count
-        sql = counter.reading()
-        async with sessions() as session:
-            states = dict(
-                (
-                    await session.execute(
-                        select(Outbox.state, func.count(Outbox.id))
-                        .where(Outbox.notice_id == report.notice_id)
-                        .group_by(Outbox.state)
-                    )
-                ).all()
-            )
-        if got != send or states.get("sent") != send:
-            raise BenchError(
-                f"helpdeskd: the sink got {got} mails, outbox states {states}, expected {send} "
-                f"sent (raise --drain-limit, now {args.drain_limit:g} s?)"
-            )
-        say(arm_line("helpdeskd OutboxSender", send, desk))
-        say(
-            f"  {'':<22} {(sql[0] - before_sql[0]) / send:.1f} SQL statements and "
-            f"{(sql[1] - before_sql[1]) / send:.1f} COMMITs per mail (synchronous=FULL)"
-        )
-
-        raw2 = await raw("raw aiosmtplib (2)")
-
-        raw_rate = (rate(send, raw1.wall) + rate(send, raw2.wall)) / 2
-        raw_cpu = (raw1.cpu + raw2.cpu) / 2
-        say()
-        say(
-            f"ratio helpdeskd/raw: {rate(send, desk.wall) / raw_rate:.3f} by rate "
-            f"({rate(send, desk.wall):.1f} / {raw_rate:.1f} mails/s, raw = mean of both runs); "
-            f"CPU per mail {desk.cpu / max(raw_cpu, 1e-9):.1f}x the raw loop's"
-        )
-        default_rate = NoticesConfig.rate
-        say(
-            f"at the default [notices] rate of {default_rate:g}/s, {report.queued} recipients "
-            f"take {report.queued / default_rate / 60:.1f} min to send whatever the sender's speed"
-        )
+        # --- send ----------------------------------------------------------------------------
+        await send_phase(args, config, sessions, counter, sink, report.notice_id, report.queued)
     finally:
         await engine.dispose()
 
@@ -522,6 +798,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--inproc-sink", action="store_true", help="run the SMTP sink in a thread of this process"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=0,
+        help="SMTP connections of both send arms (default: [smtp] connections, 4)",
+    )
+    parser.add_argument(
+        "--incident",
+        type=int,
+        default=10_000,
+        help="recipients of the incident phase at the default rates (0: skip it)",
     )
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary dir")
     parser.add_argument("--keep", action="store_true", help="keep the temporary dir")
@@ -561,6 +849,15 @@ def main(argv: list[str] | None = None) -> int:
             f"customers {seconds:.2f} s = {rate(created, seconds):.0f}/s, "
             f"child peak RSS {child_rss:.1f} MiB"
         )
+        args.small_url = None  # the first queue measurement's database, when smaller
+        if args.recipients > FIRST_SIZE:
+            small_csv = workdir / "customers-small.csv"
+            write_customers(small_csv, FIRST_SIZE)
+            args.small_url = f"sqlite:///{workdir / 'helpdeskd-small.db'}"
+            if setup_database(args.small_url, small_csv)[1] != FIRST_SIZE:
+                raise BenchError(f"import_csv did not create {FIRST_SIZE} customers")
+            small_csv.unlink()
+            say(f"setup: a second database with the first {FIRST_SIZE} of them")
         asyncio.run(bench(args, config_path, sink))
         return 0
     except KeyboardInterrupt:

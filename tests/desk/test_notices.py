@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
+import email
+import email.policy
 import re
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from sqlalchemy import text
 
+from helpdeskd.clock import system_clock
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.web.unsubscribe import UnsubscribePages
 from tests.harness import Desk, cli, cli_json
@@ -210,7 +216,9 @@ async def test_an_opt_out_while_the_batch_goes_out_is_honoured(config, smtp_sink
     first, second = (r["recipients"][0]["address"] for r in rows)
     smtp_sink.handler.delay = 1.0  # each mail takes a second at the relay
     async with Desk(config) as desk:
-        sender = OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck)
+        # one connection: the mails go one after the other (with more they leave together)
+        smtp = dataclasses.replace(config.smtp, connections=1)
+        sender = OutboxSender(desk.sessions, smtp, recheck=notices.recheck)
         sending = asyncio.create_task(sender.run_once())
         await asyncio.sleep(0.3)  # the batch is read; the first mail is at the relay
         assert not sending.done()
@@ -298,3 +306,265 @@ def test_an_opt_out_of_all_categories_covers_each(opted, category, covered, reas
     assert covers(opted, category) is covered
     if covered:
         assert opt_out_reason(opted, category) == reason
+
+
+# --- large notices: chunks, one transaction ---------------------------------------------------
+
+SEND_AT = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+# (email, name, plan, status, undeliverable, suppressed, opted out of), in the order of their ids.
+PEOPLE = [
+    ("ada@customer.example", "Ada", "premium", "active", False, False, None),
+    ("bob@customer.example", "Bob", "basic", "active", False, False, "feature_update"),
+    ("cy@customer.example", "Cy", "basic", "active", False, False, "*"),
+    ("dee@customer.example", "Dee", "basic", "active", False, False, None),
+    ("old@@customer.example", "Old", "basic", "active", False, False, None),  # unaddressable
+    ("eve@customer.example", "Eve", "basic", "active", True, False, None),  # hard-bounced
+    ("fay@customer.example", "Fay", "basic", "active", False, True, None),  # complained
+    ("gus@customer.example", "Gus", "basic", "deprovisioned", False, False, None),
+    ("hal@customer.example", "Hal", "doomed", "active", False, False, None),
+    ("ivy@customer.example", "", "basic", "active", False, False, None),
+    ("zed@elsewhere.example", "Zed", None, None, False, False, None),  # a correspondent
+]
+INCIDENT_VARS = {"title": "Outage", "status": "identified", "message": "-", "status_url": "-"}
+
+
+@pytest.fixture
+async def crowd(make_config, tmp_path):
+    """A config whose notices are paced 4 a second, and its database with PEOPLE in it."""
+    from sqlalchemy import select
+
+    from helpdeskd.config.load import load_config
+    from helpdeskd.desk.notices import opt_out
+    from helpdeskd.store.db import create_engine, sessionmaker
+    from helpdeskd.store.models import Contact
+
+    templates = tmp_path / "templates"
+    (templates / "notices").mkdir(parents=True)
+    # Fails for the one customer on the "doomed" plan: a template that breaks for one recipient.
+    (templates / "notices" / "fragile.txt.j2").write_text(
+        "Subject: News\n\nHello {{ recipient.name }},\n"
+        '{% if recipient.plan == "doomed" %}{{ no_such_variable }}{% endif %}\n'
+        '{% include "notices/_footer.txt.j2" %}\n'
+    )
+    config = make_config(templates=templates)
+    source = Path(config.source)
+    source.write_text(
+        source.read_text() + '\n[notices]\npostal_address = "Acme Inc., 1 Main St"\nrate = 4\n'
+    )
+    config = load_config(source)
+    engine = create_engine(config.database.url)
+    sessions = sessionmaker(engine)
+    async with sessions.begin() as session:
+        for email, name, plan, status, undeliverable, complained, _ in PEOPLE:
+            session.add(
+                Contact(
+                    email=email,
+                    name=name,
+                    plan=plan,
+                    status=status,
+                    undeliverable=undeliverable,
+                    suppressed=complained,
+                )
+            )
+            await session.flush()  # ids in PEOPLE's order
+        for email, *_, category in PEOPLE:
+            if category is not None:
+                contact = await session.scalar(select(Contact).where(Contact.email == email))
+                await opt_out(session, contact, category, via="test")
+    try:
+        yield config, sessions
+    finally:
+        await engine.dispose()
+
+
+async def _queue(way, config, sessions, *, category, template, extra=None, dry_run=False):
+    from helpdeskd.desk.notices import Audience, queue_notice, send_notice
+    from helpdeskd.mail.render import Renderer
+
+    renderer = Renderer(config.paths.templates)
+    if way == "notice send":
+        return await send_notice(
+            sessions,
+            config,
+            renderer,
+            category=category,
+            template=template,
+            audience=Audience(),
+            send_at=SEND_AT,
+            extra=extra,
+            dry_run=dry_run,
+            chunk=2,
+        )
+    async with sessions.begin() as session:
+        return await queue_notice(
+            session,
+            config,
+            renderer,
+            category=category,
+            template=template,
+            audience=Audience(),
+            now=system_clock(),
+            send_at=SEND_AT,
+            extra=extra,
+            dry_run=dry_run,
+            chunk=2,
+        )
+
+
+async def _stored(sessions) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from helpdeskd.store.models import Event, Notice, Outbox, OutboxRecipient
+
+    async with sessions() as session:
+        return {
+            model.__tablename__: await session.scalar(select(func.count()).select_from(model))
+            for model in (Notice, Outbox, OutboxRecipient, Event)
+        }
+
+
+@pytest.mark.parametrize("way", ["notice send", "queue_notice"])
+async def test_a_notice_of_many_chunks_is_queued_whole_paced_and_suppressed(crowd, way):
+    from sqlalchemy import select
+
+    from helpdeskd.desk.notices import unsubscribe_url
+    from helpdeskd.store.models import Contact, Event, Notice, Outbox
+
+    config, sessions = crowd
+    before = await _stored(sessions)
+    dry = await _queue(
+        way, config, sessions, category="feature_update", template="feature_update", dry_run=True
+    )
+    assert await _stored(sessions) == before  # a dry run stores nothing
+    report = await _queue(
+        way, config, sessions, category="feature_update", template="feature_update"
+    )
+    critical = await _queue(
+        way, config, sessions, category="incident", template="incident", extra=INCIDENT_VARS
+    )
+    # Ten customers (the correspondent is none) in five chunks of two; opt-outs on both sides
+    # of the first chunk boundary, the unaddressable one and the suppressed ones further on.
+    assert (dry.recipients, dry.queued, dry.failed, dry.skipped, dry.notice_id) == (
+        report.recipients,
+        report.queued,
+        report.failed,
+        report.skipped,
+        None,
+    )
+    assert (report.recipients, report.queued, report.failed) == (10, 4, 1)
+    assert report.skipped["opted out"] == 2 and report.skipped["complained (ARF)"] == 1
+    assert report.skipped["deprovisioned"] == 1 and sum(report.skipped.values()) == 5
+    assert (critical.recipients, critical.queued, critical.failed) == (10, 7, 1)
+    assert sum(critical.skipped.values()) == 2  # hard-bounced and deprovisioned only
+    expected = {
+        report.notice_id: ["ada", "dee", "hal", "ivy"],
+        critical.notice_id: ["ada", "bob", "cy", "dee", "fay", "hal", "ivy"],
+    }
+    async with sessions() as session:
+        ids = {c.email: c.id for c in await session.scalars(select(Contact))}
+        for notice_id, names in expected.items():
+            notice = await session.get(Notice, notice_id)
+            rows = list(
+                await session.scalars(
+                    select(Outbox).where(Outbox.notice_id == notice_id).order_by(Outbox.id)
+                )
+            )
+            pending = [row for row in rows if row.state == "pending"]
+            [failed] = [row for row in rows if row.state == "failed"]
+            addresses = [f"{name}@customer.example" for name in names]
+            assert [r.recipients[0].address for r in pending] == addresses
+            # Row i of the notice is due i / rate (4 a second) after its start, across chunks.
+            assert [r.next_attempt_at for r in pending] == [
+                SEND_AT + timedelta(seconds=i / 4) for i in range(len(names))
+            ]
+            for row, address in zip(pending, addresses, strict=True):
+                mail = email.message_from_bytes(row.data, policy=email.policy.default)
+                assert mail["To"] == address and mail["Message-ID"] == row.message_id
+                assert mail["Date"].datetime == SEND_AT
+                if notice.critical:
+                    assert mail["List-Unsubscribe"] is None
+                else:  # each recipient's own link, in the header and in the text
+                    url = unsubscribe_url(config, ids[address], "feature_update")
+                    assert mail["List-Unsubscribe"].startswith(f"<{url}>, <mailto:unsubscribe+")
+                    assert url in mail.get_content()
+            assert failed.recipients[0].address == "old@@customer.example"
+            assert failed.recipients[0].state == "failed" and failed.data == b""
+            told = report if notice_id == report.notice_id else critical
+            assert (notice.skipped, notice.subject) == (sum(told.skipped.values()), told.subject)
+        events = list(await session.scalars(select(Event).where(Event.type == "notice_queued")))
+        assert [(e.detail["queued"], e.detail["failed"]) for e in events] == [(4, 1), (7, 1)]
+        bad = select(Event).where(Event.type == "delivery_failed")
+        assert [e.detail["recipient"] for e in await session.scalars(bad)] == [
+            "old@@customer.example"
+        ] * 2
+
+
+@pytest.mark.parametrize("way", ["notice send", "queue_notice"])
+async def test_a_notice_that_fails_midway_queues_nothing(crowd, way):
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError
+
+    from helpdeskd.errors import TemplateError
+
+    config, sessions = crowd
+    before = await _stored(sessions)
+
+    # A template that fails for Hal, in the fifth chunk of two.
+    with pytest.raises(TemplateError, match=r"no_such_variable.*hal@customer\.example"):
+        await _queue(way, config, sessions, category="feature_update", template="fragile")
+    assert await _stored(sessions) == before
+
+    # The database refuses Hal's row, after the rows of the chunks before his were inserted.
+    inserts: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args):
+        if statement.startswith("INSERT INTO outbox_recipients"):
+            inserts.append(statement)
+
+    engine = sessions.kw["bind"]
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    async with sessions.begin() as session:
+        if engine.dialect.name == "postgresql":
+            await session.execute(
+                text(
+                    "CREATE FUNCTION refuse_hal() RETURNS trigger AS $$ BEGIN "
+                    "IF NEW.address = 'hal@customer.example' THEN RAISE EXCEPTION 'refused'; "
+                    "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            await session.execute(
+                text(
+                    "CREATE TRIGGER refuse_hal BEFORE INSERT ON outbox_recipients "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_hal()"
+                )
+            )
+        else:
+            await session.execute(
+                text(
+                    "CREATE TRIGGER refuse_hal BEFORE INSERT ON outbox_recipients "
+                    "WHEN NEW.address = 'hal@customer.example' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+    with pytest.raises(DBAPIError, match="refused"):
+        await _queue(
+            way, config, sessions, category="incident", template="incident", extra=INCIDENT_VARS
+        )
+    # Chunks 1-4 went in (the third with Old's failed row only), Hal's fifth was refused.
+    assert len(inserts) == 5
+    assert await _stored(sessions) == before
+
+
+def test_the_command_line_names_the_recipient_a_template_fails_for(crowd):
+    config, _sessions = crowd
+    proc = cli(config, "notice", "send", "feature_update", "--template", "fragile", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert "fragile.txt.j2" in line and "hal@customer.example" in line
+    assert "nothing was queued" in line
+    assert cli_json(config, "notice", "list") == []
+    dry = cli(
+        config, "notice", "send", "feature_update", "--template", "feature_update", "--dry-run"
+    )
+    assert "would queue 4 of 10 recipients" in dry.stdout and "2 opted out" in dry.stdout
+    assert cli_json(config, "notice", "list") == []

@@ -17,7 +17,7 @@ from helpdeskd.config.secrets import Secret
 from helpdeskd.config.settings import DEFAULT_HEADERS, DkimConfig
 from helpdeskd.errors import ConfigError
 from helpdeskd.mail.build import OutgoingMail, build_message
-from helpdeskd.outbox.dkim import aligned, sign
+from helpdeskd.outbox.dkim import Signer, aligned, sign
 from helpdeskd.triage.loops import automatic_headers
 from tests.config.support import KeyPair, dkim_table, needs_openssl, openssl, rsa_key_pair
 
@@ -267,3 +267,34 @@ def test_a_bad_key_in_a_direct_config_raises_on_sign(rsa_key: KeyPair) -> None:
     config = _config(rsa_key, private_key=Secret("nonsense"))
     with pytest.raises(ValueError, match="not a PEM private key"):
         sign(_notice(), config)
+
+
+# --- where the signing runs ------------------------------------------------------------------
+
+
+async def test_the_signer_signs_rsa_in_a_worker_process(rsa_key: KeyPair) -> None:
+    """dkimpy's RSA is pure Python (milliseconds a mail, under the GIL): it goes to a worker
+    process, and what comes back verifies."""
+    signer = Signer(_config(rsa_key), workers=1)
+    try:
+        signed = await signer.sign(_notice())
+        assert signer.offloaded
+        assert _verify(signed, rsa_key)
+        with pytest.raises(ValueError, match=r"not 'example\.com'"):  # errors come back as such
+            await signer.sign(_notice("notices@elsewhere.example"))
+    finally:
+        signer.close()
+
+
+async def test_the_signer_signs_ed25519_in_this_process() -> None:
+    pytest.importorskip("nacl", reason="dkimpy signs with Ed25519 only with PyNaCl")
+    pem = openssl("genpkey", "-algorithm", "ed25519")
+    spki = openssl("pkey", "-pubout", "-outform", "DER", data=pem)
+    key = KeyPair(pem.decode(), b"v=DKIM1; k=ed25519; p=" + base64.b64encode(spki[-32:]))
+    signer = Signer(_config(key))
+    try:
+        signed = await signer.sign(_notice())
+        assert not signer.offloaded  # cheaper here than a trip to another process
+        assert _verify(signed, key)
+    finally:
+        signer.close()

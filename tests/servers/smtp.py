@@ -1,7 +1,9 @@
 """A real SMTP server (aiosmtpd) on a free loopback port that captures what it is sent.
 
 It can be stopped and started again on the same port (the "sink down" case) and told to refuse
-chosen recipients with a 4xx or 5xx reply.
+chosen recipients, or every recipient at chosen domains, with a 4xx or 5xx reply
+(``handler.refuse``, ``handler.refuse_domains``); it counts the connections made to it
+(``connections``) and logs each refused recipient (``refused``).
 
 With ``oauth=`` (a test :class:`~tests.servers.oauth.AuthServer`) it offers only AUTH XOAUTH2
 and OAUTHBEARER, wants AUTH before MAIL, checks each token by introspection at that server,
@@ -65,14 +67,20 @@ class AuthAttempt:
 class _Handler:
     deliveries: list[Delivery] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)  # address -> "450 ..." / "550 ..."
+    refuse_domains: dict[str, str] = field(default_factory=dict)  # domain -> "451 ..."
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) refused
+    connections: int = 0  # connections made to the sink so far
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
-        reply = self.refuse.get(address.lower())
+        lowered = address.lower()
+        reply = self.refuse.get(lowered) or self.refuse_domains.get(lowered.rpartition("@")[2])
         if reply:
+            with self.lock:
+                self.refused.append((address, reply))
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -183,6 +191,16 @@ def parse_oauth_response(mechanism: str, blob: bytes) -> tuple[str | None, str |
     return user, token
 
 
+class _CountingController(Controller):
+    """A Controller that counts the connections it accepts (one server per connection)."""
+
+    def factory(self) -> SMTP:
+        handler = self.handler
+        with handler.lock:
+            handler.connections += 1
+        return super().factory()
+
+
 class SmtpSink:
     def __init__(
         self, port: int | None = None, *, smtputf8: bool = False, oauth: AuthServer | None = None
@@ -200,6 +218,18 @@ class SmtpSink:
             return list(self.handler.deliveries)
 
     @property
+    def connections(self) -> int:
+        """How many connections clients made to the sink since it (last) started."""
+        with self.handler.lock:
+            return self.handler.connections
+
+    @property
+    def refused(self) -> list[tuple[str, str]]:
+        """Every recipient refused so far, with the reply: (address, reply)."""
+        with self.handler.lock:
+            return list(self.handler.refused)
+
+    @property
     def auth_log(self) -> list[AuthAttempt]:
         """Every AUTH exchange so far (empty without oauth)."""
         if not isinstance(self.handler, _OAuthHandler):
@@ -212,7 +242,7 @@ class SmtpSink:
         if self.oauth is not None:
             # no TLS here: AUTH must be offered in the clear, and only the OAuth mechanisms
             options = {"auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN", "PLAIN"]}
-        self._controller = Controller(
+        self._controller = _CountingController(
             self.handler,
             hostname=self.host,
             port=self.port,
@@ -220,6 +250,8 @@ class SmtpSink:
             **options,
         )
         self._controller.start()
+        with self.handler.lock:  # start() made one to check the server answers: not a client's
+            self.handler.connections = 0
 
     def stop(self) -> None:
         if self._controller is not None:

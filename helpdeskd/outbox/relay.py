@@ -1,0 +1,219 @@
+"""One SMTP connection to the relay: opened when first needed, logged in, kept open and reused.
+
+The outbox sender holds ``[smtp] connections`` of these, one per sending task. A connection
+that fails is closed and opened again for the next mail. With ``auth = "oauth2"`` it logs in
+with SASL XOAUTH2 or OAUTHBEARER and an access token from its :class:`TokenSource`.
+
+:meth:`Relay.send` reports, per recipient, whether the relay accepted the mail, refused it for
+now (4xx, or the connection failed) or for good (5xx); which of the temporary refusals were 4xx
+answers about the recipient's mail (so its domain backs off); and it fails at once, with the
+reason, a non-ASCII address that a relay without SMTPUTF8 cannot carry (RFC 6531), sending the
+mail to the other recipients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from helpdeskd.config.settings import SmtpConfig
+from helpdeskd.oauth import OAuthError, TokenSource, login_command
+from helpdeskd.oauth.sasl import FAILED_SASL_RESPONSE, sasl_error, sasl_initial_response
+
+NO_SMTPUTF8 = "the relay does not offer SMTPUTF8, needed for a non-ASCII address"
+
+
+class LoginFailed(Exception):
+    """The relay could not be logged in to; FIX, when known, is the command that mends it."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+class RelayDown(Exception):
+    """The relay could not be reached (refused, timed out, a TLS or greeting failure)."""
+
+
+# Told of a failed SMTP login (message, fix), once per failure streak; and of the recovery.
+LoginReport = Callable[[str | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the relay made of one mail, by recipient."""
+
+    accepted: tuple[str, ...]
+    temporary: dict[str, str]
+    permanent: dict[str, str]
+    # The temporary refusals that were 4xx answers about the mail (not a lost connection).
+    throttled: tuple[str, ...] = field(default=())
+
+
+class Relay:
+    """One connection to the relay of SMTP."""
+
+    def __init__(self, smtp: SmtpConfig, token_source: TokenSource | None = None) -> None:
+        self.smtp = smtp
+        self.token_source = token_source
+        self._client: aiosmtplib.SMTP | None = None
+        self.opened = 0  # connections made (and logged in) so far
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    async def connect(self) -> None:
+        """Connect and log in; raise RelayDown or LoginFailed."""
+        cfg = self.smtp
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            timeout=cfg.timeout,
+            use_tls=cfg.security == "tls",
+            # "starttls" means STARTTLS or fail, never opportunistic; "none" never upgrades.
+            start_tls=cfg.security == "starttls",
+        )
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise RelayDown(_reason(exc)) from None
+        try:
+            if cfg.auth == "oauth2":
+                await self._oauth_login(client)
+            elif cfg.username and cfg.password is not None:
+                await client.login(cfg.username, cfg.password.reveal())
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            oauth = cfg.oauth
+            fix = login_command("smtp") if oauth and oauth.grant == "refresh_token" else None
+            raise LoginFailed(
+                f"SMTP login as {cfg.username} refused: {exc.code} {exc.message}", fix
+            ) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise RelayDown(_reason(exc)) from None
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+        self.opened += 1
+
+    async def _oauth_login(self, client: aiosmtplib.SMTP) -> None:
+        """SASL XOAUTH2 or OAUTHBEARER with a fresh access token; LoginFailed when refused."""
+        cfg = self.smtp
+        assert cfg.oauth is not None and cfg.username is not None  # the config ensures both
+        if self.token_source is None:
+            raise LoginFailed("SMTP uses OAuth 2.0 but the sender was given no token source")
+        try:
+            token = await self.token_source.access_token()
+        except OAuthError as exc:
+            raise LoginFailed(str(exc), exc.fix) from exc
+        mechanism = cfg.oauth.mechanism
+        if mechanism not in client.server_auth_methods:
+            await client.ehlo()  # after STARTTLS aiosmtplib may not have asked yet
+        if mechanism not in client.server_auth_methods:
+            raise LoginFailed(
+                f"the relay {cfg.host}:{cfg.port} does not offer AUTH {mechanism.upper()}"
+            )
+        initial = sasl_initial_response(
+            mechanism, cfg.username, token, host=cfg.host, port=cfg.port
+        )
+        response = await client.execute_command(
+            b"AUTH", mechanism.upper().encode(), base64.b64encode(initial)
+        )
+        detail = ""
+        if response.code == 334:  # the error challenge (RFC 7628 3.2.2): answer it, then 535
+            detail = sasl_error(response.message.encode("utf-8", "replace"))
+            response = await client.execute_command(
+                base64.b64encode(FAILED_SASL_RESPONSE[mechanism])
+            )
+        if response.code != 235:
+            reason = f"{response.code} {response.message}" + (f" ({detail})" if detail else "")
+            raise aiosmtplib.SMTPAuthenticationError(response.code, reason)
+
+    async def send(self, sender: str, recipients: list[str], data: bytes) -> SendResult:
+        """Send DATA from SENDER to RECIPIENTS over this connection (connected first)."""
+        client = self._client
+        assert client is not None
+        wide: dict[str, str] = {}
+        try:
+            # A non-ASCII address needs SMTPUTF8 (RFC 6531) on the relay.
+            wants_utf8 = not (sender.isascii() and all(a.isascii() for a in recipients))
+            try:
+                refused, _ = await client.sendmail(
+                    sender, recipients, data, mail_options=["SMTPUTF8"] if wants_utf8 else []
+                )
+            except aiosmtplib.SMTPNotSupported:
+                # Raised before MAIL FROM: the relay lacks SMTPUTF8 and no retry will give
+                # it. The ASCII addresses still go.
+                wide = {
+                    r: NO_SMTPUTF8 for r in recipients if not r.isascii() or not sender.isascii()
+                }
+                recipients = [r for r in recipients if r not in wide]
+                if not recipients:
+                    return SendResult((), {}, wide)
+                refused, _ = await client.sendmail(sender, recipients, data)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            result = _split_refused(
+                {e.recipient: (e.code, e.message) for e in exc.recipients}, recipients
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            await self.close()
+            reason = f"{exc.code} {exc.message}"
+            if 500 <= exc.code < 600:
+                return SendResult((), {}, {**dict.fromkeys(recipients, reason), **wide})
+            return SendResult(
+                (), dict.fromkeys(recipients, reason), wide, throttled=tuple(recipients)
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            return SendResult((), dict.fromkeys(recipients, _reason(exc)), wide)
+        else:
+            result = _split_refused(
+                {addr: (resp.code, resp.message) for addr, resp in refused.items()}, recipients
+            )
+        if wide:
+            result = SendResult(
+                result.accepted,
+                result.temporary,
+                {**result.permanent, **wide},
+                result.throttled,
+            )
+        return result
+
+    async def close(self) -> None:
+        """Close the connection, if one is open: QUIT, or drop it if QUIT fails."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await asyncio.wait_for(client.quit(), timeout=5)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()[:300]
+
+
+def _split_refused(refused: dict[str, tuple[int, str]], recipients: list[str]) -> SendResult:
+    if not refused:
+        return SendResult(tuple(recipients), {}, {})
+    temporary: dict[str, str] = {}
+    permanent: dict[str, str] = {}
+    lowered = {k.lower(): v for k, v in refused.items()}
+    accepted = []
+    for address in recipients:
+        if address in lowered:
+            code, message = lowered[address]
+            (permanent if 500 <= code < 600 else temporary)[address] = f"{code} {message}"
+        else:
+            accepted.append(address)
+    return SendResult(tuple(accepted), temporary, permanent, throttled=tuple(temporary))

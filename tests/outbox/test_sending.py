@@ -1,0 +1,366 @@
+"""The sender at speed and by policy, against a real SMTP server and real databases:
+connections kept open, batches shared by two daemons, a domain's 4xx, priority, rates, VERP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from helpdeskd.config.settings import SendRates
+from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
+from helpdeskd.mail.tokens import bounce_address, verify_bounce
+from helpdeskd.outbox import sender as outbox
+from helpdeskd.outbox.sender import OutboxSender
+from helpdeskd.store.db import create_engine, sessionmaker
+from helpdeskd.store.models import Notice, Outbox, OutboxRecipient
+from tests.clocks import ManualClock
+from tests.harness import Desk
+
+START = datetime(2030, 1, 1, tzinfo=UTC)  # years away: only the sender's clock counts
+
+
+async def _queue(
+    desk: Desk, recipients: list[str], *, due: datetime, notice: int | None = None
+) -> int:
+    """Queue one mail to RECIPIENTS, due at DUE (a notice's, with NOTICE); return its row id."""
+    [row_id] = await _queue_many(desk, [recipients], due=due, notice=notice)
+    return row_id
+
+
+async def _queue_many(
+    desk: Desk, mails: list[list[str]], *, due: datetime, notice: int | None = None
+) -> list[int]:
+    """Queue a mail to each list of MAILS in one transaction; return their row ids."""
+    rows = []
+    async with desk.sessions() as session, session.begin():
+        for recipients in mails:
+            message_id = new_message_id("acme.test")
+            mail = OutgoingMail(
+                from_addr="support@acme.test",
+                from_name="Acme",
+                to=tuple(recipients),
+                subject="hello",
+                text="body",
+                message_id=message_id,
+                date=due,
+            )
+            row = outbox.enqueue(
+                session,
+                kind="notice" if notice else "ack",
+                message_id=message_id,
+                envelope_from="support@acme.test",
+                recipients=recipients,
+                data=build_message(mail),
+                not_before=due,
+            )
+            row.notice_id = notice
+            rows.append(row)
+        await session.flush()
+        return [row.id for row in rows]
+
+
+async def _notice(desk: Desk, *, critical: bool) -> int:
+    async with desk.sessions() as session, session.begin():
+        notice = Notice(
+            category="incident" if critical else "survey",
+            template="t",
+            audience="all",
+            critical=critical,
+            subject="s",
+        )
+        session.add(notice)
+        await session.flush()
+        return notice.id
+
+
+async def _rows(desk: Desk) -> dict[int, Outbox]:
+    async with desk.sessions() as session:
+        return {r.id: r for r in await session.scalars(select(Outbox).order_by(Outbox.id))}
+
+
+async def _recipient_attempts(desk: Desk) -> dict[str, tuple[str, int]]:
+    async with desk.sessions() as session:
+        found = await session.execute(
+            select(OutboxRecipient.address, OutboxRecipient.state, OutboxRecipient.attempts)
+        )
+        return {address: (state, tries) for address, state, tries in found}
+
+
+async def test_mail_goes_over_the_configured_connections_and_they_are_reused(
+    make_config, smtp_sink
+):
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 3})
+    clock = ManualClock(START)
+    async with Desk(config) as desk:
+        for n in range(30):
+            await _queue(desk, [f"r{n}@example.org"], due=clock())
+        sender = OutboxSender(desk.sessions, config.smtp, clock=clock)
+        try:
+            assert await sender.run_once() == 30
+            for n in range(30, 40):
+                await _queue(desk, [f"r{n}@example.org"], due=clock())
+            assert await sender.run_once() == 10  # over the connections already open
+        finally:
+            await sender.close()
+        rows = await _rows(desk)
+    assert smtp_sink.connections == sender.connections_opened == 3
+    assert sorted(r for d in smtp_sink.deliveries for r in d.recipients) == sorted(
+        f"r{n}@example.org" for n in range(40)
+    )
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+
+
+async def test_two_senders_on_postgresql_never_send_a_row_twice(
+    make_pg_config, smtp_sink, monkeypatch
+):
+    """Two daemons claim batches of the same table: each row goes once, and both take part."""
+    monkeypatch.setattr(outbox, "CLAIM_BATCH", 16)  # many claims, interleaved
+    config = make_pg_config(smtp=smtp_sink, smtp_extra={"connections": 2})
+    smtp = replace(config.smtp, domain_rate=None)  # 240 mails to one domain, flat out
+    clock = ManualClock(START)
+    async with Desk(config) as desk:
+        for n in range(240):
+            await _queue(desk, [f"r{n}@example.org"], due=clock())
+        other = create_engine(config.database.url)  # the other daemon's own engine
+        first = OutboxSender(desk.sessions, smtp, clock=clock)
+        second = OutboxSender(sessionmaker(other), smtp, clock=clock)
+        try:
+            await asyncio.gather(first.drain(60), second.drain(60))
+        finally:
+            await first.close()
+            await second.close()
+            await other.dispose()
+        rows = await _rows(desk)
+    got = smtp_sink.by_recipient()
+    assert sorted(got) == sorted(f"r{n}@example.org" for n in range(240))
+    assert {len(deliveries) for deliveries in got.values()} == {1}
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+    assert first.connections_opened and second.connections_opened  # both sent some
+
+
+async def test_a_4xx_backs_off_the_whole_domain_and_the_others_flow(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, connections=2, retry_base=60, retry_max=600)
+    smtp_sink.handler.refuse_domains["slow.example"] = "451 4.7.1 slow down"
+    clock = ManualClock(START)
+    async with Desk(config) as desk:
+        for n in range(8):
+            await _queue(desk, [f"s{n}@slow.example"], due=clock())
+            await _queue(desk, [f"f{n}@fast.example"], due=clock())
+        sender = OutboxSender(desk.sessions, smtp, clock=clock)
+        try:
+            await sender.run_once()
+            tried = len(smtp_sink.refused)
+            assert 1 <= tried <= smtp.connections  # those on their way when the 4xx came
+            assert len(smtp_sink.deliveries) == 8  # the other domain flowed
+            slow = [r for r in (await _rows(desk)).values() if "slow" in r.data.decode()]
+            assert {r.state for r in slow} == {"pending"}
+            assert sum(r.attempts for r in slow) == tried  # the others were not tried
+            # every mail to the domain waits for its backoff: half to all of retry_base
+            wait = min(r.next_attempt_at for r in slow) - clock()
+            assert timedelta(seconds=30) <= wait <= timedelta(seconds=60)
+            assert await sender.run_once() == 0  # nothing due meanwhile
+            clock.advance(seconds=29)
+            assert await sender.run_once() == 0
+            assert len(smtp_sink.refused) == tried
+
+            del smtp_sink.handler.refuse_domains["slow.example"]
+            clock.set(max(r.next_attempt_at for r in slow))
+            await sender.drain(10)
+        finally:
+            await sender.close()
+        recipients = await _recipient_attempts(desk)
+    got = smtp_sink.by_recipient()
+    assert {len(d) for d in got.values()} == {1} and len(got) == 16
+    slow_tries = sorted(t for a, (_s, t) in recipients.items() if "slow" in a)
+    assert {s for s, _t in recipients.values()} == {"sent"}
+    assert sum(slow_tries) == 8 + tried  # each once more, and the ones refused once before
+
+
+async def test_acknowledgements_go_before_a_big_notice(make_config, smtp_sink, monkeypatch):
+    """A notice's rows due long before do not hold back an acknowledgement due now."""
+    monkeypatch.setattr(outbox, "CLAIM_BATCH", 8)
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 1})
+    clock = ManualClock(START)
+    async with Desk(config) as desk:
+        notice = await _notice(desk, critical=True)
+        for n in range(40):
+            await _queue(
+                desk, [f"n{n}@example.org"], due=clock() - timedelta(hours=1), notice=notice
+            )
+        sender = OutboxSender(desk.sessions, config.smtp, clock=clock)
+        try:
+            assert await sender.run_once() == 8  # the notice goes out, oldest first
+            await _queue(desk, ["ack@example.org"], due=clock())
+            assert await sender.run_once() == 8
+        finally:
+            await sender.close()
+    got = [d.recipients[0] for d in smtp_sink.deliveries]
+    assert len(got) == 16
+    assert got[8] == "ack@example.org"  # first of the second batch, ahead of 32 older rows
+
+
+async def test_an_optional_notices_rate_puts_back_what_cannot_go_yet(make_config, smtp_sink):
+    """At 2 optional notices a second, the sender takes two, puts the rest back untried at
+    their turns, half a second apart, and the acknowledgement queued after them goes at once."""
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, rates=SendRates(critical=None, optional=2, transactional=None))
+    clock = ManualClock(START)
+    async with Desk(config) as desk:
+        notice = await _notice(desk, critical=False)
+        ids = [
+            await _queue(desk, [f"n{n}@x{n}.example"], due=clock(), notice=notice) for n in range(6)
+        ]
+        ack = await _queue(desk, ["ack@example.org"], due=clock())
+        sender = OutboxSender(desk.sessions, smtp, clock=clock, hold=0)
+        try:
+            assert await sender.run_once() == 3
+            rows = await _rows(desk)
+            assert rows[ack].state == "sent"
+            assert [rows[i].state for i in ids] == ["sent"] * 2 + ["pending"] * 4
+            waiting = [rows[i] for i in ids[2:]]
+            assert {r.attempts for r in waiting} == {0}  # put back, not tried
+            turns = [(r.next_attempt_at - clock()).total_seconds() for r in waiting]
+            assert turns == pytest.approx([0.5, 1.0, 1.5, 2.0], abs=0.01)
+            clock.advance(seconds=1)
+            assert await sender.run_once() == 2  # the two whose turn came
+            clock.advance(seconds=1)
+            assert await sender.run_once() == 2
+        finally:
+            await sender.close()
+        rows = await _rows(desk)
+    assert {rows[i].state for i in ids} == {"sent"}
+    assert len(smtp_sink.deliveries) == 7
+
+
+async def test_a_domains_rate_spaces_its_mail(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, domain_rates=(("gmail.com", 2.0),))
+    clock = ManualClock(START)
+    async with Desk(config) as desk:
+        for n in range(5):
+            await _queue(desk, [f"g{n}@gmail.com"], due=clock())
+        other = await _queue(desk, ["x@example.org"], due=clock())
+        sender = OutboxSender(desk.sessions, smtp, clock=clock, hold=0)
+        try:
+            assert await sender.run_once() == 3  # two to gmail.com, and the other domain's
+        finally:
+            await sender.close()
+        rows = await _rows(desk)
+    assert rows[other].state == "sent"
+    pending = sorted(r.next_attempt_at for r in rows.values() if r.state == "pending")
+    assert [(t - clock()).total_seconds() for t in pending] == pytest.approx(
+        [0.5, 1.0, 1.5], abs=0.01
+    )
+
+
+async def test_each_mail_has_its_own_verp_return_path(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink, smtp_extra={"return_path": "bounces@acme.test"})
+    keys = config.service.secret_keys
+    assert config.smtp is not None
+    with pytest.raises(ValueError, match="return_path"):
+        OutboxSender(sessionmaker(create_engine(config.database.url)), config.smtp)
+    async with Desk(config) as desk:
+        first = await _queue(desk, ["a@example.org"], due=datetime.now(UTC))
+        second = await _queue(desk, ["b@example.org", "c@example.org"], due=datetime.now(UTC))
+        sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
+        await sender.drain(10)
+    by = {tuple(d.recipients): d.sender for d in smtp_sink.deliveries}
+    assert by == {
+        ("a@example.org",): bounce_address("bounces@acme.test", keys, first),
+        ("b@example.org", "c@example.org"): bounce_address("bounces@acme.test", keys, second),
+    }
+    for address, row_id in (
+        (by[("a@example.org",)], first),
+        (by[("b@example.org", "c@example.org")], second),
+    ):
+        local, _, domain = address.partition("@")
+        assert domain == "acme.test" and local.startswith("bounces+")
+        assert verify_bounce(keys, local.removeprefix("bounces+")) == row_id
+    # the From header is untouched: VERP is the envelope only
+    assert all(
+        d.message["From"].addresses[0].addr_spec == "support@acme.test"
+        for d in smtp_sink.deliveries
+    )
+
+
+async def test_the_daemons_loop_sends_mail_queued_while_it_runs(make_config, smtp_sink):
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 2})
+    stop = asyncio.Event()
+    async with Desk(config) as desk:
+        sender = OutboxSender(desk.sessions, config.smtp, idle_poll=30)
+        running = asyncio.create_task(sender.run(stop))
+        try:
+            mails = [[f"r{n}@example.org"] for n in range(25)]
+            await _queue_many(desk, mails, due=datetime.now(UTC))  # one commit, as a batch's
+            sender.wakeup.set()  # as the processor does when it queues mail
+            for _ in range(200):  # at most 10 s: the wakeup, not the 30 s poll, starts it
+                rows = await _rows(desk)
+                if {r.state for r in rows.values()} == {"sent"}:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await running
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+    assert len(smtp_sink.deliveries) == 25
+    assert smtp_sink.connections == 2  # both, each kept open for the batch
+
+
+async def test_claims_and_records_interleaved_never_send_a_row_twice(
+    make_config, smtp_sink, monkeypatch
+):
+    """While the daemon sends, batches are claimed while others are recorded: a claim never
+    takes a row whose result is being recorded (SQLite: the rows in hand are left out)."""
+    monkeypatch.setattr(outbox, "CLAIM_BATCH", 12)
+    monkeypatch.setattr(outbox, "FLUSH_ROWS", 5)
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 4})
+    smtp = replace(config.smtp, domain_rate=None)
+    async with Desk(config) as desk:
+        mails = [[f"r{n}@example.org"] for n in range(400)]
+        await _queue_many(desk, mails, due=datetime.now(UTC))
+        await OutboxSender(desk.sessions, smtp).drain(60)
+        rows = await _rows(desk)
+    got = smtp_sink.by_recipient()
+    assert len(got) == 400
+    assert {len(deliveries) for deliveries in got.values()} == {1}
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+
+
+async def test_an_ack_queued_while_notices_wait_for_their_rate_goes_at_once(make_config, smtp_sink):
+    """The daemon's loop: optional notices at one a second wait in memory for their turns; an
+    acknowledgement queued after the first of them goes as soon as the processor wakes the
+    sender, not at the next notice's turn."""
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, rates=SendRates(critical=None, optional=1, transactional=None))
+    stop = asyncio.Event()
+    async with Desk(config) as desk:
+        notice = await _notice(desk, critical=False)
+        for n in range(3):
+            await _queue(desk, [f"n{n}@x{n}.example"], due=datetime.now(UTC), notice=notice)
+        sender = OutboxSender(desk.sessions, smtp, idle_poll=30)
+        running = asyncio.create_task(sender.run(stop))
+        try:
+            await _until(lambda: len(smtp_sink.deliveries) == 1)  # the first notice (burst)
+            await _queue(desk, ["ack@example.org"], due=datetime.now(UTC))
+            sender.wakeup.set()  # as the processor does
+            # well before the second notice's turn, a second after the first
+            await _until(lambda: len(smtp_sink.deliveries) == 2, seconds=0.5)
+        finally:
+            stop.set()
+            await running
+    assert [d.recipients for d in smtp_sink.deliveries][1] == ["ack@example.org"]
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait until CONDITION holds (the sink works in another thread), SECONDS at most."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {seconds} s")
