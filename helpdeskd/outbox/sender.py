@@ -225,7 +225,8 @@ class OutboxSender:
         the VERP return paths of ``[smtp] return_path``. HOLD: seconds a claimed mail may wait
         in memory for its rate before it is put back in the table."""
         if smtp.return_path is not None and not keys:
-            raise ValueError("smtp.return_path is set: the sender needs the service's keys")
+            # A wiring mistake, not the admin's: mail still goes, with the From address.
+            log.error("verp_disabled", reason="smtp.return_path is set but no keys were given")
         self.sessions = sessions
         self.smtp = smtp
         self.clock = clock
@@ -389,7 +390,7 @@ class OutboxSender:
 
     def _return_path(self, row: Claimed) -> str:
         """MAIL FROM for ROW: its own VERP address under ``[smtp] return_path``, if set."""
-        if self.smtp.return_path is None:
+        if self.smtp.return_path is None or not self.keys:
             return row.envelope_from
         return bounce_address(self.smtp.return_path, self.keys, row.row_id)
 
@@ -474,6 +475,7 @@ class _Pass:
         self.writing = asyncio.Lock()  # a flush and a lease renewal never run at once
         self.renewed = math.inf  # PostgreSQL: when the leases of every row held last worked
         self.oldest: float | None = None  # when the oldest result not yet recorded came
+        self.urgent = False  # a transactional result waits: record at once
         self.notices_sent: dict[int, int] = {}  # notice -> mails accepted, not logged yet
         self.finished = False
         self.turn_waiter = False  # a connection waits for the next turn (the others, for news)
@@ -835,6 +837,24 @@ class _Pass:
 
     # --- connections ---------------------------------------------------------------------
 
+    async def _recorded(self) -> None:
+        """Before a customer's or an agent's mail goes: wait until every result so far is
+        recorded. Each connection then holds at most one such mail sent and not recorded, so a
+        crash sends again at most one per connection (SQLite's write lock, held by a backlog's
+        ingest, must not let sent mail pile up unrecorded)."""
+        while self.refill and not self.finished:
+            task = self.flushing
+            if task is not None and not task.done():
+                await asyncio.wait([task])
+                continue
+            if task is not None and (task.cancelled() or task.exception() is not None):
+                return  # the pass fails with it (see run)
+            if not (self.urgent and len(self.results)):
+                return
+            self._flush_due()
+            if self.flushing is task:
+                return  # no record could start
+
     async def _work(self, relay: Relay) -> None:
         """Send mail over RELAY until there is none left (or the pass halts)."""
         sender = self.sender
@@ -854,6 +874,8 @@ class _Pass:
                 failed = SendResult((), dict.fromkeys(addressable, reason), unaddressable)
                 self._done(mail, failed, held, sender.clock())
                 continue
+            if mail.kind == "transactional":
+                await self._recorded()
             try:
                 if not relay.connected:
                     await relay.connect()
@@ -932,10 +954,13 @@ class _Pass:
                 )
             else:  # a notice's thousands: one line per record (see _flush), not per mail
                 self.notices_sent[row.notice_id] = self.notices_sent.get(row.notice_id, 0) + 1
+        # A customer's or an agent's mail is recorded at once: after a crash it goes again only
+        # if it was in flight. A notice's thousands are recorded in batches.
+        urgent = mail.kind == "transactional"
         if not (result.permanent or result.temporary or held):
             (results.sent_rows if result.accepted else results.done).append(row.row_id)
             self.handled += 1
-            self._note_result()
+            self._note_result(urgent=urgent)
             return
         t = now.timestamp()
         fields = {"outbox_id": row.row_id, "message_id": row.message_id, "ticket_id": row.ticket_id}
@@ -978,7 +1003,7 @@ class _Pass:
         else:
             results.done.append(row.row_id)
         self.handled += 1
-        self._note_result()
+        self._note_result(urgent=urgent)
 
     def _settle(self, mail: _Mail, now: datetime) -> None:
         """MAIL has nobody left to send to (all skipped or done): its row's state follows."""
@@ -1001,7 +1026,8 @@ class _Pass:
         self.results.released.append({"oid": row.row_id, "at": max(at, row.due)})
         self._note_result()
 
-    def _note_result(self) -> None:
+    def _note_result(self, *, urgent: bool = False) -> None:
+        self.urgent = self.urgent or urgent
         if self.oldest is None:
             self.oldest = self.loop.time()
             if self.refill:  # recorded FLUSH_AGE seconds from now at the latest
@@ -1026,8 +1052,10 @@ class _Pass:
         if self.flushing is not None and self.flushing.exception() is not None:
             return  # the pass fails with it (see run)
         oldest = self.oldest
-        if len(self.results) >= FLUSH_ROWS or (
-            oldest is not None and self.loop.time() - oldest >= FLUSH_AGE
+        if (
+            len(self.results) >= FLUSH_ROWS
+            or (self.urgent and len(self.results))
+            or (oldest is not None and self.loop.time() - oldest >= FLUSH_AGE)
         ):
             self.flushing = asyncio.create_task(self._flush())
 
@@ -1036,7 +1064,7 @@ class _Pass:
         sender = self.sender
         async with self.writing:
             results, self.results = self.results, Results()
-            self.oldest = None
+            self.oldest, self.urgent = None, False
             sent, self.notices_sent = self.notices_sent, {}
             for notice_id, count in sent.items():
                 log.info("notice_mail_sent", notice=notice_id, mails=count)
@@ -1050,7 +1078,7 @@ class _Pass:
                 raise
             sender._held.difference_update(results.row_ids())
         if self.refill and self.oldest is not None:  # results came meanwhile: their turn
-            wait = FLUSH_AGE - (self.loop.time() - self.oldest)
+            wait = 0.0 if self.urgent else FLUSH_AGE - (self.loop.time() - self.oldest)
             self.loop.call_later(max(0.0, wait), self._flush_due)
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from helpdeskd.config.settings import SendRates
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
@@ -263,17 +264,20 @@ async def test_each_mail_has_its_own_verp_return_path(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink, smtp_extra={"return_path": "bounces@acme.test"})
     keys = config.service.secret_keys
     assert config.smtp is not None
-    with pytest.raises(ValueError, match="return_path"):
-        OutboxSender(sessionmaker(create_engine(config.database.url)), config.smtp)
     async with Desk(config) as desk:
         first = await _queue(desk, ["a@example.org"], due=datetime.now(UTC))
         second = await _queue(desk, ["b@example.org", "c@example.org"], due=datetime.now(UTC))
-        sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
-        await sender.drain(10)
+        await OutboxSender(desk.sessions, config.smtp, keys=keys).drain(10)
+        # A sender given no keys cannot sign return paths: it says so, and uses the From.
+        await _queue(desk, ["d@example.org"], due=datetime.now(UTC))
+        with capture_logs() as logs:
+            await OutboxSender(desk.sessions, config.smtp).drain(10)
+        assert "verp_disabled" in [e["event"] for e in logs]
     by = {tuple(d.recipients): d.sender for d in smtp_sink.deliveries}
     assert by == {
         ("a@example.org",): bounce_address("bounces@acme.test", keys, first),
         ("b@example.org", "c@example.org"): bounce_address("bounces@acme.test", keys, second),
+        ("d@example.org",): "support@acme.test",
     }
     for address, row_id in (
         (by[("a@example.org",)], first),
@@ -364,3 +368,42 @@ async def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"not within {seconds} s")
+
+
+async def test_an_opt_out_while_a_notice_goes_out_is_looked_up_again_before_each_mail(
+    make_config, smtp_sink
+):
+    """Opt-outs are looked up for the batch when it is claimed and again just before a mail
+    goes when that lookup is older than RECHECK_AGE: an opt-out that comes while the first mail
+    is at the relay keeps the second from going (one connection: the second waits)."""
+    from helpdeskd.desk import notices
+    from helpdeskd.store.models import Contact
+
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 1})
+    smtp_sink.handler.delay = 2 * outbox.RECHECK_AGE  # the first mail's lookup goes stale
+    async with Desk(config) as desk:
+        async with desk.sessions() as session, session.begin():
+            for name in ("ada", "bob"):
+                session.add(Contact(email=f"{name}@customer.example", status="active"))
+        notice = await _notice(desk, critical=False)
+        now = datetime.now(UTC)
+        for name in ("ada", "bob"):
+            await _queue(desk, [f"{name}@customer.example"], due=now, notice=notice)
+        sender = OutboxSender(desk.sessions, config.smtp, recheck=notices.recheck)
+        sending = asyncio.create_task(sender.run_once())
+        try:
+            await _until(lambda: smtp_sink.handler.receiving == 1)  # ada's mail is at the relay
+            async with desk.sessions() as session, session.begin():
+                bob = await session.scalar(
+                    select(Contact).where(Contact.email == "bob@customer.example")
+                )
+                assert await notices.opt_out(session, bob, "survey", via="test")
+            assert await sending == 2
+        finally:
+            await sender.close()
+        recipients = await _recipient_attempts(desk)
+    assert [d.recipients for d in smtp_sink.deliveries] == [["ada@customer.example"]]
+    assert recipients == {
+        "ada@customer.example": ("sent", 1),
+        "bob@customer.example": ("skipped", 0),
+    }

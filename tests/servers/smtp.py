@@ -70,6 +70,7 @@ class _Handler:
     refuse_domains: dict[str, str] = field(default_factory=dict)  # domain -> "451 ..."
     refused: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) refused
     connections: int = 0  # connections made to the sink so far
+    receiving: int = 0  # mails whose DATA has come (before the delay), accepted or not yet
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -86,6 +87,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.receiving += 1
         if self.delay:
             import asyncio
 

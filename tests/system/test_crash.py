@@ -489,7 +489,9 @@ def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(
         f"unmoved mail(s) fetched again and deduped; kills took {killed_at - started:.1f} s, "
         f"finishing {finished - killed_at:.1f} s"
     )
-    assert repeated <= len(phases), f"{repeated} duplicate acks for {len(phases)} kills"
+    # a kill may catch one mail in flight on each of the outbox's connections
+    bound = len(phases) * config.smtp.connections
+    assert repeated <= bound, f"{repeated} duplicate acks for {len(phases)} kills"
 
 
 def test_kill_between_commit_and_move_stores_nothing_twice(

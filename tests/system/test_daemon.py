@@ -64,8 +64,9 @@ async def test_sigkill_mid_send_loses_nothing(make_config, smtp_sink):
         proc.wait(30)
     got = _customers(smtp_sink)
     assert set(got) == {f"customer{n}@example.org" for n in range(20)}, daemon_log(config)
-    # A mail in flight at the kill may go out twice; nobody else gets a second copy.
-    assert sum(len(v) - 1 for v in got.values()) <= 1
+    # A mail in flight at the kill (one per connection) may go out twice; no other.
+    assert config.smtp is not None
+    assert sum(len(v) - 1 for v in got.values()) <= config.smtp.connections
     assert all(r["state"] == "sent" for r in cli_json(config, "outbox", "list"))
 
 

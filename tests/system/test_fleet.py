@@ -54,6 +54,7 @@ SEED = 20261206
 LEASE_SECONDS = 5
 TAKEOVER_LIMIT = 15.0  # seconds: the promise, as a deadline
 SIGKILLS = 5
+CONNECTIONS = 4  # [smtp] connections, the default
 TERMINATE_AT = 2  # the event (0-based) that terminates the holder's backends instead
 MAILS_PER_MAILBOX = 500
 WAVE = 10  # mails per mailbox per wave, a wave every WAVE_EVERY seconds
@@ -449,7 +450,9 @@ def test_three_daemons_two_mailboxes_a_thousand_mails_and_kills(
     assert set(seeded) <= {t for t, _ in fired}
 
     report(events, duplicates, started, kills_done, finished, len(fired))
-    assert duplicates <= len(events), f"{duplicates} duplicate acks for {len(events)} kills"
+    # a kill may catch one mail in flight on each of the outbox's connections
+    bound = len(events) * CONNECTIONS
+    assert duplicates <= bound, f"{duplicates} duplicate acks for {len(events)} kills"
 
 
 async def seed_due_tickets(config: Config) -> list[int]:
