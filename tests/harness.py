@@ -50,7 +50,8 @@ class Desk:
 
     async def send_all(self, limit: float = 30) -> None:
         assert self.config.smtp is not None
-        await OutboxSender(self.sessions, self.config.smtp).drain(limit)
+        keys = self.config.service.secret_keys
+        await OutboxSender(self.sessions, self.config.smtp, keys=keys).drain(limit)
 
     async def close(self) -> None:
         self.pool.close()

@@ -65,6 +65,7 @@ url = "sqlite:///{database}"                # or postgresql://user@host/db
 # security = "starttls"                     # tls | starttls | none
 # username = "support@acme.test"
 # password_file = "/etc/helpdeskd/smtp-password"   # or auth = "oauth2" with [smtp.oauth]
+# connections = 4                           # kept open and reused; rates: docs/admin.md
 # return_path = "bounces@acme.test"         # VERP: bounces name the exact send; deliver
 #                                           # bounces+*@ into a watched mailbox
 

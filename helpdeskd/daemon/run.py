@@ -256,6 +256,7 @@ class Daemon:
                     clock=self.clock,
                     token_source=self.credentials.for_smtp(),
                     on_login=self._smtp_login,
+                    keys=config.service.secret_keys,  # VERP return paths ([smtp] return_path)
                 )
                 supervisor.add("outbox", sender.run)
             if self.credentials.all():

@@ -46,9 +46,13 @@ def _read(path: Path) -> Iterator[Incoming]:
         raise UserError(f"{path}: not readable")
     if _is_mbox(path):
         # mailbox.mbox keeps the "From " line out of the message and un-escapes ">From ".
-        for index, message in enumerate(mailbox.mbox(path, create=False), 1):
-            raw = message.as_bytes()
-            yield Incoming(source=f"file:{path}", uid=index, raw=raw, size=len(raw))
+        mbox = mailbox.mbox(path, create=False)
+        try:
+            for index, message in enumerate(mbox, 1):
+                raw = message.as_bytes()
+                yield Incoming(source=f"file:{path}", uid=index, raw=raw, size=len(raw))
+        finally:
+            mbox.close()  # it holds the file open (read-write where it may) until then
         return
     raw = path.read_bytes()
     yield Incoming(source=f"file:{path}", uid=1, raw=raw, size=len(raw))

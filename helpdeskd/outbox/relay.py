@@ -196,7 +196,9 @@ class Relay:
             if client.is_connected:
                 await asyncio.wait_for(client.quit(), timeout=5)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            client.close()
+            pass
+        finally:
+            client.close()  # the socket too, whatever QUIT did (or a cancel left)
 
 
 def _reason(exc: BaseException) -> str:
