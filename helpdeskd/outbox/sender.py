@@ -496,33 +496,50 @@ class _Pass:
                 workers = [asyncio.create_task(self._work(relay)) for relay in sender.relays]
                 try:
                     await asyncio.gather(*workers)
+                except Exception:
+                    # A claim or a record failed (the database out of reach): the other
+                    # connections finish the mail in hand rather than drop it mid-send, so its
+                    # result is kept (see _flush) and the mail is not sent twice.
+                    self.halted = True
+                    self._wake()
+                    await asyncio.wait(workers, timeout=sender.smtp.timeout)
+                    raise
                 finally:
                     for worker in workers:
                         worker.cancel()
                     await asyncio.gather(*workers, return_exceptions=True)
         finally:
-            if self.claiming is not None:
-                with contextlib.suppress(Exception):
-                    await self.claiming
-            now = sender.clock()
-            for mail in self.pool:  # untried: back as they were (a login that failed, a stop)
-                if self.lost_lease:  # not ours to write any more: another daemon's now
-                    sender._held.discard(mail.row.row_id)
-                else:
-                    self._put_back(mail, mail.row.due, now)
-            self.pool.clear()
-            self.finished = True  # no more records started by a timer: the last is this one
-            if self.flushing is not None:
-                await self.flushing
-            await self._flush()
-            for task in (self.renewing, self.watching):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            try:
+                await self._finish()
+            finally:
+                for task in (self.renewing, self.watching):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
         if self.login_error is not None:
             await sender._login_failed(self.login_error)
         return self.handled
+
+    async def _finish(self) -> None:
+        """After the connections stop: the untried mail goes back, the results are recorded
+        (or kept for the next pass when the database is out of reach)."""
+        sender = self.sender
+        self.finished = True  # no more records started along the way: the last is this one
+        if self.claiming is not None:
+            with contextlib.suppress(Exception):
+                await self.claiming
+        now = sender.clock()
+        for mail in self.pool:  # untried: back as they were (a login that failed, a stop)
+            if self.lost_lease:  # not ours to write any more: another daemon's now
+                sender._held.discard(mail.row.row_id)
+            else:
+                self._put_back(mail, mail.row.due, now)
+        self.pool.clear()
+        if self.flushing is not None:
+            with contextlib.suppress(Exception):  # its results are kept in sender._unrecorded
+                await self.flushing
+        await self._flush()
 
     async def _recover(self) -> None:
         """Before a pass: record what a failed pass could not, and give back the rows it held
@@ -847,8 +864,10 @@ class _Pass:
             if task is not None and not task.done():
                 await asyncio.wait([task])
                 continue
-            if task is not None and (task.cancelled() or task.exception() is not None):
-                return  # the pass fails with it (see run)
+            if task is not None and task.cancelled():
+                return
+            if task is not None and task.exception() is not None:
+                task.result()  # the record failed: nothing more is sent, the pass fails with it
             if not (self.urgent and len(self.results)):
                 return
             self._flush_due()
@@ -875,7 +894,11 @@ class _Pass:
                 self._done(mail, failed, held, sender.clock())
                 continue
             if mail.kind == "transactional":
-                await self._recorded()
+                try:
+                    await self._recorded()
+                except BaseException:
+                    self.pool.insert(0, mail)  # untried: it goes back with the rest
+                    raise
             try:
                 if not relay.connected:
                     await relay.connect()
@@ -1038,7 +1061,9 @@ class _Pass:
         """While the daemon sends: record the results when FLUSH_ROWS have come or the oldest
         has waited FLUSH_AGE seconds, one record at a time. A crash sends again at most those
         not recorded yet, and the mails in flight."""
-        if not self.refill or (self.flushing is not None and not self.flushing.done()):
+        if self.finished or not self.refill:
+            return
+        if self.flushing is not None and not self.flushing.done():
             return
         if self.flushing is not None:
             self.flushing.result()  # a failed flush fails the pass
