@@ -14,8 +14,9 @@ from helpdeskd.clock import system_clock
 from helpdeskd.config.settings import Config
 from helpdeskd.desk.bounces import bounce_standing, describe, unsuspend
 from helpdeskd.desk.customers import contact_detail
-from helpdeskd.desk.erasure import Erasure, erase
+from helpdeskd.desk.erasure import erase
 from helpdeskd.desk.export import export_contact
+from helpdeskd.desk.scrubbing import Erasure
 from helpdeskd.errors import UserError
 from helpdeskd.store.db import SessionMaker, reading
 

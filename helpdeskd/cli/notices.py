@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 def cmd_notice_send(args: argparse.Namespace, config: Config) -> int:
     from helpdeskd.cli.progress import progress
-    from helpdeskd.desk.notices import Audience, send_notice
+    from helpdeskd.desk.noticequeue import send_notice
+    from helpdeskd.desk.notices import Audience
     from helpdeskd.mail.render import Renderer
 
     audience = Audience.parse(args.to)

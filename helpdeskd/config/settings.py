@@ -268,7 +268,7 @@ class RetentionConfig:
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    """The ``[bounces]`` table: Mailman's bounce scoring (helpdeskd.triage.bounces).
+    """The ``[bounces]`` table: Mailman's bounce scoring (helpdeskd.triage.bouncescore).
 
     A hard bounce of our mail scores 1, a soft one 0.5, at most one a day per address (the
     highest that day counts); a spam or policy refusal scores 0. At THRESHOLD the address is

@@ -1,7 +1,7 @@
 """A contact's bounce score explained (``contacts show``), and a suspension lifted
 (``contacts unsuspend``).
 
-The score is Mailman's (helpdeskd.triage.bounces, ``[bounces]``): the contact row holds it; the
+The score is Mailman's (helpdeskd.triage.bouncescore, ``[bounces]``): the contact row holds it; the
 ``bounce_scored`` events, one per bounce weighed against the address (ticketless, the address as
 actor, so that export and erasure find them), say which days it counts and what each said.
 """
@@ -18,7 +18,7 @@ from helpdeskd.config.settings import Config
 from helpdeskd.desk import privacy
 from helpdeskd.errors import UserError
 from helpdeskd.store.models import Contact, Event
-from helpdeskd.triage.bounces import Standing
+from helpdeskd.triage.bouncescore import Standing
 
 SCORED = "bounce_scored"  # a bounce weighed against an address (helpdeskd.triage.decision)
 UNSUSPENDED = "bounce_unsuspended"  # an admin lifted a suspension and cleared the score

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from helpdeskd.clock import show_time
 from helpdeskd.config.settings import Config
 from helpdeskd.desk import status as page
-from helpdeskd.desk.notices import Audience, NoticeReport, queue_notice
+from helpdeskd.desk.noticequeue import queue_notice
+from helpdeskd.desk.notices import Audience, NoticeReport
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
 from helpdeskd.store.models import Event, Incident, IncidentUpdate, Maintenance

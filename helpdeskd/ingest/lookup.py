@@ -6,7 +6,9 @@ participants and mail counts, contacts, agents, recent automatic answers, flood 
 bounces and unsubscribe tokens name — and builds each mail's
 :class:`~helpdeskd.triage.facts.Facts` from that. After each decision it learns what the plan
 adds, so a later mail of the run sees an earlier one exactly as it would see it in the database.
-The per-mail shape is the same with a run of one, loaded afresh for every mail.
+The per-mail shape is the same with a run of one, loaded afresh for every mail. What agents'
+replies read (held replies, #merge targets, notices of held mail) is gathered and learnt by
+:class:`~helpdeskd.ingest.replylookup.KnownReplies`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd.ingest.replylookup import KnownReplies
 from helpdeskd.store.models import (
     Agent,
     AutoReplyLog,
@@ -30,21 +32,15 @@ from helpdeskd.store.models import (
     Outbox,
     OutboxRecipient,
     Participant,
-    RawMessage,
     ThreadRef,
     Ticket,
 )
-from helpdeskd.triage.agent_reply import HeldReply, held_reply
-from helpdeskd.triage.agentmail import SUMMARY_LINES, HeldMail, HeldNotices, attachments_of
 from helpdeskd.triage.facts import (
-    MAX_TICKET_ID,
     AgentFacts,
     ContactFacts,
     Facts,
-    MergeTarget,
     Needs,
     Policy,
-    ReplyContext,
     Returned,
     StoredMessage,
     TicketFacts,
@@ -54,7 +50,6 @@ from helpdeskd.triage.received import ticket_ref
 from helpdeskd.vocab import OPEN_STATES
 
 MERGE_DEPTH = 20  # merges followed from one ticket at the most
-HELD_LOOKBACK = timedelta(days=7)  # how far back an agent's untold held mail is summed up
 
 
 class Unknown(Exception):
@@ -88,10 +83,7 @@ class Known:
         self.sent: dict[str, set[str]] = {}  # Message-ID of mail we sent -> its recipients
         # outbox row a verified VERP token names -> (its Message-ID, its ticket, its recipients)
         self.verp: dict[int, tuple[str, int | None, frozenset[str]]] = {}
-        self.replies: dict[int, ReplyContext] = {}  # ticket id -> what an agent's reply reads
-        self.merge_targets: dict[int, MergeTarget] = {}
-        self.held: dict[tuple[int, str], HeldReply] = {}  # (ticket, code) -> the held reply
-        self.held_notices: dict[str, HeldNotices] = {}  # agent address -> notices of held mail
+        self.replies = KnownReplies(policy.config, now)  # what agents' replies read
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -213,7 +205,7 @@ class Known:
         await self._load_counts(session, [n.parsed.sender for n in batch if n.parsed.sender])
         agent_mail = [n for n in batch if n.kind.kind == "agent_reply"]
         if agent_mail:
-            await self._load_replies(session, agent_mail)
+            await self.replies.load(session, agent_mail, self.tickets)
 
     async def _load_verp(self, session: AsyncSession, outbox_ids: set[int]) -> None:
         """The sends that bounces' verified VERP tokens name: each row's Message-ID, ticket
@@ -227,138 +219,6 @@ class Known:
             rows.setdefault(oid, (mid, tid, set()))[2].add(address.lower())
         for oid, (mid, tid, recipients) in rows.items():
             self.verp[oid] = (mid, tid, frozenset(recipients))
-
-    async def _load_replies(self, session: AsyncSession, batch: Sequence[Needs]) -> None:
-        """What agents' replies read: each ticket's latest customer mail and deliverable Cc
-        participants, and the tickets a ``#merge`` names."""
-        ids = list(self.tickets)
-        parents: dict[int, StoredMessage] = {}
-        if ids:
-            latest = (
-                select(func.max(Message.id))
-                .where(
-                    Message.ticket_id.in_(ids),
-                    Message.direction == "in",
-                    Message.internal.is_(False),
-                )
-                .group_by(Message.ticket_id)
-            )
-            for message in await session.scalars(select(Message).where(Message.id.in_(latest))):
-                parents[message.ticket_id] = StoredMessage(
-                    message.message_id,
-                    message.ticket_id,
-                    message.direction,
-                    message.kind,
-                    tuple(message.references or ()),
-                    message.in_reply_to,
-                    message.thread_index,
-                )
-        ccs: dict[int, list[str]] = {tid: [] for tid in ids}
-        if ids:
-            for tid, email in await session.execute(
-                select(Participant.ticket_id, Contact.email)
-                .join(Contact, Participant.contact_id == Contact.id)
-                .where(
-                    Participant.ticket_id.in_(ids),
-                    Participant.role == "cc",
-                    Contact.undeliverable.is_(False),
-                )
-                .order_by(Participant.id)
-            ):
-                if email != self.tickets[tid].requester.email:
-                    ccs[tid].append(email)
-        await self._load_held(session, batch)
-        targets = {n.merge_ticket for n in batch if n.merge_ticket is not None}
-        targets.update(t for held in self.held.values() if (t := _merge_ticket(held)) is not None)
-        if targets:
-            for ticket in await session.scalars(select(Ticket).where(Ticket.id.in_(targets))):
-                self.merge_targets[ticket.id] = MergeTarget(
-                    ticket.id, ticket.requester_id, ticket.merged_into_id
-                )
-        for tid in ids:
-            self.replies[tid] = ReplyContext(parents.get(tid), tuple(ccs[tid]))
-        await self._load_held_notices(session, {n.parsed.sender for n in batch})
-
-    async def _load_held(self, session: AsyncSession, batch: Sequence[Needs]) -> None:
-        """The replies that confirmation addresses in BATCH name, and whether each was
-        confirmed already (an agent's own only)."""
-        wanted = {n.confirmation: n.parsed.sender for n in batch if n.confirmation is not None}
-        if not wanted:
-            return
-        requested: dict[tuple[int, str], dict[str, Any]] = {}
-        confirmed: set[tuple[int, str]] = set()
-        for tid, type_, actor, detail in await session.execute(
-            select(Event.ticket_id, Event.type, Event.actor, Event.detail).where(
-                Event.ticket_id.in_({tid for tid, _ in wanted}),
-                Event.type.in_(("confirmation_requested", "reply_confirmed")),
-            )
-        ):
-            key = (tid, str((detail or {}).get("code")))
-            if wanted.get(key) != actor:
-                continue
-            if type_ == "confirmation_requested":
-                requested[key] = detail
-            else:
-                confirmed.add(key)
-        raws: dict[str, bytes | None] = {}
-        mids = [str(d.get("message_id")) for d in requested.values()]
-        if mids:
-            for mid, data in await session.execute(
-                select(RawMessage.message_id, RawMessage.data).where(
-                    RawMessage.message_id.in_(mids)
-                )
-            ):
-                if mid is not None:
-                    raws[mid] = data
-        for key, detail in requested.items():
-            found = held_reply(
-                detail,
-                confirmed=key in confirmed,
-                attachments=attachments_of(raws.get(str(detail.get("message_id")))),
-            )
-            if found is not None:
-                self.held[key] = found
-
-    async def _load_held_notices(self, session: AsyncSession, agents: set[str]) -> None:
-        """When AGENTS were last told of held mail, and what was held since without a notice."""
-        since = self.now - HELD_LOOKBACK
-        told = Event.detail["told"].as_boolean()
-        last: dict[str, datetime] = {}
-        for actor, at in await session.execute(
-            select(Event.actor, func.max(Event.created_at))
-            .where(
-                Event.type == "security_event",
-                Event.actor.in_(agents),
-                Event.created_at >= since,
-                or_(told.is_(None), told.is_(True)),  # events from before "told" were told
-            )
-            .group_by(Event.actor)
-        ):
-            last[actor] = at
-        for agent in agents:
-            after = last.get(agent, since)
-            untold = (
-                select(Event.ticket_id, Event.detail, Event.created_at)
-                .where(
-                    Event.type == "security_event",
-                    Event.actor == agent,
-                    Event.created_at > after,
-                    told.is_(False),
-                )
-                .order_by(Event.created_at.desc(), Event.id.desc())
-            )
-            count = await session.scalar(select(func.count()).select_from(untold.subquery()))
-            recent = [
-                HeldMail(
-                    at,
-                    ticket_ref(self.policy.config, tid) if tid is not None else "",
-                    str((detail or {}).get("reason", "")),
-                )
-                for tid, detail, at in await session.execute(untold.limit(SUMMARY_LINES))
-            ]
-            self.held_notices[agent] = HeldNotices(
-                last.get(agent), count or 0, tuple(reversed(recent))
-            )
 
     async def _load_tickets(
         self, session: AsyncSession, ticket_ids: set[int], emails: set[str]
@@ -556,24 +416,9 @@ class Known:
             recent_by_sender=self.recent_by_sender[sender],
             sender_flood_told=sender in self.flood_told,
             returned=self._returned(needs),
-            replies=self._replies(needs) if needs.kind.kind == "agent_reply" else {},
-            held_notices=self.held_notices if needs.kind.kind == "agent_reply" else {},
+            replies=self.replies.contexts(needs) if needs.kind.kind == "agent_reply" else {},
+            held_notices=self.replies.held_notices if needs.kind.kind == "agent_reply" else {},
         )
-
-    def _replies(self, needs: Needs) -> dict[int, ReplyContext]:
-        """What an agent's reply reads of each ticket; a confirmation reads the held reply's."""
-        held = self.held.get(needs.confirmation) if needs.confirmation is not None else None
-        target = _merge_ticket(held) if held is not None else needs.merge_ticket
-        return {
-            tid: replace(
-                context,
-                merge_target=self.merge_targets.get(target) if target is not None else None,
-                held=held
-                if needs.confirmation is not None and needs.confirmation[0] == tid
-                else None,
-            )
-            for tid, context in self.replies.items()
-        }
 
     def _ticket(self, ticket_id: int, strict: bool = False) -> TicketFacts | None:
         """The ticket TICKET_ID names, its merges followed; None when there is none."""
@@ -660,28 +505,9 @@ class Known:
             self.autoreplies[plan.autoreply_to] += 1
         if any(event.type == "flood_detected" for event in plan.events):
             self.flood_told.add(parsed.sender)
-        self._learn_held(plan, ticket_id)
+        self.replies.learn(plan, ticket_id)
         if plan.ticket is not None and ticket_id is not None:
             self._learn_ticket(plan, ticket_id)
-
-    def _learn_held(self, plan: Plan, ticket_id: int | None) -> None:
-        """Know the held mail PLAN told an agent of (or not), and the held reply it confirmed."""
-        for event in plan.events:
-            if event.type == "security_event" and "told" in event.detail:
-                known = self.held_notices.get(event.actor, HeldNotices())
-                if event.detail["told"]:
-                    self.held_notices[event.actor] = HeldNotices(self.now)
-                else:
-                    ref = ticket_ref(self.policy.config, ticket_id) if ticket_id else ""
-                    held = HeldMail(self.now, ref, str(event.detail.get("reason", "")))
-                    recent = (*known.recent, held)[-SUMMARY_LINES:]
-                    self.held_notices[event.actor] = replace(
-                        known, untold=known.untold + 1, recent=recent
-                    )
-            if event.type == "reply_confirmed" and ticket_id is not None:
-                key = (event.on or ticket_id, str(event.detail.get("code")))
-                if key in self.held:
-                    self.held[key] = replace(self.held[key], confirmed=True)
 
     def _learn_ticket(self, plan: Plan, ticket_id: int) -> None:
         row = plan.ticket
@@ -713,13 +539,6 @@ class Known:
         if row.assignee_id is not None and row.id is None and self.agent_load:
             open_, _ = self.agent_load.get(row.assignee_id, (0, 0))
             self.agent_load[row.assignee_id] = (open_ + 1, ticket_id)
-
-
-def _merge_ticket(held: HeldReply | None) -> int | None:
-    """The ticket a held reply's ``#merge`` names, if any."""
-    merge = held.commands.get("merge") if held is not None else None
-    number = merge.args[0].rpartition("-")[2] if merge is not None else ""
-    return int(number) if number.isdigit() and int(number) <= MAX_TICKET_ID else None
 
 
 def _contact(contact: Contact) -> ContactFacts:

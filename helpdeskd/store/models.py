@@ -92,7 +92,7 @@ class Contact(Base):
     # Suspended for bouncing: no notices, acknowledgements or reminders (ticket replies still go).
     undeliverable: Mapped[bool] = mapped_column(Boolean, default=False)
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)  # bounces of our mail, all time
-    # Mailman's bounce score (helpdeskd.triage.bounces): the day of the last scored bounce and
+    # Mailman's bounce score (helpdeskd.triage.bouncescore): the day of the last scored bounce and
     # what that day counted (the highest bounce of a day counts), and what the bounce said.
     bounce_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     last_bounce_on: Mapped[date | None] = mapped_column(Date)

@@ -1,8 +1,11 @@
 """Read a bounce (non-delivery report) or an ARF complaint: bytes in, frozen dataclasses out.
 
 Pure: no I/O, no DB. The classifier decides *that* a mail is a bounce or a report; this module
-says *who* bounced, how badly, and which of our mails it was, so the processor can mark the
-contact undeliverable, tell the agent, and suppress complainants (DESIGN.md "Classification").
+says *who* bounced, with what status, and which of our mails it was, so the processor can mark
+the contact undeliverable, tell the agent, and suppress complainants (DESIGN.md
+"Classification"). How badly each recipient failed (hard, soft, a policy refusal) and what that
+does to the address's score is :mod:`helpdeskd.triage.bouncescore`'s; the report's MIME is read
+through :mod:`helpdeskd.triage.reportparts`.
 
 Bounces come in two shapes:
 
@@ -15,11 +18,6 @@ Bounces come in two shapes:
   ``MAILER-DAEMON``/``postmaster``, ``X-Failed-Recipients`` …): a customer who pastes or forwards
   a bounce to support is a customer, not a bounce.
 
-Hardness (:attr:`BouncedRecipient.hard`): a permanent failure is ``action: failed`` with a 5.x.x
-status, or a 5xx SMTP code when there is no status. A full mailbox (X.2.2, a bare SMTP 552, or
-"mailbox full"/"over quota" in the text) is *soft* even when RFC 3463 calls 5.2.2 permanent: it
-is a state of the mailbox, not of the address, and most desks retry it. ``delayed`` is never
-hard, and neither is ``failed`` with a 4.x.x status (the MTA gave up on a temporary problem).
 An NDR that calls its failure permanent ("failed permanently", "This is a permanent error") but
 gives no code at all gets status 5.0.0, RFC 3463's "permanent, otherwise undefined".
 
@@ -28,33 +26,20 @@ the copy quoted in an NDR's text, else from the NDR's own In-Reply-To (Exchange 
 it to the bounced mail's Message-ID). A bounce sent to our VERP return path
 (``bounces+TOKEN@``, :func:`helpdeskd.mail.tokens.bounce_address`) carries its TOKEN: that names
 the send itself, so such a report is read even when it names no recipient.
-
-A refusal of our mail as spam or by the receiving server's policy (:attr:`BouncedRecipient.policy`:
-a 5.7.x status with words of spam, blocking or policy, or an NDR's well-known words for it) says
-nothing about the customer's address and scores nothing.
-
-Scoring is Mailman's (:func:`score`): a hard bounce weighs 1, a soft one 0.5, a policy refusal
-or a delay 0; one bounce a day counts per address (the heaviest of that day); the score starts
-again when the last scored bounce is more than ``stale_after_days`` old; at ``threshold`` the
-address is suspended, and stays so until an admin lifts it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import quopri
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from datetime import date, timedelta
-from email.generator import BytesGenerator
+from dataclasses import dataclass
 from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import collapse_rfc2231_value
 
+from helpdeskd.triage import reportparts as mime
+from helpdeskd.triage.bouncescore import SMTP_CODE, STATUS_CODE, BouncedRecipient
 from helpdeskd.triage.loops import robot_sender
 from helpdeskd.triage.ndr import (
     ADDRESS,
@@ -74,8 +59,6 @@ from helpdeskd.triage.ndr import (
 MAX_ADDRESS = 320
 MAX_MSGID = 900
 MAX_DIAGNOSTIC = 300
-MAX_TEXT = 200_000  # characters of notice text searched; bounds the regex work on huge mail
-MAX_PARTS = 500
 
 ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
 DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
@@ -92,15 +75,6 @@ FEEDBACK_TYPE = "message/feedback-report"
 VERP_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
-# RFC 3463 enhanced status code; not part of a dotted quad or a longer number.
-_STATUS = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-# An SMTP reply code as it appears in diagnostics: "550 ...", "550-5.1.1", "#550", "said: 552".
-_SMTP_CODE = re.compile(r"(?<![\w.])([245]\d\d)(?=[ \-]|$)")
-_MAILBOX_FULL = re.compile(
-    r"mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:storage|its quota)|"
-    r"insufficient (?:system )?storage",
-    re.IGNORECASE,
-)
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 _BASE64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 _DIAG_TYPE = re.compile(r"^[\w-]+;\s*")
@@ -108,87 +82,7 @@ _PER_RECIPIENT = frozenset({"action", "status", "diagnostic-code"})
 _ACTION_FIELD = re.compile(
     r"^action:[ \t]*(failed|delayed|delivered|relayed|expanded)\b", re.IGNORECASE | re.MULTILINE
 )
-
-HARD_WEIGHT = 1.0  # Mailman's bounce_score weights
-SOFT_WEIGHT = 0.5
-# The words of a refusal of our mail as spam or by policy, beside a 5.7.x status. "blocked" and
-# "denied" say it of the sender: a 5.7.x status already says "security or policy".
-_POLICY_WORDS = re.compile(
-    r"spam|junk|unsolicited|bulk\s+mail|\bblock(?:ed|ing)?\b|block\s*-?list|black\s*-?list|"
-    r"\blisted\b|\bdnsbl\b|\brbl\b|reputation|polic(?:y|ies)|content|filter|\bdmarc\b|\bspf\b|"
-    r"\bdkim\b|authenticat|\bdenied\b|not\s+(?:authori[sz]ed|allowed|permitted|accepted)|"
-    r"prohibited|refused|banned|virus|malware|phish|suspicious|\brelay",
-    re.IGNORECASE,
-)
-# What only a spam or policy refusal says, whatever its status (or with none): Gmail's
-# "likely unsolicited mail", Outlook.com's "on our block list", "blocked using Spamhaus",
-# Yahoo's "[BL21] ... in Spamhaus's list", "rejected as spam", "poor reputation", DMARC.
-_SPAM_REFUSAL = re.compile(
-    r"\bspam\b|unsolicited\s+(?:mail|e-?mail|message|bulk)|\bjunk\s+(?:mail|e-?mail)|"
-    r"spamhaus|spamcop|barracuda(?:central)?|\bsorbs\b|\bdnsbl\b|\brbl\b|"
-    r"block\s*-?list(?:ed)?|black\s*-?list(?:ed)?|\bblocked\s+using\b|"
-    r"\blisted\s+(?:at|on|in|by)\b|(?:poor|bad|low)\s+(?:ip\s+|sender\s+|domain\s+)?reputation|"
-    r"\bdmarc\b|(?:rejected|refused|blocked)\s+(?:for|due\s+to|because\s+of)\s+"
-    r"(?:policy|content|spam)|policy\s+(?:violation|rejection|reasons)|content\s+filter",
-    re.IGNORECASE,
-)
-# A refusal that is about the address after all ("550 5.7.1 User unknown", a misused status).
-_ADDRESS_PROBLEM = re.compile(
-    r"\b(?:user|recipient|address|mailbox|account)\s+(?:unknown|not\s+found|does\s+not\s+exist|"
-    r"disabled|inactive|deactivated)|\bno\s+such\s+(?:user|recipient|mailbox|address)|"
-    r"\b(?:unknown|invalid)\s+(?:user|recipient|mailbox|address)\b|"
-    r"not\s+listed\s+in\s+(?:the\s+)?(?:domino|public)",  # Domino and Notes
-    re.IGNORECASE,
-)
 _RECIPIENT_FIELDS = ("original-recipient", "final-recipient")
-
-
-@dataclass(frozen=True)
-class BouncedRecipient:
-    address: str  # lower-cased; the original recipient when the DSN gives it, else the final
-    action: str  # failed | delayed | delivered | relayed | expanded | unknown
-    status: str  # RFC 3463 code, e.g. "5.1.1"; "" when unknown
-    diagnostic: str  # one line, at most MAX_DIAGNOSTIC characters
-
-    @property
-    def hard(self) -> bool:
-        """Say whether this address failed for good (see the module docstring for soft cases)."""
-        if self.action != "failed" or _MAILBOX_FULL.search(self.diagnostic):
-            return False
-        if self.status:
-            return self.status.startswith("5.") and self.status.split(".")[1:] != ["2", "2"]
-        code = _SMTP_CODE.search(self.diagnostic)
-        return code is not None and code.group(1).startswith("5") and code.group(1) != "552"
-
-    @property
-    def policy(self) -> bool:
-        """Say whether the receiving server refused our mail as spam or by its policy.
-
-        A 5.7.x or 4.7.x status (RFC 3463's "security or policy") counts when its words say spam,
-        blocking, reputation or policy, and not that the mailbox is unknown; without such a
-        status, only the words no address problem uses (spam, a block list, reputation, DMARC).
-        """
-        text = self.diagnostic
-        if _ADDRESS_PROBLEM.search(text):
-            return False
-        codes = (self.status, *_STATUS.findall(text))
-        if any(code[1:4] == ".7." for code in codes) and _POLICY_WORDS.search(text):
-            return True
-        return bool(_SPAM_REFUSAL.search(text))
-
-    @property
-    def weight(self) -> float:
-        """What this bounce adds to the address's score: hard 1, soft 0.5, else 0."""
-        if self.action != "failed" or self.policy:
-            return 0.0
-        return HARD_WEIGHT if self.hard else SOFT_WEIGHT
-
-    @property
-    def state(self) -> str:
-        """One word for what happened: hard, policy, failed (soft), delayed, ..."""
-        if self.action == "failed" and self.policy:
-            return "policy"
-        return "hard" if self.hard else self.action
 
 
 @dataclass(frozen=True)
@@ -219,58 +113,6 @@ class Complaint:
     original_message_id: str | None
 
 
-@dataclass(frozen=True)
-class Standing:
-    """An address's bounce score as stored: the score, the day of the last scored bounce and
-    what that day counted, what the bounce said, and whether the address is suspended."""
-
-    score: float = 0.0
-    last_on: date | None = None
-    last_weight: float = 0.0
-    reason: str | None = None
-    suspended: bool = False
-
-    def stale(self, today: date, stale_after_days: int) -> bool:
-        """Say whether the score has gone stale by TODAY: no bounce scored for too long."""
-        return self.last_on is None or (today - self.last_on).days > stale_after_days
-
-    def current(self, today: date, stale_after_days: int) -> float:
-        """The score as it stands on TODAY: 0 once it is stale (the next bounce starts anew)."""
-        return 0.0 if self.stale(today, stale_after_days) else self.score
-
-    def resets_on(self, stale_after_days: int) -> date | None:
-        """The first day the score is stale, unless another bounce is scored before it."""
-        if self.last_on is None:
-            return None
-        return self.last_on + timedelta(days=stale_after_days + 1)
-
-
-def score(
-    standing: Standing,
-    bounce: BouncedRecipient,
-    day: date,
-    *,
-    threshold: float,
-    stale_after_days: int,
-) -> Standing:
-    """Score BOUNCE, received on DAY, against an address whose score is STANDING (Mailman's
-    way, see the module docstring). A bounce that weighs nothing leaves it as it is."""
-    weight = bounce.weight
-    if weight <= 0:
-        return standing
-    reason = f"{bounce.state} {bounce.status} {bounce.diagnostic}".replace("  ", " ").strip()
-    if standing.last_on is None or standing.stale(day, stale_after_days):
-        scored = Standing(weight, day, weight, reason, standing.suspended)
-    elif day <= standing.last_on:  # that day is scored already: its heaviest bounce counts
-        if weight <= standing.last_weight:
-            return standing
-        added = standing.score + weight - standing.last_weight
-        scored = replace(standing, score=added, last_weight=weight, reason=reason)
-    else:
-        scored = Standing(standing.score + weight, day, weight, reason, standing.suspended)
-    return replace(scored, suspended=scored.suspended or scored.score >= threshold)
-
-
 def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | None:
     """Read a bounce; return None when nothing bounce-like can be read.
 
@@ -278,21 +120,21 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
     still name the original Message-ID); NDR text needs the mail system as sender and at least
     one recipient. ``verp_local`` is the local part before ``+TOKEN`` of our VERP address.
     """
-    msg = _parse(raw)
-    leaves = list(_leaves(msg))
+    msg = mime.parse(raw)
+    leaves = list(mime.leaves(msg))
     dsn_parts = [part for part in leaves if part.get_content_type() in DSN_TYPES]
     if not dsn_parts and _from_mail_system(msg):
         # A filter that wraps the MTA's report in a message of its own (InterScan).
         dsn_parts = [
-            part for part in _attached_leaves(leaves) if part.get_content_type() in DSN_TYPES
+            part for part in mime.attached_leaves(leaves) if part.get_content_type() in DSN_TYPES
         ]
-    report_type = _report_type(msg)
+    report_type = mime.report_type(msg)
     if not dsn_parts and report_type not in ("", "delivery-status") and not _refusal(msg, leaves):
         return None  # a read receipt or a feedback report, not a bounce
 
     recipients: dict[str, BouncedRecipient] = {}
     for part in dsn_parts:
-        for record in _dsn_records(_part_text(part)):
+        for record in _dsn_records(mime.part_text(part)):
             recipient = _dsn_recipient(record)
             if recipient is not None:
                 recipients.setdefault(recipient.address, recipient)
@@ -302,44 +144,44 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
     if dsn_parts:
         kind = "dsn"
         if not recipients:
-            recipients = _ndr_recipients(msg, _notice_text(leaves))
-    elif ses := _ses_recipients(_text_of(leaves)):
+            recipients = _ndr_recipients(msg, mime.notice_text(leaves))
+    elif ses := _ses_recipients(mime.text_of(leaves)):
         kind, recipients = "ndr", ses
     elif _from_mail_system(msg):
         kind = "ndr"
         if returned is None:
-            returned = _inline_returned_headers(_text_of(leaves))
-        notice = _notice_text(leaves)
+            returned = _inline_returned_headers(mime.text_of(leaves))
+        notice = mime.notice_text(leaves)
         # Some MTAs write the RFC 3464 fields into the text instead of a part of their own,
         # after a list of the returned mail's header fields (PMDF): read the whole text.
-        recipients = _text_dsn_recipients(_text_of(leaves)) or _ndr_recipients(msg, notice)
+        recipients = _text_dsn_recipients(mime.text_of(leaves)) or _ndr_recipients(msg, notice)
         if not recipients:
             recipients = _returned_recipient(returned, notice)
         if not recipients:
             # Naming nobody, the report is still about the send its VERP token names, if it
             # says what an NDR says (an out-of-office sent to the return path does not).
-            said = ndr_phrase(notice) or ndr_subject(_header(msg, "Subject"))
+            said = ndr_phrase(notice) or ndr_subject(mime.header(msg, "Subject"))
             if not said or _verp_token(msg, returned, verp_local) is None:
                 return None
             overall = _overall(notice)
     else:
         return None
 
-    original_id = _msgid(_header(returned, "Message-ID")) if returned is not None else None
+    original_id = _msgid(mime.header(returned, "Message-ID")) if returned is not None else None
     if original_id is None:
         # Exchange and Office 365 answer the bounced mail: their NDR's In-Reply-To names it.
-        original_id = _msgid(_header(msg, "In-Reply-To"))
+        original_id = _msgid(mime.header(msg, "In-Reply-To"))
     references: tuple[str, ...] = ()
     if returned is not None:
         references = _msgids(
-            _header(returned, "In-Reply-To") + " " + _header(returned, "References")
+            mime.header(returned, "In-Reply-To") + " " + mime.header(returned, "References")
         )
     verp_token = _verp_token(msg, returned, verp_local)
     if not recipients and original_id is None and verp_token is None:
         return None
     if not recipients and overall is None:
-        dsn_text = "\n".join(_part_text(part) for part in dsn_parts)
-        overall = _overall(_notice_text(leaves) + "\n" + dsn_text)
+        dsn_text = "\n".join(mime.part_text(part) for part in dsn_parts)
+        overall = _overall(mime.notice_text(leaves) + "\n" + dsn_text)
     return BounceReport(
         recipients=tuple(recipients.values()),
         original_message_id=original_id,
@@ -352,14 +194,14 @@ def parse_bounce(raw: bytes, *, verp_local: str = "bounces") -> BounceReport | N
 
 def parse_complaint(raw: bytes) -> Complaint | None:
     """Read an ARF (RFC 5965) feedback report; return None when the mail is not one."""
-    msg = _parse(raw)
-    leaves = list(_leaves(msg))
+    msg = mime.parse(raw)
+    leaves = list(mime.leaves(msg))
     reports = [part for part in leaves if part.get_content_type() == FEEDBACK_TYPE]
-    if not reports and _report_type(msg) != "feedback-report":
+    if not reports and mime.report_type(msg) != "feedback-report":
         return None
     fields: dict[str, str] = {}
     if reports:
-        for record in _field_blocks(_part_text(reports[0])):
+        for record in _field_blocks(mime.part_text(reports[0])):
             for name, value in record:
                 fields.setdefault(name, value)
     feedback_type = (fields.get("feedback-type", "").split() or ["unknown"])[0].lower()
@@ -369,7 +211,7 @@ def parse_complaint(raw: bytes) -> Complaint | None:
         fields.get("removal-recipient", "")
     )
     if complainant is None and returned is not None:
-        found = ADDRESS.findall(_header(returned, "To"))
+        found = ADDRESS.findall(mime.header(returned, "To"))
         complainant = found[0].lower() if len(found) == 1 else None
     # AOL replaces the complainant's mailbox with a placeholder it names in Redacted-Address
     # (RFC 6590); the original Message-ID still leads to our recipient.
@@ -379,128 +221,8 @@ def parse_complaint(raw: bytes) -> Complaint | None:
     return Complaint(
         complainant=complainant,
         feedback_type=feedback_type,
-        original_message_id=_msgid(_header(returned, "Message-ID")) if returned else None,
+        original_message_id=_msgid(mime.header(returned, "Message-ID")) if returned else None,
     )
-
-
-# --- MIME plumbing ---
-
-
-def _parse(raw: bytes) -> Message:
-    # A byte-order mark before the first header (mimekit's feedback-report) would turn the
-    # whole header block into body text.
-    return BytesParser(policy=compat32).parsebytes(raw.removeprefix(b"\xef\xbb\xbf"))
-
-
-def _leaves(msg: Message) -> Iterator[Message]:
-    """Yield the leaf parts in order, not descending into attached messages.
-
-    A bounce forwarded as an attachment is the forwarder's mail, not a bounce; and message/*
-    parts (the returned mail, the delivery-status blocks) are read as wholes.
-    """
-    stack = [msg]
-    count = 0
-    while stack and count < MAX_PARTS:
-        part = stack.pop()
-        count += 1
-        payload = part.get_payload()
-        if part.get_content_maintype() == "multipart" and isinstance(payload, list):
-            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
-        else:
-            yield part
-
-
-def _attached_leaves(leaves: list[Message]) -> Iterator[Message]:
-    """Yield the leaf parts of the messages attached to LEAVES, one level down."""
-    for part in leaves:
-        payload = part.get_payload()
-        if part.get_content_type() == "message/rfc822" and isinstance(payload, list):
-            for inner in payload:
-                if isinstance(inner, Message):
-                    yield from _leaves(inner)
-
-
-def _report_type(msg: Message) -> str:
-    """Return the report-type of a multipart/report mail, lower-cased; "" for other mail."""
-    if msg.get_content_type() != "multipart/report":
-        return ""
-    value = msg.get_param("report-type")
-    if value is None:
-        return ""
-    return str(collapse_rfc2231_value(value) if isinstance(value, tuple) else value).lower()
-
-
-def _header(msg: Message | None, name: str) -> str:
-    if msg is None:
-        return ""
-    # compat32 hands back an email.header.Header when the value has undecodable bytes.
-    return " ".join(str(value) for value in msg.get_all(name, []))
-
-
-def _flatten(part: Message) -> bytes:
-    out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=compat32).flatten(part)
-    return out.getvalue()
-
-
-def _part_bytes(part: Message) -> bytes:
-    """Return the decoded body of a part, also for message/* parts the stdlib pre-parsed."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        flat = _flatten(part).replace(b"\r\n", b"\n")
-        body = flat.split(b"\n\n", 1)[1] if b"\n\n" in flat else b""
-        encoding = _header(part, "Content-Transfer-Encoding").strip().lower()
-        if encoding == "base64":
-            try:
-                return base64.b64decode(body, validate=False)
-            except (binascii.Error, ValueError):
-                return body
-        if encoding == "quoted-printable":
-            return quopri.decodestring(body)
-        return body
-    decoded = part.get_payload(decode=True)
-    return decoded if isinstance(decoded, bytes) else b""
-
-
-def _decode(data: bytes, charset: str | None) -> str:
-    try:
-        text = data.decode(charset or "utf-8", errors="replace")
-    except LookupError:
-        text = data.decode("utf-8", errors="replace")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _part_text(part: Message) -> str:
-    return _decode(_part_bytes(part), part.get_content_charset())
-
-
-def _text_of(leaves: list[Message]) -> str:
-    """Return the human-readable text of the mail: its text/plain parts, else its HTML."""
-    plain = [_part_text(p) for p in leaves if _plain(p)]
-    if any(text.strip() for text in plain):
-        return "\n\n".join(plain)[:MAX_TEXT]
-    html = [_part_text(p) for p in leaves if p.get_content_type() == "text/html"]
-    text = "\n".join(html)[:MAX_TEXT]
-    text = re.sub(r"(?i)<br\s*/?>|</(?:p|div|tr|li|h\d)>", "\n", text)
-    text = re.sub(r"<[^<>]*>", " ", text)
-    return (
-        text.replace("&lt;", "<").replace("&gt;", ">").replace("&nbsp;", " ").replace("&amp;", "&")
-    )
-
-
-def _plain(part: Message) -> bool:
-    """Say whether PART is plain text: also when its Content-Type is mangled ("text/plain
-    charset=…" on two lines) or it claims to be multipart with no boundary to split on."""
-    if part.get_content_maintype() == "multipart":
-        return isinstance(part.get_payload(), str)
-    return (part.get_content_type().split() or [""])[0] == "text/plain"
-
-
-def _notice_text(leaves: list[Message]) -> str:
-    """Return the NDR's own words: its text up to the returned copy of our mail."""
-    text = _text_of(leaves)
-    cut = RETURNED_COPY.search(text)
-    return text[: cut.start()] if cut else text
 
 
 # --- RFC 3464 delivery-status fields ---
@@ -524,7 +246,7 @@ def _field_blocks(text: str) -> list[list[tuple[str, str]]]:
                 decoded = base64.b64decode("".join(loose), validate=False)
             except (binascii.Error, ValueError):
                 decoded = b""
-            blocks.extend(_field_blocks(_decode(decoded, "utf-8")))
+            blocks.extend(_field_blocks(mime.decode(decoded, "utf-8")))
         if fields:
             blocks.append([(name, value.strip()) for name, value in fields])
         fields, loose = [], []
@@ -588,7 +310,7 @@ def _dsn_recipient(record: dict[str, str]) -> BouncedRecipient | None:
 def _action_from_codes(status: str, diagnostic: str) -> str:
     """Infer a missing Action field from the status (or SMTP code) class."""
     code = status[:1]
-    if not code and (smtp := _SMTP_CODE.search(diagnostic)):
+    if not code and (smtp := SMTP_CODE.search(diagnostic)):
         code = smtp.group(1)[:1]
     return {"5": "failed", "4": "delayed", "2": "delivered"}.get(code, "unknown")
 
@@ -602,7 +324,7 @@ def _from_mail_system(msg: Message) -> bool:
     The same senders classification trusts (:func:`helpdeskd.triage.ndr.mail_system`), plus the
     markers only an MTA writes, plus a robot (Auto-Submitted) that writes an NDR's words.
     """
-    if _header(msg, "X-Envelope-From").strip() == "<>":
+    if mime.header(msg, "X-Envelope-From").strip() == "<>":
         return True
     if (
         msg.get("X-Failed-Recipients") is not None
@@ -612,24 +334,26 @@ def _from_mail_system(msg: Message) -> bool:
     if "mailer-daemon" in (msg.get_unixfrom() or "").lower():
         return True
     return_path = msg.get("Return-Path")
-    if mail_system(_header(msg, "From"), None if return_path is None else str(return_path)):
+    if mail_system(mime.header(msg, "From"), None if return_path is None else str(return_path)):
         return True
-    auto = _header(msg, "Auto-Submitted").strip().lower()
-    precedence = _header(msg, "Precedence").strip().lower()
-    sender = ADDRESS.search(_header(msg, "From"))
+    auto = mime.header(msg, "Auto-Submitted").strip().lower()
+    precedence = mime.header(msg, "Precedence").strip().lower()
+    sender = ADDRESS.search(mime.header(msg, "From"))
     robot = (
         bool(auto and not auto.startswith("no"))
         or precedence in ("bulk", "junk", "auto_reply")
         or (sender is not None and robot_sender(sender.group(0)))
     )
-    text = _text_of(list(_leaves(msg)))
-    return (robot and ndr_phrase(text) is not None) or notice_only(_header(msg, "Subject"), text)
+    text = mime.text_of(list(mime.leaves(msg)))
+    return (robot and ndr_phrase(text) is not None) or notice_only(
+        mime.header(msg, "Subject"), text
+    )
 
 
 def _ndr_recipients(msg: Message, notice: str) -> dict[str, BouncedRecipient]:
     entries = notice_entries(notice)
     # Exim's X-Failed-Recipients is the MTA's own list: it beats whatever the text seems to say.
-    failed = [a.lower() for a in ADDRESS.findall(_header(msg, "X-Failed-Recipients"))]
+    failed = [a.lower() for a in ADDRESS.findall(mime.header(msg, "X-Failed-Recipients"))]
     if failed:
         entries = {address: entries.get(address, []) for address in dict.fromkeys(failed)}
     general = general_diagnostic(notice)
@@ -639,12 +363,12 @@ def _ndr_recipients(msg: Message, notice: str) -> dict[str, BouncedRecipient]:
         if len(address) > MAX_ADDRESS:
             continue
         lines = [_one_line(chunk.strip(" \t:;,.")) for chunk in chunks]
-        coded = [line for line in lines if _status(line) or _SMTP_CODE.search(line)]
+        coded = [line for line in lines if _status(line) or SMTP_CODE.search(line)]
         diagnostic = (
             coded or ([general] if general else []) or [line for line in lines if line] or [""]
         )[0]
         status = _status(diagnostic)
-        if not status and action == "failed" and not _SMTP_CODE.search(diagnostic):
+        if not status and action == "failed" and not SMTP_CODE.search(diagnostic):
             status = "5.0.0" if PERMANENT.search(notice) else ""
         recipients[address] = BouncedRecipient(
             address=address, action=action, status=status, diagnostic=diagnostic
@@ -659,10 +383,10 @@ def _refusal(msg: Message, leaves: list[Message]) -> bool:
     """Say whether a "read receipt" is the mail system's refusal of our mail: an MDN whose
     disposition is ``deleted`` (RFC 8098; ``denied`` in RFC 2298), sent by the mail system, as
     Dovecot's LDA and Sieve's reject send when a mailbox is over quota."""
-    if _report_type(msg) != "disposition-notification" or not _from_mail_system(msg):
+    if mime.report_type(msg) != "disposition-notification" or not _from_mail_system(msg):
         return False
     return any(
-        _DELETED.search(_part_text(part))
+        _DELETED.search(mime.part_text(part))
         for part in leaves
         if part.get_content_type() == "message/disposition-notification"
     )
@@ -696,11 +420,11 @@ def _returned_recipient(returned: Message | None, notice: str) -> dict[str, Boun
     gateway, old Exchange): an NDR is about the mail it returns."""
     if (
         returned is None
-        or _header(returned, "Cc").strip()
-        or "multipart/report" in _header(returned, "Content-Type").lower()
+        or mime.header(returned, "Cc").strip()
+        or "multipart/report" in mime.header(returned, "Content-Type").lower()
     ):
         return {}
-    found = {a.lower() for a in ADDRESS.findall(_header(returned, "To"))}
+    found = {a.lower() for a in ADDRESS.findall(mime.header(returned, "To"))}
     if len(found) != 1:
         return {}
     address = found.pop()
@@ -742,7 +466,7 @@ def _returned_headers(leaves: list[Message]) -> Message | None:
         if part.get_content_type() not in RETURNED_TYPES:
             continue
         payload = part.get_payload()
-        encoding = _header(part, "Content-Transfer-Encoding").strip().lower()
+        encoding = mime.header(part, "Content-Transfer-Encoding").strip().lower()
         if (
             isinstance(payload, list)
             and payload
@@ -751,7 +475,7 @@ def _returned_headers(leaves: list[Message]) -> Message | None:
         ):
             headers = payload[0]
         else:
-            headers = BytesHeaderParser(policy=compat32).parsebytes(_part_bytes(part).lstrip())
+            headers = BytesHeaderParser(policy=compat32).parsebytes(mime.part_bytes(part).lstrip())
         if headers.get("Message-ID") is not None:
             return headers
         found = found or headers
@@ -780,11 +504,11 @@ def _inline_returned_headers(text: str) -> Message | None:
 def _verp_token(msg: Message, returned: Message | None, local: str) -> str | None:
     pattern = re.compile(rf"(?<![\w.+-]){re.escape(local)}\+([^@\s<>\"',;]+)@", re.IGNORECASE)
     for name in VERP_HEADERS:
-        match = pattern.search(_header(msg, name))
+        match = pattern.search(mime.header(msg, name))
         if match:
             return match.group(1)
     # The returned mail's Return-Path is the envelope sender we used.
-    match = pattern.search(_header(returned, "Return-Path"))
+    match = pattern.search(mime.header(returned, "Return-Path"))
     return match.group(1) if match else None
 
 
@@ -801,7 +525,7 @@ def _address(value: str) -> str | None:
 
 
 def _status(text: str) -> str:
-    match = _STATUS.search(text)
+    match = STATUS_CODE.search(text)
     return match.group(1) if match else ""
 
 

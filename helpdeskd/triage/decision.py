@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from helpdeskd.mail.build import new_message_id
-from helpdeskd.triage.bounces import BouncedRecipient, score
+from helpdeskd.triage.bouncescore import BouncedRecipient, score
 from helpdeskd.triage.facts import ContactFacts, Facts, Needs, Policy, StoredMessage
 from helpdeskd.triage.intake import Intake
 from helpdeskd.triage.mails import Mail, Note, human_size

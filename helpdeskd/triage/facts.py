@@ -22,13 +22,8 @@ from helpdeskd.rules import loader
 from helpdeskd.rules.model import RuleSet
 from helpdeskd.triage.agent_reply import HeldReply
 from helpdeskd.triage.agentmail import HeldNotices, forwarded_sender
-from helpdeskd.triage.bounces import (
-    BounceReport,
-    Complaint,
-    Standing,
-    parse_bounce,
-    parse_complaint,
-)
+from helpdeskd.triage.bounces import BounceReport, Complaint, parse_bounce, parse_complaint
+from helpdeskd.triage.bouncescore import Standing
 from helpdeskd.triage.classify import Classification, ClassifyContext, classify
 from helpdeskd.triage.commands import ParsedCommands, parse_commands
 from helpdeskd.triage.heroku import HerokuTicket, recognise
@@ -101,7 +96,7 @@ class ContactFacts:
     email: str
     name: str | None = None
     id: int | None = None
-    undeliverable: bool = False  # suspended for bouncing (see helpdeskd.triage.bounces)
+    undeliverable: bool = False  # suspended for bouncing (see helpdeskd.triage.bouncescore)
     suppressed: bool = False
     bounce_count: int = 0
     plan: str | None = None

@@ -343,7 +343,8 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
 
     from helpdeskd.config.load import load_config
     from helpdeskd.daemon.logs import configure
-    from helpdeskd.desk.notices import Audience, queue_notice, send_notice
+    from helpdeskd.desk.noticequeue import queue_notice, send_notice
+    from helpdeskd.desk.notices import Audience
     from helpdeskd.mail.render import Renderer
     from helpdeskd.store.db import create_engine, sessionmaker
     from helpdeskd.store.models import utcnow
@@ -703,8 +704,8 @@ async def send_phase(
     spacing = NoticesConfig.rate
     say(
         f"  (every row was due at once here: [notices] rate = 1e9. At its default of "
-        f"{spacing:g}/s desk/notices.py queues the rows 1/{spacing:g} s apart, so such a notice "
-        f"takes {count / spacing:.0f} s whatever the sender's speed)"
+        f"{spacing:g}/s desk/noticequeue.py queues the rows 1/{spacing:g} s apart, so such a "
+        f"notice takes {count / spacing:.0f} s whatever the sender's speed)"
     )
 
 

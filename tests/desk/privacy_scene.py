@@ -25,7 +25,8 @@ from helpdeskd.clock import system_clock
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config
 from helpdeskd.desk.customers import import_csv
-from helpdeskd.desk.notices import Audience, opt_out, queue_notice
+from helpdeskd.desk.noticequeue import queue_notice
+from helpdeskd.desk.notices import Audience, opt_out
 from helpdeskd.mail.render import Renderer
 from helpdeskd.store.models import Base, Contact
 from tests.desk.test_agents import agent_mail

@@ -13,15 +13,8 @@ from helpdeskd.desk import erasure as erasure_module
 from helpdeskd.desk import privacy
 from helpdeskd.desk.customers import customer_rows, import_csv
 from helpdeskd.desk.erasure import erase, finish_held
-from helpdeskd.desk.notices import (
-    Audience,
-    Spool,
-    plan_notice,
-    queue_notice,
-    recheck,
-    render_notice,
-    store_notice,
-)
+from helpdeskd.desk.noticequeue import Spool, queue_notice, render_notice, store_notice
+from helpdeskd.desk.notices import Audience, plan_notice, recheck
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox.sender import OutboxSender

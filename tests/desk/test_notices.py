@@ -379,7 +379,8 @@ async def crowd(make_config, tmp_path):
 
 
 async def _queue(way, config, sessions, *, category, template, extra=None, dry_run=False):
-    from helpdeskd.desk.notices import Audience, queue_notice, send_notice
+    from helpdeskd.desk.noticequeue import queue_notice, send_notice
+    from helpdeskd.desk.notices import Audience
     from helpdeskd.mail.render import Renderer
 
     renderer = Renderer(config.paths.templates)

@@ -14,6 +14,7 @@ from helpdeskd.config.settings import SmtpConfig
 from helpdeskd.desk.redelivery import retry_outbox
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.outbox import sender as outbox
+from helpdeskd.outbox import sendpass
 from helpdeskd.outbox.sender import OutboxSender, backoff
 from helpdeskd.store.models import Outbox
 from tests.clocks import ManualClock
@@ -262,7 +263,7 @@ async def test_a_batch_holds_at_most_claim_bytes_of_mail(make_config, smtp_sink,
         for n in range(3):
             await _queue(desk, [f"r{n}@example.org"])
         sender = OutboxSender(desk.sessions, config.smtp)
-        monkeypatch.setattr(outbox, "CLAIM_BYTES", 1)  # smaller than any mail: one a batch
+        monkeypatch.setattr(sendpass, "CLAIM_BYTES", 1)  # smaller than any mail: one a batch
         assert await sender.run_once() == 1
         monkeypatch.undo()
         assert await sender.run_once() == 2

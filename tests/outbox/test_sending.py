@@ -16,6 +16,7 @@ from helpdeskd.config.settings import SendRates
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.mail.tokens import bounce_address, verify_bounce
 from helpdeskd.outbox import sender as outbox
+from helpdeskd.outbox import sendpass
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.store.db import create_engine, sessionmaker
 from helpdeskd.store.models import Notice, Outbox, OutboxRecipient
@@ -120,7 +121,7 @@ async def test_two_senders_on_postgresql_never_send_a_row_twice(
     make_pg_config, smtp_sink, monkeypatch
 ):
     """Two daemons claim batches of the same table: each row goes once, and both take part."""
-    monkeypatch.setattr(outbox, "CLAIM_BATCH", 16)  # many claims, interleaved
+    monkeypatch.setattr(sendpass, "CLAIM_BATCH", 16)  # many claims, interleaved
     config = make_pg_config(smtp=smtp_sink, smtp_extra={"connections": 2})
     smtp = replace(config.smtp, domain_rate=None)  # 240 mails to one domain, flat out
     clock = ManualClock(START)
@@ -185,7 +186,7 @@ async def test_a_4xx_backs_off_the_whole_domain_and_the_others_flow(make_config,
 
 async def test_acknowledgements_go_before_a_big_notice(make_config, smtp_sink, monkeypatch):
     """A notice's rows due long before do not hold back an acknowledgement due now."""
-    monkeypatch.setattr(outbox, "CLAIM_BATCH", 8)
+    monkeypatch.setattr(sendpass, "CLAIM_BATCH", 8)
     config = make_config(smtp=smtp_sink, smtp_extra={"connections": 1})
     clock = ManualClock(START)
     async with Desk(config) as desk:
@@ -321,8 +322,8 @@ async def test_claims_and_records_interleaved_never_send_a_row_twice(
 ):
     """While the daemon sends, batches are claimed while others are recorded: a claim never
     takes a row whose result is being recorded (SQLite: the rows in hand are left out)."""
-    monkeypatch.setattr(outbox, "CLAIM_BATCH", 12)
-    monkeypatch.setattr(outbox, "FLUSH_ROWS", 5)
+    monkeypatch.setattr(sendpass, "CLAIM_BATCH", 12)
+    monkeypatch.setattr(sendpass, "FLUSH_ROWS", 5)
     config = make_config(smtp=smtp_sink, smtp_extra={"connections": 4})
     smtp = replace(config.smtp, domain_rate=None)
     async with Desk(config) as desk:
@@ -380,7 +381,7 @@ async def test_an_opt_out_while_a_notice_goes_out_is_looked_up_again_before_each
     from helpdeskd.store.models import Contact
 
     config = make_config(smtp=smtp_sink, smtp_extra={"connections": 1})
-    smtp_sink.handler.delay = 2 * outbox.RECHECK_AGE  # the first mail's lookup goes stale
+    smtp_sink.handler.delay = 2 * sendpass.RECHECK_AGE  # the first mail's lookup goes stale
     async with Desk(config) as desk:
         async with desk.sessions() as session, session.begin():
             for name in ("ada", "bob"):

@@ -10,13 +10,8 @@ from email.policy import SMTP
 
 import pytest
 
-from helpdeskd.triage.bounces import (
-    BouncedRecipient,
-    BounceReport,
-    Standing,
-    parse_bounce,
-    score,
-)
+from helpdeskd.triage.bounces import BounceReport, parse_bounce
+from helpdeskd.triage.bouncescore import BouncedRecipient, Standing, score
 
 DAY = date(2026, 11, 2)
 HARD = BouncedRecipient("jane@customer.test", "failed", "5.1.1", "550 5.1.1 User unknown")

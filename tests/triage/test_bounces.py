@@ -13,7 +13,8 @@ from email.policy import SMTP
 
 import pytest
 
-from helpdeskd.triage.bounces import BouncedRecipient, parse_bounce, parse_complaint
+from helpdeskd.triage.bounces import parse_bounce, parse_complaint
+from helpdeskd.triage.bouncescore import BouncedRecipient
 from tests.conftest import CORPUS
 from tests.mailgen import customer_mail
 from tests.triage import real_bounces

@@ -1,0 +1,646 @@
+"""Queue a notice at scale: its audience read in chunks, its mail rendered per recipient, its
+rows inserted in bulk.
+
+A notice to a hundred thousand customers is queued in memory that does not grow with them: the
+audience is read CHUNK recipients at a time (keyset pagination by contact id), each chunk's
+opt-outs and erasures looked up at once (helpdeskd.desk.notices.suppressed), its mail rendered,
+and its rows inserted with one multi-row INSERT per table; across chunks only counts are kept
+(Tally). Queued whole or not at all: ``notice send`` (send_notice) renders into a compressed
+Spool on disk under a read-only transaction, then inserts it all in one transaction, so that on
+SQLite the write lock is held only while inserting; queue_notice does both in its caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+import marshal
+import tempfile
+import zlib
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+)
+from contextlib import AbstractContextManager, aclosing, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from helpdeskd.clock import Clock, system_clock
+from helpdeskd.config.settings import Config
+from helpdeskd.desk.notices import (
+    Audience,
+    NoticeReport,
+    Plan,
+    audience_size,
+    plan_notice,
+    preferences_url,
+    recipients,
+    suppressed,
+    unsubscribe_links,
+)
+from helpdeskd.errors import TemplateError, UserError
+from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
+from helpdeskd.mail.parse import is_address
+from helpdeskd.mail.render import Renderer
+from helpdeskd.outbox import sender as outbox
+from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.models import Base, Contact, Event, Notice, Outbox, OutboxRecipient
+from helpdeskd.triage.loops import automatic_headers
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1000
+"""Recipients read, rendered and stored at a time: one INSERT per table per chunk (SQLAlchemy
+sends up to 1,000 rows in each multi-row INSERT), and never more than a chunk of mail in memory."""
+
+_OUTBOX = Base.metadata.tables[Outbox.__tablename__]
+_RECIPIENTS = Base.metadata.tables[OutboxRecipient.__tablename__]
+_EVENTS = Base.metadata.tables[Event.__tablename__]
+# The outbox rows of a chunk, with their ids by Message-ID (unique) for the recipients: RETURNING
+# has no order on SQLite, and asking SQLAlchemy for one there costs a statement per row.
+_INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.message_id, _OUTBOX.c.id)
+
+Advance = Callable[[int], None]
+Progress = Callable[[str, int | None], AbstractContextManager[Advance]]
+"""How long work is shown: called with a label and the total, it gives the function that counts
+what is done (helpdeskd.cli.progress.progress is one)."""
+
+
+@contextmanager
+def no_progress(_label: str, _total: int | None) -> Iterator[Advance]:
+    """A Progress that shows nothing."""
+    yield lambda _done: None
+
+
+@dataclass
+class Tally:
+    """What a notice came to so far: counts only, whatever the size of the audience."""
+
+    recipients: int = 0
+    queued: int = 0
+    failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # by reason, "opted out" for both kinds
+    subject: str = ""  # of the first mail rendered
+
+    def skip(self, reason: str) -> None:
+        key = reason.split(" of ")[0]
+        self.skipped[key] = self.skipped.get(key, 0) + 1
+
+    def report(self, notice_id: int | None) -> NoticeReport:
+        return NoticeReport(
+            notice_id, self.recipients, self.queued, dict(self.skipped), self.subject, self.failed
+        )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The mail of one chunk of recipients, rendered."""
+
+    mails: list[tuple[str, str, bytes]]  # (address, Message-ID, message), in the audience's order
+    unaddressable: list[str]  # contacts' addresses no mail can be written to
+
+
+class _Writer:
+    """Write a notice's mail for one recipient at a time; what is the same for every recipient
+    (the service, the extra variables, the List-* and automatic headers) is worked out once."""
+
+    def __init__(
+        self,
+        config: Config,
+        renderer: Renderer,
+        plan: Plan,
+        *,
+        send_at: datetime,
+        extra: Mapping[str, Any],
+    ) -> None:
+        notices = config.notices
+        assert notices is not None
+        service = config.service
+        self.config, self.renderer, self.plan, self.send_at = config, renderer, plan, send_at
+        self.from_address = notices.from_address
+        self.context = {
+            **extra,
+            "service": {
+                "name": service.name,
+                "support_address": service.support_address,
+                "public_url": service.public_url,
+            },
+            "category": plan.category,
+            "critical": plan.critical,
+            "postal_address": notices.postal_address,
+        }
+        headers = dict(automatic_headers(service.support_address, "auto-generated"))
+        list_id = f"{plan.category.replace('_', '-')}.notices.{service.support_domain}"
+        headers["List-Id"] = f"{service.name} {plan.category} notices <{list_id}>"
+        self.headers = headers
+
+    def mail(self, contact: Contact | Row[Any]) -> tuple[str, str, bytes, str]:
+        """Return (address, Message-ID, message, subject) of CONTACT's mail.
+
+        Raises UserError for an optional notice whose text lacks the recipient's unsubscribe
+        link, and TemplateError (naming the recipient) for a template that fails for them.
+        """
+        config, plan = self.config, self.plan
+        service = config.service
+        if plan.critical:
+            url = mailto = ""
+        else:
+            url, mailto = unsubscribe_links(config, contact.id, plan.category)
+        context = {
+            **self.context,
+            "recipient": {
+                "email": contact.email,
+                "name": contact.name or "",
+                "plan": contact.plan,
+                "app": contact.app,
+            },
+            "unsubscribe_url": url,
+            "unsubscribe_mailto": mailto,
+            "preferences_url": preferences_url(config, contact.id),
+        }
+        try:
+            rendered = self.renderer.render(plan.template, context)
+        except TemplateError as exc:
+            raise TemplateError(f"{exc} (for {contact.email!r}); nothing was queued") from None
+        if not plan.critical and url not in rendered.text:
+            raise UserError(
+                f"{plan.template}: an optional ({plan.category}) notice must contain the "
+                "unsubscribe link {{ unsubscribe_url }} and instructions; nothing was queued"
+            )
+        headers = self.headers
+        if not plan.critical:
+            headers = {
+                **headers,
+                "List-Unsubscribe": f"<{url}>, <mailto:{mailto}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            }
+        message_id = new_message_id(service.support_domain)
+        data = build_message(
+            OutgoingMail(
+                from_addr=self.from_address,
+                from_name=service.name,
+                to=(contact.email,),
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                message_id=message_id,
+                date=self.send_at,
+                reply_to=service.support_address,
+                extra_headers=headers,
+            )
+        )
+        return contact.email, message_id, data, rendered.subject
+
+
+async def rendered_chunks(
+    session: AsyncSession,
+    config: Config,
+    renderer: Renderer,
+    plan: Plan,
+    tally: Tally,
+    *,
+    send_at: datetime,
+    extra: Mapping[str, Any] | None = None,
+    advance: Advance | None = None,
+    chunk: int = CHUNK,
+) -> AsyncGenerator[Chunk, None]:
+    """Read PLAN's audience from SESSION a chunk at a time, leave out the suppressed (one query
+    for the chunk's opt-outs, one for its erased addresses), and yield each chunk's mail,
+    counting in TALLY.
+
+    Raises UserError or TemplateError (from _Writer.mail) at the first recipient whose mail
+    cannot be written: a notice is queued whole or not at all.
+    """
+    writer = _Writer(config, renderer, plan, send_at=send_at, extra=extra or {})
+    async with aclosing(recipients(session, plan.audience, chunk)) as chunks:
+        async for contacts in chunks:
+            reasons = await suppressed(session, contacts, plan.category, plan.critical)
+            mails: list[tuple[str, str, bytes]] = []
+            unaddressable: list[str] = []
+            for contact in contacts:
+                reason = reasons.get(contact.id)
+                if reason is not None:
+                    tally.skip(reason)
+                elif not is_address(contact.email):
+                    # Stored before imports were checked: one such contact must not stop the notice
+                    # (a critical one least of all) for everybody else.
+                    unaddressable.append(contact.email)
+                else:
+                    address, message_id, data, subject = writer.mail(contact)
+                    mails.append((address, message_id, data))
+                    tally.subject = tally.subject or subject
+            tally.recipients += len(contacts)
+            tally.queued += len(mails)
+            tally.failed += len(unaddressable)
+            if advance is not None:
+                advance(len(contacts))
+            yield Chunk(mails, unaddressable)
+
+
+@asynccontextmanager
+async def _rendering(
+    session: AsyncSession,
+    config: Config,
+    renderer: Renderer,
+    plan: Plan,
+    label: str,
+    *,
+    send_at: datetime,
+    extra: Mapping[str, Any] | None,
+    progress: Progress,
+    chunk: int,
+) -> AsyncIterator[tuple[Tally, AsyncGenerator[Chunk, None]]]:
+    """Count PLAN's audience, show the work under LABEL, and give a fresh Tally with the
+    rendered_chunks that fill it, closed (and the progress ended) on leaving."""
+    tally = Tally()
+    total = await audience_size(session, plan.audience)
+    with progress(label, total) as advance:
+        chunks = rendered_chunks(
+            session,
+            config,
+            renderer,
+            plan,
+            tally,
+            send_at=send_at,
+            extra=extra,
+            advance=advance,
+            chunk=chunk,
+        )
+        async with aclosing(chunks):
+            yield tally, chunks
+
+
+class Spool:
+    """Rendered chunks on disk between rendering and storing, so that neither the memory nor the
+    database's write lock has to hold a whole notice: an unnamed temporary file (gone when closed,
+    or when the process dies), each chunk marshalled and compressed (a notice's mails differ in
+    a few lines: a tenth of their size or less)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
+        self.size = 0  # bytes written
+
+    def write(self, chunk: Chunk) -> None:
+        blob = zlib.compress(marshal.dumps((chunk.mails, chunk.unaddressable)), 1)
+        self._file.write(len(blob).to_bytes(4, "big") + blob)
+        self.size += 4 + len(blob)
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The chunks written, in order."""
+        self._file.flush()
+        self._file.seek(0)
+        while head := self._file.read(4):
+            blob = self._file.read(int.from_bytes(head, "big"))
+            mails, unaddressable = marshal.loads(zlib.decompress(blob))
+            yield Chunk(mails, unaddressable)
+
+    async def replay(self) -> AsyncGenerator[Chunk, None]:
+        """The chunks written, in order, for store_notice."""
+        for chunk in self.chunks():
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+async def render_notice(
+    session: AsyncSession,
+    config: Config,
+    renderer: Renderer,
+    plan: Plan,
+    *,
+    send_at: datetime,
+    extra: Mapping[str, Any] | None = None,
+    spool: Spool | None = None,
+    progress: Progress = no_progress,
+    chunk: int = CHUNK,
+) -> Tally:
+    """Render PLAN's notice for every recipient, reading SESSION (which may be read-only: no
+    lock is held meanwhile), into SPOOL (None: a dry run, counting only)."""
+    rendering = _rendering(
+        session,
+        config,
+        renderer,
+        plan,
+        "rendering",
+        send_at=send_at,
+        extra=extra,
+        progress=progress,
+        chunk=chunk,
+    )
+    async with rendering as (tally, chunks):
+        async for rendered in chunks:
+            if spool is not None:
+                spool.write(rendered)
+    return tally
+
+
+async def store_notice(
+    session: AsyncSession,
+    config: Config,
+    plan: Plan,
+    chunks: AsyncIterable[Chunk],
+    tally: Tally,
+    *,
+    now: datetime,
+    send_at: datetime,
+    expires_at: datetime | None,
+    progress: Progress = no_progress,
+    total: int | None = None,
+) -> NoticeReport:
+    """Queue the mail of CHUNKS at NOW in SESSION's transaction, from SEND_AT on, spaced by the
+    configured rate: row i (of the queued mails, in order) is due i / rate seconds after SEND_AT.
+
+    TALLY has the counts of CHUNKS, or gets them as CHUNKS are rendered; its subject and
+    skipped count go into the notice row at the end. Rows are inserted a chunk at a time with
+    one multi-row INSERT per table (no ORM object per recipient); nothing is visible to the
+    sender until the caller commits.
+    """
+    notices = config.notices
+    assert notices is not None
+    notice = Notice(
+        category=plan.category,
+        template=plan.template.removeprefix("notices/").removesuffix(".txt.j2"),
+        audience=str(plan.audience),
+        critical=plan.critical,
+        subject=tally.subject,
+        send_at=send_at,
+        expires_at=expires_at,
+        skipped=sum(tally.skipped.values()),
+        created_at=now,
+    )
+    session.add(notice)
+    await session.flush()
+    index = 0  # of the next mail queued: its place in the notice's pace
+    with progress("queueing", total) as advance:
+        async for chunk in chunks:
+            await _insert_chunk(
+                session,
+                config,
+                notice.id,
+                chunk,
+                index=index,
+                now=now,
+                send_at=send_at,
+                expires_at=expires_at,
+            )
+            index += len(chunk.mails)
+            advance(len(chunk.mails) + len(chunk.unaddressable))
+    notice.subject = tally.subject
+    notice.skipped = sum(tally.skipped.values())
+    session.add(
+        Event(
+            ticket_id=None,
+            type="notice_queued",
+            actor="cli",
+            detail={
+                "notice": notice.id,
+                "category": plan.category,
+                "queued": tally.queued,
+                "failed": tally.failed,
+            },
+            created_at=now,
+        )
+    )
+    await session.flush()
+    log.info(
+        "notice_queued",
+        notice=notice.id,
+        category=plan.category,
+        queued=tally.queued,
+        failed=tally.failed,
+    )
+    return tally.report(notice.id)
+
+
+async def _insert_chunk(
+    session: AsyncSession,
+    config: Config,
+    notice_id: int,
+    chunk: Chunk,
+    *,
+    index: int,
+    now: datetime,
+    send_at: datetime,
+    expires_at: datetime | None,
+) -> None:
+    """Insert CHUNK's outbox rows, their recipients and the failures' events: one statement per
+    table. The rows are those outbox.enqueue and outbox.enqueue_failed write, in bulk."""
+    notices = config.notices
+    assert notices is not None
+    step = 1 / notices.rate
+    envelope_from = notices.from_address
+    rows: list[dict[str, Any]] = [
+        {
+            "ticket_id": None,
+            "notice_id": notice_id,
+            "kind": "notice",
+            "message_id": message_id,
+            "envelope_from": envelope_from,
+            "data": data,
+            "state": "pending",
+            "attempts": 0,
+            # The configured rate spreads a large notice over time; the sender keeps order.
+            "next_attempt_at": send_at + timedelta(seconds=(index + i) * step),
+            "expires_at": expires_at,
+            "last_error": None,
+            "created_at": now,
+        }
+        for i, (_address, message_id, data) in enumerate(chunk.mails)
+    ]
+    addresses = [address.lower() for address, _, _ in chunk.mails]
+    # Whom no mail can be written to: a failed row holding no mail, as enqueue_failed writes.
+    failed = [address[:320] for address in chunk.unaddressable]  # the column's size
+    failed_ids = [new_message_id(config.service.support_domain) for _ in failed]
+    rows.extend(
+        {
+            "ticket_id": None,
+            "notice_id": notice_id,
+            "kind": "notice",
+            "message_id": message_id,
+            "envelope_from": envelope_from,
+            "data": b"",
+            "state": "failed",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "expires_at": None,
+            "last_error": outbox.UNADDRESSABLE,
+            "created_at": now,
+        }
+        for message_id in failed_ids
+    )
+    if not rows:
+        return
+    ids: dict[str, int] = {
+        message_id: outbox_id
+        for message_id, outbox_id in await session.execute(_INSERT_OUTBOX, rows)
+    }
+    recipients = [
+        {
+            "outbox_id": ids[message_id],
+            "address": address,
+            "state": "pending",
+            "attempts": 0,
+            "last_error": None,
+        }
+        for address, (_, message_id, _data) in zip(addresses, chunk.mails, strict=True)
+    ]
+    recipients.extend(
+        {
+            "outbox_id": ids[message_id],
+            "address": address,
+            "state": "failed",
+            "attempts": 0,
+            "last_error": outbox.UNADDRESSABLE,
+        }
+        for address, message_id in zip(failed, failed_ids, strict=True)
+    )
+    await session.execute(insert(_RECIPIENTS), recipients)
+    if failed:
+        await session.execute(
+            insert(_EVENTS),
+            [
+                {
+                    "ticket_id": None,
+                    "type": "delivery_failed",
+                    "actor": "system",
+                    "detail": {
+                        "recipient": address,
+                        "error": outbox.UNADDRESSABLE,
+                        "message_id": message_id,
+                    },
+                    "created_at": now,
+                }
+                for address, message_id in zip(failed, failed_ids, strict=True)
+            ],
+        )
+        for address, message_id in zip(failed, failed_ids, strict=True):
+            log.error(
+                "recipient_unaddressable",
+                recipient=address,
+                error=outbox.UNADDRESSABLE,
+                message_id=message_id,
+            )
+
+
+async def queue_notice(
+    session: AsyncSession,
+    config: Config,
+    renderer: Renderer,
+    *,
+    category: str,
+    template: str,
+    audience: Audience,
+    now: datetime,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    progress: Progress = no_progress,
+    chunk: int = CHUNK,
+) -> NoticeReport:
+    """Plan, render and queue a notice at NOW in SESSION's transaction, sent from SEND_AT
+    (default NOW) on: each chunk of recipients is read, rendered and inserted in turn.
+
+    On SQLite the transaction holds the database's write lock while every mail is rendered;
+    send_notice, for a large notice on its own, renders first and holds it only to insert.
+    """
+    send_at = send_at or now
+    plan = plan_notice(config, renderer, category=category, template=template, audience=audience)
+    rendering = _rendering(
+        session,
+        config,
+        renderer,
+        plan,
+        "rendering" if dry_run else "queueing",
+        send_at=send_at,
+        extra=extra,
+        progress=progress,
+        chunk=chunk,
+    )
+    async with rendering as (tally, chunks):
+        if dry_run:
+            async for _chunk in chunks:
+                pass
+            return tally.report(None)
+        return await store_notice(
+            session,
+            config,
+            plan,
+            chunks,
+            tally,
+            now=now,
+            send_at=send_at,
+            expires_at=expires_at,
+        )
+
+
+async def send_notice(
+    sessions: SessionMaker,
+    config: Config,
+    renderer: Renderer,
+    *,
+    category: str,
+    template: str,
+    audience: Audience,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    progress: Progress = no_progress,
+    clock: Clock = system_clock,
+    chunk: int = CHUNK,
+) -> NoticeReport:
+    """Like queue_notice, in two steps so that no write transaction is open while rendering: a
+    running daemon keeps storing mail while a hundred thousand notices are rendered.
+
+    The mail is rendered chunk by chunk in a read-only transaction into a Spool on disk, then
+    inserted from it in one transaction: the notice is queued whole or not at all, and the
+    sender sees none of it before the commit.
+    """
+    now = clock()
+    send_at = send_at or now
+    plan = plan_notice(config, renderer, category=category, template=template, audience=audience)
+    with Spool() as spool:
+        async with reading(sessions) as session:
+            tally = await render_notice(
+                session,
+                config,
+                renderer,
+                plan,
+                send_at=send_at,
+                extra=extra,
+                spool=None if dry_run else spool,
+                progress=progress,
+                chunk=chunk,
+            )
+        if dry_run:
+            return tally.report(None)
+        async with sessions() as session, session.begin(), aclosing(spool.replay()) as chunks:
+            return await store_notice(
+                session,
+                config,
+                plan,
+                chunks,
+                tally,
+                now=now,
+                send_at=send_at,
+                expires_at=expires_at,
+                progress=progress,
+                total=tally.queued + tally.failed,
+            )
