@@ -319,11 +319,15 @@ def notices(table: Table, service: ServiceConfig) -> NoticesConfig:
         if not str(name).replace("_", "").isalnum():
             raise ConfigError(f"notices.categories.{name}: letters, digits and _ only")
         categories[str(name)] = kind == "critical"
+    if "rate" in table.data:
+        raise ConfigError(
+            f"{table.key('rate')}: no longer read; the outbox paces notices by [smtp.rates] "
+            "critical and optional (docs/admin.md)"
+        )
     notices = NoticesConfig(
         from_address=table.address("from", f"notices@{service.support_domain}"),
         postal_address=table.get("postal_address", str, ""),
         categories=tuple(sorted(categories.items())),
-        rate=table.positive("rate", 20),
         min_notice_hours=float(table.get("min_notice_hours", (int, float), 24)),
         reminder_hours=float(table.get("reminder_hours", (int, float), 2)),
     )

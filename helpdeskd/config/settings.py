@@ -232,7 +232,6 @@ class NoticesConfig:
     from_address: str
     postal_address: str
     categories: tuple[tuple[str, bool], ...]  # (name, critical)
-    rate: float = 20.0  # mails per second the outbox may send of one notice
     min_notice_hours: float = 24.0  # maintenance is announced at least this far ahead
     reminder_hours: float = 2.0  # a maintenance reminder this long before the start (0: none)
 

@@ -26,7 +26,7 @@ from collections.abc import (
 )
 from contextlib import AbstractContextManager, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -363,8 +363,8 @@ async def store_notice(
     progress: Progress = no_progress,
     total: int | None = None,
 ) -> NoticeReport:
-    """Queue the mail of CHUNKS at NOW in SESSION's transaction, from SEND_AT on, spaced by the
-    configured rate: row i (of the queued mails, in order) is due i / rate seconds after SEND_AT.
+    """Queue the mail of CHUNKS at NOW in SESSION's transaction, every row due at SEND_AT: the
+    outbox paces them by their class's rate (``[smtp.rates]``), in the order they were queued.
 
     TALLY has the counts of CHUNKS, or gets them as CHUNKS are rendered; its subject and
     skipped count go into the notice row at the end. Rows are inserted a chunk at a time with
@@ -386,7 +386,6 @@ async def store_notice(
     )
     session.add(notice)
     await session.flush()
-    index = 0  # of the next mail queued: its place in the notice's pace
     with progress("queueing", total) as advance:
         async for chunk in chunks:
             await _insert_chunk(
@@ -394,12 +393,10 @@ async def store_notice(
                 config,
                 notice.id,
                 chunk,
-                index=index,
                 now=now,
                 send_at=send_at,
                 expires_at=expires_at,
             )
-            index += len(chunk.mails)
             advance(len(chunk.mails) + len(chunk.unaddressable))
     notice.subject = tally.subject
     notice.skipped = sum(tally.skipped.values())
@@ -434,7 +431,6 @@ async def _insert_chunk(
     notice_id: int,
     chunk: Chunk,
     *,
-    index: int,
     now: datetime,
     send_at: datetime,
     expires_at: datetime | None,
@@ -443,7 +439,6 @@ async def _insert_chunk(
     table. The rows are those outbox.enqueue and outbox.enqueue_failed write, in bulk."""
     notices = config.notices
     assert notices is not None
-    step = 1 / notices.rate
     envelope_from = notices.from_address
     rows: list[dict[str, Any]] = [
         {
@@ -455,13 +450,12 @@ async def _insert_chunk(
             "data": data,
             "state": "pending",
             "attempts": 0,
-            # The configured rate spreads a large notice over time; the sender keeps order.
-            "next_attempt_at": send_at + timedelta(seconds=(index + i) * step),
+            "next_attempt_at": send_at,  # the sender paces the class, in id order
             "expires_at": expires_at,
             "last_error": None,
             "created_at": now,
         }
-        for i, (_address, message_id, data) in enumerate(chunk.mails)
+        for _address, message_id, data in chunk.mails
     ]
     addresses = [address.lower() for address, _, _ in chunk.mails]
     # Whom no mail can be written to: a failed row holding no mail, as enqueue_failed writes.

@@ -29,8 +29,8 @@ Phases:
    to the last QUIT.
 4. helpdeskd arm: ``OutboxSender(sessions, smtp, recheck=notices.recheck).drain()`` delivering
    those M rows as the daemon does (batch claims, C connections, results recorded in batches),
-   flat out like the raw loops: ``[smtp.rates]`` and ``[smtp.domain_rates]`` lifted. The config
-   sets ``[notices] rate = 1e9`` so that every row is due at once. The rows after the first M
+   flat out like the raw loops: ``[smtp.rates]`` and ``[smtp.domain_rates]`` lifted (a notice's
+   rows are all due at its start; those rates alone pace it). The rows after the first M
    stay in the table (a large queue) but are moved a day ahead, so that ``drain()`` stops after
    M. Send rate, CPU ms/mail and SQL statements/mail (the raw loops run none).
 5. raw arm again; the raw figure used for the ratio is the mean of the two runs.
@@ -245,8 +245,6 @@ def write_config(workdir: Path, host: str, port: int) -> Path:
         "",
         "[notices]",
         'postal_address = "Acme Inc., 1 Main St, Springfield"',
-        "# every row due at once: the benchmark measures the sender, not the configured rate",
-        "rate = 1e9",
         "",
     ]
     path = workdir / "helpdeskd.toml"
@@ -543,7 +541,7 @@ async def send_phase(
 ) -> None:
     """Phases 3 to 6: the raw loops, the sender, the raw loops again (the first M rows of the
     notice); then the whole notice as an incident at the default rates."""
-    from helpdeskd.config.settings import NoticesConfig, SendRates, SmtpConfig
+    from helpdeskd.config.settings import SendRates, SmtpConfig
     from helpdeskd.desk import notices
     from helpdeskd.outbox.sender import OutboxSender
     from helpdeskd.store.models import Notice, Outbox, OutboxRecipient, utcnow
@@ -701,12 +699,6 @@ async def send_phase(
         f"{1000 * span.cpu / count:.2f} ms/mail, {(sql[0] - before_sql[0]) / count:.2f} SQL "
         f"statements/mail, machine {100 * span.busy:.0f}% busy"
     )
-    spacing = NoticesConfig.rate
-    say(
-        f"  (every row was due at once here: [notices] rate = 1e9. At its default of "
-        f"{spacing:g}/s desk/noticequeue.py queues the rows 1/{spacing:g} s apart, so such a "
-        f"notice takes {count / spacing:.0f} s whatever the sender's speed)"
-    )
 
 
 async def _states(sessions: Any, notice_id: int) -> dict[str, int]:
@@ -773,7 +765,6 @@ async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None
             f"SQLite: journal_mode={journal}, synchronous={synchronous} (2 = FULL), "
             f"on {filesystem_of(Path(args.workdir))}"
         )
-        say(f"[notices] rate = {config.notices.rate:g}/s (default 20/s): every row due at once")
 
         # --- queue ---------------------------------------------------------------------------
         report = queue_phase(args, config_path, config.database.url, args.small_url)

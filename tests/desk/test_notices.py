@@ -9,7 +9,7 @@ import email
 import email.policy
 import re
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,7 @@ async def test_an_opt_out_while_the_batch_goes_out_is_honoured(config, smtp_sink
     rows = sorted(cli_json(config, "outbox", "list"), key=lambda r: r["id"])
     first, second = (r["recipients"][0]["address"] for r in rows)
     smtp_sink.handler.delay = 1.0  # each mail takes a second at the relay
-    await asyncio.sleep(0.2)  # [notices] rate spaces the rows 50 ms apart: both are due now
+    await asyncio.sleep(0.2)  # both rows are due now
     async with Desk(config) as desk:
         # one connection: the mails go one after the other (with more they leave together)
         smtp = dataclasses.replace(config.smtp, connections=1)
@@ -349,9 +349,7 @@ async def crowd(make_config, tmp_path):
     )
     config = make_config(templates=templates)
     source = Path(config.source)
-    source.write_text(
-        source.read_text() + '\n[notices]\npostal_address = "Acme Inc., 1 Main St"\nrate = 4\n'
-    )
+    source.write_text(source.read_text() + '\n[notices]\npostal_address = "Acme Inc., 1 Main St"\n')
     config = load_config(source)
     engine = create_engine(config.database.url)
     sessions = sessionmaker(engine)
@@ -475,10 +473,8 @@ async def test_a_notice_of_many_chunks_is_queued_whole_paced_and_suppressed(crow
             [failed] = [row for row in rows if row.state == "failed"]
             addresses = [f"{name}@customer.example" for name in names]
             assert [r.recipients[0].address for r in pending] == addresses
-            # Row i of the notice is due i / rate (4 a second) after its start, across chunks.
-            assert [r.next_attempt_at for r in pending] == [
-                SEND_AT + timedelta(seconds=i / 4) for i in range(len(names))
-            ]
+            # Every row is due at the start: the outbox paces the class, in the rows' order.
+            assert [r.next_attempt_at for r in pending] == [SEND_AT] * len(names)
             for row, address in zip(pending, addresses, strict=True):
                 mail = email.message_from_bytes(row.data, policy=email.policy.default)
                 assert mail["To"] == address and mail["Message-ID"] == row.message_id
