@@ -17,7 +17,7 @@ import re
 from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import ColumnElement, Row, func, select
@@ -266,15 +266,29 @@ async def recheck(session: AsyncSession, row: Outbox) -> dict[str, str]:
     """At send time: the recipients of notice ROW who must be skipped now, with the reason."""
     if row.notice_id is None:
         return {}
-    notice = await session.get(Notice, row.notice_id)
+    notice = (
+        await session.execute(
+            select(Notice.category, Notice.critical).where(Notice.id == row.notice_id)
+        )
+    ).first()
     if notice is None:
         return {}
     addresses = [r.address for r in row.recipients if r.state == "pending"]
-    contacts = list(await session.scalars(select(Contact).where(Contact.email.in_(addresses))))
-    reasons = await suppressed(session, contacts, notice.category, notice.critical)
+    # The columns suppressed() reads, not ORM objects: this runs for every batch of a notice.
+    contacts = (
+        await session.execute(
+            select(
+                Contact.id, Contact.email, Contact.undeliverable, Contact.status, Contact.suppressed
+            ).where(Contact.email.in_(addresses))
+        )
+    ).all()
+    reasons = await suppressed(session, cast(list[Row[Any]], contacts), *notice)
     skip = {c.email: reasons[c.id] for c in contacts if c.id in reasons}
-    # Erased while the notice was being rendered: the contact is gone, the hash is not.
-    skip.update(dict.fromkeys(await erased(session, addresses), "erased on request"))
+    # Erased while the notice was being rendered: the contact is gone, the hash is not
+    # (suppressed() looked up those whose contact is still there).
+    known = {c.email for c in contacts}
+    gone = await erased(session, [a for a in addresses if a not in known])
+    skip.update(dict.fromkeys(gone, "erased on request"))
     return skip
 
 
