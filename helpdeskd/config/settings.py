@@ -171,8 +171,9 @@ class SmtpConfig:
     retry_max: float = 3600.0
     auth: str = "password"  # password | oauth2
     oauth: OAuthConfig | None = None  # set exactly when auth = "oauth2"
-    # VERP: each mail's MAIL FROM is bounces+<outbox id>.<mac>@domain under this address, so a
-    # bounce names the exact send (helpdeskd.mail.tokens.bounce_address). None: the From address.
+    # VERP: each copy's MAIL FROM is bounces+r<recipient id>.<mac>@domain under this address, so
+    # a bounce names the exact send and recipient (helpdeskd.mail.tokens.bounce_address); a mail
+    # to several goes as one SMTP transaction per recipient. None: the From address.
     return_path: str | None = None
     connections: int = 4  # SMTP connections the outbox keeps open, each sending its own mail
     rates: SendRates = field(default_factory=SendRates)

@@ -22,6 +22,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.ingest.replylookup import KnownReplies
+from helpdeskd.mail.tokens import BounceToken
 from helpdeskd.store.models import (
     Agent,
     AutoReplyLog,
@@ -81,8 +82,9 @@ class Known:
         self.flood_told: set[str] = set()  # senders the agents were told about
         self.writers: dict[str, str] = {}  # Message-ID of a reply we sent -> its agent
         self.sent: dict[str, set[str]] = {}  # Message-ID of mail we sent -> its recipients
-        # outbox row a verified VERP token names -> (its Message-ID, its ticket, its recipients)
-        self.verp: dict[int, tuple[str, int | None, frozenset[str]]] = {}
+        # a verified VERP token -> the send it names (outbox row, Message-ID, ticket) and the
+        # recipient it names (see _load_verp)
+        self.verp: dict[BounceToken, tuple[int, str, int | None, str]] = {}
         self.replies = KnownReplies(policy.config, now)  # what agents' replies read
 
     # --- loading ---------------------------------------------------------------------------
@@ -105,12 +107,12 @@ class Known:
                 numbers.add(needs.heroku.ticket_number)
             if needs.unsubscribe is not None:
                 contact_ids.add(needs.unsubscribe[0])
-        verp = {n.verp_outbox for n in batch if n.verp_outbox is not None}
+        verp = {n.verp for n in batch if n.verp is not None}
         if verp:
             await self._load_verp(session, verp)
-            for sent_id, sent_ticket, recipients in self.verp.values():
+            for _oid, sent_id, sent_ticket, recipient in self.verp.values():
                 ids.add(sent_id)
-                emails.update(recipients)
+                emails.add(recipient)
                 if sent_ticket is not None:
                     ticket_ids.add(sent_ticket)
         ids.discard("")
@@ -207,18 +209,43 @@ class Known:
         if agent_mail:
             await self.replies.load(session, agent_mail, self.tickets)
 
-    async def _load_verp(self, session: AsyncSession, outbox_ids: set[int]) -> None:
-        """The sends that bounces' verified VERP tokens name: each row's Message-ID, ticket
-        and recipients (a row the retention removed is not found: its bounce names no send)."""
-        rows: dict[int, tuple[str, int | None, set[str]]] = {}
-        for oid, mid, tid, address in await session.execute(
-            select(Outbox.id, Outbox.message_id, Outbox.ticket_id, OutboxRecipient.address)
-            .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
-            .where(Outbox.id.in_(outbox_ids))
-        ):
-            rows.setdefault(oid, (mid, tid, set()))[2].add(address.lower())
-        for oid, (mid, tid, recipients) in rows.items():
-            self.verp[oid] = (mid, tid, frozenset(recipients))
+    async def _load_verp(self, session: AsyncSession, tokens: set[BounceToken]) -> None:
+        """The sends, and the recipient of each, that bounces' verified VERP tokens name: the
+        outbox row, its Message-ID and ticket, and the address (a row the retention removed is
+        not found: its bounce names no send).
+
+        A token names one recipient, and only that recipient's copy carried it. The form of
+        mail sent before return paths were per recipient names the row, and every recipient
+        of the row received it: it tells whose bounce it is only when the row had one
+        recipient. For a row to several it is not taken, and the bounce is read as if it
+        carried no token (by its Message-ID and the addresses it names).
+        """
+        recipient_ids = {t.id for t in tokens if t.kind == "recipient"}
+        if recipient_ids:
+            for rid, oid, mid, tid, address in await session.execute(
+                select(
+                    OutboxRecipient.id,
+                    Outbox.id,
+                    Outbox.message_id,
+                    Outbox.ticket_id,
+                    OutboxRecipient.address,
+                )
+                .join(Outbox, Outbox.id == OutboxRecipient.outbox_id)
+                .where(OutboxRecipient.id.in_(recipient_ids))
+            ):
+                self.verp[BounceToken("recipient", rid)] = (oid, mid, tid, address.lower())
+        outbox_ids = {t.id for t in tokens if t.kind == "outbox"}
+        if outbox_ids:
+            rows: dict[int, tuple[str, int | None, list[str]]] = {}
+            for oid, mid, tid, address in await session.execute(
+                select(Outbox.id, Outbox.message_id, Outbox.ticket_id, OutboxRecipient.address)
+                .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
+                .where(Outbox.id.in_(outbox_ids))
+            ):
+                rows.setdefault(oid, (mid, tid, []))[2].append(address.lower())
+            for oid, (mid, tid, recipients) in rows.items():
+                if len(recipients) == 1:
+                    self.verp[BounceToken("outbox", oid)] = (oid, mid, tid, recipients[0])
 
     async def _load_tickets(
         self, session: AsyncSession, ticket_ids: set[int], emails: set[str]
@@ -434,16 +461,16 @@ class Known:
     def _emails(self, needs: Needs) -> frozenset[str]:
         """The addresses whose contacts the decision about NEEDS reads: the mail's, and the
         recipients of the send a bounce's VERP token names."""
-        sent = self.verp.get(needs.verp_outbox) if needs.verp_outbox is not None else None
-        return needs.emails | sent[2] if sent is not None else needs.emails
+        sent = self.verp.get(needs.verp) if needs.verp is not None else None
+        return needs.emails | {sent[3]} if sent is not None else needs.emails
 
     def _returned(self, needs: Needs) -> Returned:
-        """What the bounce or complaint NEEDS describes is about: the send its verified VERP
-        token names, else the first of its Message-IDs that is mail we sent, with whom it
-        went to."""
-        sent = self.verp.get(needs.verp_outbox) if needs.verp_outbox is not None else None
+        """What the bounce or complaint NEEDS describes is about: the send and recipient its
+        verified VERP token names (whatever the report says, it can be about nobody else),
+        else the first of its Message-IDs that is mail we sent, with whom it went to."""
+        sent = self.verp.get(needs.verp) if needs.verp is not None else None
         if sent is not None:
-            mid, tid, recipients = sent
+            oid, mid, tid, recipient = sent
             message = self.messages.get(mid)
             tid = message.ticket_id if message is not None else tid
             writer = self.writers.get(mid)
@@ -452,8 +479,8 @@ class Known:
                 self._ticket(tid) if tid is not None else None,
                 message,
                 self.agents.get(writer) if writer is not None and configured else None,
-                recipients,
-                verp=needs.verp_outbox,
+                frozenset({recipient}),
+                verp=oid,
             )
         for mid in needs.returned_ids:
             message = self.messages.get(mid)

@@ -6,6 +6,10 @@ since :data:`TOKEN_EPOCH`), so that it can expire; the one a confirmation reques
 the held reply it confirms too (``HD-1042.a3.d2530.cq4zk7m.k1.…``). The MAC covers all of it.
 Every configured key verifies; the first one signs, so a rotated-out key stays valid while it
 is still listed, and a token signed with a key no longer listed fails.
+
+Unsubscribe tokens (``unsubscribe+17-maintenance.k1.…``) and VERP return paths
+(``bounces+r5310.…``: one recipient of one sent mail, :class:`BounceToken`) are signed alike,
+each with a purpose of its own in the MAC, so that no kind of token passes for another.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 
 from helpdeskd.config.secrets import Secret
 
@@ -216,31 +221,66 @@ def verify_unsubscribe(keys: tuple[tuple[str, Secret], ...], text: str) -> Unsub
     return None
 
 
-# A return path per sent mail (VERP): ``bounces+<outbox id>.<mac>@domain``. A bounce sent to it
-# names the exact outbox row, so the exact send and recipient, whatever the report's wording.
-_BOUNCE = re.compile(r"^(?P<id>\d{1,18})\.(?P<mac>[a-z2-7]+)$", re.IGNORECASE)
+# --- VERP return paths ----------------------------------------------------------------------
+
+# A return path per recipient of each sent mail (VERP): ``bounces+r<recipient id>.<mac>@domain``
+# names one ``outbox_recipients`` row, so a bounce sent to it is about that send to that
+# address, whatever the report's wording. Only that recipient's own mail carries it: one who
+# received the same mail (a Cc) holds a token for himself, never for the others.
+#
+# Mail sent before return paths were per recipient carries ``bounces+<outbox id>.<mac>@domain``,
+# naming the outbox row. It still verifies, but it proves only which send a bounce is about:
+# every recipient of that send received it (see helpdeskd.ingest.lookup for what it is trusted
+# with). Each form has its own purpose in the MAC, so neither can pass for the other.
+_BOUNCE = re.compile(r"^(?P<kind>r?)(?P<id>\d{1,18})\.(?P<mac>[a-z2-7]+)$", re.IGNORECASE)
+_BOUNCE_PURPOSE = {"recipient": "bounce-recipient", "outbox": "bounce"}
+_BOUNCE_PREFIX = {"recipient": "r", "outbox": ""}
 
 
-def sign_bounce(keys: tuple[tuple[str, Secret], ...], outbox_id: int) -> str:
-    """Return the VERP token naming outbox row OUTBOX_ID, signed with the first key."""
-    return f"{outbox_id}.{_mac(keys[0][1], str(outbox_id), 'bounce')}"
+@dataclass(frozen=True)
+class BounceToken:
+    """What a VERP return path names: one recipient of a send (``kind = "recipient"``, ID is
+    the ``outbox_recipients`` row), or, in the form of mail sent before return paths were per
+    recipient, the send (``kind = "outbox"``, ID is the ``outbox`` row)."""
+
+    kind: Literal["recipient", "outbox"]
+    id: int
 
 
-def verify_bounce(keys: tuple[tuple[str, Secret], ...], text: str) -> int | None:
-    """Return the outbox row id a VERP token TEXT names, if any configured key signed it."""
+def _bounce_payload(kind: Literal["recipient", "outbox"], digits: str) -> str:
+    return f"{_BOUNCE_PREFIX[kind]}{digits}"
+
+
+def sign_bounce(keys: tuple[tuple[str, Secret], ...], token: BounceToken) -> str:
+    """Return the VERP token text for TOKEN, signed with the first key."""
+    payload = _bounce_payload(token.kind, str(token.id))
+    return f"{payload}.{_mac(keys[0][1], payload, _BOUNCE_PURPOSE[token.kind])}"
+
+
+def verify_bounce(keys: tuple[tuple[str, Secret], ...], text: str) -> BounceToken | None:
+    """Return what a VERP token TEXT names, if any configured key signed it.
+
+    The token carries no key id (it must stay short), so every key is tried.
+    """
     match = _BOUNCE.match(text.strip())
     if not match:
         return None
+    kind: Literal["recipient", "outbox"] = "recipient" if match["kind"] else "outbox"
+    # Rebuilt from the digits as written: ``r012`` is not ``r12``, so only what was signed
+    # verifies. Parsing may lower-case an address; the ``r`` and the MAC compare without case.
+    payload = _bounce_payload(kind, match["id"])
     for _kid, key in keys:
-        if hmac.compare_digest(_mac(key, match["id"], "bounce"), match["mac"].lower()):
-            return int(match["id"])
+        if hmac.compare_digest(_mac(key, payload, _BOUNCE_PURPOSE[kind]), match["mac"].lower()):
+            return BounceToken(kind, int(match["id"]))
     return None
 
 
 def bounce_address(
-    return_address: str, keys: tuple[tuple[str, Secret], ...], outbox_id: int
+    return_address: str, keys: tuple[tuple[str, Secret], ...], recipient_id: int
 ) -> str:
-    """Return the VERP return path for outbox row OUTBOX_ID under RETURN_ADDRESS, whose local
-    part (``bounces`` in ``bounces@acme.test``) takes ``+TOKEN``."""
+    """Return the VERP return path for the recipient RECIPIENT_ID (an ``outbox_recipients``
+    row) under RETURN_ADDRESS, whose local part (``bounces`` in ``bounces@acme.test``) takes
+    ``+TOKEN``."""
     local, _, domain = return_address.rpartition("@")
-    return f"{local}+{sign_bounce(keys, outbox_id)}@{domain}"
+    token = sign_bounce(keys, BounceToken("recipient", recipient_id))
+    return f"{local}+{token}@{domain}"

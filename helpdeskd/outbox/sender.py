@@ -15,9 +15,13 @@ and reused, each fed by a task of its own from the batch in hand:
    allows (:mod:`helpdeskd.outbox.policy`: rates per class and per destination domain, a domain
    held back after a 4xx). A mail that cannot go within HOLD seconds is put back in the table,
    untried, with the time its turn comes. An expiry that passed is checked just before it goes.
-   When ``[smtp] return_path`` is set, each mail's MAIL FROM is its own VERP address
-   (``bounces+<row id>.<mac>@…``), so a bounce names the exact row. DKIM signing, when
-   configured, runs where it pays (:class:`helpdeskd.outbox.dkim.Signer`).
+   When ``[smtp] return_path`` is set, each recipient's copy goes with a MAIL FROM of its own,
+   a VERP address naming that recipient of that row (``bounces+r<recipient id>.<mac>@…``), so
+   a bounce names the exact send and address, and nobody else who received the mail can
+   forge one against another: a mail to several recipients goes as one transaction per
+   recipient over the same connection, its results taken together as the mail's. Without a
+   return path, one transaction takes all of them. DKIM signing, when configured, runs where
+   it pays (:class:`helpdeskd.outbox.dkim.Signer`).
 3. **Record** the results in batches (one transaction, one statement per kind of outcome): a 4xx
    or a lost connection retries with backoff (a 4xx: when the domain's backoff ends), a 5xx
    fails that recipient, a recipient who accepted a mail is never sent it again. A recipient
@@ -62,7 +66,14 @@ from helpdeskd.oauth import TokenSource
 from helpdeskd.outbox.dkim import Signer
 from helpdeskd.outbox.ledger import Claimed, Results
 from helpdeskd.outbox.policy import SendingPolicy, backoff
-from helpdeskd.outbox.relay import NO_SMTPUTF8, LoginFailed, LoginReport, Relay, SendResult
+from helpdeskd.outbox.relay import (
+    NO_SMTPUTF8,
+    LoginFailed,
+    LoginReport,
+    Relay,
+    RelayDown,
+    SendResult,
+)
 from helpdeskd.outbox.sendpass import UNADDRESSABLE, SendPass
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Event, Outbox, OutboxRecipient
@@ -360,11 +371,50 @@ class OutboxSender:
             async with reading(self.sessions) as session:
                 yield session
 
-    def _return_path(self, row: Claimed) -> str:
-        """MAIL FROM for ROW: its own VERP address under ``[smtp] return_path``, if set."""
+    def _transactions(self, row: Claimed, recipients: list[str]) -> list[tuple[str, list[str]]]:
+        """The SMTP transactions that send ROW to RECIPIENTS, as (MAIL FROM, RCPT TOs): under
+        ``[smtp] return_path``, one per recipient with that recipient's own VERP address
+        (a return path shared by several would let each forge the others' bounces); else
+        one, from the row's envelope sender."""
         if self.smtp.return_path is None or not self.keys:
-            return row.envelope_from
-        return bounce_address(self.smtp.return_path, self.keys, row.row_id)
+            return [(row.envelope_from, recipients)]
+        return_path = self.smtp.return_path
+        return [
+            (bounce_address(return_path, self.keys, row.recipients[address]), [address])
+            for address in recipients
+        ]
+
+    async def _transmit(
+        self, relay: Relay, row: Claimed, recipients: list[str], data: bytes
+    ) -> SendResult:
+        """Send DATA, ROW's signed mail, to RECIPIENTS over RELAY (connected): its
+        :meth:`_transactions` one after the other, their results taken together as the mail's.
+
+        The relay drops the connection after a transaction it refused as a whole (a 4xx or
+        5xx to the mail) or lost: the next one opens another. If that fails, the recipients
+        left wait, as after a lost connection, and what was sent is still recorded; the next
+        mail meets the failed login or the unreachable relay and backs off.
+        """
+        transactions = self._transactions(row, recipients)
+        results: list[SendResult] = []
+        for n, (return_path, to) in enumerate(transactions):
+            if n and not relay.connected:
+                try:
+                    await relay.connect()
+                except (LoginFailed, RelayDown) as exc:
+                    left = [address for _, rest in transactions[n:] for address in rest]
+                    results.append(SendResult((), dict.fromkeys(left, str(exc)), {}))
+                    break
+                await self._connected()
+            results.append(await relay.send(return_path, to, data))
+        if len(results) == 1:
+            return results[0]
+        return SendResult(
+            tuple(address for result in results for address in result.accepted),
+            {a: reason for result in results for a, reason in result.temporary.items()},
+            {a: reason for result in results for a, reason in result.permanent.items()},
+            tuple(address for result in results for address in result.throttled),
+        )
 
     async def _sign(self, data: bytes) -> bytes:
         """DKIM-sign DATA when configured; a From outside the signing domain goes unsigned."""

@@ -475,7 +475,7 @@ class SendPass:
                 if not relay.connected:
                     await relay.connect()
                     await sender._connected()
-                result = await relay.send(sender._return_path(row), addressable, data)
+                result = await sender._transmit(relay, row, addressable, data)
             except LoginFailed as exc:
                 self.login_error = self.login_error or exc
                 self._halt(mail)

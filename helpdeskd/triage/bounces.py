@@ -25,7 +25,7 @@ The bounced mail is found from the returned message/rfc822 or text/rfc822-header
 the copy quoted in an NDR's text, else from the NDR's own In-Reply-To (Exchange and Office 365 set
 it to the bounced mail's Message-ID). A bounce sent to our VERP return path
 (``bounces+TOKEN@``, :func:`helpdeskd.mail.tokens.bounce_address`) carries its TOKEN: that names
-the send itself, so such a report is read even when it names no recipient.
+the send itself and its recipient, so such a report is read even when it names no recipient.
 """
 
 from __future__ import annotations

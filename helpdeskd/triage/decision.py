@@ -96,9 +96,10 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
     who wrote.
 
     Anyone can send a bounce: it counts only against an address our mail went to — the mail
-    it names by Message-ID, or the send its verified VERP token names. A VERP token names the
-    send even when the report names nobody we sent it to (a forward's final address, or none):
-    a send to one recipient is then that recipient's bounce.
+    it names by Message-ID, or the recipient its verified VERP token names. A VERP token names
+    one recipient of one send, and only that recipient's copy carried it: the bounce is that
+    recipient's alone, even when the report names somebody else (a forward's final address,
+    another recipient of the same mail) or nobody.
     """
     reason = needs.kind.reason
     report = needs.bounce

@@ -17,7 +17,13 @@ from helpdeskd.mail.compose import Parent
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.thread_index import thread_index_root
-from helpdeskd.mail.tokens import tokens_in, verify_bounce, verify_reply, verify_unsubscribe
+from helpdeskd.mail.tokens import (
+    BounceToken,
+    tokens_in,
+    verify_bounce,
+    verify_reply,
+    verify_unsubscribe,
+)
 from helpdeskd.rules import loader
 from helpdeskd.rules.model import RuleSet
 from helpdeskd.triage.agent_reply import HeldReply
@@ -174,7 +180,8 @@ class Returned:
     message: StoredMessage | None = None
     writer: AgentFacts | None = None
     sent_to: frozenset[str] = frozenset()  # whom our mail went to: only they can bounce it
-    verp: int | None = None  # the outbox row a verified VERP token named: sent_to is its recipients
+    # the outbox row a verified VERP token named; sent_to is then the one recipient it names
+    verp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +253,7 @@ class Needs:
     bounce: BounceReport | None = None
     complaint: Complaint | None = None
     returned_ids: tuple[str, ...] = ()  # our Message-IDs a bounce or complaint names
-    verp_outbox: int | None = None  # the outbox row a bounce's VERP token names, verified
+    verp: BounceToken | None = None  # what a bounce's VERP token names, verified
     unsubscribe: tuple[int, str] | None = None  # (contact id, category)
     commands: ParsedCommands | None = None  # the command block of an agent's mail
     merge_ticket: int | None = None  # the ticket its #merge names
@@ -272,7 +279,8 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
         verp = None
         if report is not None:
             # Only a token we signed names a send: a stranger cannot point a bounce at another
-            # customer's mail by writing a token.
+            # customer's mail by writing a token. It names one recipient of the send, so one
+            # who received the same mail cannot point it at another.
             if report.verp_token is not None:
                 verp = verify_bounce(service.secret_keys, report.verp_token)
             ids = tuple(
@@ -286,7 +294,7 @@ def needs(item: Incoming, parsed: ParsedMessage, policy: Policy) -> Needs:
             derived_id=derived,
             bounce=report,
             returned_ids=ids,
-            verp_outbox=verp,
+            verp=verp,
             emails=frozenset(emails),
         )
     if kind.kind == "report":

@@ -1,5 +1,6 @@
 """Reply tokens (DESIGN.md "Threading" step 1): signing, verification, rotation, extraction,
-and agent tokens' issue days, expiry and confirmations ("Agents by email")."""
+and agent tokens' issue days, expiry and confirmations ("Agents by email"); VERP return paths
+per recipient, and the per-row form of mail sent before them."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ from helpdeskd.mail.tokens import (
     CONFIRM_DAYS,
     TOKEN_EPOCH,
     UNDATED_AGENT_TOKENS,
+    BounceToken,
     ReplyToken,
     UnsubscribeToken,
     agent_token_expired,
+    bounce_address,
     confirmation_code,
     issue_day,
     reply_address,
+    sign_bounce,
     sign_reply,
     sign_unsubscribe,
     token_days,
     tokens_in,
+    verify_bounce,
     verify_reply,
     verify_unsubscribe,
 )
@@ -318,3 +323,99 @@ def test_an_agent_address_stays_short() -> None:
     assert len(local) <= 60, local
     typical = reply_address(SUPPORT, KEYS, ReplyToken("HD-1042", agent_id=3, issued=DAY))
     assert len(typical.rpartition("@")[0]) <= 40, typical
+
+
+# --- VERP return paths ---------------------------------------------------------------------------
+
+RECIPIENT = BounceToken("recipient", 4242)  # an outbox_recipients row
+ROW = BounceToken("outbox", 4242)  # an outbox row: the form of mail sent before the upgrade
+
+
+@pytest.mark.parametrize(
+    "token",
+    [RECIPIENT, ROW, BounceToken("recipient", 1), BounceToken("recipient", 10**18 - 1)],
+    ids=str,
+)
+def test_bounce_tokens_round_trip(token: BounceToken) -> None:
+    text = sign_bounce(KEYS, token)
+    assert text.startswith("r" if token.kind == "recipient" else f"{token.id}.")
+    assert verify_bounce(KEYS, text) == token
+    assert verify_bounce(KEYS, text.upper()) == token  # parsing may change an address's case
+
+
+def test_the_return_path_names_one_recipient() -> None:
+    address = bounce_address("bounces@acme.test", KEYS, 4242)
+    local, _, domain = address.rpartition("@")
+    assert domain == "acme.test" and local.startswith("bounces+r4242.")
+    assert verify_bounce(KEYS, local.removeprefix("bounces+")) == RECIPIENT
+    assert len(bounce_address("bounces@acme.test", KEYS, 10**18 - 1).partition("@")[0]) <= 40
+
+
+def test_bounce_tokens_already_sent_stay_valid() -> None:
+    """Known answers: return paths of mail already sent must still verify after an upgrade,
+    the per-row form of mail sent before return paths were per recipient among them."""
+    keys = (("k1", Secret("correct horse battery staple")),)
+    assert sign_bounce(keys, ROW) == "4242.wlz6ilypwj"
+    assert verify_bounce(keys, "4242.wlz6ilypwj") == ROW
+    assert sign_bounce(keys, RECIPIENT) == "r4242.xac5emo23d"
+    assert verify_bounce(keys, "r4242.xac5emo23d") == RECIPIENT
+
+
+def _other_kind(text: str) -> str:
+    return text.removeprefix("r") if text.startswith("r") else f"r{text}"
+
+
+@pytest.mark.parametrize("token", [RECIPIENT, ROW], ids=str)
+@pytest.mark.parametrize(
+    ("tamper", "why"),
+    [
+        (_swap_mac_char, "another MAC"),
+        (lambda t: t.replace("4242", "4243"), "another id"),
+        (lambda t: t.replace("4242", "04242"), "the id as it was not written"),
+        (_other_kind, "the other kind with this MAC"),
+        (lambda t: t.partition(".")[0], "no MAC"),
+        (lambda t: t[:-1], "a short MAC"),
+        (lambda t: t.replace(".", ".k1."), "a key id"),
+        (lambda t: f"x{t}", "another prefix"),
+        (lambda t: "", "nothing"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_tampered_bounce_token_is_refused(
+    token: BounceToken, tamper: Callable[[str], str], why: str
+) -> None:
+    assert verify_bounce(KEYS, tamper(sign_bounce(KEYS, token))) is None, why
+
+
+def test_a_bounce_token_with_too_long_an_id_is_refused() -> None:
+    for token in (BounceToken("recipient", 10**18), BounceToken("outbox", 10**18)):
+        text = sign_bounce(KEYS, token)  # 19 digits: no row has such an id
+        assert verify_bounce(KEYS, text) is None, text
+
+
+@pytest.mark.parametrize("token", [RECIPIENT, ROW], ids=str)
+@pytest.mark.parametrize(
+    ("signing", "verifying", "valid"),
+    [
+        ((OLD,), (OLD,), True),
+        ((OLD,), (NEW, OLD), True),  # rotated: the old key still listed verifies
+        ((NEW, OLD), (NEW, OLD), True),
+        ((NEW, OLD), (OLD,), False),  # signed with the new key, which this side lacks
+        ((OLD,), (NEW,), False),  # the old key no longer listed
+    ],
+)
+def test_bounce_key_rotation(
+    signing: tuple[tuple[str, Secret], ...],
+    verifying: tuple[tuple[str, Secret], ...],
+    valid: bool,
+    token: BounceToken,
+) -> None:
+    assert verify_bounce(verifying, sign_bounce(signing, token)) == (token if valid else None)
+
+
+def test_a_reply_or_unsubscribe_mac_is_no_bounce_token() -> None:
+    """Each kind of token has its own purpose in the MAC: one cannot pass for another."""
+    unsubscribe = sign_unsubscribe(KEYS, UnsubscribeToken(4242, "maintenance"))
+    mac = unsubscribe.rpartition(".")[2]
+    assert verify_bounce(KEYS, f"4242.{mac}") is None
+    assert verify_bounce(KEYS, f"r4242.{mac}") is None

@@ -7,14 +7,16 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from helpdeskd.config.secrets import Secret
 from helpdeskd.config.settings import SendRates
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
-from helpdeskd.mail.tokens import bounce_address, verify_bounce
+from helpdeskd.mail.tokens import BounceToken, bounce_address, verify_bounce
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox import sendpass
 from helpdeskd.outbox.sender import OutboxSender
@@ -261,37 +263,120 @@ async def test_a_domains_rate_spaces_its_mail(make_config, smtp_sink):
     )
 
 
-async def test_each_mail_has_its_own_verp_return_path(make_config, smtp_sink):
+async def _recipient_ids(desk: Desk) -> dict[str, int]:
+    async with desk.sessions() as session:
+        found = await session.execute(select(OutboxRecipient.address, OutboxRecipient.id))
+        return {address: rid for address, rid in found}
+
+
+def _verp(keys: tuple[tuple[str, Secret], ...], return_path: str) -> BounceToken | None:
+    """What the VERP return path RETURN_PATH names, verified (None: not one of ours)."""
+    local, _, domain = return_path.partition("@")
+    assert domain == "acme.test" and local.startswith("bounces+"), return_path
+    return verify_bounce(keys, local.removeprefix("bounces+"))
+
+
+async def test_each_recipient_has_its_own_verp_return_path(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink, smtp_extra={"return_path": "bounces@acme.test"})
     keys = config.service.secret_keys
     assert config.smtp is not None
     async with Desk(config) as desk:
-        first = await _queue(desk, ["a@example.org"], due=datetime.now(UTC))
-        second = await _queue(desk, ["b@example.org", "c@example.org"], due=datetime.now(UTC))
+        await _queue(desk, ["a@example.org"], due=datetime.now(UTC))
         await OutboxSender(desk.sessions, config.smtp, keys=keys).drain(10)
-        # A sender given no keys cannot sign return paths: it says so, and uses the From.
-        await _queue(desk, ["d@example.org"], due=datetime.now(UTC))
+        # A sender given no keys cannot sign return paths: it says so, and uses the From, one
+        # transaction for all the recipients of a mail.
+        await _queue(desk, ["d@example.org", "e@example.org"], due=datetime.now(UTC))
         with capture_logs() as logs:
             await OutboxSender(desk.sessions, config.smtp).drain(10)
         assert "verp_disabled" in [e["event"] for e in logs]
+        ids = await _recipient_ids(desk)
     by = {tuple(d.recipients): d.sender for d in smtp_sink.deliveries}
     assert by == {
-        ("a@example.org",): bounce_address("bounces@acme.test", keys, first),
-        ("b@example.org", "c@example.org"): bounce_address("bounces@acme.test", keys, second),
-        ("d@example.org",): "support@acme.test",
+        ("a@example.org",): bounce_address("bounces@acme.test", keys, ids["a@example.org"]),
+        ("d@example.org", "e@example.org"): "support@acme.test",
     }
-    for address, row_id in (
-        (by[("a@example.org",)], first),
-        (by[("b@example.org", "c@example.org")], second),
-    ):
-        local, _, domain = address.partition("@")
-        assert domain == "acme.test" and local.startswith("bounces+")
-        assert verify_bounce(keys, local.removeprefix("bounces+")) == row_id
+    assert _verp(keys, by[("a@example.org",)]) == BounceToken("recipient", ids["a@example.org"])
     # the From header is untouched: VERP is the envelope only
     assert all(
         d.message["From"].addresses[0].addr_spec == "support@acme.test"
         for d in smtp_sink.deliveries
     )
+
+
+async def test_a_mail_to_several_goes_once_to_each_with_its_own_return_path(make_config, smtp_sink):
+    """With VERP, a mail's return path names one recipient: a Cc's copy carries his own, so he
+    cannot forge a bounce against the other recipients. A mail to three goes as three SMTP
+    transactions over one connection, each with that recipient's verified return path; a
+    recipient the relay refuses fails alone, and the mail is one row's result."""
+    config = make_config(smtp=smtp_sink, smtp_extra={"return_path": "bounces@acme.test"})
+    keys = config.service.secret_keys
+    smtp_sink.handler.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    to = ["jane@example.org", "gone@example.org", "cc@example.net"]
+    async with Desk(config) as desk:
+        row_id = await _queue(desk, to, due=datetime.now(UTC))
+        sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
+        try:
+            assert await sender.run_once() == 1
+        finally:
+            await sender.close()
+        ids = await _recipient_ids(desk)
+        states = await _recipient_attempts(desk)
+        row = (await _rows(desk))[row_id]
+    deliveries = smtp_sink.deliveries
+    assert sorted(d.recipients[0] for d in deliveries) == ["cc@example.net", "jane@example.org"]
+    for delivery in deliveries:
+        [address] = delivery.recipients
+        assert _verp(keys, delivery.sender) == BounceToken("recipient", ids[address])
+        assert delivery.data == deliveries[0].data  # the same mail, signed once
+    assert smtp_sink.refused == [("gone@example.org", "550 5.1.1 no such user")]
+    assert smtp_sink.connections == 1  # the connection is reused
+    assert states == {
+        "jane@example.org": ("sent", 1),
+        "gone@example.org": ("failed", 1),
+        "cc@example.net": ("sent", 1),
+    }
+    assert (row.state, row.attempts) == ("sent", 1)  # it went: to two of the three
+
+
+async def test_a_recipient_whose_transaction_drops_the_connection_leaves_the_others_theirs(
+    make_config, smtp_sink, monkeypatch
+):
+    """The relay refuses one recipient's copy after DATA and drops the connection: the next
+    recipient's copy goes over a new one, and each keeps its own result."""
+    config = make_config(smtp=smtp_sink, smtp_extra={"return_path": "bounces@acme.test"})
+    keys = config.service.secret_keys
+    accept = smtp_sink.handler.handle_DATA
+
+    async def refuse_one(server: Any, session: Any, envelope: Any) -> str:
+        if envelope.rcpt_tos == ["spam@example.org"]:
+            return "554 5.7.1 message refused"
+        return await accept(server, session, envelope)
+
+    monkeypatch.setattr(smtp_sink.handler, "handle_DATA", refuse_one)
+    async with Desk(config) as desk:
+        await _queue(
+            desk, ["a@example.org", "spam@example.org", "b@example.org"], due=datetime.now(UTC)
+        )
+        sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
+        try:
+            assert await sender.run_once() == 1
+        finally:
+            await sender.close()
+        ids = await _recipient_ids(desk)
+        states = await _recipient_attempts(desk)
+    assert sorted(d.recipients[0] for d in smtp_sink.deliveries) == [
+        "a@example.org",
+        "b@example.org",
+    ]
+    for delivery in smtp_sink.deliveries:
+        [address] = delivery.recipients
+        assert _verp(keys, delivery.sender) == BounceToken("recipient", ids[address])
+    assert smtp_sink.connections == 2
+    assert states == {
+        "a@example.org": ("sent", 1),
+        "spam@example.org": ("failed", 1),
+        "b@example.org": ("sent", 1),
+    }
 
 
 async def test_the_daemons_loop_sends_mail_queued_while_it_runs(make_config, smtp_sink):

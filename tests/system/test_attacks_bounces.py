@@ -13,14 +13,18 @@ valid ``unsubscribe+TOKEN@`` in Cc opens a ticket, is acknowledged, and opts nob
 from __future__ import annotations
 
 from datetime import timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import getaddresses, make_msgid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from helpdeskd.clock import system_clock
+from helpdeskd.config.secrets import Secret
 from helpdeskd.desk.notices import unsubscribe_mailto
-from helpdeskd.mail.tokens import ALL_CATEGORIES, sign_bounce
+from helpdeskd.mail.tokens import ALL_CATEGORIES, BounceToken, sign_bounce, verify_bounce
 from helpdeskd.store.db import create_engine, sessionmaker
 from helpdeskd.store.models import Contact, Event, OptOut, Outbox, OutboxRecipient
 from tests.clocks import ManualClock
@@ -213,9 +217,12 @@ async def test_bounce_scores_through_ingest(make_config, smtp_sink):
         [opened] = await desk.ingest([customer_mail(1, sender=CUSTOMER, subject="Hello")])
         async with desk.sessions() as session:
             ack = await session.scalar(select(Outbox.id).where(Outbox.kind == "ack"))
-        assert opened.outcome == "new_ticket" and ack is not None
-        token = sign_bounce(keys, ack)
-        forged = f"{ack}.{'a' * 10}"
+            rid = await session.scalar(
+                select(OutboxRecipient.id).where(OutboxRecipient.outbox_id == ack)
+            )
+        assert opened.outcome == "new_ticket" and ack is not None and rid is not None
+        token = sign_bounce(keys, BounceToken("recipient", rid))  # what the ack to her carried
+        forged = f"r{rid}.{'a' * 10}"
         refused = "550 5.7.1 Message rejected as spam by Content Filtering"
         day0 = await desk.ingest(
             [
@@ -305,3 +312,141 @@ async def test_bounce_scores_through_ingest(make_config, smtp_sink):
     assert notice_to == {"ok@customer.example"}
     assert (jane.bounce_score, jane.last_bounce_on, jane.undeliverable) == (0.0, None, False)
     assert (lift.actor, lift.detail["by"], lift.detail["score"]) == (CUSTOMER, "dpo@acme.test", 5.0)
+
+
+# --- issue 21: a return path per recipient ----------------------------------------------------
+
+ALICE = "alice@acme.test"
+MALLORY = "mallory@customer.example"  # Jane's colleague, on the ticket in Cc
+
+
+def forged_dsn(n: int, token: str, named: str, reply: EmailMessage) -> bytes:
+    """A DSN as a mail system writes it, sent to the return path TOKEN, naming NAMED as the
+    recipient that failed and returning the headers of our REPLY."""
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\r\n"
+        f"To: bounces+{token}@acme.test\r\n"
+        f"Delivered-To: bounces+{token}@acme.test\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <forged.{n}@mx.customer.example>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"\r\n'
+        "\r\n--b0\r\nContent-Type: text/plain\r\n\r\n"
+        "Your message could not be delivered to one or more recipients.\r\n"
+        "--b0\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.customer.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {named}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n"
+        "--b0\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: {reply['From']}\r\nTo: {reply['To']}\r\nCc: {reply['Cc']}\r\n"
+        f"Subject: {reply['Subject']}\r\nMessage-ID: {reply['Message-ID']}\r\n"
+        "--b0--\r\n"
+    ).encode()
+
+
+def return_path_of(
+    sink: SmtpSink, keys: tuple[tuple[str, Secret], ...], message_id: str, to: str
+) -> str:
+    """The VERP token of the copy of our mail MESSAGE_ID that went to TO alone, verified."""
+    [delivery] = [
+        d for d in sink.deliveries if d.recipients == [to] and d.message["Message-ID"] == message_id
+    ]
+    local, _, domain = delivery.sender.partition("@")
+    assert domain == "acme.test" and local.startswith("bounces+r"), delivery.sender
+    token = local.removeprefix("bounces+")
+    assert verify_bounce(keys, token) is not None
+    return token
+
+
+async def _scores(desk: Desk) -> dict[str, tuple[float, int]]:
+    async with desk.sessions() as session:
+        found = await session.execute(
+            select(Contact.email, Contact.bounce_score, Contact.bounce_count).where(
+                Contact.email.in_((CUSTOMER, MALLORY))
+            )
+        )
+        return {email: (score, count) for email, score, count in found}
+
+
+async def _scored(desk: Desk) -> list[str]:
+    """Whom each bounce_scored event so far was about, in order."""
+    async with desk.sessions() as session:
+        return list(
+            await session.scalars(
+                select(Event.actor).where(Event.type == "bounce_scored").order_by(Event.id)
+            )
+        )
+
+
+async def test_a_cc_cannot_forge_a_bounce_against_the_other_recipient(make_config, smtp_sink):
+    """Alice's reply goes to Jane and, in Cc, to Mallory: one outbox row, two copies, each
+    with a return path naming its own recipient. Mallory forges a DSN to the return path he
+    got, naming Jane and returning the reply's headers: it is his bounce, never hers. The
+    return path of mail sent before return paths were per recipient named the row, which
+    both received: for a row to two it proves nothing and counts against nobody, while for a
+    row to one (Jane's acknowledgement) it still counts against her."""
+    config = make_config(
+        smtp=smtp_sink,
+        agents=[(ALICE, "Alice")],
+        smtp_extra={"return_path": "bounces@acme.test"},
+    )
+    keys = config.service.secret_keys
+    async with Desk(config) as desk:
+        [opened] = await desk.ingest(
+            [customer_mail(1, sender=CUSTOMER, subject="Backups", cc=(MALLORY,))]
+        )
+        await desk.send_all()
+        [note] = [
+            d.message
+            for d in smtp_sink.deliveries
+            if d.recipients == [ALICE] and f"[{opened.ticket}]" in d.message["Subject"]
+        ]
+        [(_, reply_address)] = getaddresses([note["Reply-To"]])
+        answer = EmailMessage()
+        answer["From"] = f"Alice <{ALICE}>"
+        answer["To"] = reply_address
+        answer["Subject"] = f"Re: {note['Subject']}"
+        answer["Message-ID"] = make_msgid("agent", domain="acme.test")
+        answer.set_content("Your backups run again.")
+        [replied] = await desk.ingest([answer.as_bytes(policy=SMTP)])
+        assert replied.reason.endswith("reply sent"), replied.reason
+        await desk.send_all()
+        async with desk.sessions() as session:
+            [(reply_row, count)] = (
+                await session.execute(
+                    select(Outbox.id, func.count(OutboxRecipient.id))
+                    .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
+                    .where(Outbox.kind == "reply")
+                    .group_by(Outbox.id)
+                )
+            ).all()
+            ack = await session.scalar(select(Outbox.id).where(Outbox.kind == "ack"))
+        assert count == 2 and ack is not None  # one row to both
+        [reply] = [d.message for d in smtp_sink.deliveries if d.recipients == [MALLORY]]
+        assert CUSTOMER in reply["To"] and MALLORY in reply["Cc"]
+        mallory = return_path_of(smtp_sink, keys, reply["Message-ID"], MALLORY)
+        assert return_path_of(smtp_sink, keys, reply["Message-ID"], CUSTOMER) != mallory
+        assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (0.0, 0)}
+
+        # Mallory's return path names him: naming Jane, his forgery counts against him alone.
+        [forged] = await desk.ingest([forged_dsn(1, mallory, CUSTOMER, reply)])
+        assert forged.outcome == "bounce"
+        assert f"{MALLORY} hard 5.1.1" in forged.reason and "(by VERP)" in forged.reason
+        assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (1.0, 1)}
+        # One naming himself counts against him, and him only.
+        [own] = await desk.ingest([forged_dsn(2, mallory, MALLORY, reply)])
+        assert own.outcome == "bounce"
+        assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (1.0, 2)}
+        assert await _scored(desk) == [MALLORY, MALLORY]
+
+        # The old form of the reply's return path, which named the row both received.
+        old = sign_bounce(keys, BounceToken("outbox", reply_row))
+        [both] = await desk.ingest([verp_dsn(3, old, CUSTOMER, "5.1.1", "550 5.1.1 User unknown")])
+        assert both.outcome == "bounce"
+        assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (1.0, 2)}
+        # The old form of a row to Jane alone (her acknowledgement) still says whose it is.
+        one = sign_bounce(keys, BounceToken("outbox", ack))
+        [hers] = await desk.ingest([verp_dsn(4, one, FORWARD, "5.1.1", "550 5.1.1 User unknown")])
+        assert "(by VERP)" in hers.reason
+        assert await _scores(desk) == {CUSTOMER: (1.0, 1), MALLORY: (1.0, 2)}
+        assert await _scored(desk) == [MALLORY, MALLORY, CUSTOMER]
