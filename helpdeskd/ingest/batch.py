@@ -379,29 +379,26 @@ class Processor:
         """
         known = Known(policy, self.clock())
         await known.load(session, [n for _, n in entries])
-        writer = Writer(session, policy, known, self.parse_pool if run else None)
+        writer = Writer(session, policy, known)
         decided = []
-        try:
-            for item, mail_needs in entries:
-                try:
-                    plan = decide(item, mail_needs, known.facts(mail_needs), policy)
-                except Exception:
-                    # A run ends before a mail it cannot answer for (Unknown) or decide: alone,
-                    # that mail is looked up afresh, or quarantined with the reason.
-                    if not run:
-                        raise
-                    break
-                ticket_id = plan.ticket_id
-                if plan.new_ticket:
-                    ticket_id = await writer.ticket_id()
-                known.learn(mail_needs, plan, ticket_id)
-                writer.add(item, mail_needs, plan, ticket_id, raw_id=raw_id)
-                decided.append((item, mail_needs, plan, ticket_id))
-            if not decided:
-                return []
-            await writer.write()
-        finally:
-            writer.cancel()
+        for item, mail_needs in entries:
+            try:
+                plan = decide(item, mail_needs, known.facts(mail_needs), policy)
+            except Exception:
+                # A run ends before a mail it cannot answer for (Unknown) or decide: alone,
+                # that mail is looked up afresh, or quarantined with the reason.
+                if not run:
+                    raise
+                break
+            ticket_id = plan.ticket_id
+            if plan.new_ticket:
+                ticket_id = await writer.ticket_id()
+            known.learn(mail_needs, plan, ticket_id)
+            writer.add(item, mail_needs, plan, ticket_id, raw_id=raw_id)
+            decided.append((item, mail_needs, plan, ticket_id))
+        if not decided:
+            return []
+        await writer.write()
         outcomes = []
         plan_log = log.bind()  # one logger for the run: the lazy proxy binds per line
         for item, mail_needs, plan, ticket_id in decided:

@@ -1,4 +1,4 @@
-"""Parse received mail, and compose and build outgoing mail, in worker processes, with a timeout.
+"""Parse received mail in worker processes, with a timeout.
 
 A pathological MIME tree must not wedge the daemon, and both cores should work. A message that
 runs past its timeout has its worker killed; the pool is rebuilt and the message is reported as
@@ -14,10 +14,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
 
 import structlog
 
@@ -26,8 +25,6 @@ from helpdeskd.mail.parse import ParsedMessage, parse_message, parse_messages
 from helpdeskd.runs import split_runs
 
 log = structlog.get_logger(__name__)
-A = TypeVar("A")
-R = TypeVar("R")
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -198,12 +195,6 @@ class ParsePool:
             if self._pool is pool:
                 await self._reset(pool)
         return [None] * len(raws)
-
-    def submit(self, work: Callable[[A], R], arg: A) -> asyncio.Future[R]:
-        """Start WORK(ARG) in a worker now (composing and building outgoing mail); the caller
-        awaits the result, with :attr:`timeout`. A broken pool raises there; parsing rebuilds
-        it (see parse)."""
-        return asyncio.get_running_loop().run_in_executor(self._executor(), work, arg)
 
     async def _reset(self, pool: ProcessPoolExecutor) -> None:
         async with self._lock:

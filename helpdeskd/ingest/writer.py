@@ -10,7 +10,6 @@ mail — follows, on the written rows.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.desk.notices import opt_out
 from helpdeskd.ingest.lookup import Known
-from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.store.contacts import add_participant, remove_participant
 from helpdeskd.store.models import (
     AutoReplyLog,
@@ -41,8 +39,6 @@ from helpdeskd.triage.mails import Composer, Draft, Queued, TicketCard
 from helpdeskd.triage.plan import Plan
 from helpdeskd.triage.received import Incoming, raw_fields
 
-COMPOSE_CHUNK = 32  # mails composed in one trip to a worker: enough to pay for the trip
-
 
 @dataclass
 class _Outgoing:
@@ -60,14 +56,12 @@ class Writer:
         session: AsyncSession,
         policy: Policy,
         known: Known,
-        parse_pool: ParsePool | None,
         *,
         top_ticket: int | None = None,
     ) -> None:
         self.session = session
         self.policy = policy
         self.known = known
-        self.parse_pool = parse_pool
         self.now = known.now
         self.postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
         self.top_ticket = top_ticket  # SQLite: the highest ticket id so far
@@ -83,8 +77,7 @@ class Writer:
         self.messages: list[dict[str, Any] | _Outgoing] = []
         self.outgoing: list[_Outgoing] = []
         self.composer = Composer(policy.config, policy.renderer, self.now)
-        self.drafts: list[Draft] = []  # not given to a worker yet
-        self.composing: list[asyncio.Future[list[Queued]]] = []
+        self.drafts: list[Draft] = []  # the mail the plans send, composed when written
         self.removals: list[tuple[int, str]] = []  # (ticket id, address) off its Cc
         self.merges: list[tuple[int, int]] = []  # (ticket id, the ticket it goes into)
         self.opt_outs: list[tuple[int, str]] = []  # (contact id, category), by mail
@@ -274,31 +267,6 @@ class Writer:
             self.outgoing.append(outgoing)
             self.messages.append(outgoing)
             self.drafts.append(Draft(mail, card))
-            if self.parse_pool is not None and len(self.drafts) >= COMPOSE_CHUNK:
-                self._start_composing()
-
-    def _start_composing(self) -> None:
-        if self.drafts and self.parse_pool is not None:
-            self.composing.append(self.parse_pool.submit(self.composer, self.drafts))
-            self.drafts = []
-
-    async def _composed(self) -> list[Queued]:
-        """Every mail the plans send, composed and built, in order (a short run's is composed
-        here: a trip to a worker would cost more)."""
-        if not self.composing or self.parse_pool is None:
-            composed = self.composer(self.drafts)
-            self.drafts = []
-            return composed
-        self._start_composing()
-        chunks = await asyncio.wait_for(
-            asyncio.gather(*self.composing), timeout=self.parse_pool.timeout
-        )
-        return [mail for chunk in chunks for mail in chunk]
-
-    def cancel(self) -> None:
-        """Stop composing mail for a run that will not be written."""
-        for future in self.composing:
-            future.cancel()
 
     def _outbox(self, composed: list[Queued]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The outbox rows of the composed mail, and their recipients' rows."""
@@ -358,7 +326,7 @@ class Writer:
     async def write(self) -> None:
         """Write every row the plans added."""
         session, rows = self.session, self.rows
-        outbox, recipients = self._outbox(await self._composed())
+        outbox, recipients = self._outbox(self.composer(self.drafts))
         new_contacts = [r for r in self.contacts.values() if r["_new"]]
         for row, value in zip(
             new_contacts, await self._allocate(Contact, len(new_contacts)), strict=True

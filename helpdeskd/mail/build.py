@@ -247,8 +247,3 @@ def build_message(mail: OutgoingMail) -> bytes:
         filename = ("utf-8", "", one_line(name))
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes()
-
-
-def build_messages(mails: Sequence[OutgoingMail]) -> list[bytes]:
-    """Build each of MAILS (in a worker process: see helpdeskd.triage.mails.Composer)."""
-    return [build_message(mail) for mail in mails]

@@ -8,8 +8,6 @@ as data, never compiled as template source, and rendered header values never car
 from __future__ import annotations
 
 import re
-import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +74,6 @@ class Renderer:
 
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
-        self.key = secrets.token_hex(8)  # this Renderer in the parse pool's workers
         folders = [str(folder)] if folder else []
         if str(DEFAULT_TEMPLATES) not in folders:
             folders.append(str(DEFAULT_TEMPLATES))
@@ -95,12 +92,6 @@ class Renderer:
         self.env.filters["one_line"] = one_line
         self._html: dict[str, str | None] = {}  # NAME.txt.j2 -> its NAME.html.j2, if any
         self._templates: dict[str, jinja2.Template] = {}
-
-    def __reduce__(self) -> tuple[Callable[[Path | None, str], Renderer], tuple[Path | None, str]]:
-        """Pickle a Renderer as its folder and key: a worker process makes its own from the
-        folder the first time it is sent one, and keeps it for that key. Templates change by a
-        reload, which makes a new Renderer with a new key."""
-        return _worker_renderer, (self.folder, self.key)
 
     def exists(self, name: str) -> bool:
         try:
@@ -169,21 +160,6 @@ class Renderer:
             raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{name}: {exc}") from None
-
-
-_WORKER_RENDERERS: dict[str, Renderer] = {}  # in a worker process: the Renderers sent, by key
-_WORKER_RENDERERS_KEPT = 4  # a reload makes a new one: the oldest go
-
-
-def _worker_renderer(folder: Path | None, key: str) -> Renderer:
-    """The Renderer of FOLDER that KEY names, made here when first sent (see __reduce__)."""
-    renderer = _WORKER_RENDERERS.get(key)
-    if renderer is None:
-        while len(_WORKER_RENDERERS) >= _WORKER_RENDERERS_KEPT:
-            del _WORKER_RENDERERS[next(iter(_WORKER_RENDERERS))]
-        renderer = _WORKER_RENDERERS[key] = Renderer(folder)
-        renderer.key = key
-    return renderer
 
 
 def split_headers(text: str, name: str) -> tuple[tuple[tuple[str, str], ...], str]:

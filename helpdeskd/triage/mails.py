@@ -3,8 +3,7 @@
 A plan names its mails (:class:`Ack`, :class:`Notification`, :class:`Note`, :class:`RuleCopy`)
 with their Message-IDs already chosen, so that the plan's events can name them; :func:`compose`
 renders and composes one for the ticket as the plan leaves it. Both shapes of the ingest writer
-call it, through a :class:`Composer` (in a parse worker for a run's mail), so the mail is the
-same whichever shape wrote the plan.
+call it, through a :class:`Composer`, so the mail is the same whichever shape wrote the plan.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from helpdeskd.config.settings import Config
-from helpdeskd.mail.build import build_messages
+from helpdeskd.mail.build import build_message
 from helpdeskd.mail.compose import Composed, Envelope, Parent, compose_mail, customer_envelope
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.tokens import ReplyToken, issue_day, reply_address
@@ -341,8 +340,9 @@ class Queued:
 class Composer:
     """Compose drafts with one config and set of templates at one moment, and build their bytes.
 
-    It can be pickled, so the ingest writer has the parse pool's workers compose a run's mail
-    while the run is decided (the renderer goes as its folder, see ``Renderer.__reduce__``).
+    The ingest writer composes a run's mail in the daemon's process when it writes the run:
+    measured on two cores, handing it to the parse workers cost more (pickling both ways, and
+    the workers' time taken from parsing) than it saved.
     """
 
     config: Config
@@ -354,7 +354,7 @@ class Composer:
             compose(draft.mail, draft.ticket, self.config, self.renderer, self.now)
             for draft in drafts
         ]
-        built = build_messages([mail.mail for mail in composed])
+        built = [build_message(mail.mail) for mail in composed]
         return [
             Queued(
                 mail.kind,

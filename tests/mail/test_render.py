@@ -3,7 +3,6 @@ customer text as data, one-line header values, refused headers."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
@@ -213,16 +212,6 @@ def test_shipped_templates_render_with_hostile_values(name: str) -> None:
     mail = Renderer().render(name, context)
     assert mail.subject and "\n" not in mail.subject and "\r" not in mail.subject
     assert {k.lower() for k, _ in mail.headers} <= ALLOWED_HEADERS
-
-
-def test_a_pickled_renderer_is_made_once_per_key_from_its_folder(tmp_path: Path) -> None:
-    """How a Renderer reaches the parse pool's workers: as its folder and key."""
-    renderer = _renderer(tmp_path, {"t.txt.j2": "Subject: {{ ticket.subject }}\n\nHi\n"})
-    copy = pickle.loads(pickle.dumps(renderer))
-    assert copy is not renderer and copy.folder == tmp_path and copy.key == renderer.key
-    assert pickle.loads(pickle.dumps(renderer)) is copy  # kept for its key
-    assert copy.render("t.txt.j2", CONTEXT) == renderer.render("t.txt.j2", CONTEXT)
-    assert pickle.loads(pickle.dumps(Renderer(tmp_path))) is not copy  # a reload: a new key
 
 
 def test_ack_never_quotes_the_customer() -> None:
