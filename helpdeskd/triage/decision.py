@@ -114,6 +114,14 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
         [address] = sent_to
         targets = [replace(report.verdict(), address=address)]
         lines.append(f"{_bounce_line(targets[0])} (by VERP)")
+    smtp = policy.config.smtp
+    verp = smtp is not None and smtp.return_path is not None and policy.config.service.secret_keys
+    if verp and returned.verp is None and len(sent_to) > 1 and targets:
+        # Each copy of a mail to several carried its own recipient's return path: a real
+        # bounce of it names one. Without a token, any of them could have written it about
+        # the others. (Mail sent before [smtp] return_path was set loses such bounces too.)
+        targets = []
+        lines.append(f"not counted: no VERP token, and the mail went to {len(sent_to)}")
     bounces = policy.config.bounces
     day = facts.now.astimezone(policy.config.service.tz).date()
     known: dict[str, ContactFacts] = {}

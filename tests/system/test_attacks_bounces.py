@@ -320,13 +320,15 @@ ALICE = "alice@acme.test"
 MALLORY = "mallory@customer.example"  # Jane's colleague, on the ticket in Cc
 
 
-def forged_dsn(n: int, token: str, named: str, reply: EmailMessage) -> bytes:
-    """A DSN as a mail system writes it, sent to the return path TOKEN, naming NAMED as the
-    recipient that failed and returning the headers of our REPLY."""
+def forged_dsn(n: int, token: str | None, named: str, reply: EmailMessage) -> bytes:
+    """A DSN as a mail system writes it, sent to the return path TOKEN (None: to the bare
+    bounces@ address), naming NAMED as the recipient that failed and returning the headers of
+    our REPLY."""
+    to = f"bounces+{token}@acme.test" if token is not None else "bounces@acme.test"
     return (
         "From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\r\n"
-        f"To: bounces+{token}@acme.test\r\n"
-        f"Delivered-To: bounces+{token}@acme.test\r\n"
+        f"To: {to}\r\n"
+        f"Delivered-To: {to}\r\n"
         "Subject: Undelivered Mail Returned to Sender\r\n"
         f"Message-ID: <forged.{n}@mx.customer.example>\r\n"
         "MIME-Version: 1.0\r\n"
@@ -443,6 +445,11 @@ async def test_a_cc_cannot_forge_a_bounce_against_the_other_recipient(make_confi
         old = sign_bounce(keys, BounceToken("outbox", reply_row))
         [both] = await desk.ingest([verp_dsn(3, old, CUSTOMER, "5.1.1", "550 5.1.1 User unknown")])
         assert both.outcome == "bounce"
+        assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (1.0, 2)}
+        # No token at all, the reply named by its Message-ID: every real bounce of a copy
+        # carries its recipient's token, so this one could be Mallory's about Jane.
+        [bare] = await desk.ingest([forged_dsn(5, None, CUSTOMER, reply)])
+        assert bare.outcome == "bounce" and "not counted: no VERP token" in bare.reason
         assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (1.0, 2)}
         # The old form of a row to Jane alone (her acknowledgement) still says whose it is.
         one = sign_bounce(keys, BounceToken("outbox", ack))
