@@ -189,8 +189,9 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
     msg.set_raw(name, "\n ".join(lines))
 
 
-def _set_short_text(msg: EmailMessage, text: str) -> bool:
-    """Make TEXT the whole body of MSG if no line of it needs encoding; False if one does.
+def _set_short_text(msg: EmailMessage, text: str) -> str | None:
+    """Make TEXT the whole body of MSG if no line of it needs encoding, and return the payload
+    set; None if a line needs encoding.
 
     What set_content writes for such text (7bit, or 8bit when not ASCII), without the parse and
     refold of its Content-Type and Content-Transfer-Encoding headers (most of the cost of a
@@ -199,16 +200,22 @@ def _set_short_text(msg: EmailMessage, text: str) -> bool:
     data = text.encode("utf-8")
     lines = data.splitlines()
     if max(map(len, lines), default=0) > _MAX_BODY_LINE:
-        return False
+        return None
     msg.set_raw("Content-Type", 'text/plain; charset="utf-8"')
     msg.set_raw("Content-Transfer-Encoding", "7bit" if data.isascii() else "8bit")
     # 8bit rides in the str payload as surrogate escapes, as set_content carries it.
-    msg.set_payload(b"\n".join(lines).decode("ascii", "surrogateescape") + "\n")
-    return True
+    payload = b"\n".join(lines).decode("ascii", "surrogateescape") + "\n"
+    msg.set_payload(payload)
+    return payload
 
 
 def build_message(mail: OutgoingMail) -> bytes:
     """Return MAIL as bytes ready for SMTP (CRLF line ends)."""
+    return _build(mail)
+
+
+def _build(mail: OutgoingMail, *, direct: bool = True) -> bytes:
+    """build_message; DIRECT writes a plain ASCII mail's bytes itself (see _plain_bytes)."""
     addresses = (mail.from_addr, *mail.to, *mail.cc, mail.reply_to or "")
     # An internationalised address (RFC 6531) is written as UTF-8 (RFC 6532): no encoded word
     # may stand in an addr-spec. The outbox sends such mail only where the relay has SMTPUTF8.
@@ -230,8 +237,11 @@ def build_message(mail: OutgoingMail) -> bytes:
     for name, value in mail.extra_headers.items():
         _set_verbatim(msg, name, value)
     msg.set_raw("MIME-Version", "1.0")
-    if mail.html or mail.attachments or not _set_short_text(msg, mail.text):
+    payload = None if mail.html or mail.attachments else _set_short_text(msg, mail.text)
+    if payload is None:
         msg.set_content(mail.text, charset="utf-8")
+    elif direct and (plain := _plain_bytes(msg, payload)) is not None:
+        return plain
     if mail.html:
         msg.add_alternative(mail.html, subtype="html", charset="utf-8")
     for name, content_type, data in mail.attachments:
@@ -247,3 +257,32 @@ def build_message(mail: OutgoingMail) -> bytes:
         filename = ("utf-8", "", one_line(name))
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes()
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # email.generator's NLCRE
+_CRLF = "\r\n"
+
+
+def _plain_bytes(msg: EmailMessage, payload: str) -> bytes | None:
+    """The bytes ``msg.as_bytes()`` writes for MSG, a single text part whose headers were all
+    set raw as ASCII and whose body is PAYLOAD, 7bit or 8bit text as _set_short_text set it;
+    None for any other.
+
+    What the stdlib's generator does for such a message under our policy
+    (``refold_source="none"``, CRLF): each header as ``name: value`` with its lines joined by
+    CRLF, a blank line, the body's lines joined by CRLF (8bit text rides in the payload as
+    surrogate escapes, written back as its bytes). Written directly it costs a fraction of the
+    generator's walk (most of the cost of a short mail such as an acknowledgement or a notice);
+    tests/mail/test_build.py checks the two agree.
+    """
+    parts = []
+    for name, value in msg.raw_items():
+        if type(value) is not str or not value.isascii():
+            return None
+        parts.append(f"{name}: {_CRLF.join(value.splitlines())}{_CRLF}")
+    try:
+        body = _CRLF.join(_NEWLINE.split(payload)).encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:  # text that is not 7bit or 8bit as _set_short_text writes it
+        return None
+    parts.append(_CRLF)
+    return "".join(parts).encode("ascii") + body

@@ -252,3 +252,63 @@ def test_text_body_is_what_set_content_writes(text: str) -> None:
 
 def _content_headers(head: bytes) -> list[bytes]:
     return [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-")]
+
+
+# --- the direct writer of plain ASCII mail -------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from helpdeskd.mail import build as build_module  # noqa: E402
+
+_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=1, max_codepoint=0x7F) | st.sampled_from("éü€\u2028"),
+    max_size=300,
+)
+_NAME = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.just("é"))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    text=_TEXT,
+    subject=_TEXT,
+    name=_NAME,
+    refs=st.lists(st.sampled_from(["<a@x>", OUTLOOK_ID, "<b.c@example.org>"]), max_size=25),
+    extra=st.dictionaries(
+        st.sampled_from(["List-Id", "Auto-Submitted", "List-Unsubscribe", "X-Note"]),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=1200),
+        max_size=3,
+    ),
+)
+def test_plain_mail_written_directly_is_what_the_stdlib_writes(
+    text: str, subject: str, name: str, refs: list[str], extra: dict[str, str]
+) -> None:
+    """An acknowledgement or a notice is written without the stdlib's generator when it is a
+    single ASCII text part with raw headers; the bytes are the generator's, byte for byte, and
+    any other mail (non-ASCII, long lines, folded names) takes the generator."""
+    mail = replace(
+        MAIL,
+        html=None,  # a multipart's boundary is random: the generator writes it either way
+        attachments=(),
+        text=text,
+        subject=subject,
+        from_name=name,
+        references=tuple(refs),
+        in_reply_to=refs[-1] if refs else None,
+        extra_headers=extra,
+    )
+    assert build_module._build(mail) == build_module._build(mail, direct=False)
+
+
+def test_an_acknowledgement_is_written_directly() -> None:
+    """The direct path is taken for the common case (not only agreed with)."""
+    msg = email.message.EmailMessage(policy=build_module._POLICY)
+    msg.set_raw("Subject", "Hello")
+    msg.set_raw("Content-Type", 'text/plain; charset="utf-8"')
+    msg.set_payload("line one\nline two\n")
+    assert build_module._plain_bytes(msg, "line one\nline two\n") == msg.as_bytes()
+    eight = replace(MAIL, html=None, text="Grüße · Jürgen\n")  # 8bit: its UTF-8 bytes
+    assert build_module._build(eight) == build_module._build(eight, direct=False)
+    assert "Grüße · Jürgen\r\n".encode() in build_module._build(eight)
+    msg.set_raw("X-Name", "Jürgen")
+    assert build_module._plain_bytes(msg, "line one\nline two\n") is None
