@@ -621,7 +621,9 @@ def test_smtp_refuses_4xx_then_5xx(
             f"a second deferred attempt for {deferred}",
             daemon,
         )
-        assert recipient_state(deferred) == ("pending", 2)
+        # (more attempts may have come meanwhile: the test config retries within a second)
+        state, attempts = recipient_state(deferred) or ("", 0)
+        assert state == "pending" and attempts >= 2
         assert deferred not in acks_by_customer(smtp_sink)
         del smtp_sink.handler.refuse[deferred]
         wait_until(
