@@ -252,6 +252,16 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
 
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
+def _pending_rows(ids: Any) -> Any:
+    """The pending rows IDS (an IN over ids) selects, found by their primary key.
+
+    SQLite without statistics walks the (state, next_attempt_at) index for ``state =
+    'pending'`` and tests every pending row against the list: a record took 23 ms with 100,000
+    notice rows queued. Comparing an expression of the state leaves it the primary key.
+    """
+    return and_(ids, func.coalesce(_OUTBOX.c.state, "") == "pending")
+
+
 _RELEASE = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id == bindparam("oid"), _OUTBOX.c.state == "pending")
@@ -264,7 +274,7 @@ async def renew(session: AsyncSession, ids: Sequence[int], lease: datetime) -> N
     for start in range(0, len(ids), CHUNK):
         await session.execute(
             update(_OUTBOX)
-            .where(_OUTBOX.c.id.in_(ids[start : start + CHUNK]), _OUTBOX.c.state == "pending")
+            .where(_pending_rows(_OUTBOX.c.id.in_(ids[start : start + CHUNK])))
             .values(next_attempt_at=lease)
         )
 
@@ -391,12 +401,12 @@ _EXPIRED_RECIPIENTS = (
 )
 _EXPIRED_ROWS = (
     update(_OUTBOX)
-    .where(_OUTBOX.c.id.in_(_IDS), _OUTBOX.c.state == "pending")
+    .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
     .values(state="expired")
 )
 _SENT_ROWS = (  # the common case: a row sent to all it was tried for
     update(_OUTBOX)
-    .where(_OUTBOX.c.id.in_(_IDS), _OUTBOX.c.state == "pending")
+    .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
     .values(
         attempts=_OUTBOX.c.attempts + 1,
         next_attempt_at=_NOW,
@@ -406,7 +416,7 @@ _SENT_ROWS = (  # the common case: a row sent to all it was tried for
 )
 _DONE_ROWS = {
     tried: update(_OUTBOX)
-    .where(_OUTBOX.c.id.in_(_IDS), _OUTBOX.c.state == "pending")
+    .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
     .values(attempts=_OUTBOX.c.attempts + tried, next_attempt_at=_NOW, **_row_state())
     for tried in (0, 1)
 }
