@@ -96,7 +96,8 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
     who wrote.
 
     Anyone can send a bounce: it counts only against an address our mail went to — the mail
-    it names by Message-ID, or the recipient its verified VERP token names. A VERP token names
+    it names by Message-ID, when that mail went to one address alone (its other recipients
+    know the Message-ID too), or the recipient its verified VERP token names. A VERP token names
     one recipient of one send, and only that recipient's copy carried it: the bounce is that
     recipient's alone, even when the report names somebody else (a forward's final address,
     another recipient of the same mail) or nobody.
@@ -114,12 +115,11 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
         [address] = sent_to
         targets = [replace(report.verdict(), address=address)]
         lines.append(f"{_bounce_line(targets[0])} (by VERP)")
-    smtp = policy.config.smtp
-    verp = smtp is not None and smtp.return_path is not None and policy.config.service.secret_keys
-    if verp and returned.verp is None and len(sent_to) > 1 and targets:
-        # Each copy of a mail to several carried its own recipient's return path: a real
-        # bounce of it names one. Without a token, any of them could have written it about
-        # the others. (Mail sent before [smtp] return_path was set loses such bounces too.)
+    if returned.verp is None and len(sent_to) > 1 and targets:
+        # Everyone a mail went to knows its Message-ID: without a token naming the copy, any
+        # of its recipients could have written this about the others. With [smtp] return_path
+        # each copy carries its recipient's token, so a real bounce of it has one; without,
+        # the bounces of mail to several are noted here and count against nobody.
         targets = []
         lines.append(f"not counted: no VERP token, and the mail went to {len(sent_to)}")
     bounces = policy.config.bounces

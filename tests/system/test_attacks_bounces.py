@@ -457,3 +457,57 @@ async def test_a_cc_cannot_forge_a_bounce_against_the_other_recipient(make_confi
         assert "(by VERP)" in hers.reason
         assert await _scores(desk) == {CUSTOMER: (1.0, 1), MALLORY: (1.0, 2)}
         assert await _scored(desk) == [MALLORY, MALLORY, CUSTOMER]
+
+
+async def test_without_return_path_a_cc_cannot_forge_a_bounce_against_the_other(
+    make_config, smtp_sink
+):
+    """Without ``[smtp] return_path`` no copy carries a token, so every bounce is read by the
+    Message-ID it returns, which Mallory knows as well as Jane: his DSN about the reply to
+    both, naming Jane, is noted on the ticket and counts against nobody. A bounce of Jane's
+    acknowledgement, which went to her alone, still counts against her."""
+    config = make_config(smtp=smtp_sink, agents=[(ALICE, "Alice")])
+    assert config.smtp is not None and config.smtp.return_path is None
+    async with Desk(config) as desk:
+        [opened] = await desk.ingest(
+            [customer_mail(1, sender=CUSTOMER, subject="Backups", cc=(MALLORY,))]
+        )
+        await desk.send_all()
+        [note] = [
+            d.message
+            for d in smtp_sink.deliveries
+            if d.recipients == [ALICE] and f"[{opened.ticket}]" in d.message["Subject"]
+        ]
+        [ack] = [
+            d.message
+            for d in smtp_sink.deliveries
+            if d.recipients == [CUSTOMER] and d.message["Auto-Submitted"] == "auto-replied"
+        ]
+        [(_, reply_address)] = getaddresses([note["Reply-To"]])
+        answer = EmailMessage()
+        answer["From"] = f"Alice <{ALICE}>"
+        answer["To"] = reply_address
+        answer["Subject"] = f"Re: {note['Subject']}"
+        answer["Message-ID"] = make_msgid("agent", domain="acme.test")
+        answer.set_content("Your backups run again.")
+        [replied] = await desk.ingest([answer.as_bytes(policy=SMTP)])
+        assert replied.reason.endswith("reply sent"), replied.reason
+        await desk.send_all()
+        [reply] = [d for d in smtp_sink.deliveries if MALLORY in d.recipients]
+        assert set(reply.recipients) == {CUSTOMER, MALLORY}  # one transaction: no VERP
+        assert "+" not in reply.sender
+
+        [forged] = await desk.ingest([forged_dsn(1, None, CUSTOMER, reply.message)])
+        assert forged.outcome == "bounce"
+        assert "not counted: no VERP token, and the mail went to 2" in forged.reason
+        assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (0.0, 0)}
+        assert await _scored(desk) == []
+
+        # Her acknowledgement went to her alone: only she (or a mail system) knows its ID.
+        ack_headers = EmailMessage()
+        for name in ("From", "To", "Subject", "Message-ID"):
+            ack_headers[name] = ack[name]
+        ack_headers["Cc"] = ""
+        [hers] = await desk.ingest([forged_dsn(2, None, CUSTOMER, ack_headers)])
+        assert hers.outcome == "bounce" and "not counted" not in hers.reason
+        assert await _scores(desk) == {CUSTOMER: (1.0, 1), MALLORY: (0.0, 0)}
