@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import quoprimime
 from email.header import Header
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -189,22 +191,33 @@ def _set_verbatim(msg: EmailMessage, name: str, value: str, width: int = MAX_LIN
     msg.set_raw(name, "\n ".join(lines))
 
 
-def _set_short_text(msg: EmailMessage, text: str) -> str | None:
-    """Make TEXT the whole body of MSG if no line of it needs encoding, and return the payload
-    set; None if a line needs encoding.
+def _set_text_body(msg: EmailMessage, text: str) -> str | None:
+    """Make TEXT the whole body of MSG as ``set_content`` would, and return the payload set;
+    None where set_content would pick base64 (then it is left to set_content).
 
-    What set_content writes for such text (7bit, or 8bit when not ASCII), without the parse and
-    refold of its Content-Type and Content-Transfer-Encoding headers (most of the cost of a
-    short mail). Longer lines take set_content, which picks quoted-printable or base64.
+    set_content's choice (``email.contentmanager``): 7bit, or 8bit when not ASCII, if no line
+    is longer than the policy's limit; else quoted-printable, unless base64 is shorter for the
+    first ten lines. Made here with the same encoder, without the parse and refold of its
+    Content-Type and Content-Transfer-Encoding headers (most of the cost of a short mail);
+    tests/mail/test_build.py checks the two agree.
     """
     data = text.encode("utf-8")
     lines = data.splitlines()
-    if max(map(len, lines), default=0) > _MAX_BODY_LINE:
-        return None
+    if max(map(len, lines), default=0) <= _MAX_BODY_LINE:
+        cte = "7bit" if data.isascii() else "8bit"
+        # 8bit rides in the str payload as surrogate escapes, as set_content carries it.
+        payload = b"\n".join(lines).decode("ascii", "surrogateescape") + "\n"
+    else:
+        sniff = b"\r\n".join(lines[:10]) + b"\r\n"  # the policy's line ends, as the stdlib's
+        payload = quoprimime.body_encode(sniff.decode("latin-1"), _MAX_BODY_LINE)
+        if len(payload) > len(binascii.b2a_base64(sniff)):
+            return None
+        cte = "quoted-printable"
+        if len(lines) > 10:
+            body = (b"\n".join(lines) + b"\n").decode("latin-1")
+            payload = quoprimime.body_encode(body, _MAX_BODY_LINE)
     msg.set_raw("Content-Type", 'text/plain; charset="utf-8"')
-    msg.set_raw("Content-Transfer-Encoding", "7bit" if data.isascii() else "8bit")
-    # 8bit rides in the str payload as surrogate escapes, as set_content carries it.
-    payload = b"\n".join(lines).decode("ascii", "surrogateescape") + "\n"
+    msg.set_raw("Content-Transfer-Encoding", cte)
     msg.set_payload(payload)
     return payload
 
@@ -215,7 +228,8 @@ def build_message(mail: OutgoingMail) -> bytes:
 
 
 def _build(mail: OutgoingMail, *, direct: bool = True) -> bytes:
-    """build_message; DIRECT writes a plain ASCII mail's bytes itself (see _plain_bytes)."""
+    """build_message; DIRECT writes a single text part itself (see _set_text_body), and its
+    bytes too when its headers are plain ASCII (see _plain_bytes); without, the stdlib does."""
     addresses = (mail.from_addr, *mail.to, *mail.cc, mail.reply_to or "")
     # An internationalised address (RFC 6531) is written as UTF-8 (RFC 6532): no encoded word
     # may stand in an addr-spec. The outbox sends such mail only where the relay has SMTPUTF8.
@@ -237,10 +251,12 @@ def _build(mail: OutgoingMail, *, direct: bool = True) -> bytes:
     for name, value in mail.extra_headers.items():
         _set_verbatim(msg, name, value)
     msg.set_raw("MIME-Version", "1.0")
-    payload = None if mail.html or mail.attachments else _set_short_text(msg, mail.text)
+    payload = None
+    if direct and not (mail.html or mail.attachments):
+        payload = _set_text_body(msg, mail.text)
     if payload is None:
         msg.set_content(mail.text, charset="utf-8")
-    elif direct and (plain := _plain_bytes(msg, payload)) is not None:
+    elif (plain := _plain_bytes(msg, payload)) is not None:
         return plain
     if mail.html:
         msg.add_alternative(mail.html, subtype="html", charset="utf-8")
@@ -264,25 +280,20 @@ _CRLF = "\r\n"
 
 
 def _plain_bytes(msg: EmailMessage, payload: str) -> bytes | None:
-    """The bytes ``msg.as_bytes()`` writes for MSG, a single text part whose headers were all
-    set raw as ASCII and whose body is PAYLOAD, 7bit or 8bit text as _set_short_text set it;
-    None for any other.
+    """The bytes ``msg.as_bytes()`` writes for MSG, a single text part whose body is PAYLOAD as
+    _set_text_body set it; None for a payload it did not write.
 
-    What the stdlib's generator does for such a message under our policy
-    (``refold_source="none"``, CRLF): each header as ``name: value`` with its lines joined by
-    CRLF, a blank line, the body's lines joined by CRLF (8bit text rides in the payload as
-    surrogate escapes, written back as its bytes). Written directly it costs a fraction of the
-    generator's walk (most of the cost of a short mail such as an acknowledgement or a notice);
-    tests/mail/test_build.py checks the two agree.
+    What the stdlib's BytesGenerator does for such a message: each header as the policy folds
+    it (a raw one as set, with CRLF line ends; an encoded subject or name folded as the
+    generator folds it), a blank line, the body's lines joined by CRLF (8bit text rides in the
+    payload as surrogate escapes, written back as its bytes). Written directly it costs a
+    fraction of the generator's walk (most of the cost of a short mail such as an
+    acknowledgement or a notice); tests/mail/test_build.py checks the two agree.
     """
-    parts = []
-    for name, value in msg.raw_items():
-        if type(value) is not str or not value.isascii():
-            return None
-        parts.append(f"{name}: {_CRLF.join(value.splitlines())}{_CRLF}")
+    fold = msg.policy.fold_binary
     try:
         body = _CRLF.join(_NEWLINE.split(payload)).encode("ascii", "surrogateescape")
-    except UnicodeEncodeError:  # text that is not 7bit or 8bit as _set_short_text writes it
+        head = [fold(name, value) for name, value in msg.raw_items()]
+    except UnicodeEncodeError:  # not ours; the generator raises or writes it
         return None
-    parts.append(_CRLF)
-    return "".join(parts).encode("ascii") + body
+    return b"".join([*head, b"\r\n", body])

@@ -283,9 +283,10 @@ _NAME = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) |
 def test_plain_mail_written_directly_is_what_the_stdlib_writes(
     text: str, subject: str, name: str, refs: list[str], extra: dict[str, str]
 ) -> None:
-    """An acknowledgement or a notice is written without the stdlib's generator when it is a
-    single ASCII text part with raw headers; the bytes are the generator's, byte for byte, and
-    any other mail (non-ASCII, long lines, folded names) takes the generator."""
+    """A single text part is encoded as set_content would (7bit, 8bit or quoted-printable;
+    base64 left to it), and written without the stdlib's generator when its headers are plain
+    ASCII: the bytes are the stdlib's alone, byte for byte, and any other mail (an encoded
+    subject, a folded name) takes the generator."""
     mail = replace(
         MAIL,
         html=None,  # a multipart's boundary is random: the generator writes it either way
@@ -310,5 +311,38 @@ def test_an_acknowledgement_is_written_directly() -> None:
     eight = replace(MAIL, html=None, text="Grüße · Jürgen\n")  # 8bit: its UTF-8 bytes
     assert build_module._build(eight) == build_module._build(eight, direct=False)
     assert "Grüße · Jürgen\r\n".encode() in build_module._build(eight)
-    msg.set_raw("X-Name", "Jürgen")
-    assert build_module._plain_bytes(msg, "line one\nline two\n") is None
+    # An encoded subject is folded as the generator folds it, and still written directly.
+    encoded = replace(MAIL, html=None, subject="Grüße aus Köln: die Sicherung läuft nicht mehr")
+    msg = email.message.EmailMessage(policy=build_module._POLICY)
+    build_module._set_text(msg, "Subject", encoded.subject)
+    [(_, subject)] = msg.raw_items()
+    assert type(subject) is not str  # a header object, folded when written
+    payload = build_module._set_text_body(msg, "x\n")
+    assert payload is not None
+    assert build_module._plain_bytes(msg, payload) == msg.as_bytes()
+    assert build_module._build(encoded) == build_module._build(encoded, direct=False)
+
+
+def test_long_lines_are_quoted_printable_written_directly() -> None:
+    """A mail with a line over 78 octets (an agent's copy of a customer's paragraph) is
+    quoted-printable, as set_content makes it, and still written directly: few lines or many,
+    ASCII or not."""
+    paragraph = "This paragraph is one long line, as mail clients send them, " * 4
+    for text in (
+        paragraph + "\n",
+        "\n".join([paragraph, *(f"line {n}" for n in range(12)), "Grüße · Jürgen"]) + "\n",
+    ):
+        mail = replace(MAIL, html=None, text=text)
+        msg = email.message.EmailMessage(policy=build_module._POLICY)
+        payload = build_module._set_text_body(msg, text)
+        assert payload is not None and msg["Content-Transfer-Encoding"] == "quoted-printable"
+        assert build_module._plain_bytes(msg, payload) is not None  # the direct path is taken
+        assert build_module._build(mail) == build_module._build(mail, direct=False)
+        parsed = email.message_from_bytes(build_module._build(mail), policy=email.policy.default)
+        assert parsed.get_content().replace("\r\n", "\n") == text
+    # Mostly non-ASCII: base64 is shorter, and set_content writes it.
+    greek = "αβγδεζηθικλμνξοπρστυφχψω" * 5 + "\n"
+    msg = email.message.EmailMessage(policy=build_module._POLICY)
+    assert build_module._set_text_body(msg, greek) is None
+    mail = replace(MAIL, html=None, text=greek)
+    assert b"Content-Transfer-Encoding: base64" in build_module._build(mail)
