@@ -252,6 +252,7 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
 
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
+
 def _pending_rows(ids: Any) -> Any:
     """The pending rows IDS (an IN over ids) selects, found by their primary key.
 
@@ -399,11 +400,7 @@ _EXPIRED_RECIPIENTS = (
     .where(_RECIPIENTS.c.outbox_id.in_(_IDS), _RECIPIENTS.c.state == "pending")
     .values(state="expired")
 )
-_EXPIRED_ROWS = (
-    update(_OUTBOX)
-    .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
-    .values(state="expired")
-)
+_EXPIRED_ROWS = update(_OUTBOX).where(_pending_rows(_OUTBOX.c.id.in_(_IDS))).values(state="expired")
 _SENT_ROWS = (  # the common case: a row sent to all it was tried for
     update(_OUTBOX)
     .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
