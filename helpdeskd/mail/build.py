@@ -122,6 +122,7 @@ def _address(address: str, name: str = "") -> Address:
     return Address(display_name=one_line(name), username=local, domain=domain)
 
 
+@lru_cache(maxsize=512)  # the same few senders and reply addresses, mail after mail
 def _mailbox(address: str, name: str = "") -> str:
     """Return ADDRESS with display NAME as header text: the name plain, quoted or encoded.
 
@@ -227,6 +228,11 @@ def build_message(mail: OutgoingMail) -> bytes:
     return _build(mail)
 
 
+@lru_cache(maxsize=16)  # the mails of one run, or one notice, share their moment
+def _date(when: datetime) -> str:
+    return format_datetime(when)
+
+
 def _build(mail: OutgoingMail, *, direct: bool = True) -> bytes:
     """build_message; DIRECT writes a single text part itself (see _set_text_body), and its
     bytes too when its headers are plain ASCII (see _plain_bytes); without, the stdlib does."""
@@ -242,7 +248,7 @@ def _build(mail: OutgoingMail, *, direct: bool = True) -> bytes:
     if mail.reply_to:
         _set_mailboxes(msg, "Reply-To", [_mailbox(mail.reply_to)])
     _set_text(msg, "Subject", mail.subject)
-    msg.set_raw("Date", format_datetime(mail.date))
+    msg.set_raw("Date", _date(mail.date))
     _set_verbatim(msg, "Message-ID", mail.message_id)
     if mail.in_reply_to:
         _set_verbatim(msg, "In-Reply-To", mail.in_reply_to)
@@ -283,17 +289,25 @@ def _plain_bytes(msg: EmailMessage, payload: str) -> bytes | None:
     """The bytes ``msg.as_bytes()`` writes for MSG, a single text part whose body is PAYLOAD as
     _set_text_body set it; None for a payload it did not write.
 
-    What the stdlib's BytesGenerator does for such a message: each header as the policy folds
-    it (a raw one as set, with CRLF line ends; an encoded subject or name folded as the
-    generator folds it), a blank line, the body's lines joined by CRLF (8bit text rides in the
-    payload as surrogate escapes, written back as its bytes). Written directly it costs a
-    fraction of the generator's walk (most of the cost of a short mail such as an
-    acknowledgement or a notice); tests/mail/test_build.py checks the two agree.
+    What the stdlib's BytesGenerator does for such a message under our policy
+    (``refold_source="none"``, CRLF, 8bit): each header as EmailPolicy.fold_binary writes it
+    (a raw one as set, with CRLF line ends; an encoded subject folded by its header object), a
+    blank line, the body's lines joined by CRLF (8bit text rides in the payload as surrogate
+    escapes, written back as its bytes). Written directly it costs a fraction of the
+    generator's walk (most of the cost of a short mail such as an acknowledgement or a
+    notice); tests/mail/test_build.py checks the two agree.
     """
-    fold = msg.policy.fold_binary
+    policy = msg.policy
+    head = []
+    for name, value in msg.raw_items():
+        if type(value) is str:  # set raw: the policy's fold writes it as it is, CRLF ends
+            head.append(f"{name}: {_CRLF.join(value.splitlines())}{_CRLF}")
+        else:  # a header object (an encoded subject): folded as the generator folds it
+            head.append(value.fold(policy=policy))
+    head.append(_CRLF)
     try:
         body = _CRLF.join(_NEWLINE.split(payload)).encode("ascii", "surrogateescape")
-        head = [fold(name, value) for name, value in msg.raw_items()]
+        charset = "utf8" if policy.utf8 else "ascii"  # as EmailPolicy.fold_binary encodes
+        return "".join(head).encode(charset, "surrogateescape") + body
     except UnicodeEncodeError:  # not ours; the generator raises or writes it
         return None
-    return b"".join([*head, b"\r\n", body])

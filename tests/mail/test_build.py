@@ -346,3 +346,13 @@ def test_long_lines_are_quoted_printable_written_directly() -> None:
     assert build_module._set_text_body(msg, greek) is None
     mail = replace(MAIL, html=None, text=greek)
     assert b"Content-Transfer-Encoding: base64" in build_module._build(mail)
+
+
+def test_an_internationalised_address_is_written_directly_as_utf8() -> None:
+    """Mail to an RFC 6531 address is written as UTF-8 (RFC 6532), directly, as the stdlib's
+    generator writes it under the UTF-8 policy."""
+    for text in ("Grüße\n", "long line " * 20 + "\n"):
+        mail = replace(MAIL, html=None, to=("jürgen@bücher.example",), text=text)
+        data = build_module._build(mail)
+        assert data == build_module._build(mail, direct=False)
+        assert "To: jürgen@bücher.example\r\n".encode() in data
