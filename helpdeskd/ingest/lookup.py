@@ -83,8 +83,8 @@ class Known:
         self.writers: dict[str, str] = {}  # Message-ID of a reply we sent -> its agent
         self.sent: dict[str, set[str]] = {}  # Message-ID of mail we sent -> its recipients
         # a verified VERP token -> the send it names (outbox row, Message-ID, ticket) and the
-        # recipient it names (see _load_verp)
-        self.verp: dict[BounceToken, tuple[int, str, int | None, str]] = {}
+        # recipients it went to (see _load_verp)
+        self.verp: dict[BounceToken, tuple[int, str, int | None, tuple[str, ...]]] = {}
         self.replies = KnownReplies(policy.config, now)  # what agents' replies read
 
     # --- loading ---------------------------------------------------------------------------
@@ -110,9 +110,9 @@ class Known:
         verp = {n.verp for n in batch if n.verp is not None}
         if verp:
             await self._load_verp(session, verp)
-            for _oid, sent_id, sent_ticket, recipient in self.verp.values():
+            for _oid, sent_id, sent_ticket, recipients in self.verp.values():
                 ids.add(sent_id)
-                emails.add(recipient)
+                emails.update(recipients)
                 if sent_ticket is not None:
                     ticket_ids.add(sent_ticket)
         ids.discard("")
@@ -210,15 +210,14 @@ class Known:
             await self.replies.load(session, agent_mail, self.tickets)
 
     async def _load_verp(self, session: AsyncSession, tokens: set[BounceToken]) -> None:
-        """The sends, and the recipient of each, that bounces' verified VERP tokens name: the
-        outbox row, its Message-ID and ticket, and the address (a row the retention removed is
-        not found: its bounce names no send).
+        """The sends that bounces' verified VERP tokens name: the outbox row, its Message-ID
+        and ticket, and whom the copy that carried the token went to (a row the retention
+        removed is not found: its bounce names no send).
 
         A token names one recipient, and only that recipient's copy carried it. The form of
         mail sent before return paths were per recipient names the row, and every recipient
-        of the row received it: it tells whose bounce it is only when the row had one
-        recipient. For a row to several it is not taken, and the bounce is read as if it
-        carried no token (by its Message-ID and the addresses it names).
+        of the row received it: all of them (whether that says whose bounce it is, the
+        decision says).
         """
         recipient_ids = {t.id for t in tokens if t.kind == "recipient"}
         if recipient_ids:
@@ -233,7 +232,7 @@ class Known:
                 .join(Outbox, Outbox.id == OutboxRecipient.outbox_id)
                 .where(OutboxRecipient.id.in_(recipient_ids))
             ):
-                self.verp[BounceToken("recipient", rid)] = (oid, mid, tid, address.lower())
+                self.verp[BounceToken("recipient", rid)] = (oid, mid, tid, (address.lower(),))
         outbox_ids = {t.id for t in tokens if t.kind == "outbox"}
         if outbox_ids:
             rows: dict[int, tuple[str, int | None, list[str]]] = {}
@@ -244,8 +243,7 @@ class Known:
             ):
                 rows.setdefault(oid, (mid, tid, []))[2].append(address.lower())
             for oid, (mid, tid, recipients) in rows.items():
-                if len(recipients) == 1:
-                    self.verp[BounceToken("outbox", oid)] = (oid, mid, tid, recipients[0])
+                self.verp[BounceToken("outbox", oid)] = (oid, mid, tid, tuple(recipients))
 
     async def _load_tickets(
         self, session: AsyncSession, ticket_ids: set[int], emails: set[str]
@@ -462,15 +460,16 @@ class Known:
         """The addresses whose contacts the decision about NEEDS reads: the mail's, and the
         recipients of the send a bounce's VERP token names."""
         sent = self.verp.get(needs.verp) if needs.verp is not None else None
-        return needs.emails | {sent[3]} if sent is not None else needs.emails
+        return needs.emails | set(sent[3]) if sent is not None else needs.emails
 
     def _returned(self, needs: Needs) -> Returned:
-        """What the bounce or complaint NEEDS describes is about: the send and recipient its
-        verified VERP token names (whatever the report says, it can be about nobody else),
-        else the first of its Message-IDs that is mail we sent, with whom it went to."""
+        """What the bounce or complaint NEEDS describes is about: the send its verified VERP
+        token names, with whom that copy went to (whatever the report says, it can be about
+        nobody else), else the first of its Message-IDs that is mail we sent, with whom it
+        went to."""
         sent = self.verp.get(needs.verp) if needs.verp is not None else None
         if sent is not None:
-            oid, mid, tid, recipient = sent
+            oid, mid, tid, recipients = sent
             message = self.messages.get(mid)
             tid = message.ticket_id if message is not None else tid
             writer = self.writers.get(mid)
@@ -479,7 +478,7 @@ class Known:
                 self._ticket(tid) if tid is not None else None,
                 message,
                 self.agents.get(writer) if writer is not None and configured else None,
-                frozenset({recipient}),
+                frozenset(recipients),
                 verp=oid,
             )
         for mid in needs.returned_ids:

@@ -307,7 +307,7 @@ def _plain_bytes(msg: EmailMessage, payload: str) -> bytes | None:
     head.append(_CRLF)
     try:
         body = _CRLF.join(_NEWLINE.split(payload)).encode("ascii", "surrogateescape")
-        charset = "utf8" if policy.utf8 else "ascii"  # as EmailPolicy.fold_binary encodes
+        charset = "utf8" if policy is _POLICY_UTF8 else "ascii"  # as fold_binary encodes
         return "".join(head).encode(charset, "surrogateescape") + body
     except UnicodeEncodeError:  # not ours; the generator raises or writes it
         return None

@@ -111,17 +111,19 @@ def _bounce(needs: Needs, facts: Facts, policy: Policy) -> Plan:
     sent_to = returned.sent_to
     lines = [_bounce_line(rcpt) for rcpt in report.recipients]
     targets = [rcpt for rcpt in report.recipients if rcpt.address in sent_to]
-    if returned.verp is not None and not targets and len(sent_to) == 1:
+    if len(sent_to) > 1 and (targets or returned.verp is not None):
+        # Everyone a mail went to knows its Message-ID, and every recipient of a row got the
+        # return path that named the row (before return paths were per recipient): without a
+        # token naming the copy, any of them could have written this about the others. With
+        # [smtp] return_path each copy carries its recipient's token, so a real bounce of it
+        # has one; without, the bounces of mail to several are noted and count against nobody.
+        targets = []
+        token = "no VERP token" if returned.verp is None else "the return path names the row"
+        lines.append(f"not counted: {token}, and the mail went to {len(sent_to)}")
+    elif returned.verp is not None and not targets and len(sent_to) == 1:
         [address] = sent_to
         targets = [replace(report.verdict(), address=address)]
         lines.append(f"{_bounce_line(targets[0])} (by VERP)")
-    if returned.verp is None and len(sent_to) > 1 and targets:
-        # Everyone a mail went to knows its Message-ID: without a token naming the copy, any
-        # of its recipients could have written this about the others. With [smtp] return_path
-        # each copy carries its recipient's token, so a real bounce of it has one; without,
-        # the bounces of mail to several are noted here and count against nobody.
-        targets = []
-        lines.append(f"not counted: no VERP token, and the mail went to {len(sent_to)}")
     bounces = policy.config.bounces
     day = facts.now.astimezone(policy.config.service.tz).date()
     known: dict[str, ContactFacts] = {}

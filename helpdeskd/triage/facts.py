@@ -180,7 +180,8 @@ class Returned:
     message: StoredMessage | None = None
     writer: AgentFacts | None = None
     sent_to: frozenset[str] = frozenset()  # whom our mail went to: only they can bounce it
-    # the outbox row a verified VERP token named; sent_to is then the one recipient it names
+    # the outbox row a verified VERP token named; sent_to is then whom the copy that carried
+    # it went to: its one recipient, or every recipient of the row (the row-wide old form)
     verp: int | None = None
 
 

@@ -445,6 +445,7 @@ async def test_a_cc_cannot_forge_a_bounce_against_the_other_recipient(make_confi
         old = sign_bounce(keys, BounceToken("outbox", reply_row))
         [both] = await desk.ingest([verp_dsn(3, old, CUSTOMER, "5.1.1", "550 5.1.1 User unknown")])
         assert both.outcome == "bounce"
+        assert "not counted: the return path names the row, and the mail went to 2" in both.reason
         assert await _scores(desk) == {CUSTOMER: (0.0, 0), MALLORY: (1.0, 2)}
         # No token at all, the reply named by its Message-ID: every real bounce of a copy
         # carries its recipient's token, so this one could be Mallory's about Jane.
