@@ -8,12 +8,17 @@ and its rows inserted with one multi-row INSERT per table; across chunks only co
 (Tally). Queued whole or not at all: ``notice send`` (send_notice) renders into a compressed
 Spool on disk under a read-only transaction, then inserts it all in one transaction, so that on
 SQLite the write lock is held only while inserting; queue_notice does both in its caller's
-transaction.
+transaction. Rendering is most of a notice's cost: a large one (PARALLEL_FROM recipients) is
+rendered by a process per core (helpdeskd.workers), a few chunks ahead of the one stored, in
+the audience's order still, while this process reads and writes the database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import marshal
+import os
 import tempfile
 import zlib
 from collections.abc import (
@@ -28,7 +33,7 @@ from contextlib import AbstractContextManager, aclosing, asynccontextmanager, co
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import Row, insert
@@ -55,12 +60,18 @@ from helpdeskd.outbox import sender as outbox
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Base, Contact, Event, Notice, Outbox, OutboxRecipient
 from helpdeskd.triage.loops import automatic_headers
+from helpdeskd.workers import worker_pool
 
 log = structlog.get_logger(__name__)
 
 CHUNK = 1000
 """Recipients read, rendered and stored at a time: one INSERT per table per chunk (SQLAlchemy
 sends up to 1,000 rows in each multi-row INSERT), and never more than a chunk of mail in memory."""
+
+PARALLEL_FROM = 5000
+"""Recipients from which a notice is rendered by several processes (renderers_for)."""
+MAX_RENDERERS = 4
+RENDER_AHEAD = 2  # chunks in the renderers' hands per process, besides the one yielded
 
 _OUTBOX = Base.metadata.tables[Outbox.__tablename__]
 _RECIPIENTS = Base.metadata.tables[OutboxRecipient.__tablename__]
@@ -143,7 +154,7 @@ class _Writer:
         headers["List-Id"] = f"{service.name} {plan.category} notices <{list_id}>"
         self.headers = headers
 
-    def mail(self, contact: Contact | Row[Any]) -> tuple[str, str, bytes, str]:
+    def mail(self, contact: Contact | Row[Any] | Recipient) -> Written:
         """Return (address, Message-ID, message, subject) of CONTACT's mail.
 
         Raises UserError for an optional notice whose text lacks the recipient's unsubscribe
@@ -201,6 +212,47 @@ class _Writer:
         return contact.email, message_id, data, rendered.subject
 
 
+Written = tuple[str, str, bytes, str]  # a recipient's mail: (address, Message-ID, data, subject)
+
+
+class Recipient(NamedTuple):
+    """What a notice's mail reads of a contact: sent to a renderer process as it is."""
+
+    id: int
+    email: str
+    name: str | None
+    plan: str | None
+    app: str | None
+
+
+_worker_writer: _Writer | None = None  # in a renderer process: the notice it writes
+
+
+def _start_renderer(
+    config: Config,
+    templates: Path | None,
+    plan: Plan,
+    send_at: datetime,
+    extra: Mapping[str, Any],
+) -> None:
+    """In a renderer process: set up the notice's writer once (its templates loaded here)."""
+    global _worker_writer
+    _worker_writer = _Writer(config, Renderer(templates), plan, send_at=send_at, extra=extra)
+
+
+def _render(recipients: list[Recipient]) -> list[Written]:
+    """In a renderer process: the mail of RECIPIENTS (see _Writer.mail)."""
+    assert _worker_writer is not None
+    return [_worker_writer.mail(recipient) for recipient in recipients]
+
+
+def renderers_for(total: int) -> int:
+    """How many processes render a notice to TOTAL recipients besides this one: none for a
+    small one (starting a process costs more than it saves) or on one core."""
+    cores = os.cpu_count() or 1
+    return min(cores, MAX_RENDERERS) if total >= PARALLEL_FROM and cores > 1 else 0
+
+
 async def rendered_chunks(
     session: AsyncSession,
     config: Config,
@@ -212,38 +264,73 @@ async def rendered_chunks(
     extra: Mapping[str, Any] | None = None,
     advance: Advance | None = None,
     chunk: int = CHUNK,
+    renderers: int = 0,
 ) -> AsyncGenerator[Chunk, None]:
     """Read PLAN's audience from SESSION a chunk at a time, leave out the suppressed (one query
     for the chunk's opt-outs, one for its erased addresses), and yield each chunk's mail,
     counting in TALLY.
 
+    With RENDERERS, the mail is rendered by that many processes (a large notice: rendering is
+    most of its cost), a few chunks ahead of the one yielded, in the audience's order still.
+
     Raises UserError or TemplateError (from _Writer.mail) at the first recipient whose mail
     cannot be written: a notice is queued whole or not at all.
     """
-    writer = _Writer(config, renderer, plan, send_at=send_at, extra=extra or {})
-    async with aclosing(recipients(session, plan.audience, chunk)) as chunks:
-        async for contacts in chunks:
-            reasons = await suppressed(session, contacts, plan.category, plan.critical)
-            mails: list[tuple[str, str, bytes]] = []
-            unaddressable: list[str] = []
-            for contact in contacts:
-                reason = reasons.get(contact.id)
-                if reason is not None:
-                    tally.skip(reason)
-                elif not is_address(contact.email):
-                    # Stored before imports were checked: one such contact must not stop the notice
-                    # (a critical one least of all) for everybody else.
-                    unaddressable.append(contact.email)
-                else:
-                    address, message_id, data, subject = writer.mail(contact)
-                    mails.append((address, message_id, data))
-                    tally.subject = tally.subject or subject
-            tally.recipients += len(contacts)
-            tally.queued += len(mails)
-            tally.failed += len(unaddressable)
-            if advance is not None:
-                advance(len(contacts))
-            yield Chunk(mails, unaddressable)
+    extra = extra or {}
+    writer = _Writer(config, renderer, plan, send_at=send_at, extra=extra)
+    pool = None
+    if renderers:
+        pool = worker_pool(
+            renderers, _start_renderer, (config, renderer.folder, plan, send_at, dict(extra))
+        )
+    loop = asyncio.get_running_loop()
+    # rendering: its mail to come, the chunk's unaddressable, how many recipients it read
+    ahead: collections.deque[tuple[asyncio.Future[list[Written]], list[str], int]]
+    ahead = collections.deque()
+
+    def done(mails: list[Written], unaddressable: list[str], read: int) -> Chunk:
+        for _address, _message_id, _data, subject in mails[:1]:
+            tally.subject = tally.subject or subject
+        tally.queued += len(mails)
+        if advance is not None:
+            advance(read)
+        return Chunk([(a, m, d) for a, m, d, _ in mails], unaddressable)
+
+    try:
+        async with aclosing(recipients(session, plan.audience, chunk)) as chunks:
+            async for contacts in chunks:
+                reasons = await suppressed(session, contacts, plan.category, plan.critical)
+                writing: list[Recipient] = []
+                unaddressable: list[str] = []
+                for contact in contacts:
+                    reason = reasons.get(contact.id)
+                    if reason is not None:
+                        tally.skip(reason)
+                    elif not is_address(contact.email):
+                        # Stored before imports were checked: one such contact must not stop
+                        # the notice (a critical one least of all) for everybody else.
+                        unaddressable.append(contact.email)
+                    else:
+                        c = contact
+                        writing.append(Recipient(c.id, c.email, c.name, c.plan, c.app))
+                tally.recipients += len(contacts)
+                tally.failed += len(unaddressable)
+                if pool is None:
+                    yield done([writer.mail(r) for r in writing], unaddressable, len(contacts))
+                    continue
+                future = loop.run_in_executor(pool, _render, writing)
+                ahead.append((future, unaddressable, len(contacts)))
+                if len(ahead) > RENDER_AHEAD * renderers:
+                    future, unaddressable, read = ahead.popleft()
+                    yield done(await future, unaddressable, read)
+        while ahead:
+            future, unaddressable, read = ahead.popleft()
+            yield done(await future, unaddressable, read)
+    finally:
+        for future, _, _ in ahead:
+            future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @asynccontextmanager
@@ -258,9 +345,11 @@ async def _rendering(
     extra: Mapping[str, Any] | None,
     progress: Progress,
     chunk: int,
+    renderers: int | None,
 ) -> AsyncIterator[tuple[Tally, AsyncGenerator[Chunk, None]]]:
     """Count PLAN's audience, show the work under LABEL, and give a fresh Tally with the
-    rendered_chunks that fill it, closed (and the progress ended) on leaving."""
+    rendered_chunks that fill it, closed (and the progress ended) on leaving; rendered by
+    RENDERERS processes (None: as many as renderers_for the audience's size gives)."""
     tally = Tally()
     total = await audience_size(session, plan.audience)
     with progress(label, total) as advance:
@@ -274,6 +363,7 @@ async def _rendering(
             extra=extra,
             advance=advance,
             chunk=chunk,
+            renderers=renderers_for(total) if renderers is None else renderers,
         )
         async with aclosing(chunks):
             yield tally, chunks
@@ -329,6 +419,7 @@ async def render_notice(
     spool: Spool | None = None,
     progress: Progress = no_progress,
     chunk: int = CHUNK,
+    renderers: int | None = None,
 ) -> Tally:
     """Render PLAN's notice for every recipient, reading SESSION (which may be read-only: no
     lock is held meanwhile), into SPOOL (None: a dry run, counting only)."""
@@ -342,6 +433,7 @@ async def render_notice(
         extra=extra,
         progress=progress,
         chunk=chunk,
+        renderers=renderers,
     )
     async with rendering as (tally, chunks):
         async for rendered in chunks:
@@ -547,6 +639,7 @@ async def queue_notice(
     dry_run: bool = False,
     progress: Progress = no_progress,
     chunk: int = CHUNK,
+    renderers: int | None = None,
 ) -> NoticeReport:
     """Plan, render and queue a notice at NOW in SESSION's transaction, sent from SEND_AT
     (default NOW) on: each chunk of recipients is read, rendered and inserted in turn.
@@ -566,6 +659,7 @@ async def queue_notice(
         extra=extra,
         progress=progress,
         chunk=chunk,
+        renderers=renderers,
     )
     async with rendering as (tally, chunks):
         if dry_run:
@@ -599,6 +693,7 @@ async def send_notice(
     progress: Progress = no_progress,
     clock: Clock = system_clock,
     chunk: int = CHUNK,
+    renderers: int | None = None,
 ) -> NoticeReport:
     """Like queue_notice, in two steps so that no write transaction is open while rendering: a
     running daemon keeps storing mail while a hundred thousand notices are rendered.
@@ -622,6 +717,7 @@ async def send_notice(
                 spool=None if dry_run else spool,
                 progress=progress,
                 chunk=chunk,
+                renderers=renderers,
             )
         if dry_run:
             return tally.report(None)

@@ -8,11 +8,7 @@ runs past its timeout has its worker killed; the pool is rebuilt and the message
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import multiprocessing
 import os
-import signal
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,30 +19,13 @@ import structlog
 from helpdeskd.errors import HelpdeskError, ParseTimeout
 from helpdeskd.mail.parse import ParsedMessage, parse_message, parse_messages
 from helpdeskd.runs import split_runs
+from helpdeskd.workers import worker_pool
 
 log = structlog.get_logger(__name__)
 
 
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def _start_worker(parent: int) -> None:
-    """In a worker: die with the daemon (PARENT's pid), and leave Ctrl-C to it.
-
-    A daemon killed with SIGKILL (the OOM killer, ``kill -9``) cannot stop its workers; the
-    kernel kills them then (PR_SET_PDEATHSIG), and with the last of them gone the resource
-    tracker ends too. Nothing is left outside the daemon's cgroup to hold memory or a core.
-
-    A terminal's Ctrl-C reaches the whole process group; a worker that took it would die
-    mid-parse with a traceback instead of being shut down in order by the daemon.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("parse_worker_pdeathsig_failed", errno=ctypes.get_errno())
-    if os.getppid() != parent:  # the daemon died before the line above took effect
-        os._exit(1)
+def _no_setup() -> None:
+    """A parse worker needs nothing more than a worker gets (helpdeskd.workers.start_worker)."""
 
 
 def _answer() -> int:
@@ -80,13 +59,7 @@ class ParsePool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn, not fork: the daemon has threads (aiosqlite) and a running event loop.
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(os.getpid(),),
-            )
+            self._pool = worker_pool(self.workers, _no_setup, ())
         return self._pool
 
     async def start(self) -> None:

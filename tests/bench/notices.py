@@ -333,6 +333,15 @@ class QueueRun:
     rss_after: float  # peak RSS after the commit
     statements: int
     commits: int
+    renderers_cpu: float  # CPU seconds of the processes that rendered it (a large notice)
+    renderers_rss: float  # the largest peak RSS among them, MiB (0: none ran)
+
+
+def _children() -> tuple[float, float]:
+    """CPU seconds of this process's children that ended so far, and the largest peak RSS among
+    them (MiB)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
@@ -373,6 +382,7 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
                 await warm.exec_driver_sql("SELECT 1")
             rss_before, rss_now = peak_rss_mb(), current_rss_mb()
             statements0 = counter.reading()
+            children0 = _children()
             with measure() as span:
                 if way == "notice send":
                     report = await send_notice(
@@ -399,6 +409,7 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
                             progress=timed,
                         )
             statements = counter.reading()
+            children = _children()
             return QueueRun(
                 way,
                 dataclasses.asdict(report),
@@ -411,6 +422,8 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
                 peak_rss_mb(),
                 statements[0] - statements0[0],
                 statements[1] - statements0[1],
+                children[0] - children0[0],
+                children[1] if children[1] > children0[1] else 0.0,
             )
         finally:
             await engine.dispose()
@@ -421,7 +434,9 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
 def queue_in_child(config_path: Path, url: str, way: str) -> QueueRun:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_queue_main, args=(str(config_path), url, way, child), daemon=True)
+    # Not a daemonic process: a large notice is rendered by processes it starts (killed below if
+    # it is still alive, and its renderers die with it).
+    process = ctx.Process(target=_queue_main, args=(str(config_path), url, way, child))
     process.start()
     child.close()
     try:
@@ -441,9 +456,16 @@ def queue_in_child(config_path: Path, url: str, way: str) -> QueueRun:
 def queue_line(run: QueueRun) -> str:
     queued = run.report["queued"]
     phases = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in run.phases.items())
+    renderers = (
+        f" + {run.renderers_cpu:.2f} s in the renderer processes, each at most "
+        f"{run.renderers_rss:.1f} MiB peak RSS"
+        if run.renderers_rss
+        else ""
+    )
     return (
         f"  {run.way:<13} {queued:>7} {run.wall:7.2f} s = {rate(queued, run.wall):7.0f} "
-        f"recipients/s ({phases}; CPU {run.cpu:.2f} s, machine {100 * run.busy:.0f}% busy)\n"
+        f"recipients/s ({phases}; CPU {run.cpu:.2f} s{renderers}, machine "
+        f"{100 * run.busy:.0f}% busy)\n"
         f"  {'':<13} {'':>7} peak RSS +{run.rss_after - run.rss_before:.1f} MiB "
         f"({run.rss_before:.1f} MiB peak, {run.rss_now:.1f} MiB current before; "
         f"{run.rss_after:.1f} MiB after), "

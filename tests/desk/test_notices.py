@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import email
 import email.policy
+import functools
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -376,7 +377,11 @@ async def crowd(make_config, tmp_path):
         await engine.dispose()
 
 
-async def _queue(way, config, sessions, *, category, template, extra=None, dry_run=False):
+async def _queue(
+    way, config, sessions, *, category, template, extra=None, dry_run=False, renderers=0
+):
+    """Queue a notice the WAY named, two recipients a chunk, rendered in this process or by
+    RENDERERS processes (as a large notice is)."""
     from helpdeskd.desk.noticequeue import queue_notice, send_notice
     from helpdeskd.desk.notices import Audience
     from helpdeskd.mail.render import Renderer
@@ -394,6 +399,7 @@ async def _queue(way, config, sessions, *, category, template, extra=None, dry_r
             extra=extra,
             dry_run=dry_run,
             chunk=2,
+            renderers=renderers,
         )
     async with sessions.begin() as session:
         return await queue_notice(
@@ -408,6 +414,7 @@ async def _queue(way, config, sessions, *, category, template, extra=None, dry_r
             extra=extra,
             dry_run=dry_run,
             chunk=2,
+            renderers=renderers,
         )
 
 
@@ -423,8 +430,9 @@ async def _stored(sessions) -> dict[str, int]:
         }
 
 
+@pytest.mark.parametrize("renderers", [0, 2])
 @pytest.mark.parametrize("way", ["notice send", "queue_notice"])
-async def test_a_notice_of_many_chunks_is_queued_whole_paced_and_suppressed(crowd, way):
+async def test_a_notice_of_many_chunks_is_queued_whole_paced_and_suppressed(crowd, way, renderers):
     from sqlalchemy import select
 
     from helpdeskd.desk.notices import unsubscribe_url
@@ -432,16 +440,11 @@ async def test_a_notice_of_many_chunks_is_queued_whole_paced_and_suppressed(crow
 
     config, sessions = crowd
     before = await _stored(sessions)
-    dry = await _queue(
-        way, config, sessions, category="feature_update", template="feature_update", dry_run=True
-    )
+    queue = functools.partial(_queue, way, config, sessions, renderers=renderers)
+    dry = await queue(category="feature_update", template="feature_update", dry_run=True)
     assert await _stored(sessions) == before  # a dry run stores nothing
-    report = await _queue(
-        way, config, sessions, category="feature_update", template="feature_update"
-    )
-    critical = await _queue(
-        way, config, sessions, category="incident", template="incident", extra=INCIDENT_VARS
-    )
+    report = await queue(category="feature_update", template="feature_update")
+    critical = await queue(category="incident", template="incident", extra=INCIDENT_VARS)
     # Ten customers (the correspondent is none) in five chunks of two; opt-outs on both sides
     # of the first chunk boundary, the unaddressable one and the suppressed ones further on.
     assert (dry.recipients, dry.queued, dry.failed, dry.skipped, dry.notice_id) == (
@@ -497,8 +500,9 @@ async def test_a_notice_of_many_chunks_is_queued_whole_paced_and_suppressed(crow
         ] * 2
 
 
+@pytest.mark.parametrize("renderers", [0, 2])
 @pytest.mark.parametrize("way", ["notice send", "queue_notice"])
-async def test_a_notice_that_fails_midway_queues_nothing(crowd, way):
+async def test_a_notice_that_fails_midway_queues_nothing(crowd, way, renderers):
     from sqlalchemy import event
     from sqlalchemy.exc import DBAPIError
 
@@ -506,10 +510,11 @@ async def test_a_notice_that_fails_midway_queues_nothing(crowd, way):
 
     config, sessions = crowd
     before = await _stored(sessions)
+    queue = functools.partial(_queue, way, config, sessions, renderers=renderers)
 
     # A template that fails for Hal, in the fifth chunk of two.
     with pytest.raises(TemplateError, match=r"no_such_variable.*hal@customer\.example"):
-        await _queue(way, config, sessions, category="feature_update", template="fragile")
+        await queue(category="feature_update", template="fragile")
     assert await _stored(sessions) == before
 
     # The database refuses Hal's row, after the rows of the chunks before his were inserted.
@@ -545,9 +550,7 @@ async def test_a_notice_that_fails_midway_queues_nothing(crowd, way):
                 )
             )
     with pytest.raises(DBAPIError, match="refused"):
-        await _queue(
-            way, config, sessions, category="incident", template="incident", extra=INCIDENT_VARS
-        )
+        await queue(category="incident", template="incident", extra=INCIDENT_VARS)
     # Chunks 1-4 went in (the third with Old's failed row only), Hal's fifth was refused.
     assert len(inserts) == 5
     assert await _stored(sessions) == before
