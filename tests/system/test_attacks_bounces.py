@@ -380,6 +380,29 @@ async def _scored(desk: Desk) -> list[str]:
         )
 
 
+async def _alice_answers_jane_and_mallory(desk: Desk, smtp_sink: SmtpSink) -> None:
+    """Jane writes with Mallory in Cc, and Alice answers both by mail: all of it sent."""
+    [opened] = await desk.ingest(
+        [customer_mail(1, sender=CUSTOMER, subject="Backups", cc=(MALLORY,))]
+    )
+    await desk.send_all()
+    [note] = [
+        d.message
+        for d in smtp_sink.deliveries
+        if d.recipients == [ALICE] and f"[{opened.ticket}]" in d.message["Subject"]
+    ]
+    [(_, reply_address)] = getaddresses([note["Reply-To"]])
+    answer = EmailMessage()
+    answer["From"] = f"Alice <{ALICE}>"
+    answer["To"] = reply_address
+    answer["Subject"] = f"Re: {note['Subject']}"
+    answer["Message-ID"] = make_msgid("agent", domain="acme.test")
+    answer.set_content("Your backups run again.")
+    [replied] = await desk.ingest([answer.as_bytes(policy=SMTP)])
+    assert replied.reason.endswith("reply sent"), replied.reason
+    await desk.send_all()
+
+
 async def test_a_cc_cannot_forge_a_bounce_against_the_other_recipient(make_config, smtp_sink):
     """Alice's reply goes to Jane and, in Cc, to Mallory: one outbox row, two copies, each
     with a return path naming its own recipient. Mallory forges a DSN to the return path he
@@ -394,25 +417,7 @@ async def test_a_cc_cannot_forge_a_bounce_against_the_other_recipient(make_confi
     )
     keys = config.service.secret_keys
     async with Desk(config) as desk:
-        [opened] = await desk.ingest(
-            [customer_mail(1, sender=CUSTOMER, subject="Backups", cc=(MALLORY,))]
-        )
-        await desk.send_all()
-        [note] = [
-            d.message
-            for d in smtp_sink.deliveries
-            if d.recipients == [ALICE] and f"[{opened.ticket}]" in d.message["Subject"]
-        ]
-        [(_, reply_address)] = getaddresses([note["Reply-To"]])
-        answer = EmailMessage()
-        answer["From"] = f"Alice <{ALICE}>"
-        answer["To"] = reply_address
-        answer["Subject"] = f"Re: {note['Subject']}"
-        answer["Message-ID"] = make_msgid("agent", domain="acme.test")
-        answer.set_content("Your backups run again.")
-        [replied] = await desk.ingest([answer.as_bytes(policy=SMTP)])
-        assert replied.reason.endswith("reply sent"), replied.reason
-        await desk.send_all()
+        await _alice_answers_jane_and_mallory(desk, smtp_sink)
         async with desk.sessions() as session:
             [(reply_row, count)] = (
                 await session.execute(
@@ -470,30 +475,12 @@ async def test_without_return_path_a_cc_cannot_forge_a_bounce_against_the_other(
     config = make_config(smtp=smtp_sink, agents=[(ALICE, "Alice")])
     assert config.smtp is not None and config.smtp.return_path is None
     async with Desk(config) as desk:
-        [opened] = await desk.ingest(
-            [customer_mail(1, sender=CUSTOMER, subject="Backups", cc=(MALLORY,))]
-        )
-        await desk.send_all()
-        [note] = [
-            d.message
-            for d in smtp_sink.deliveries
-            if d.recipients == [ALICE] and f"[{opened.ticket}]" in d.message["Subject"]
-        ]
+        await _alice_answers_jane_and_mallory(desk, smtp_sink)
         [ack] = [
             d.message
             for d in smtp_sink.deliveries
             if d.recipients == [CUSTOMER] and d.message["Auto-Submitted"] == "auto-replied"
         ]
-        [(_, reply_address)] = getaddresses([note["Reply-To"]])
-        answer = EmailMessage()
-        answer["From"] = f"Alice <{ALICE}>"
-        answer["To"] = reply_address
-        answer["Subject"] = f"Re: {note['Subject']}"
-        answer["Message-ID"] = make_msgid("agent", domain="acme.test")
-        answer.set_content("Your backups run again.")
-        [replied] = await desk.ingest([answer.as_bytes(policy=SMTP)])
-        assert replied.reason.endswith("reply sent"), replied.reason
-        await desk.send_all()
         [reply] = [d for d in smtp_sink.deliveries if MALLORY in d.recipients]
         assert set(reply.recipients) == {CUSTOMER, MALLORY}  # one transaction: no VERP
         assert "+" not in reply.sender
