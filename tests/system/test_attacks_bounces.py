@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import getaddresses, make_msgid
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from tests.clocks import ManualClock
 from tests.harness import Desk, cli, cli_json
 from tests.mailgen import customer_mail
 from tests.servers.smtp import SmtpSink
+from tests.system.test_attacks_authresults import agent_reply
 from tests.triage import real_bounces
 
 BATCH = 40
@@ -391,14 +390,7 @@ async def _alice_answers_jane_and_mallory(desk: Desk, smtp_sink: SmtpSink) -> No
         for d in smtp_sink.deliveries
         if d.recipients == [ALICE] and f"[{opened.ticket}]" in d.message["Subject"]
     ]
-    [(_, reply_address)] = getaddresses([note["Reply-To"]])
-    answer = EmailMessage()
-    answer["From"] = f"Alice <{ALICE}>"
-    answer["To"] = reply_address
-    answer["Subject"] = f"Re: {note['Subject']}"
-    answer["Message-ID"] = make_msgid("agent", domain="acme.test")
-    answer.set_content("Your backups run again.")
-    [replied] = await desk.ingest([answer.as_bytes(policy=SMTP)])
+    [replied] = await desk.ingest([agent_reply(note, "Your backups run again.")])
     assert replied.reason.endswith("reply sent"), replied.reason
     await desk.send_all()
 
