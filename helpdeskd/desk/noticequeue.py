@@ -29,6 +29,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -249,7 +250,8 @@ def _render(recipients: list[Recipient]) -> list[Written]:
 def renderers_for(total: int) -> int:
     """How many processes render a notice to TOTAL recipients besides this one: none for a
     small one (starting a process costs more than it saves) or on one core."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     return min(cores, MAX_RENDERERS) if total >= PARALLEL_FROM and cores > 1 else 0
 
 
@@ -322,15 +324,34 @@ async def rendered_chunks(
                 ahead.append((future, unaddressable, len(contacts)))
                 if len(ahead) > RENDER_AHEAD * renderers:
                     future, unaddressable, read = ahead.popleft()
-                    yield done(await future, unaddressable, read)
+                    yield done(await _rendered(future), unaddressable, read)
         while ahead:
             future, unaddressable, read = ahead.popleft()
-            yield done(await future, unaddressable, read)
+            yield done(await _rendered(future), unaddressable, read)
     finally:
-        for future, _, _ in ahead:
-            future.cancel()
+        for future, _, _ in ahead:  # not wanted any more: their outcome is only read
+            future.add_done_callback(_outcome_read)
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # The pool cancels what has not started (from its own thread: cancelled here, a
+            # future the pool then fails for a dead process raises in that thread). Not waited
+            # for: a renderer stops after the chunk in hand.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _outcome_read(future: asyncio.Future[list[Written]]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _rendered(future: asyncio.Future[list[Written]]) -> list[Written]:
+    """A chunk's mail from a renderer process; UserError if the process died (killed, out of
+    memory): the notice is queued whole or not at all."""
+    try:
+        return await future
+    except BrokenProcessPool:
+        raise UserError(
+            "a process rendering the notice stopped (killed, or out of memory?); nothing was queued"
+        ) from None
 
 
 @asynccontextmanager

@@ -8,7 +8,9 @@ import dataclasses
 import email
 import email.policy
 import functools
+import os
 import re
+import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from helpdeskd.clock import system_clock
+from helpdeskd.errors import UserError
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.web.unsubscribe import UnsubscribePages
 from tests.harness import Desk, cli, cli_json
@@ -553,6 +556,31 @@ async def test_a_notice_that_fails_midway_queues_nothing(crowd, way, renderers):
         await queue(category="incident", template="incident", extra=INCIDENT_VARS)
     # Chunks 1-4 went in (the third with Old's failed row only), Hal's fifth was refused.
     assert len(inserts) == 5
+    assert await _stored(sessions) == before
+
+
+class _DiesWhenRendered:
+    """A template variable that kills the process rendering it (as the OOM killer would)."""
+
+    def __str__(self) -> str:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return ""
+
+
+@pytest.mark.parametrize("way", ["notice send", "queue_notice"])
+async def test_a_renderer_process_that_dies_queues_nothing(crowd, way):
+    config, sessions = crowd
+    before = await _stored(sessions)
+    with pytest.raises(UserError, match=r"a process rendering the notice stopped.*nothing was"):
+        await _queue(
+            way,
+            config,
+            sessions,
+            category="feature_update",
+            template="feature_update",
+            extra={"message": _DiesWhenRendered()},
+            renderers=2,
+        )
     assert await _stored(sessions) == before
 
 
