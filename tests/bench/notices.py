@@ -337,9 +337,12 @@ class QueueRun:
     renderers_rss: float  # the largest peak RSS among them, MiB (0: none ran)
 
 
-def _children() -> tuple[float, float]:
+def _children(*, reaped: bool = False) -> tuple[float, float]:
     """CPU seconds of this process's children that ended so far, and the largest peak RSS among
-    them (MiB)."""
+    them (MiB); REAPED: once every child has ended (the renderer processes are not waited for
+    when a notice is queued, and count only once reaped)."""
+    while reaped and multiprocessing.active_children():
+        time.sleep(0.01)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
@@ -409,7 +412,7 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
                             progress=timed,
                         )
             statements = counter.reading()
-            children = _children()
+            children = await asyncio.to_thread(_children, reaped=True)
             return QueueRun(
                 way,
                 dataclasses.asdict(report),
