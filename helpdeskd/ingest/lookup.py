@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from helpdeskd.ingest.replylookup import KnownReplies
+from helpdeskd.ingest.replylookup import KnownReplies, stored_message
 from helpdeskd.mail.tokens import BounceToken
 from helpdeskd.store.models import (
     Agent,
@@ -131,19 +131,7 @@ class Known:
                 Message.digest,
             ).where(Message.message_id.in_(ids))
         ):
-            self.messages[message.message_id] = StoredMessage(
-                message.message_id,
-                message.ticket_id,
-                message.direction,
-                message.kind,
-                tuple(message.references or ()),
-                message.in_reply_to,
-                message.thread_index,
-                message.from_addr,
-                tuple(message.to or ()),
-                tuple(message.cc or ()),
-                message.digest,
-            )
+            self.messages[message.message_id] = stored_message(message)
         for mid, tid, addresses in await session.execute(
             select(ThreadRef.message_id, ThreadRef.ticket_id, ThreadRef.addresses).where(
                 ThreadRef.message_id.in_(ids)

@@ -35,6 +35,24 @@ from helpdeskd.triage.received import ticket_ref
 HELD_LOOKBACK = timedelta(days=7)  # how far back an agent's untold held mail is summed up
 
 
+def stored_message(message: Any) -> StoredMessage:
+    """MESSAGE (a Message row, or a result row with its columns by name) as the decision reads
+    it."""
+    return StoredMessage(
+        message.message_id,
+        message.ticket_id,
+        message.direction,
+        message.kind,
+        tuple(message.references or ()),
+        message.in_reply_to,
+        message.thread_index,
+        message.from_addr,
+        tuple(message.to or ()),
+        tuple(message.cc or ()),
+        message.digest,
+    )
+
+
 class KnownReplies:
     """What a run's agent replies read, then what the run adds."""
 
@@ -65,15 +83,7 @@ class KnownReplies:
                 .group_by(Message.ticket_id)
             )
             for message in await session.scalars(select(Message).where(Message.id.in_(latest))):
-                parents[message.ticket_id] = StoredMessage(
-                    message.message_id,
-                    message.ticket_id,
-                    message.direction,
-                    message.kind,
-                    tuple(message.references or ()),
-                    message.in_reply_to,
-                    message.thread_index,
-                )
+                parents[message.ticket_id] = stored_message(message)
         ccs: dict[int, list[str]] = {tid: [] for tid in ids}
         if ids:
             for tid, email in await session.execute(

@@ -269,6 +269,15 @@ async def _recipient_ids(desk: Desk) -> dict[str, int]:
         return {address: rid for address, rid in found}
 
 
+async def _send_the_row(desk: Desk, config: Any, keys: tuple[tuple[str, Secret], ...]) -> None:
+    """One pass of a sender signing VERP return paths with KEYS: the one row queued is handled."""
+    sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
+    try:
+        assert await sender.run_once() == 1
+    finally:
+        await sender.close()
+
+
 def _verp(keys: tuple[tuple[str, Secret], ...], return_path: str) -> BounceToken | None:
     """What the VERP return path RETURN_PATH names, verified (None: not one of ours)."""
     local, _, domain = return_path.partition("@")
@@ -314,11 +323,7 @@ async def test_a_mail_to_several_goes_once_to_each_with_its_own_return_path(make
     to = ["jane@example.org", "gone@example.org", "cc@example.net"]
     async with Desk(config) as desk:
         row_id = await _queue(desk, to, due=datetime.now(UTC))
-        sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
-        try:
-            assert await sender.run_once() == 1
-        finally:
-            await sender.close()
+        await _send_the_row(desk, config, keys)
         ids = await _recipient_ids(desk)
         states = await _recipient_attempts(desk)
         row = (await _rows(desk))[row_id]
@@ -357,11 +362,7 @@ async def test_a_recipient_whose_transaction_drops_the_connection_leaves_the_oth
         await _queue(
             desk, ["a@example.org", "spam@example.org", "b@example.org"], due=datetime.now(UTC)
         )
-        sender = OutboxSender(desk.sessions, config.smtp, keys=keys)
-        try:
-            assert await sender.run_once() == 1
-        finally:
-            await sender.close()
+        await _send_the_row(desk, config, keys)
         ids = await _recipient_ids(desk)
         states = await _recipient_attempts(desk)
     assert sorted(d.recipients[0] for d in smtp_sink.deliveries) == [
