@@ -165,17 +165,23 @@ async def test_supervisor_restarts_then_gives_up(crashes, expected):
     stop = asyncio.Event()
     supervisor = Supervisor(stop, max_crashes=3, window=60, backoff_base=0.01)
     calls = 0
+    healthy = asyncio.Event()
 
     async def flaky(stop: asyncio.Event) -> None:
         nonlocal calls
         calls += 1
         if calls <= crashes:
             raise RuntimeError("boom")
+        healthy.set()
         await stop.wait()
 
     supervisor.add("flaky", flaky)
     runner = asyncio.create_task(supervisor.run())
-    await asyncio.sleep(0.5)
+    # Given up, or restarted into a run that lasts (not a fixed wait: a busy machine restarts
+    # slower).
+    running = asyncio.create_task(healthy.wait())
+    await asyncio.wait([runner, running], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    running.cancel()
     stop.set()
     assert await asyncio.wait_for(runner, 10) == expected
     assert calls == min(crashes, 4) + (1 if crashes <= 3 else 0)
