@@ -120,8 +120,10 @@ class ParsePool:
         loop = asyncio.get_running_loop()
         for _ in range(3):
             pool = await self._ready()
-            future = loop.run_in_executor(pool, parse_message, raw)
             try:
+                # A worker that died while idle (the OOM killer) breaks the pool: submitting
+                # raises at once, and the pool is started afresh like after a timeout.
+                future = loop.run_in_executor(pool, parse_message, raw)
                 return await asyncio.wait_for(future, timeout=self.timeout)
             except TimeoutError:
                 log.error("parse_timed_out", size=len(raw), timeout=self.timeout)
@@ -158,8 +160,8 @@ class ParsePool:
             pool = await self._ready()
         except ParseTimeout:
             return [None] * len(raws)
-        future = asyncio.get_running_loop().run_in_executor(pool, parse_messages, raws)
         try:
+            future = asyncio.get_running_loop().run_in_executor(pool, parse_messages, raws)
             return await asyncio.wait_for(future, timeout=self.timeout)
         except TimeoutError:
             log.warning("parse_run_timed_out", messages=len(raws), timeout=self.timeout)

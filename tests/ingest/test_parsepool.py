@@ -176,3 +176,21 @@ def test_workers_and_the_resource_tracker_die_with_a_killed_daemon() -> None:
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+async def test_workers_killed_while_idle_are_started_afresh_for_the_next_mail() -> None:
+    """The OOM killer takes an idle worker: the pool is broken before any mail is in it, and
+    the next parse starts it afresh instead of failing every mail from then on."""
+    pool = ParsePool(2, 20)
+    try:
+        await pool.start()
+        executor = pool._pool
+        assert executor is not None
+        for process in list(executor._processes.values()):
+            process.kill()
+            process.join()
+        raws = realistic_mix(12)
+        assert await pool.parse_many(raws) == [parse_message(raw) for raw in raws]
+        assert await pool.parse(raws[0]) == parse_message(raws[0])
+    finally:
+        pool.close()
