@@ -1,4 +1,4 @@
-"""Parse received mail in worker processes, with a timeout.
+"""Parse received mail, and compose the mail a batch sends, in worker processes, with a timeout.
 
 A pathological MIME tree must not wedge the daemon, and both cores should work. A message that
 runs past its timeout has its worker killed; the pool is rebuilt and the message is reported as
@@ -19,13 +19,15 @@ import structlog
 from helpdeskd.errors import HelpdeskError, ParseTimeout
 from helpdeskd.mail.parse import ParsedMessage, parse_message, parse_messages
 from helpdeskd.runs import split_runs
+from helpdeskd.triage.mails import Composer, Draft, Queued
 from helpdeskd.workers import worker_pool
 
 log = structlog.get_logger(__name__)
 
 
 def _no_setup() -> None:
-    """A parse worker needs nothing more than a worker gets (helpdeskd.workers.start_worker)."""
+    """A worker needs nothing more than it gets (helpdeskd.workers.start_worker) and the
+    imports of this module: parsing, and composing (templates, building mail)."""
 
 
 def _answer() -> int:
@@ -170,6 +172,23 @@ class ParsePool:
             if self._pool is pool:
                 await self._reset(pool)
         return [None] * len(raws)
+
+    async def compose(self, composer: Composer, drafts: Sequence[Draft]) -> list[Queued]:
+        """DRAFTS composed by COMPOSER in a worker: the same mail, bytes and columns, as
+        COMPOSER gives in this process. Raises whatever stopped it (a template's error, a
+        worker that died, ParseTimeout); the caller composes here instead."""
+        pool = await self._ready()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(pool, composer, list(drafts))
+            return await asyncio.wait_for(future, timeout=self.timeout)
+        except TimeoutError:
+            log.error("compose_timed_out", mails=len(drafts), timeout=self.timeout)
+            await self._reset(pool)
+            raise ParseTimeout(f"composing took longer than {self.timeout:g} s") from None
+        except BrokenProcessPool:
+            if self._pool is pool:
+                await self._reset(pool)
+            raise
 
     async def _reset(self, pool: ProcessPoolExecutor) -> None:
         async with self._lock:

@@ -1,0 +1,83 @@
+"""The writer has a run's mail composed by the parse workers; when they cannot, it composes here.
+
+What the workers compose is checked row for row against mail composed here in test_batch.py;
+these tests are about the workers failing: the mail is the same, or the error is.
+"""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from helpdeskd.store.models import Outbox
+from helpdeskd.triage.received import Incoming
+from tests.harness import Desk
+from tests.mailgen import customer_mail
+
+
+def _items(count: int) -> list[Incoming]:
+    return [
+        Incoming(source="test", uid=n, raw=raw, size=len(raw))
+        for n, raw in ((n, customer_mail(n)) for n in range(1, count + 1))
+    ]
+
+
+async def test_mail_of_a_run_whose_workers_died_is_composed_here(make_config, smtp_sink) -> None:
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        desk.processor.compose_chunk = 2
+        prepared = await desk.processor.prepare(_items(6))
+        pool = desk.pool._pool
+        assert pool is not None
+        for process in list(pool._processes.values()):  # the workers die between parse and store
+            process.kill()
+            process.join()
+        with capture_logs() as logs:
+            outcomes = await desk.processor.store(prepared)
+        assert [o.outcome for o in outcomes] == ["new_ticket"] * 6
+        # the first chunk finds the pool broken and is composed here; the pool is started
+        # afresh and composes the chunks after it
+        failed = [e for e in logs if e["event"] == "compose_in_worker_failed"]
+        assert failed and "BrokenProcessPool" in failed[0]["error"]
+        here = sum(e["mails"] for e in failed)
+        assert here + desk.processor.composed_by_workers == 12  # an ack and a notification each
+        assert desk.processor.lanes["fast"] == 6
+        async with desk.sessions() as session:
+            rows = (await session.scalars(select(Outbox).order_by(Outbox.id))).all()
+        assert [r.kind for r in rows] == ["ack", "agent_notification"] * 6
+        for row in rows:
+            mail = message_from_bytes(row.data, policy=policy.default)
+            assert mail["Message-ID"] == row.message_id and mail.get_body(("plain",)) is not None
+
+        # The pool is started afresh for the next batch, whose mail the workers compose again.
+        outcomes = await desk.ingest([customer_mail(n) for n in range(7, 11)], source="next")
+        assert [o.outcome for o in outcomes] == ["new_ticket"] * 4
+        assert desk.processor.composed_by_workers == 12 - here + 8
+
+
+async def test_a_template_error_in_a_worker_is_the_error_composing_here_gives(
+    make_config, smtp_sink, tmp_path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "ack.txt.j2").write_text("Subject: {{ no_such_variable }}\n\nhello\n")
+    config = make_config(smtp=smtp_sink, templates=templates)
+    quarantined: list[list[object]] = []
+    for chunk in (1, 1000):  # every mail composed by a worker; every mail composed here
+        async with Desk(config) as desk:
+            desk.processor.compose_chunk = chunk
+            items = [
+                Incoming(source=f"chunk{chunk}", uid=n, raw=customer_mail(n), size=1)
+                for n in (1, 2, 3)
+            ]
+            with capture_logs():
+                outcomes = await desk.processor.process_batch(items)
+            failed_runs = desk.processor.lanes["failed"]  # then each mail alone
+            quarantined.append([failed_runs, *((o.outcome, o.reason) for o in outcomes)])
+    assert quarantined[0] == quarantined[1]
+    failed_runs, *stored = quarantined[0]
+    assert failed_runs > 0
+    assert [outcome for outcome, _ in stored] == ["quarantined"] * 3
+    assert all("no_such_variable" in reason for _, reason in stored)
