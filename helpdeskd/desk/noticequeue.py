@@ -34,33 +34,31 @@ from contextlib import AbstractContextManager, aclosing, asynccontextmanager, co
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
-from sqlalchemy import Row, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
+from helpdeskd.desk.noticemail import Kind, NoticeWriter, Recipient, Written, render, start_renderer
 from helpdeskd.desk.notices import (
     Audience,
     NoticeReport,
     Plan,
     audience_size,
     plan_notice,
-    preferences_url,
     recipients,
     suppressed,
-    unsubscribe_links,
 )
-from helpdeskd.errors import TemplateError, UserError
-from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
+from helpdeskd.errors import UserError
+from helpdeskd.mail.build import new_message_id
 from helpdeskd.mail.parse import is_address
 from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.store.db import SessionMaker, reading
-from helpdeskd.store.models import Base, Contact, Event, Notice, Outbox, OutboxRecipient
-from helpdeskd.triage.loops import automatic_headers
+from helpdeskd.store.models import Base, Event, Notice, Outbox, OutboxRecipient
 from helpdeskd.workers import worker_pool
 
 log = structlog.get_logger(__name__)
@@ -121,132 +119,6 @@ class Chunk:
     unaddressable: list[str]  # contacts' addresses no mail can be written to
 
 
-class _Writer:
-    """Write a notice's mail for one recipient at a time; what is the same for every recipient
-    (the service, the extra variables, the List-* and automatic headers) is worked out once."""
-
-    def __init__(
-        self,
-        config: Config,
-        renderer: Renderer,
-        plan: Plan,
-        *,
-        send_at: datetime,
-        extra: Mapping[str, Any],
-    ) -> None:
-        notices = config.notices
-        assert notices is not None
-        service = config.service
-        self.config, self.renderer, self.plan, self.send_at = config, renderer, plan, send_at
-        self.from_address = notices.from_address
-        self.context = {
-            **extra,
-            "service": {
-                "name": service.name,
-                "support_address": service.support_address,
-                "public_url": service.public_url,
-            },
-            "category": plan.category,
-            "critical": plan.critical,
-            "postal_address": notices.postal_address,
-        }
-        headers = dict(automatic_headers(service.support_address, "auto-generated"))
-        list_id = f"{plan.category.replace('_', '-')}.notices.{service.support_domain}"
-        headers["List-Id"] = f"{service.name} {plan.category} notices <{list_id}>"
-        self.headers = headers
-
-    def mail(self, contact: Contact | Row[Any] | Recipient) -> Written:
-        """Return (address, Message-ID, message, subject) of CONTACT's mail.
-
-        Raises UserError for an optional notice whose text lacks the recipient's unsubscribe
-        link, and TemplateError (naming the recipient) for a template that fails for them.
-        """
-        config, plan = self.config, self.plan
-        service = config.service
-        if plan.critical:
-            url = mailto = ""
-        else:
-            url, mailto = unsubscribe_links(config, contact.id, plan.category)
-        context = {
-            **self.context,
-            "recipient": {
-                "email": contact.email,
-                "name": contact.name or "",
-                "plan": contact.plan,
-                "app": contact.app,
-            },
-            "unsubscribe_url": url,
-            "unsubscribe_mailto": mailto,
-            "preferences_url": preferences_url(config, contact.id),
-        }
-        try:
-            rendered = self.renderer.render(plan.template, context)
-        except TemplateError as exc:
-            raise TemplateError(f"{exc} (for {contact.email!r}); nothing was queued") from None
-        if not plan.critical and url not in rendered.text:
-            raise UserError(
-                f"{plan.template}: an optional ({plan.category}) notice must contain the "
-                "unsubscribe link {{ unsubscribe_url }} and instructions; nothing was queued"
-            )
-        headers = self.headers
-        if not plan.critical:
-            headers = {
-                **headers,
-                "List-Unsubscribe": f"<{url}>, <mailto:{mailto}>",
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            }
-        message_id = new_message_id(service.support_domain)
-        data = build_message(
-            OutgoingMail(
-                from_addr=self.from_address,
-                from_name=service.name,
-                to=(contact.email,),
-                subject=rendered.subject,
-                text=rendered.text,
-                html=rendered.html,
-                message_id=message_id,
-                date=self.send_at,
-                reply_to=service.support_address,
-                extra_headers=headers,
-            )
-        )
-        return contact.email, message_id, data, rendered.subject
-
-
-Written = tuple[str, str, bytes, str]  # a recipient's mail: (address, Message-ID, data, subject)
-
-
-class Recipient(NamedTuple):
-    """What a notice's mail reads of a contact: sent to a renderer process as it is."""
-
-    id: int
-    email: str
-    name: str | None
-    plan: str | None
-    app: str | None
-
-
-_worker_writer: _Writer | None = None  # in a renderer process: the notice it writes
-
-
-def _start_renderer(
-    config: Config,
-    templates: Path | None,
-    plan: Plan,
-    send_at: datetime,
-    extra: Mapping[str, Any],
-) -> None:
-    """In a renderer process: set up the notice's writer once (its templates loaded here)."""
-    global _worker_writer
-    _worker_writer = _Writer(config, Renderer(templates), plan, send_at=send_at, extra=extra)
-
-
-def _render(recipients: list[Recipient]) -> list[Written]:
-    """In a renderer process: the mail of RECIPIENTS (see _Writer.mail)."""
-    assert _worker_writer is not None
-    return [_worker_writer.mail(recipient) for recipient in recipients]
-
-
 def renderers_for(total: int) -> int:
     """How many processes render a notice to TOTAL recipients besides this one: none for a
     small one (starting a process costs more than it saves) or on one core."""
@@ -275,15 +147,16 @@ async def rendered_chunks(
     With RENDERERS, the mail is rendered by that many processes (a large notice: rendering is
     most of its cost), a few chunks ahead of the one yielded, in the audience's order still.
 
-    Raises UserError or TemplateError (from _Writer.mail) at the first recipient whose mail
+    Raises UserError or TemplateError (from NoticeWriter.mail) at the first recipient whose mail
     cannot be written: a notice is queued whole or not at all.
     """
     extra = extra or {}
-    writer = _Writer(config, renderer, plan, send_at=send_at, extra=extra)
+    kind = Kind(plan.category, plan.critical, plan.template)
+    writer = NoticeWriter(config, renderer, kind, send_at=send_at, extra=extra)
     pool = None
     if renderers:
         pool = worker_pool(
-            renderers, _start_renderer, (config, renderer.folder, plan, send_at, dict(extra))
+            renderers, start_renderer, (config, renderer.folder, kind, send_at, dict(extra))
         )
     loop = asyncio.get_running_loop()
     # rendering: its mail to come, the chunk's unaddressable, how many recipients it read
@@ -320,7 +193,7 @@ async def rendered_chunks(
                 if pool is None:
                     yield done([writer.mail(r) for r in writing], unaddressable, len(contacts))
                     continue
-                future = loop.run_in_executor(pool, _render, writing)
+                future = loop.run_in_executor(pool, render, writing)
                 ahead.append((future, unaddressable, len(contacts)))
                 if len(ahead) > RENDER_AHEAD * renderers:
                     future, unaddressable, read = ahead.popleft()

@@ -26,10 +26,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
+from helpdeskd.desk.noticemail import unsubscribe_links
 from helpdeskd.desk.privacy import erased
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
-from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, sign_unsubscribe
+from helpdeskd.mail.tokens import ALL_CATEGORIES
 from helpdeskd.store.models import Base, Contact, Event, Notice, OptOut, Outbox, OutboxRecipient
 
 log = structlog.get_logger(__name__)
@@ -68,22 +69,6 @@ def unsubscribe_url(config: Config, contact_id: int, category: str) -> str:
 
 def unsubscribe_mailto(config: Config, contact_id: int, category: str) -> str:
     return unsubscribe_links(config, contact_id, category)[1]
-
-
-def unsubscribe_links(config: Config, contact_id: int, category: str) -> tuple[str, str]:
-    """The unsubscribe URL and mailto: address of CONTACT_ID for CATEGORY (one token signed)."""
-    token = sign_unsubscribe(config.service.secret_keys, UnsubscribeToken(contact_id, category))
-    return (
-        f"{config.service.public_url}/unsubscribe/{token}",
-        f"unsubscribe+{token}@{config.service.support_domain}",
-    )
-
-
-def preferences_url(config: Config, contact_id: int) -> str:
-    token = sign_unsubscribe(
-        config.service.secret_keys, UnsubscribeToken(contact_id, ALL_CATEGORIES)
-    )
-    return f"{config.service.public_url}/preferences/{token}"
 
 
 def covers(opted: Collection[str], category: str) -> bool:

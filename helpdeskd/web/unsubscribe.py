@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import DEFAULT_TEMPLATES, Config
-from helpdeskd.desk.notices import covers, opt_in, opt_out, preferences_url
+from helpdeskd.desk.noticemail import preferences_url
+from helpdeskd.desk.notices import covers, opt_in, opt_out
 from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, verify_unsubscribe
 from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import Contact, OptOut

@@ -51,11 +51,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +74,7 @@ from sqlalchemy import event, func, select, update
 
 SERVICE_NAME = "Acme Postgres add-on"
 DAY = timedelta(days=1)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class BenchError(RuntimeError):
@@ -347,8 +350,9 @@ def _children(*, reaped: bool = False) -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
-    """Child process: queue the notice one WAY and report a QueueRun, as ``notice send`` does."""
+def queue_child(config_path: str, url: str, way: str) -> None:
+    """Child process: queue the notice one WAY, as ``notice send`` does, and print its QueueRun
+    as JSON."""
     import dataclasses
 
     from helpdeskd.config.load import load_config
@@ -431,29 +435,31 @@ def _queue_main(config_path: str, url: str, way: str, conn: Connection) -> None:
         finally:
             await engine.dispose()
 
-    conn.send(dataclasses.asdict(asyncio.run(run())))  # a dict: __main__'s classes differ
+    print(json.dumps(dataclasses.asdict(asyncio.run(run()))))
 
 
 def queue_in_child(config_path: Path, url: str, way: str) -> QueueRun:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    # Not a daemonic process: a large notice is rendered by processes it starts (killed below if
-    # it is still alive, and its renderers die with it).
-    process = ctx.Process(target=_queue_main, args=(str(config_path), url, way, child))
-    process.start()
-    child.close()
+    """Run queue_child in a ``python -c`` process, as the command line runs: the processes that
+    render a large notice then import the notice's modules only (spawn imports the parent's
+    main module again in each, and that would be this bench with all its imports)."""
+    code = "import sys; from tests.bench.notices import queue_child; queue_child(*sys.argv[1:])"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(config_path), url, way],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        if not parent.poll(3600):
-            raise BenchError(f"{way}: queueing took longer than an hour")
-        result = QueueRun(**parent.recv())
-        process.join(10)
-    except EOFError:
-        raise BenchError(f"{way}: the queue child failed (exit code {process.exitcode})") from None
+        out, _ = process.communicate(timeout=3600)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{way}: queueing took longer than an hour") from None
     finally:
-        if process.is_alive():
+        if process.poll() is None:  # its renderers die with it
             process.kill()
-            process.join()
-    return result
+            process.wait()
+    if process.returncode != 0:
+        raise BenchError(f"{way}: the queue child failed (exit code {process.returncode})")
+    return QueueRun(**json.loads(out.splitlines()[-1]))  # its last line
 
 
 def queue_line(run: QueueRun) -> str:

@@ -269,7 +269,7 @@ async def test_the_daemons_outbox_dkim_signs_notices_including_list_headers(conf
 async def test_preferences_page_shows_and_saves_every_optional_category(config):
     from sqlalchemy import select
 
-    from helpdeskd.desk.notices import preferences_url
+    from helpdeskd.desk.noticemail import preferences_url
     from helpdeskd.store.models import Contact
 
     async with Desk(config) as desk:

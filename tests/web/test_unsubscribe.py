@@ -8,7 +8,7 @@ import aiohttp
 from sqlalchemy import select
 
 from helpdeskd.config.load import load_config
-from helpdeskd.desk.notices import preferences_url
+from helpdeskd.desk.noticemail import preferences_url
 from helpdeskd.mail.tokens import ALL_CATEGORIES, UnsubscribeToken, sign_unsubscribe
 from helpdeskd.store.models import Contact, OptOut
 from tests.desk.test_notices import serving_pages
