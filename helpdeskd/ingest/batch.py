@@ -96,6 +96,7 @@ class Processor:
         self.clock = clock  # read once per batch: the decisions' "now"
         self.lanes: Counter[str] = Counter()  # mail stored by shape; "failed": runs
         self.compose_chunk = COMPOSE_CHUNK  # mail a worker composes in one trip (writer.py)
+        self.compose_take_back = True  # compose here what no worker has started (writer.py)
         self.composed_by_workers = 0  # mail the parse workers composed (and were awaited)
         self.sessions = sessions
         self.parse_pool = parse_pool
@@ -381,7 +382,14 @@ class Processor:
         """
         known = Known(policy, self.clock())
         await known.load(session, [n for _, n in entries])
-        writer = Writer(session, policy, known, pool=self.parse_pool, chunk=self.compose_chunk)
+        writer = Writer(
+            session,
+            policy,
+            known,
+            pool=self.parse_pool,
+            chunk=self.compose_chunk,
+            take_back=self.compose_take_back,
+        )
         decided = []
         for item, mail_needs in entries:
             try:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import structlog
@@ -173,20 +173,34 @@ class ParsePool:
                 await self._reset(pool)
         return [None] * len(raws)
 
-    async def compose(self, composer: Composer, drafts: Sequence[Draft]) -> list[Queued]:
-        """DRAFTS composed by COMPOSER in a worker: the same mail, bytes and columns, as
-        COMPOSER gives in this process. Raises whatever stopped it (a template's error, a
-        worker that died, ParseTimeout); the caller composes here instead."""
-        pool = await self._ready()
+    def submit_compose(
+        self, composer: Composer, drafts: Sequence[Draft]
+    ) -> Future[list[Queued]] | None:
+        """Queue DRAFTS for a worker, to be composed by COMPOSER: the same mail, bytes and
+        columns, as COMPOSER gives in this process. None when the workers are not up (the
+        caller composes here); raises BrokenProcessPool when they died.
+
+        The future is the executor's own: while no worker has taken it, ``cancel()`` takes
+        it back, and the caller composes those drafts itself instead of waiting.
+        """
+        pool = self._pool
+        if pool is None or pool is not self._started:
+            return None
+        return pool.submit(composer, list(drafts))
+
+    async def composed(self, future: Future[list[Queued]]) -> list[Queued]:
+        """The mail of a :meth:`submit_compose`, within the timeout. Raises whatever stopped it
+        (a template's error, a worker that died, ParseTimeout); the caller composes here."""
+        pool = self._pool
         try:
-            future = asyncio.get_running_loop().run_in_executor(pool, composer, list(drafts))
-            return await asyncio.wait_for(future, timeout=self.timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout)
         except TimeoutError:
-            log.error("compose_timed_out", mails=len(drafts), timeout=self.timeout)
-            await self._reset(pool)
+            log.error("compose_timed_out", timeout=self.timeout)
+            if pool is not None:
+                await self._reset(pool)
             raise ParseTimeout(f"composing took longer than {self.timeout:g} s") from None
         except BrokenProcessPool:
-            if self._pool is pool:
+            if pool is not None and self._pool is pool:
                 await self._reset(pool)
             raise
 

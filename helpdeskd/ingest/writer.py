@@ -10,7 +10,7 @@ mail — follows, on the written rows.
 
 from __future__ import annotations
 
-import asyncio
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,11 @@ from helpdeskd.triage.received import Incoming, raw_fields
 log = structlog.get_logger(__name__)
 
 # Mail composed in one trip to a worker. A run hands its mail to the workers a chunk at a time
-# as its plans are added, and composes the rest itself while they finish: a trip costs this
-# process less than a tenth of composing the chunk here. Fewer mail than this, as one mail's
-# plan sends, is composed here: no trip, no wait.
+# as its plans are added (a trip costs this process less than a tenth of composing the chunk
+# here). When it is written, it composes the rest itself, and takes back from the last the
+# chunks no worker has started yet: the workers are parsing the next batch, and this process
+# never waits for mail it could compose. Fewer mail than a chunk, as one mail's plan sends, is
+# composed here: no trip.
 COMPOSE_CHUNK = 64
 
 
@@ -71,6 +73,7 @@ class Writer:
         top_ticket: int | None = None,
         pool: ParsePool | None = None,
         chunk: int = COMPOSE_CHUNK,
+        take_back: bool = True,
     ) -> None:
         self.session = session
         self.policy = policy
@@ -91,10 +94,10 @@ class Writer:
         self.outgoing: list[_Outgoing] = []
         self.composer = Composer(policy.config, policy.renderer, self.now)
         self.drafts: list[Draft] = []  # the mail the plans send, composed when written
-        self.pool, self.chunk = pool, max(1, chunk)
-        # drafts[start:end] being composed by a worker, in order; drafts after the last end
-        # are composed here
-        self.composing: list[tuple[int, int, asyncio.Task[list[Queued]]]] = []
+        self.pool, self.chunk, self.take_back = pool, max(1, chunk), take_back
+        # drafts[start:end] handed to a worker (None: the workers were not up), in order;
+        # the drafts after the last end are composed here
+        self.composing: list[tuple[int, int, Future[list[Queued]] | None]] = []
         self.composed_by_workers = 0
         self.removals: list[tuple[int, str]] = []  # (ticket id, address) off its Cc
         self.merges: list[tuple[int, int]] = []  # (ticket id, the ticket it goes into)
@@ -288,34 +291,49 @@ class Writer:
         start = self.composing[-1][1] if self.composing else 0
         if self.pool is not None and len(self.drafts) - start >= self.chunk:
             end = len(self.drafts)
-            task = asyncio.ensure_future(self.pool.compose(self.composer, self.drafts[start:end]))
-            task.add_done_callback(_retrieved)  # a run that fails before write never awaits it
-            self.composing.append((start, end, task))
+            try:
+                future = self.pool.submit_compose(self.composer, self.drafts[start:end])
+            except Exception as exc:  # the workers died: the parse of the next batch restarts them
+                self._composed_here(exc, end - start)
+                future = None
+            self.composing.append((start, end, future))
 
     async def _composed(self) -> list[Queued]:
-        """Every draft composed, in order: the workers' chunks, and the rest composed here
-        meanwhile. A chunk a worker could not compose (a template's error, a worker that died)
-        is composed here: the same mail, or the same error raised."""
-        start = self.composing[-1][1] if self.composing else 0
+        """Every draft composed, in order: the chunks the workers took, and the rest composed
+        here. A chunk a worker could not compose (a template's error, a worker that died) is
+        composed here: the same mail, or the same error raised."""
+        here: dict[int, list[Queued]] = {}
         try:
-            rest = self.composer(self.drafts[start:])
+            start = self.composing[-1][1] if self.composing else 0
+            here[start] = self.composer(self.drafts[start:])
+            for start, end, future in reversed(self.composing):
+                if future is None or (self.take_back and future.cancel()):  # no worker has it
+                    here[start] = self.composer(self.drafts[start:end])
         except BaseException:
-            for _, _, task in self.composing:
-                task.cancel()
+            for _, _, future in self.composing:
+                if future is not None:
+                    future.cancel()
             raise
         composed: list[Queued] = []
-        for start, end, task in self.composing:
+        for start, end, future in self.composing:
+            if start in here:
+                composed += here[start]
+                continue
+            assert future is not None and self.pool is not None
             try:
-                composed += await task
+                composed += await self.pool.composed(future)
                 self.composed_by_workers += end - start
             except Exception as exc:
-                log.warning(
-                    "compose_in_worker_failed",
-                    error=f"{type(exc).__name__}: {exc}"[:300],
-                    mails=end - start,
-                )
+                self._composed_here(exc, end - start)
                 composed += self.composer(self.drafts[start:end])
-        return composed + rest
+        start = self.composing[-1][1] if self.composing else 0
+        return composed + here[start]
+
+    @staticmethod
+    def _composed_here(exc: Exception, mails: int) -> None:
+        log.warning(
+            "compose_in_worker_failed", error=f"{type(exc).__name__}: {exc}"[:300], mails=mails
+        )
 
     def _outbox(self, composed: list[Queued]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The outbox rows of the composed mail, and their recipients' rows."""
@@ -503,11 +521,6 @@ async def _update_by_id(
             .values({name: bindparam(f"v_{name}") for name in columns})
         )
         await session.execute(statement, params)
-
-
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _columns(model: type[Base], row: dict[str, Any]) -> dict[str, Any]:

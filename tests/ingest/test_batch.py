@@ -309,11 +309,12 @@ def lanes(desk: Desk) -> dict[str, int]:
 
 
 def shape(desk: Desk, runs: bool) -> None:
-    """Store in runs whose mail the parse workers compose two at a time, or mail by mail,
-    composed in this process (one mail's plan sends fewer mail than a chunk)."""
+    """Store in runs whose mail the parse workers compose two at a time (none taken back), or
+    mail by mail, composed in this process (one mail's plan sends fewer mail than a chunk)."""
     desk.processor.fast_lane = runs
     if runs:
         desk.processor.compose_chunk = 2
+        desk.processor.compose_take_back = False
 
 
 async def store(config: Config, runs: bool) -> Stored:

@@ -6,6 +6,7 @@ these tests are about the workers failing: the mail is the same, or the error is
 
 from __future__ import annotations
 
+import time
 from email import message_from_bytes, policy
 
 from sqlalchemy import select
@@ -37,13 +38,11 @@ async def test_mail_of_a_run_whose_workers_died_is_composed_here(make_config, sm
         with capture_logs() as logs:
             outcomes = await desk.processor.store(prepared)
         assert [o.outcome for o in outcomes] == ["new_ticket"] * 6
-        # the first chunk finds the pool broken and is composed here; the pool is started
-        # afresh and composes the chunks after it
+        # every chunk found the pool broken when handed over, and was composed here
         failed = [e for e in logs if e["event"] == "compose_in_worker_failed"]
-        assert failed and "BrokenProcessPool" in failed[0]["error"]
-        here = sum(e["mails"] for e in failed)
-        assert here + desk.processor.composed_by_workers == 12  # an ack and a notification each
-        assert desk.processor.lanes["fast"] == 6
+        assert failed and all("BrokenProcessPool" in e["error"] for e in failed)
+        assert sum(e["mails"] for e in failed) == 12  # an ack and a notification each
+        assert desk.processor.lanes["fast"] == 6 and desk.processor.composed_by_workers == 0
         async with desk.sessions() as session:
             rows = (await session.scalars(select(Outbox).order_by(Outbox.id))).all()
         assert [r.kind for r in rows] == ["ack", "agent_notification"] * 6
@@ -51,10 +50,35 @@ async def test_mail_of_a_run_whose_workers_died_is_composed_here(make_config, sm
             mail = message_from_bytes(row.data, policy=policy.default)
             assert mail["Message-ID"] == row.message_id and mail.get_body(("plain",)) is not None
 
-        # The pool is started afresh for the next batch, whose mail the workers compose again.
+        # The next batch's parse starts the pool afresh, and its workers compose again.
+        desk.processor.compose_take_back = False
         outcomes = await desk.ingest([customer_mail(n) for n in range(7, 11)], source="next")
         assert [o.outcome for o in outcomes] == ["new_ticket"] * 4
-        assert desk.processor.composed_by_workers == 12 - here + 8
+        assert desk.processor.composed_by_workers == 8
+
+
+async def test_chunks_no_worker_has_started_are_composed_here(make_config, smtp_sink) -> None:
+    """With both workers busy (parsing the next batch, as in a backlog), the run composes its
+    mail itself when it is written instead of waiting for them."""
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        desk.processor.compose_chunk = 2
+        prepared = await desk.processor.prepare(_items(6))
+        pool = desk.pool._pool
+        assert pool is not None
+        busy = [pool.submit(time.sleep, 3) for _ in range(desk.pool.workers)]
+        with capture_logs() as logs:
+            outcomes = await desk.processor.store(prepared)
+        assert [o.outcome for o in outcomes] == ["new_ticket"] * 6
+        assert not [e for e in logs if e["event"] == "compose_in_worker_failed"]
+        # Taken back, not waited for: all but the chunks the executor had already queued for
+        # its workers (behind the sleeps: one per worker and one more), which cannot be.
+        assert desk.processor.composed_by_workers <= 2 * (desk.pool.workers + 1) < 12
+        for sleeping in busy:
+            sleeping.result()
+        async with desk.sessions() as session:
+            kinds = (await session.scalars(select(Outbox.kind).order_by(Outbox.id))).all()
+        assert kinds == ["ack", "agent_notification"] * 6
 
 
 async def test_a_template_error_in_a_worker_is_the_error_composing_here_gives(
