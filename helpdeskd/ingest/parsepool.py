@@ -203,6 +203,12 @@ class ParsePool:
             if pool is not None and self._pool is pool:
                 await self._reset(pool)
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being cancelled
+            # the executor was shut down (a reset) before a worker took the chunk
+            raise ParseTimeout("the workers were started afresh before composing") from None
 
     async def _reset(self, pool: ProcessPoolExecutor) -> None:
         async with self._lock:
