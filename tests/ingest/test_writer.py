@@ -7,31 +7,33 @@ these tests are about the workers failing: the mail is the same, or the error is
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from email import message_from_bytes, policy
 
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from helpdeskd.ingest.batch import Prepared
 from helpdeskd.store.models import Outbox
 from helpdeskd.triage.received import Incoming
 from tests.harness import Desk
 from tests.mailgen import customer_mail
 
 
-def _items(count: int) -> list[Incoming]:
-    return [
-        Incoming(source="test", uid=n, raw=raw, size=len(raw))
-        for n, raw in ((n, customer_mail(n)) for n in range(1, count + 1))
-    ]
+async def _parsed_six(desk: Desk) -> tuple[Prepared, ProcessPoolExecutor]:
+    """Six new customers' mail parsed, to be stored in a run whose mail the workers compose
+    two at a time; and the parse workers' executor."""
+    desk.processor.compose_chunk = 2
+    items = [Incoming(source="test", uid=n, raw=customer_mail(n), size=1) for n in range(1, 7)]
+    prepared = await desk.processor.prepare(items)
+    assert desk.pool._pool is not None
+    return prepared, desk.pool._pool
 
 
 async def test_mail_of_a_run_whose_workers_died_is_composed_here(make_config, smtp_sink) -> None:
     config = make_config(smtp=smtp_sink)
     async with Desk(config) as desk:
-        desk.processor.compose_chunk = 2
-        prepared = await desk.processor.prepare(_items(6))
-        pool = desk.pool._pool
-        assert pool is not None
+        prepared, pool = await _parsed_six(desk)
         for process in list(pool._processes.values()):  # the workers die between parse and store
             process.kill()
             process.join()
@@ -62,10 +64,7 @@ async def test_chunks_no_worker_has_started_are_composed_here(make_config, smtp_
     mail itself when it is written instead of waiting for them."""
     config = make_config(smtp=smtp_sink)
     async with Desk(config) as desk:
-        desk.processor.compose_chunk = 2
-        prepared = await desk.processor.prepare(_items(6))
-        pool = desk.pool._pool
-        assert pool is not None
+        prepared, pool = await _parsed_six(desk)
         busy = [pool.submit(time.sleep, 3) for _ in range(desk.pool.workers)]
         with capture_logs() as logs:
             outcomes = await desk.processor.store(prepared)
