@@ -1,8 +1,8 @@
 """A notice's mail for one recipient: rendered, with its unsubscribe links, and built.
 
 The processes that render a large notice (helpdeskd.desk.noticequeue) import this module and
-what it imports only: templates, tokens and the building of mail, no database layer. A
-renderer process starts in a third of the time the whole notice module takes to import.
+what it imports only: templates, tokens and the building of mail, no database layer (0.19 s
+of imports, where the notice module with SQLAlchemy and the models takes 0.7 s).
 """
 
 from __future__ import annotations
