@@ -27,7 +27,7 @@ from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
 from helpdeskd.ingest.lookup import Known
 from helpdeskd.ingest.parsepool import ParsePool
-from helpdeskd.ingest.writer import COMPOSE_CHUNK, Writer
+from helpdeskd.ingest.writer import Writer
 from helpdeskd.mail.attachments import store as store_attachment
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.store.contacts import ensure_agents
@@ -95,9 +95,6 @@ class Processor:
         self.fast_lane = fast_lane
         self.clock = clock  # read once per batch: the decisions' "now"
         self.lanes: Counter[str] = Counter()  # mail stored by shape; "failed": runs
-        self.compose_chunk = COMPOSE_CHUNK  # mail a worker composes in one trip (writer.py)
-        self.compose_take_back = True  # compose here what no worker has started (writer.py)
-        self.composed_by_workers = 0  # mail the parse workers composed (and were awaited)
         self.sessions = sessions
         self.parse_pool = parse_pool
         self.outbox_wakeup = outbox_wakeup
@@ -382,14 +379,7 @@ class Processor:
         """
         known = Known(policy, self.clock())
         await known.load(session, [n for _, n in entries])
-        writer = Writer(
-            session,
-            policy,
-            known,
-            pool=self.parse_pool,
-            chunk=self.compose_chunk,
-            take_back=self.compose_take_back,
-        )
+        writer = Writer(session, policy, known)
         decided = []
         for item, mail_needs in entries:
             try:
@@ -409,7 +399,6 @@ class Processor:
         if not decided:
             return []
         await writer.write()
-        self.composed_by_workers += writer.composed_by_workers
         outcomes = []
         plan_log = log.bind()  # one logger for the run: the lazy proxy binds per line
         for item, mail_needs, plan, ticket_id in decided:

@@ -1,4 +1,4 @@
-"""Parse received mail, and compose the mail a batch sends, in worker processes, with a timeout.
+"""Parse received mail in worker processes, with a timeout.
 
 A pathological MIME tree must not wedge the daemon, and both cores should work. A message that
 runs past its timeout has its worker killed; the pool is rebuilt and the message is reported as
@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import structlog
@@ -19,15 +19,13 @@ import structlog
 from helpdeskd.errors import HelpdeskError, ParseTimeout
 from helpdeskd.mail.parse import ParsedMessage, parse_message, parse_messages
 from helpdeskd.runs import split_runs
-from helpdeskd.triage.mails import Composer, Draft, Queued
 from helpdeskd.workers import worker_pool
 
 log = structlog.get_logger(__name__)
 
 
 def _no_setup() -> None:
-    """A worker needs nothing more than it gets (helpdeskd.workers.start_worker) and the
-    imports of this module: parsing, and composing (templates, building mail)."""
+    """A parse worker needs nothing more than a worker gets (helpdeskd.workers.start_worker)."""
 
 
 def _answer() -> int:
@@ -172,43 +170,6 @@ class ParsePool:
             if self._pool is pool:
                 await self._reset(pool)
         return [None] * len(raws)
-
-    def submit_compose(
-        self, composer: Composer, drafts: Sequence[Draft]
-    ) -> Future[list[Queued]] | None:
-        """Queue DRAFTS for a worker, to be composed by COMPOSER: the same mail, bytes and
-        columns, as COMPOSER gives in this process. None when the workers are not up (the
-        caller composes here); raises BrokenProcessPool when they died.
-
-        The future is the executor's own: while no worker has taken it, ``cancel()`` takes
-        it back, and the caller composes those drafts itself instead of waiting.
-        """
-        pool = self._pool
-        if pool is None or pool is not self._started:
-            return None
-        return pool.submit(composer, list(drafts))
-
-    async def composed(self, future: Future[list[Queued]]) -> list[Queued]:
-        """The mail of a :meth:`submit_compose`, within the timeout. Raises whatever stopped it
-        (a template's error, a worker that died, ParseTimeout); the caller composes here."""
-        pool = self._pool
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout)
-        except TimeoutError:
-            log.error("compose_timed_out", timeout=self.timeout)
-            if pool is not None:
-                await self._reset(pool)
-            raise ParseTimeout(f"composing took longer than {self.timeout:g} s") from None
-        except BrokenProcessPool:
-            if pool is not None and self._pool is pool:
-                await self._reset(pool)
-            raise
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this task is being cancelled
-            # the executor was shut down (a reset) before a worker took the chunk
-            raise ParseTimeout("the workers were started afresh before composing") from None
 
     async def _reset(self, pool: ProcessPoolExecutor) -> None:
         async with self._lock:

@@ -10,11 +10,9 @@ mail — follows, on the written rows.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -22,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.desk.notices import opt_out
 from helpdeskd.ingest.lookup import Known
-from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.store.contacts import add_participant, remove_participant
 from helpdeskd.store.models import (
     AutoReplyLog,
@@ -41,16 +38,6 @@ from helpdeskd.triage.facts import Needs, Policy
 from helpdeskd.triage.mails import Composer, Draft, Queued, TicketCard
 from helpdeskd.triage.plan import Plan
 from helpdeskd.triage.received import Incoming, raw_fields
-
-log = structlog.get_logger(__name__)
-
-# Mail composed in one trip to a worker. A run hands its mail to the workers a chunk at a time
-# as its plans are added (a trip costs this process less than a tenth of composing the chunk
-# here). When it is written, it composes the rest itself, and takes back from the last the
-# chunks no worker has started yet: the workers are parsing the next batch, and this process
-# never waits for mail it could compose. Fewer mail than a chunk, as one mail's plan sends, is
-# composed here: no trip.
-COMPOSE_CHUNK = 64
 
 
 @dataclass
@@ -71,9 +58,6 @@ class Writer:
         known: Known,
         *,
         top_ticket: int | None = None,
-        pool: ParsePool | None = None,
-        chunk: int = COMPOSE_CHUNK,
-        take_back: bool = True,
     ) -> None:
         self.session = session
         self.policy = policy
@@ -94,11 +78,6 @@ class Writer:
         self.outgoing: list[_Outgoing] = []
         self.composer = Composer(policy.config, policy.renderer, self.now)
         self.drafts: list[Draft] = []  # the mail the plans send, composed when written
-        self.pool, self.chunk, self.take_back = pool, max(1, chunk), take_back
-        # drafts[start:end] handed to a worker (None: the workers were not up), in order;
-        # the drafts after the last end are composed here
-        self.composing: list[tuple[int, int, Future[list[Queued]] | None]] = []
-        self.composed_by_workers = 0
         self.removals: list[tuple[int, str]] = []  # (ticket id, address) off its Cc
         self.merges: list[tuple[int, int]] = []  # (ticket id, the ticket it goes into)
         self.opt_outs: list[tuple[int, str]] = []  # (contact id, category), by mail
@@ -288,52 +267,6 @@ class Writer:
             self.outgoing.append(outgoing)
             self.messages.append(outgoing)
             self.drafts.append(Draft(mail, card))
-        start = self.composing[-1][1] if self.composing else 0
-        if self.pool is not None and len(self.drafts) - start >= self.chunk:
-            end = len(self.drafts)
-            try:
-                future = self.pool.submit_compose(self.composer, self.drafts[start:end])
-            except Exception as exc:  # the workers died: the parse of the next batch restarts them
-                self._composed_here(exc, end - start)
-                future = None
-            self.composing.append((start, end, future))
-
-    async def _composed(self) -> list[Queued]:
-        """Every draft composed, in order: the chunks the workers took, and the rest composed
-        here. A chunk a worker could not compose (a template's error, a worker that died) is
-        composed here: the same mail, or the same error raised."""
-        here: dict[int, list[Queued]] = {}
-        try:
-            start = self.composing[-1][1] if self.composing else 0
-            here[start] = self.composer(self.drafts[start:])
-            for start, end, future in reversed(self.composing):
-                if future is None or (self.take_back and future.cancel()):  # no worker has it
-                    here[start] = self.composer(self.drafts[start:end])
-        except BaseException:
-            for _, _, future in self.composing:
-                if future is not None:
-                    future.cancel()
-            raise
-        composed: list[Queued] = []
-        for start, end, future in self.composing:
-            if start in here:
-                composed += here[start]
-                continue
-            assert future is not None and self.pool is not None
-            try:
-                composed += await self.pool.composed(future)
-                self.composed_by_workers += end - start
-            except Exception as exc:
-                self._composed_here(exc, end - start)
-                composed += self.composer(self.drafts[start:end])
-        start = self.composing[-1][1] if self.composing else 0
-        return composed + here[start]
-
-    @staticmethod
-    def _composed_here(exc: Exception, mails: int) -> None:
-        log.warning(
-            "compose_in_worker_failed", error=f"{type(exc).__name__}: {exc}"[:300], mails=mails
-        )
 
     def _outbox(self, composed: list[Queued]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The outbox rows of the composed mail, and their recipients' rows."""
@@ -393,7 +326,7 @@ class Writer:
     async def write(self) -> None:
         """Write every row the plans added."""
         session, rows = self.session, self.rows
-        outbox, recipients = self._outbox(await self._composed())
+        outbox, recipients = self._outbox(self.composer(self.drafts))
         new_contacts = [r for r in self.contacts.values() if r["_new"]]
         for row, value in zip(
             new_contacts, await self._allocate(Contact, len(new_contacts)), strict=True

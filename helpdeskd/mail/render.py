@@ -8,7 +8,6 @@ as data, never compiled as template source, and rendered header values never car
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,16 +70,10 @@ def _autoescape(name: str | None) -> bool:
 
 
 class Renderer:
-    """Render mail templates from a folder, falling back to the shipped defaults.
+    """Render mail templates from a folder, falling back to the shipped defaults."""
 
-    A Renderer travels to a worker process as its folder and a token: each process makes one
-    Renderer per token (see :func:`_shared`) and keeps it, templates compiled, for the next
-    chunk of mail, until a reload makes a Renderer with a new token.
-    """
-
-    def __init__(self, folder: Path | None = None, *, token: str | None = None) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
-        self.token = token or secrets.token_hex(8)
         folders = [str(folder)] if folder else []
         if str(DEFAULT_TEMPLATES) not in folders:
             folders.append(str(DEFAULT_TEMPLATES))
@@ -99,9 +92,6 @@ class Renderer:
         self.env.filters["one_line"] = one_line
         self._html: dict[str, str | None] = {}  # NAME.txt.j2 -> its NAME.html.j2, if any
         self._templates: dict[str, jinja2.Template] = {}
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_shared, (self.folder, self.token))
 
     def exists(self, name: str) -> bool:
         try:
@@ -170,20 +160,6 @@ class Renderer:
             raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{name}: {exc}") from None
-
-
-_SHARED: dict[str, Renderer] = {}  # by token, in a process that renders for another
-_SHARED_KEPT = 4
-
-
-def _shared(folder: Path | None, token: str) -> Renderer:
-    """The Renderer of FOLDER sent with TOKEN, made once in this process (unpickling)."""
-    renderer = _SHARED.get(token)
-    if renderer is None:
-        while len(_SHARED) >= _SHARED_KEPT:  # reloads make new tokens: keep the latest few
-            del _SHARED[next(iter(_SHARED))]
-        renderer = _SHARED[token] = Renderer(folder, token=token)
-    return renderer
 
 
 def split_headers(text: str, name: str) -> tuple[tuple[tuple[str, str], ...], str]:

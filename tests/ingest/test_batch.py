@@ -303,23 +303,9 @@ async def returns_batch(desk: Desk) -> list[bytes]:
     ]
 
 
-def lanes(desk: Desk) -> dict[str, int]:
-    """The processor's mail by shape, and how much of the mail it sent the workers composed."""
-    return {**desk.processor.lanes, "composed_by_workers": desk.processor.composed_by_workers}
-
-
-def shape(desk: Desk, runs: bool) -> None:
-    """Store in runs whose mail the parse workers compose two at a time (none taken back), or
-    mail by mail, composed in this process (one mail's plan sends fewer mail than a chunk)."""
-    desk.processor.fast_lane = runs
-    if runs:
-        desk.processor.compose_chunk = 2
-        desk.processor.compose_take_back = False
-
-
 async def store(config: Config, runs: bool) -> Stored:
     async with Desk(config) as desk:
-        shape(desk, runs)
+        desk.processor.fast_lane = runs
         outcomes = []
         for batch in MIX:
             outcomes += await desk.ingest(batch, source="support")
@@ -328,7 +314,7 @@ async def store(config: Config, runs: bool) -> Stored:
         outcomes += await desk.ingest([solved_reply()], source="support")
         outcomes += await desk.ingest(await desk_batch(desk), source="support")
         outcomes += await desk.ingest(await returns_batch(desk), source="support")
-        return outcomes, await dump(desk), lanes(desk)
+        return outcomes, await dump(desk), dict(desk.processor.lanes)
 
 
 class Plain:
@@ -415,9 +401,8 @@ def assert_same(runs: Stored, single: Stored) -> None:
         assert len(run_rows[table]) == len(single_rows[table]), table
         for run_row, single_row in zip(run_rows[table], single_rows[table], strict=True):
             assert run_row == single_row, table
-    # single mail never went in a run, and was composed in this process
+    # single mail never went in a run
     assert single_lanes.get("fast", 0) == 0 and single_lanes["message"] == len(single_outcomes)
-    assert single_lanes["composed_by_workers"] == 0
 
 
 def test_runs_write_what_single_mail_writes(
@@ -432,11 +417,9 @@ def test_runs_write_what_single_mail_writes(
 
     assert_same(runs, single)
     outcomes, rows, lanes = runs
-    # runs really carried most of it, never fell back on an error, and the parse workers
-    # composed most of the mail they sent
+    # runs really carried most of it, and never fell back on an error
     assert lanes["fast"] > 0.8 * len(outcomes), lanes
     assert lanes.get("failed", 0) == 0, lanes
-    assert lanes["composed_by_workers"] > 0.5 * len(rows["outbox"]), lanes
     assert {o.outcome for o in outcomes} == set(OUTCOMES) - {"quarantined"}
     kinds = {e["type"] for e in rows["events"]}
     assert {
@@ -481,13 +464,13 @@ def corpus_files() -> list[Path]:
 
 async def store_corpus(config: Config, items: list[Incoming], runs: bool) -> Stored:
     async with Desk(config) as desk:
-        shape(desk, runs)
+        desk.processor.fast_lane = runs
         outcomes = []
         # Kept as data: a failed run logs its whole traceback, locals and all.
         with capture_logs():
             for start in range(0, len(items), BATCH):
                 outcomes += await desk.processor.process_batch(items[start : start + BATCH])
-        return outcomes, await dump(desk), lanes(desk)
+        return outcomes, await dump(desk), dict(desk.processor.lanes)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -528,10 +511,9 @@ def test_runs_write_what_single_mail_writes_for_the_corpus(
 
 
 def test_runs_carry_the_corpus_without_failing(corpus: tuple[str, Stored, Stored]) -> None:
-    _, (outcomes, rows, lanes), _ = corpus
+    _, (outcomes, _, lanes), _ = corpus
     assert lanes.get("failed", 0) == 0, lanes
     assert lanes["fast"] > 0.8 * len(outcomes), lanes
-    assert lanes["composed_by_workers"] > 0.5 * len(rows["outbox"]), lanes
 
 
 async def test_the_store_decides_by_its_clock(make_config, smtp_sink) -> None:

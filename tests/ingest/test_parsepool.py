@@ -194,21 +194,3 @@ async def test_workers_killed_while_idle_are_started_afresh_for_the_next_mail() 
         assert await pool.parse(raws[0]) == parse_message(raws[0])
     finally:
         pool.close()
-
-
-async def test_a_chunk_the_workers_never_took_is_an_error_to_compose_here() -> None:
-    """A reset shuts the executor down and cancels what no worker took: waiting for such a
-    chunk is a ParseTimeout (the writer composes it here), not a cancellation of the batch."""
-    pool = ParsePool(1, 20)
-    try:
-        await pool.start()
-        executor = pool._pool
-        assert executor is not None
-        busy = executor.submit(time.sleep, 1)
-        queued = [executor.submit(time.sleep, 0) for _ in range(3)]  # the last one waits
-        assert queued[-1].cancel()
-        with pytest.raises(ParseTimeout, match="started afresh"):
-            await pool.composed(queued[-1])
-        busy.result()
-    finally:
-        pool.close()
