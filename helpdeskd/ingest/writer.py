@@ -1,7 +1,7 @@
 """Write plans: every row a run of plans adds, with one INSERT per table.
 
 :class:`Writer` takes the plans of a run (or of one mail) in order, has their mail composed
-(a run's by the parse pool's workers, while the run goes on), and writes contacts, tickets, raw
+(in this process: see helpdeskd.triage.mails.Composer), and writes contacts, tickets, raw
 mail, participants, outbox rows, ticket messages, thread references, automatic-answer records and
 events with a Core executemany per table, ids taken up front so that rows can refer to each
 other. What no INSERT says — Cc taken off a ticket, a merge moving a ticket's mail, an opt-out by
