@@ -67,7 +67,7 @@ class NoticeWriter:
         self,
         config: Config,
         renderer: Renderer,
-        plan: Kind,
+        kind: Kind,
         *,
         send_at: datetime,
         extra: Mapping[str, Any],
@@ -75,7 +75,7 @@ class NoticeWriter:
         notices = config.notices
         assert notices is not None
         service = config.service
-        self.config, self.renderer, self.plan, self.send_at = config, renderer, plan, send_at
+        self.config, self.renderer, self.kind, self.send_at = config, renderer, kind, send_at
         self.from_address = notices.from_address
         self.context = {
             **extra,
@@ -84,13 +84,13 @@ class NoticeWriter:
                 "support_address": service.support_address,
                 "public_url": service.public_url,
             },
-            "category": plan.category,
-            "critical": plan.critical,
+            "category": kind.category,
+            "critical": kind.critical,
             "postal_address": notices.postal_address,
         }
         headers = dict(automatic_headers(service.support_address, "auto-generated"))
-        list_id = f"{plan.category.replace('_', '-')}.notices.{service.support_domain}"
-        headers["List-Id"] = f"{service.name} {plan.category} notices <{list_id}>"
+        list_id = f"{kind.category.replace('_', '-')}.notices.{service.support_domain}"
+        headers["List-Id"] = f"{service.name} {kind.category} notices <{list_id}>"
         self.headers = headers
 
     def mail(self, contact: Addressee) -> Written:
@@ -99,12 +99,12 @@ class NoticeWriter:
         Raises UserError for an optional notice whose text lacks the recipient's unsubscribe
         link, and TemplateError (naming the recipient) for a template that fails for them.
         """
-        config, plan = self.config, self.plan
+        config, kind = self.config, self.kind
         service = config.service
-        if plan.critical:
+        if kind.critical:
             url = mailto = ""
         else:
-            url, mailto = unsubscribe_links(config, contact.id, plan.category)
+            url, mailto = unsubscribe_links(config, contact.id, kind.category)
         context = {
             **self.context,
             "recipient": {
@@ -118,16 +118,16 @@ class NoticeWriter:
             "preferences_url": preferences_url(config, contact.id),
         }
         try:
-            rendered = self.renderer.render(plan.template, context)
+            rendered = self.renderer.render(kind.template, context)
         except TemplateError as exc:
             raise TemplateError(f"{exc} (for {contact.email!r}); nothing was queued") from None
-        if not plan.critical and url not in rendered.text:
+        if not kind.critical and url not in rendered.text:
             raise UserError(
-                f"{plan.template}: an optional ({plan.category}) notice must contain the "
+                f"{kind.template}: an optional ({kind.category}) notice must contain the "
                 "unsubscribe link {{ unsubscribe_url }} and instructions; nothing was queued"
             )
         headers = self.headers
-        if not plan.critical:
+        if not kind.critical:
             headers = {
                 **headers,
                 "List-Unsubscribe": f"<{url}>, <mailto:{mailto}>",
@@ -170,13 +170,13 @@ _worker_writer: NoticeWriter | None = None  # in a renderer process: the notice 
 def start_renderer(
     config: Config,
     templates: Path | None,
-    plan: Kind,
+    kind: Kind,
     send_at: datetime,
     extra: Mapping[str, Any],
 ) -> None:
     """In a renderer process: set up the notice's writer once (its templates loaded here)."""
     global _worker_writer
-    _worker_writer = NoticeWriter(config, Renderer(templates), plan, send_at=send_at, extra=extra)
+    _worker_writer = NoticeWriter(config, Renderer(templates), kind, send_at=send_at, extra=extra)
 
 
 def render(recipients: list[Recipient]) -> list[Written]:

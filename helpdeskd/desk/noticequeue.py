@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.settings import Config
-from helpdeskd.desk.noticemail import Kind, NoticeWriter, Recipient, Written, render, start_renderer
+from helpdeskd.desk.noticemail import NoticeWriter, Recipient, Written, render, start_renderer
 from helpdeskd.desk.notices import (
     Audience,
     NoticeReport,
@@ -151,7 +151,7 @@ async def rendered_chunks(
     cannot be written: a notice is queued whole or not at all.
     """
     extra = extra or {}
-    kind = Kind(plan.category, plan.critical, plan.template)
+    kind = plan.kind
     writer = NoticeWriter(config, renderer, kind, send_at=send_at, extra=extra)
     pool = None
     if renderers:

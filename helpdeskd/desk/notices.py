@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.config.settings import Config
-from helpdeskd.desk.noticemail import unsubscribe_links
+from helpdeskd.desk.noticemail import Kind, unsubscribe_links
 from helpdeskd.desk.privacy import erased
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
@@ -173,6 +173,11 @@ class Plan:
     critical: bool
     template: str  # the file, notices/NAME.txt.j2
     audience: Audience
+
+    @property
+    def kind(self) -> Kind:
+        """What the notice's mail takes of the plan (sent as it is to a renderer process)."""
+        return Kind(self.category, self.critical, self.template)
 
 
 def plan_notice(

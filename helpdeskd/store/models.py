@@ -57,11 +57,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         def process(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"naive datetime {value!r}: give a timezone")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            stamp = self.process_bind_param(value, dialect)
+            return None if stamp is None else stamp.isoformat(" ", "microseconds")
 
         return process
 
