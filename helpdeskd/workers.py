@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from helpdeskd import heap
+
 log = structlog.get_logger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -58,3 +60,4 @@ def worker_pool(
 def _start(parent: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
     start_worker(parent)
     initializer(*initargs)
+    heap.settle()

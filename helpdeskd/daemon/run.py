@@ -22,6 +22,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from helpdeskd import heap
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config, MailboxConfig
@@ -274,6 +275,7 @@ class Daemon:
             await parse_pool.start()
             runners = await self._start_http(sessions)
             self._install_signals()
+            settled = heap.settle()  # start-up's objects stay out of the collector's rounds
             self.notifier.ready(
                 f"watching {len(config.mailboxes)} mailbox(es)"
                 + (", sending mail" if config.smtp else "")
@@ -283,6 +285,7 @@ class Daemon:
                 mailboxes=[m.name for m in config.mailboxes],
                 daemon=me.id,
                 lease_seconds=self.lease_seconds,
+                settled_objects=settled,
             )
             try:
                 code = await supervisor.run()
@@ -580,7 +583,8 @@ class Daemon:
         )
         # One swap: every batch, pass and round that starts from now on uses all of it.
         self.runtime.policy = Policy(self.config, rules, Renderer(fresh.paths.templates))
-        log.info("config_reloaded", source=str(source))
+        settled = heap.settle()  # the old templates and rules go; the new stay out of its rounds
+        log.info("config_reloaded", source=str(source), settled_objects=settled)
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
 
 
