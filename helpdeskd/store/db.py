@@ -38,6 +38,13 @@ SessionMaker = async_sessionmaker[AsyncSession]
 # second); a test holds it to migrations/.
 SCHEMA_HEAD = "0010"
 
+# Statements the SQLite driver keeps prepared, per connection (its default is 128). Every
+# length of an IN list (a batch's Message-IDs, a claim's rows) is a statement of its own, and
+# long ones are large prepared. In a backlog of 20,000 mails the daemon's peak RSS was 243 MiB
+# with 128 and 196 MiB with 48, at the same speed. With 16, the statements every batch runs
+# were prepared again and again, and the backlog went a third slower.
+SQLITE_STATEMENT_CACHE = 48
+
 
 def async_url(url: str) -> str:
     """Return URL with the async driver helpdeskd uses for its dialect."""
@@ -57,7 +64,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         database = make_url(full).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(full, connect_args={"timeout": 60}, **kwargs)
+        connect_args = {"timeout": 60, "cached_statements": SQLITE_STATEMENT_CACHE}
+        engine = create_async_engine(full, connect_args=connect_args, **kwargs)
         _configure_sqlite(engine)
         return engine
     if make_url(full).query.get("prepared_statement_cache_size") == "0":

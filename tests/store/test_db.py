@@ -4,11 +4,20 @@ waits."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
-from helpdeskd.store.db import READ_ONLY, create_engine, sessionmaker, upgrade
+from helpdeskd.store.db import (
+    READ_ONLY,
+    SQLITE_STATEMENT_CACHE,
+    create_engine,
+    sessionmaker,
+    upgrade,
+)
 from helpdeskd.store.models import MailboxState
 
 
@@ -35,6 +44,29 @@ async def test_a_read_only_transaction_reads_beside_a_writer(tmp_path: Path) -> 
         assert await asyncio.wait_for(waiting, 5) == ["support"]
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_connections_keep_fewer_statements_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's cache of prepared statements is bounded below its default of 128: each
+    length of an IN list is a statement of its own (see SQLITE_STATEMENT_CACHE)."""
+    opened: list[dict[str, Any]] = []
+    connect = sqlite3.connect
+
+    def recording(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(kwargs)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    engine = create_engine(f"sqlite:///{tmp_path / 'cache.db'}")
+    try:
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+    assert [kwargs.get("cached_statements") for kwargs in opened] == [SQLITE_STATEMENT_CACHE]
+    assert 16 < SQLITE_STATEMENT_CACHE < 128
 
 
 def test_a_newer_schema_is_refused_with_what_to_do(db_url: str) -> None:
