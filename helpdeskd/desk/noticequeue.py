@@ -45,6 +45,7 @@ from helpdeskd.config.settings import Config
 from helpdeskd.desk.noticemail import NoticeWriter, Recipient, Written, render, start_renderer
 from helpdeskd.desk.notices import (
     Audience,
+    Facts,
     NoticeReport,
     Plan,
     audience_size,
@@ -174,7 +175,8 @@ async def rendered_chunks(
     try:
         async with aclosing(recipients(session, plan.audience, chunk)) as chunks:
             async for contacts in chunks:
-                reasons = await suppressed(session, contacts, plan.category, plan.critical)
+                facts = [Facts.of(c) for c in contacts]
+                reasons = await suppressed(session, facts, plan.category, plan.critical)
                 writing: list[Recipient] = []
                 unaddressable: list[str] = []
                 for contact in contacts:

@@ -17,10 +17,10 @@ import re
 from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import ColumnElement, Row, func, select
+from sqlalchemy import ColumnElement, Row, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -122,36 +122,75 @@ async def recipients(
         after = rows[-1].id
 
 
+_OPT_OUTS = Base.metadata.tables[OptOut.__tablename__]
+_NOTICES = Base.metadata.tables[Notice.__tablename__]
+# Built once, bound per call: both run for every chunk a notice is queued in and every batch of
+# it that is sent, where building the statement cost more than running it.
+_OPTED = select(_OPT_OUTS.c.contact_id, _OPT_OUTS.c.category).where(
+    _OPT_OUTS.c.category.in_(bindparam("categories", expanding=True)),
+    _OPT_OUTS.c.contact_id.in_(bindparam("ids", expanding=True)),
+)
+_BY_EMAIL = select(  # Facts' columns, in order
+    _CONTACTS.c.id,
+    _CONTACTS.c.email,
+    _CONTACTS.c.undeliverable,
+    _CONTACTS.c.status,
+    _CONTACTS.c.suppressed,
+).where(_CONTACTS.c.email.in_(bindparam("emails", expanding=True)))
+_NOTICE_KIND = select(_NOTICES.c.category, _NOTICES.c.critical).where(
+    _NOTICES.c.id == bindparam("notice")
+)
+
+
+class Facts(NamedTuple):
+    """What decides whether a contact gets a notice, besides their opt-outs and erasure.
+
+    suppressed() reads these by position, so a row of these columns in this order will do:
+    a SQLAlchemy row's attributes cost ten times its items."""
+
+    id: int
+    email: str
+    undeliverable: bool
+    status: str | None
+    suppressed: bool
+
+    @classmethod
+    def of(cls, contact: Contact | Row[Any]) -> Facts:
+        return cls(
+            contact.id, contact.email, contact.undeliverable, contact.status, contact.suppressed
+        )
+
+
 async def suppressed(
     session: AsyncSession,
-    contacts: Sequence[Contact] | Sequence[Row[Any]],
+    contacts: Sequence[Facts] | Sequence[Row[int, str, bool, str | None, bool]],
     category: str,
     critical: bool,
 ) -> dict[int, str]:
-    """Return, by contact id, why each suppressed contact must not get this notice."""
+    """Return, by contact id, why each suppressed contact (CONTACTS: Facts) must not get this
+    notice."""
     reasons: dict[int, str] = {}
     opted: dict[int, set[str]] = {}
+    connection = await session.connection()
     if not critical and contacts:
-        rows = await session.execute(
-            select(OptOut.contact_id, OptOut.category).where(
-                OptOut.category.in_((category, ALL_CATEGORIES)),
-                OptOut.contact_id.in_([c.id for c in contacts]),
-            )
+        rows = await connection.execute(
+            _OPTED,
+            {"categories": [category, ALL_CATEGORIES], "ids": [c[0] for c in contacts]},
         )
         for contact_id, name in rows:
             opted.setdefault(contact_id, set()).add(name)
-    gone = await erased(session, [c.email for c in contacts])
-    for contact in contacts:
-        if contact.email in gone:
-            reasons[contact.id] = "erased on request"
-        elif contact.undeliverable:
-            reasons[contact.id] = "suspended for bouncing"
-        elif contact.status == "deprovisioned":
-            reasons[contact.id] = "deprovisioned"
-        elif not critical and contact.suppressed:
-            reasons[contact.id] = "complained (ARF)"
-        elif contact.id in opted:
-            reasons[contact.id] = opt_out_reason(opted[contact.id], category)
+    gone = await erased(session, [c[1] for c in contacts])
+    for contact_id, email, undeliverable, status, complained in contacts:
+        if email in gone:
+            reasons[contact_id] = "erased on request"
+        elif undeliverable:
+            reasons[contact_id] = "suspended for bouncing"
+        elif status == "deprovisioned":
+            reasons[contact_id] = "deprovisioned"
+        elif not critical and complained:
+            reasons[contact_id] = "complained (ARF)"
+        elif contact_id in opted:
+            reasons[contact_id] = opt_out_reason(opted[contact_id], category)
     return reasons
 
 
@@ -252,31 +291,25 @@ async def opt_in(
     return True
 
 
-async def recheck(session: AsyncSession, row: Outbox) -> dict[str, str]:
-    """At send time: the recipients of notice ROW who must be skipped now, with the reason."""
-    if row.notice_id is None:
-        return {}
-    notice = (
-        await session.execute(
-            select(Notice.category, Notice.critical).where(Notice.id == row.notice_id)
-        )
-    ).first()
+async def recheck(
+    session: AsyncSession, notice_id: int, addresses: Sequence[str]
+) -> dict[str, str]:
+    """At send time: which of ADDRESSES, recipients of notice NOTICE_ID not sent to yet, must
+    be skipped now, with the reason."""
+    connection = await session.connection()
+    notice = (await connection.execute(_NOTICE_KIND, {"notice": notice_id})).first()
     if notice is None:
         return {}
-    addresses = [r.address for r in row.recipients if r.state == "pending"]
-    # The columns suppressed() reads, not ORM objects: this runs for every batch of a notice.
-    contacts = (
-        await session.execute(
-            select(
-                Contact.id, Contact.email, Contact.undeliverable, Contact.status, Contact.suppressed
-            ).where(Contact.email.in_(addresses))
-        )
-    ).all()
-    reasons = await suppressed(session, cast(list[Row[Any]], contacts), *notice)
-    skip = {c.email: reasons[c.id] for c in contacts if c.id in reasons}
+    # Facts as plain rows, not ORM objects: this runs for every batch of a notice.
+    found = await connection.execute(_BY_EMAIL, {"emails": list(addresses)})
+    contacts = found.all()
+    reasons = await suppressed(session, contacts, *notice)
+    skip = {
+        email: reasons[contact_id] for contact_id, email, *_ in contacts if contact_id in reasons
+    }
     # Erased while the notice was being rendered: the contact is gone, the hash is not
     # (suppressed() looked up those whose contact is still there).
-    known = {c.email for c in contacts}
+    known = {c[1] for c in contacts}
     gone = await erased(session, [a for a in addresses if a not in known])
     skip.update(dict.fromkeys(gone, "erased on request"))
     return skip

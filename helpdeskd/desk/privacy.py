@@ -31,7 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, SQLColumnExpression, Text, cast, delete, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    SQLColumnExpression,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -61,9 +71,16 @@ def insert_for(session: AsyncSession) -> Any:
     return pg_insert if postgres(session) else sqlite_insert
 
 
+# Built once: erased() runs for every chunk of a notice queued and every batch of it sent.
+_SALT = select(PrivacyState.value).where(PrivacyState.name == SALT)
+_ERASED = select(ErasedAddress.digest).where(
+    ErasedAddress.digest.in_(bindparam("digests", expanding=True))
+)
+
+
 async def salt(session: AsyncSession, *, create: bool = False) -> bytes | None:
     """The database's erasure salt; made at the first erasure (CREATE), else None before it."""
-    found = await session.scalar(select(PrivacyState.value).where(PrivacyState.name == SALT))
+    found = (await (await session.connection()).execute(_SALT)).scalar()
     if found is None and create:
         await session.execute(
             insert_for(session)(PrivacyState)
@@ -95,13 +112,10 @@ async def erased(session: AsyncSession, addresses: Iterable[str]) -> set[str]:
         by_digest.setdefault(digest(key, address), []).append(address)
     found: set[str] = set()
     digests = list(by_digest)
+    connection = await session.connection()
     for start in range(0, len(digests), CHUNK):
-        rows = await session.scalars(
-            select(ErasedAddress.digest).where(
-                ErasedAddress.digest.in_(digests[start : start + CHUNK])
-            )
-        )
-        for row in rows:
+        rows = await connection.execute(_ERASED, {"digests": digests[start : start + CHUNK]})
+        for (row,) in rows:
             found.update(by_digest[row])
     return found
 

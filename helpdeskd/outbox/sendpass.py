@@ -13,9 +13,8 @@ import asyncio
 import collections
 import contextlib
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,7 +26,6 @@ from helpdeskd.outbox.policy import backoff, domain_of
 from helpdeskd.outbox.pool import Mail, in_hand, pick, pool_order, sweep, utc
 from helpdeskd.outbox.relay import LoginFailed, Relay, RelayDown, SendResult
 from helpdeskd.store.db import reading
-from helpdeskd.store.models import Outbox
 
 if TYPE_CHECKING:  # the sender runs passes; a pass only needs its type
     from helpdeskd.outbox.sender import OutboxSender
@@ -67,28 +65,6 @@ RENEW_EVERY = 5.0
 LEASE_GUARD = 10.0
 
 UNADDRESSABLE = "cannot be addressed: not a mail address a message can carry"
-
-
-@dataclass(frozen=True, slots=True)
-class _Addressee:
-    address: str
-    state: str = "pending"
-
-
-@dataclass(frozen=True, slots=True)
-class _StandIn:
-    """What a recheck reads of a row (its notice, its recipients' addresses and states), for
-    the pending recipients of several rows of one notice at once. Building as many ORM rows
-    would cost more than the lookup itself."""
-
-    notice_id: int
-    recipients: list[_Addressee]
-
-
-def _stand_in(notice_id: int, mails: list[Mail]) -> Outbox:
-    """One stand-in row for the recheck: NOTICE_ID's, with the pending recipients of MAILS."""
-    addressees = [_Addressee(a) for mail in mails for a in mail.row.recipients]
-    return cast(Outbox, _StandIn(notice_id, addressees))
 
 
 class SendPass:
@@ -313,7 +289,8 @@ class SendPass:
                 by_notice.setdefault(mail.row.notice_id, []).append(mail)
         t = now.timestamp()
         for notice_id, group in by_notice.items():
-            skip = await recheck(session, _stand_in(notice_id, group))
+            addresses = [address for mail in group for address in mail.row.recipients]
+            skip = await recheck(session, notice_id, addresses)
             for mail in group:
                 mail.checked = t
                 for address in [a for a in mail.row.recipients if a in skip]:
