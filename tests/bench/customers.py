@@ -35,7 +35,6 @@ fails the benchmark).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import resource
@@ -48,6 +47,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from tests.bench.databases import Databases
 
 TARGET_SQLITE = 10_000  # rows/s, issue 21
 
@@ -113,50 +114,6 @@ def write_config(workdir: Path, name: str, url: str) -> Path:
     path = workdir / f"{name}.toml"
     path.write_text("\n".join(lines))
     return path
-
-
-class Databases:
-    """Fresh databases for the measurements: SQLite files in WORKDIR, or PostgreSQL databases
-    made on the server of PG_URL; every one made is dropped by close()."""
-
-    def __init__(self, workdir: Path, pg_url: str | None) -> None:
-        self.workdir = workdir
-        self.pg_url = pg_url
-        self.made: list[str] = []
-
-    def fresh(self, name: str) -> str:
-        from helpdeskd.store.db import upgrade
-
-        if self.pg_url is None:
-            url = f"sqlite:///{self.workdir / f'{name}.db'}"
-        else:
-            database = f"helpdeskd_bench_{os.getpid()}_{name}"
-            asyncio.run(self._admin(f'CREATE DATABASE "{database}"'))
-            url = f"{self.pg_url.rsplit('/', 1)[0]}/{database}"
-        self.made.append(url)
-        upgrade(url)
-        return url
-
-    async def _admin(self, sql: str) -> None:
-        import asyncpg
-
-        assert self.pg_url is not None
-        conn = await asyncpg.connect(self.pg_url.replace("postgresql+asyncpg:", "postgresql:"))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def close(self) -> None:
-        if self.pg_url is None:
-            return
-        for url in self.made:
-            database = url.rsplit("/", 1)[1]
-            try:
-                asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-            except Exception as exc:
-                say(f"could not drop {database}: {exc}")
-        self.made.clear()
 
 
 # --- one measurement, in a child process ----------------------------------------------------

@@ -1,11 +1,14 @@
 """Notice benchmark: queueing a notice to many customers, and sending it through the outbox.
 
     .venv/bin/python -m tests.bench.notices [--recipients 10000] [--send 2000]
+        [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Not a test: pytest never collects it (it is not named ``test_*.py``) and nothing here asserts
 a speed; it prints figures. One run, one fresh SQLite database (WAL, ``synchronous=FULL``, set by
-``helpdeskd.store.db.create_engine``) in a temporary directory, one aiosmtpd ``SmtpSink``; both are
-removed or stopped at the end, on error and on Ctrl-C (or SIGTERM) alike.
+``helpdeskd.store.db.create_engine``) in a temporary directory, or with ``--pg URL`` a fresh
+PostgreSQL database made on URL's server (copies made with ``CREATE DATABASE ... TEMPLATE``), one
+aiosmtpd ``SmtpSink``; all are removed, dropped or stopped at the end, on error and on Ctrl-C (or
+SIGTERM) alike.
 
 Phases:
 
@@ -71,6 +74,8 @@ from typing import Any
 
 import aiosmtplib
 from sqlalchemy import event, func, select, update
+
+from tests.bench.databases import Databases
 
 SERVICE_NAME = "Acme Postgres add-on"
 DAY = timedelta(days=1)
@@ -220,7 +225,7 @@ class Sink:
 # --- setup: config, database, customers -------------------------------------------------------
 
 
-def write_config(workdir: Path, host: str, port: int) -> Path:
+def write_config(workdir: Path, url: str, host: str, port: int) -> Path:
     secret = workdir / "secret.key"
     secret.write_text("k1 bench-secret-key-0123456789abcdef\n")
     secret.chmod(0o600)
@@ -234,7 +239,7 @@ def write_config(workdir: Path, host: str, port: int) -> Path:
         f'state_dir = "{workdir / "state"}"',
         "",
         "[database]",
-        f'url = "sqlite:///{workdir / "helpdeskd.db"}"',
+        f'url = "{url}"',
         "",
         "[smtp]",
         f'host = "{host}"',
@@ -484,7 +489,11 @@ def queue_line(run: QueueRun) -> str:
 
 
 def queue_phase(
-    args: argparse.Namespace, config_path: Path, url: str, small_url: str | None
+    args: argparse.Namespace,
+    config_path: Path,
+    databases: Databases,
+    url: str,
+    small_url: str | None,
 ) -> Any:
     """Queue the notice at FIRST_SIZE (on SMALL_URL's database) and at --recipients, each way
     in a fresh child process on a fresh copy of the database; the last, ``notice send`` to
@@ -504,36 +513,18 @@ def queue_phase(
         say(f"  -- {count} customers")
         for way in ("queue_notice", "notice send"):
             last = source == url and way == "notice send"
-            target = source if last else _copy_database(source, f"copy-{count}-{way[:5]}")
+            target = source if last else databases.copy(source, f"copy-{count}-{way[:5]}")
             try:
                 run = queue_in_child(config_path, target, way)
             finally:
                 if not last:
-                    _remove_database(target)
+                    databases.remove(target)
             if run.report["queued"] != count or run.report["notice_id"] is None:
                 raise BenchError(f"{way}: queued {run.report} of {count}")
             say(queue_line(run))
             if last:
                 report = NoticeReport(**run.report)
     return report
-
-
-def _sqlite_path(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///"))
-
-
-def _copy_database(url: str, name: str) -> str:
-    """A copy of the (closed, checkpointed) SQLite database at URL, as a URL."""
-    source = _sqlite_path(url)
-    target = source.with_name(f"{name.replace(' ', '')}.db")
-    shutil.copyfile(source, target)
-    return f"sqlite:///{target}"
-
-
-def _remove_database(url: str) -> None:
-    path = _sqlite_path(url)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 # --- the raw arm ------------------------------------------------------------------------------
@@ -658,7 +649,7 @@ async def send_phase(
     )
     say(
         f"  {'':<22} {sql[0] - before_sql[0]} SQL statements and {sql[1] - before_sql[1]} "
-        f"COMMITs in all (synchronous=FULL); {sender.connections_opened} SMTP connections opened"
+        f"COMMITs in all; {sender.connections_opened} SMTP connections opened"
     )
 
     raw2 = await raw("raw aiosmtplib (2)")
@@ -790,15 +781,21 @@ async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None
     sessions = sessionmaker(engine)
     try:
         async with engine.connect() as conn:
-            journal = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
-            synchronous = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
-        say(
-            f"SQLite: journal_mode={journal}, synchronous={synchronous} (2 = FULL), "
-            f"on {filesystem_of(Path(args.workdir))}"
-        )
+            if args.databases.pg_url is None:
+                journal = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                synchronous = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+                say(
+                    f"SQLite: journal_mode={journal}, synchronous={synchronous} (2 = FULL), "
+                    f"on {filesystem_of(Path(args.workdir))}"
+                )
+            else:
+                version = (await conn.exec_driver_sql("SHOW server_version")).scalar()
+                commit = (await conn.exec_driver_sql("SHOW synchronous_commit")).scalar()
+                say(f"PostgreSQL {version}, synchronous_commit={commit}")
+        await engine.dispose()  # a database copied (CREATE DATABASE ... TEMPLATE) has no users
 
         # --- queue ---------------------------------------------------------------------------
-        report = queue_phase(args, config_path, config.database.url, args.small_url)
+        report = queue_phase(args, config_path, args.databases, config.database.url, args.small_url)
         async with sessions() as session:
             size = await session.scalar(select(func.avg(func.length(Outbox.data))))
         say(f"  {report.queued} outbox rows, {size or 0:.0f} bytes/mail on average")
@@ -834,6 +831,12 @@ def main(argv: list[str] | None = None) -> int:
         default=10_000,
         help="recipients of the incident phase at the default rates (0: skip it)",
     )
+    parser.add_argument(
+        "--pg",
+        metavar="URL",
+        help="on PostgreSQL instead of SQLite: a server's database URL (fresh databases are "
+        "made on that server and dropped at the end)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary dir")
     parser.add_argument("--keep", action="store_true", help="keep the temporary dir")
     args = parser.parse_args(argv)
@@ -856,14 +859,15 @@ def main(argv: list[str] | None = None) -> int:
     configure(json=True, level="INFO", stream=devnull)
     workdir = Path(tempfile.mkdtemp(prefix="helpdeskd-bench-notices-", dir=args.dir))
     args.workdir = workdir
+    args.databases = databases = Databases(workdir, args.pg, prefix="helpdeskd_bench_notices")
     sink: Sink | None = None
     try:
         say(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, work dir {workdir}")
         sink = Sink(inproc=args.inproc_sink)
-        config_path = write_config(workdir, sink.host, sink.port)
+        url = databases.fresh("helpdeskd", migrate=False)  # migrated in setup's child
+        config_path = write_config(workdir, url, sink.host, sink.port)
         csv_path = workdir / "customers.csv"
         write_customers(csv_path, args.recipients)
-        url = f"sqlite:///{workdir / 'helpdeskd.db'}"
         migrated, created, _updated, seconds, child_rss = setup_database(url, csv_path)
         if created != args.recipients:
             raise BenchError(f"import_csv created {created} customers, not {args.recipients}")
@@ -876,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipients > FIRST_SIZE:
             small_csv = workdir / "customers-small.csv"
             write_customers(small_csv, FIRST_SIZE)
-            args.small_url = f"sqlite:///{workdir / 'helpdeskd-small.db'}"
+            args.small_url = databases.fresh("helpdeskd-small", migrate=False)
             if setup_database(args.small_url, small_csv)[1] != FIRST_SIZE:
                 raise BenchError(f"import_csv did not create {FIRST_SIZE} customers")
             small_csv.unlink()
@@ -895,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if sink is not None:
             sink.close()
+        databases.close()
         if args.keep:
             say(f"kept {workdir}")
         else:
