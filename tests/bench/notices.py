@@ -305,7 +305,7 @@ def setup_database(url: str, csv_path: Path) -> tuple[float, int, int, float, fl
     try:
         if not parent.poll(1800):
             raise BenchError("the database setup took longer than 30 minutes")
-        result = parent.recv()
+        result: tuple[float, int, int, float, float] = parent.recv()
         process.join(10)
     except EOFError:
         raise BenchError(f"the database setup failed (exit code {process.exitcode})") from None

@@ -89,7 +89,7 @@ async def _run(folder: Path, count: int, passes: int) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         taken = 0
         for ticket_id in ids:
-            taken += (await automation._ticket(ticket_id, now))[0]
+            taken += (await automation._ticket(automation.runtime.policy, ticket_id, now))[0]
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         _timed(f"baseline: one lock a ticket, {taken} steps", wall, cpu, len(ids))
         print(
