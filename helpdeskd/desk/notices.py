@@ -123,7 +123,6 @@ async def recipients(
 
 
 _OPT_OUTS = Base.metadata.tables[OptOut.__tablename__]
-_NOTICES = Base.metadata.tables[Notice.__tablename__]
 # Built once, bound per call: both run for every chunk a notice is queued in and every batch of
 # it that is sent, where building the statement cost more than running it.
 _OPTED = select(_OPT_OUTS.c.contact_id, _OPT_OUTS.c.category).where(
@@ -137,9 +136,6 @@ _BY_EMAIL = select(  # Facts' columns, in order
     _CONTACTS.c.status,
     _CONTACTS.c.suppressed,
 ).where(_CONTACTS.c.email.in_(bindparam("emails", expanding=True)))
-_NOTICE_KIND = select(_NOTICES.c.category, _NOTICES.c.critical).where(
-    _NOTICES.c.id == bindparam("notice")
-)
 
 
 class Facts(NamedTuple):
@@ -292,18 +288,15 @@ async def opt_in(
 
 
 async def recheck(
-    session: AsyncSession, notice_id: int, addresses: Sequence[str]
+    session: AsyncSession, category: str, critical: bool, addresses: Sequence[str]
 ) -> dict[str, str]:
-    """At send time: which of ADDRESSES, recipients of notice NOTICE_ID not sent to yet, must
-    be skipped now, with the reason."""
+    """At send time: which of ADDRESSES, recipients of a notice of CATEGORY (CRITICAL or not)
+    not sent to yet, must be skipped now, with the reason."""
     connection = await session.connection()
-    notice = (await connection.execute(_NOTICE_KIND, {"notice": notice_id})).first()
-    if notice is None:
-        return {}
     # Facts as plain rows, not ORM objects: this runs for every batch of a notice.
     found = await connection.execute(_BY_EMAIL, {"emails": list(addresses)})
     contacts = found.all()
-    reasons = await suppressed(session, contacts, *notice)
+    reasons = await suppressed(session, contacts, category, critical)
     skip = {
         email: reasons[contact_id] for contact_id, email, *_ in contacts if contact_id in reasons
     }

@@ -53,6 +53,7 @@ class Claimed:
     ticket_id: int | None
     notice_id: int | None
     critical: bool | None
+    category: str | None  # a notice's (None: not a notice's)
     envelope_from: str
     data: bytes
     expires_at: datetime | None
@@ -191,6 +192,7 @@ _LOAD = (
         _OUTBOX.c.ticket_id,
         _OUTBOX.c.notice_id,
         _NOTICES.c.critical,
+        _NOTICES.c.category,
         _OUTBOX.c.envelope_from,
         _OUTBOX.c.data,
         _OUTBOX.c.expires_at,
@@ -226,6 +228,7 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
         ticket_id,
         notice_id,
         critical,
+        category,
         sender,
         data,
         expires,
@@ -239,6 +242,7 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
             ticket_id,
             notice_id,
             critical,
+            category,
             sender,
             bytes(data or b""),
             expires,

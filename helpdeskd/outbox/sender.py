@@ -97,9 +97,9 @@ log = structlog.get_logger(__name__)
 
 HOLD = 2.0  # seconds a claimed mail may wait in memory for its turn; later ones go back
 
-# Given a notice's id and the pending recipients of its claimed rows, return the recipients to
-# skip now, with the reason.
-Recheck = Callable[[AsyncSession, int, list[str]], Awaitable[dict[str, str]]]
+# Given a notice's category, whether it is critical, and the pending recipients of its claimed
+# rows, return the recipients to skip now, with the reason.
+Recheck = Callable[[AsyncSession, str, bool, list[str]], Awaitable[dict[str, str]]]
 
 LOGIN_RETRY_BASE = 30.0  # seconds before trying a failed SMTP login again; doubles per failure
 LOGIN_RETRY_MAX = 600.0

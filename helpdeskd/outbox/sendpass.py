@@ -278,19 +278,22 @@ class SendPass:
             self.claiming = asyncio.create_task(self._claim())
 
     async def _recheck(self, session: AsyncSession, mails: list[Mail], now: datetime) -> None:
-        """Look up the opt-outs of MAILS' notices again, one lookup per notice; skip whom
-        they name."""
+        """Look up the opt-outs of MAILS' notices again, one lookup per kind of notice (its
+        category, critical or not: all the decision depends on); skip whom they name."""
         recheck = self.sender.recheck
         if recheck is None:
             return
-        by_notice: dict[int, list[Mail]] = {}
+        by_kind: dict[tuple[str | None, bool], list[Mail]] = {}
         for mail in mails:
-            if mail.row.notice_id is not None and mail.row.recipients:
-                by_notice.setdefault(mail.row.notice_id, []).append(mail)
+            row = mail.row
+            if row.notice_id is not None and row.recipients:
+                by_kind.setdefault((row.category, bool(row.critical)), []).append(mail)
         t = now.timestamp()
-        for notice_id, group in by_notice.items():
-            addresses = [address for mail in group for address in mail.row.recipients]
-            skip = await recheck(session, notice_id, addresses)
+        for (category, critical), group in by_kind.items():
+            skip: dict[str, str] = {}
+            if category is not None:  # else its notice is gone: nothing to look up
+                addresses = [address for mail in group for address in mail.row.recipients]
+                skip = await recheck(session, category, critical, addresses)
             for mail in group:
                 mail.checked = t
                 for address in [a for a in mail.row.recipients if a in skip]:
