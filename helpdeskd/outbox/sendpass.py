@@ -264,7 +264,11 @@ class SendPass:
 
     def _maybe_claim(self) -> None:
         """While the daemon sends: claim again when the pool runs low, when new mail was
-        queued (the wakeup), and every CLAIM_EVERY seconds."""
+        queued (the wakeup), and every CLAIM_EVERY seconds. Not once the pass finishes: what
+        it claimed then would be held where nobody sends it (leased, on PostgreSQL) until the
+        next pass gave it back; mail queued meanwhile is the next pass's."""
+        if self.finished:
+            return
         if self.claiming is not None and not self.claiming.done():
             return
         if self.claiming is not None:

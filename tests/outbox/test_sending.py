@@ -423,6 +423,44 @@ async def test_claims_and_records_interleaved_never_send_a_row_twice(
     assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
 
 
+async def test_mail_queued_as_a_pass_finishes_is_left_to_the_next_pass(
+    make_config, smtp_sink, monkeypatch
+):
+    """A wakeup while a pass records its last results starts no claim of that pass: the rows
+    it took would be held where nobody sends them (leased, on PostgreSQL) until the next
+    pass gave them back."""
+    config = make_config(smtp=smtp_sink)
+    async with Desk(config) as desk:
+        await _queue_many(desk, [["first@example.org"]], due=datetime.now(UTC))
+        sender = OutboxSender(desk.sessions, config.smtp)
+        record = sendpass.SendPass._flush
+        queued: list[bool] = []
+
+        async def last_record_meets_new_mail(self: sendpass.SendPass) -> None:
+            if self.finished and not queued:
+                queued.append(True)
+                await _queue_many(desk, [["second@example.org"]], due=datetime.now(UTC))
+                sender.wakeup.set()  # as the processor does when it queues mail
+                await asyncio.sleep(0.1)  # the pass's watcher sees it
+            await record(self)
+
+        monkeypatch.setattr(sendpass.SendPass, "_flush", last_record_meets_new_mail)
+        assert await sendpass.SendPass(sender, refill=True, stop=asyncio.Event()).run() == 1
+        await asyncio.sleep(0.3)  # a claim started meanwhile has ended by now
+        assert queued and sender._held == set()
+        assert {r.state for r in (await _rows(desk)).values()} == {"sent", "pending"}
+        with capture_logs() as logs:
+            await sender.drain(10)
+        await sender.close()
+        rows = await _rows(desk)
+    assert "outbox_rows_given_back" not in [entry["event"] for entry in logs]
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+    assert sorted(r for d in smtp_sink.deliveries for r in d.recipients) == [
+        "first@example.org",
+        "second@example.org",
+    ]
+
+
 async def test_an_ack_queued_while_notices_wait_for_their_rate_goes_at_once(make_config, smtp_sink):
     """The daemon's loop: optional notices at one a second wait in memory for their turns; an
     acknowledgement queued after the first of them goes as soon as the processor wakes the
