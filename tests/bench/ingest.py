@@ -1,6 +1,7 @@
 """Ingest benchmark: ``helpdeskd run`` against a bare aioimaplib + mail-parser + SQLite loop.
 
     .venv/bin/python -m tests.bench.ingest [--count 2000] [--backlog 0|20000] [--latency 40]
+        [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Not a test: pytest never collects it (it is not named ``test_*.py``) and nothing here asserts
 a speed; it prints figures next to their targets. ``tests/bench/README.md`` says what each
@@ -16,7 +17,8 @@ Phases:
    sink, timed from its ``imap_connected`` event until ``raw_messages`` holds N rows.
 3. latency: with the daemon idle in IMAP IDLE (``poll_interval = 600``), M mails APPENDed one
    by one; arrival-to-acknowledgement time at the sink.
-4. ``--backlog N``: a fresh daemon and mailbox with N preloaded messages; rate and peak RSS.
+4. ``--backlog N``: a fresh daemon and mailbox with N preloaded messages; rate and peak RSS;
+   with ``--pg URL``, on a fresh PostgreSQL database made on URL's server.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from helpdeskd.config.settings import MailboxConfig
 from helpdeskd.imap.client import MAX_FETCH
 from helpdeskd.imap.wire import encode_mailbox, parse_fetch, parse_search, uid_set
 from helpdeskd.store.db import create_engine, upgrade
+from tests.bench.databases import Databases
 from tests.mailgen import customer_mail, realistic_mix
 from tests.servers.dovecot import Dovecot, ensure_system_user
 from tests.servers.smtp import SmtpSink, _Handler
@@ -330,13 +333,14 @@ async def raw_arm(dovecot: Dovecot, db_path: Path, folder: str) -> RawResult:
 
 
 def write_config(
-    state: Path, dovecot: Dovecot, sink: SmtpSink, user: str, batch_size: int
+    state: Path, dovecot: Dovecot, sink: SmtpSink, user: str, batch_size: int, url: str | None
 ) -> tuple[Path, str]:
-    """Write the daemon's config (as tests/demo.py does); return (config path, database URL)."""
+    """Write the daemon's config (as tests/demo.py does) for the database at URL (None: a
+    SQLite file in STATE); return (config path, database URL)."""
     state.mkdir(parents=True, exist_ok=True)
     (state / "secret.key").write_text("k1 bench-secret-0123456789abcdef\n")
     (state / "imap-password").write_text(PASSWORD + "\n")
-    url = f"sqlite:///{state / 'helpdeskd.db'}"
+    url = url or f"sqlite:///{state / 'helpdeskd.db'}"
     config = state / "helpdeskd.toml"
     config.write_text(f"""\
 [service]
@@ -387,7 +391,10 @@ def helpdeskd_pragmas(url: str) -> tuple[int, str]:
     ``synchronous`` is a per-connection setting: a fresh sqlite3 connection would show its
     own default, not what the daemon uses. helpdeskd.store.db.create_engine is what the daemon
     builds; its connect hook sets the pragmas. Run this while no daemon holds the database.
+    PostgreSQL has neither: (0, "postgresql").
     """
+    if not url.startswith("sqlite"):
+        return 0, "postgresql"
 
     async def read() -> tuple[int, str]:
         engine = create_engine(url)
@@ -568,29 +575,56 @@ class Daemon:
 # --- reading the daemon's database -----------------------------------------------------------
 
 
-def _ro(db_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
+class Store:
+    """Read-only queries on the daemon's database while it runs: the SQLite file opened
+    read-only, or a PostgreSQL connection (asyncpg, on an event loop of its own)."""
 
+    def __init__(self, url: str) -> None:
+        self.sqlite: sqlite3.Connection | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pg: Any = None
+        if url.startswith("sqlite"):
+            path = url.removeprefix("sqlite:///")
+            self.sqlite = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        else:
+            import asyncpg
 
-def scalar(conn: sqlite3.Connection, sql: str) -> int:
-    return int(conn.execute(sql).fetchone()[0])
+            self.loop = asyncio.new_event_loop()
+            dsn = url.replace("postgresql+asyncpg:", "postgresql:")
+            self.pg = self.loop.run_until_complete(asyncpg.connect(dsn))
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.sqlite is not None:
+            return list(self.sqlite.execute(sql))
+        assert self.loop is not None
+        return [tuple(r) for r in self.loop.run_until_complete(self.pg.fetch(sql))]
+
+    def scalar(self, sql: str) -> int:
+        return int(self.rows(sql)[0][0])
+
+    def close(self) -> None:
+        if self.sqlite is not None:
+            self.sqlite.close()
+        if self.loop is not None:
+            self.loop.run_until_complete(self.pg.close())
+            self.loop.close()
 
 
 def wait_stored(
-    db_path: Path, count: int, daemon: Daemon, progress: list[tuple[float, int]]
+    url: str, count: int, daemon: Daemon, progress: list[tuple[float, int]]
 ) -> tuple[float, float]:
     """Poll ``raw_messages`` every 20 ms until it holds COUNT rows; each poll goes to PROGRESS.
 
     Return (monotonic time of the poll that saw them, seconds from that poll's start back to
     the previous poll: the resolution of the measurement).
     """
-    conn = _ro(db_path)
+    store = Store(url)
     try:
         last, changed = -1, time.monotonic()
         previous = changed
         while True:
             polled = time.monotonic()
-            stored = scalar(conn, "SELECT count(*) FROM raw_messages")
+            stored = store.scalar("SELECT count(*) FROM raw_messages")
             progress.append((polled, stored))
             if stored >= count:
                 return polled, polled - previous
@@ -602,22 +636,22 @@ def wait_stored(
             previous = polled
             time.sleep(STORED_POLL)
     finally:
-        conn.close()
+        store.close()
 
 
-def wait_outbox_drained(db_path: Path, daemon: Daemon, timeout: float) -> tuple[bool, float]:
+def wait_outbox_drained(url: str, daemon: Daemon, timeout: float) -> tuple[bool, float]:
     """Wait until no outbox row is pending; return (drained, seconds waited)."""
-    conn = _ro(db_path)
+    store = Store(url)
     started = time.monotonic()
     try:
         while time.monotonic() - started < timeout:
-            if scalar(conn, "SELECT count(*) FROM outbox WHERE state = 'pending'") == 0:
+            if store.scalar("SELECT count(*) FROM outbox WHERE state = 'pending'") == 0:
                 return True, time.monotonic() - started
             daemon.check_alive()
             time.sleep(POLL)
         return False, time.monotonic() - started
     finally:
-        conn.close()
+        store.close()
 
 
 @dataclass
@@ -631,22 +665,23 @@ class StoreStats:
     journal_mode: str
 
 
-def store_stats(db_path: Path) -> StoreStats:
-    conn = _ro(db_path)
+def store_stats(url: str) -> StoreStats:
+    store = Store(url)
     try:
+        sqlite = store.sqlite is not None
         return StoreStats(
-            stored=scalar(conn, "SELECT count(*) FROM raw_messages"),
-            tickets=scalar(conn, "SELECT count(*) FROM tickets"),
-            acks=scalar(conn, "SELECT count(*) FROM outbox WHERE kind = 'ack'"),
-            outbox=dict(conn.execute("SELECT kind, count(*) FROM outbox GROUP BY kind")),
+            stored=store.scalar("SELECT count(*) FROM raw_messages"),
+            tickets=store.scalar("SELECT count(*) FROM tickets"),
+            acks=store.scalar("SELECT count(*) FROM outbox WHERE kind = 'ack'"),
+            outbox=dict(store.rows("SELECT kind, count(*) FROM outbox GROUP BY kind")),
             outcomes=dict(
-                conn.execute("SELECT outcome, count(*) FROM raw_messages GROUP BY outcome")
+                store.rows("SELECT outcome, count(*) FROM raw_messages GROUP BY outcome")
             ),
-            quarantined=scalar(conn, "SELECT count(*) FROM quarantine"),
-            journal_mode=str(conn.execute("PRAGMA journal_mode").fetchone()[0]),
+            quarantined=store.scalar("SELECT count(*) FROM quarantine"),
+            journal_mode=str(store.rows("PRAGMA journal_mode")[0][0]) if sqlite else "postgresql",
         )
     finally:
-        conn.close()
+        store.close()
 
 
 # --- latency ---------------------------------------------------------------------------------
@@ -755,11 +790,14 @@ def run_daemon_arm(
     batch_size: int,
     stack: contextlib.ExitStack,
     profile: Path | None,
-) -> tuple[Daemon, DaemonResult, Path]:
-    config, url = write_config(state, dovecot, sink, user, batch_size)
+    url: str | None = None,
+) -> tuple[Daemon, DaemonResult, str]:
+    """Run the daemon on the COUNT messages of USER's INBOX, on the database at URL (None: a
+    SQLite file in STATE), until they are stored; return it (still running), the result and
+    the database URL."""
+    config, url = write_config(state, dovecot, sink, user, batch_size, url)
     upgrade(url)
     synchronous, journal_mode = helpdeskd_pragmas(url)
-    db_path = state / "helpdeskd.db"
     daemon = Daemon(config, state / "daemon.log")
     launched = time.monotonic()
     daemon.start()
@@ -770,7 +808,7 @@ def run_daemon_arm(
     # The workers started before READY: their imports are not part of the ingest.
     workers_start = workers_cpu(daemon.pid)
     progress: list[tuple[float, int]] = [(connected, 0)]
-    done, resolution = wait_stored(db_path, count, daemon, progress)
+    done, resolution = wait_stored(url, count, daemon, progress)
     cpu_main, busy = cpu_seconds(daemon.pid) - cpu_start, busy_since(machine_start)
     cpu_workers = sum(
         cpu - workers_start.get(pid, 0.0) for pid, cpu in workers_cpu(daemon.pid).items()
@@ -778,7 +816,7 @@ def run_daemon_arm(
     sent = sink.count
     if spy is not None:
         stop_profile(spy)
-    stats = store_stats(db_path)
+    stats = store_stats(url)
     result = DaemonResult(
         count=count,
         seconds=done - connected,
@@ -793,7 +831,7 @@ def run_daemon_arm(
         cpu_workers=cpu_workers,
         busy=busy,
     )
-    return daemon, result, db_path
+    return daemon, result, url
 
 
 def start_profile(
@@ -879,7 +917,7 @@ def main_arms(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack: Any
     sink.start()
     stack.callback(sink.stop)
     say("\n[helpdeskd arm] helpdeskd run, SQLite, SMTP sink, 1 agent")
-    daemon, result, db_path = run_daemon_arm(
+    daemon, result, url = run_daemon_arm(
         dovecot, sink, work / "daemon", USER, count, args.batch_size, stack, args.profile
     )
     stats = result.stats
@@ -901,7 +939,7 @@ def main_arms(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack: Any
     say(f"  tickets {stats.tickets}; acknowledgements queued (outbox kind 'ack') {stats.acks}")
     say(f"  outbox rows by kind: {outbox}; delivered to the sink by then: {result.sent_at_end}")
 
-    drained, waited = wait_outbox_drained(db_path, daemon, args.drain_timeout)
+    drained, waited = wait_outbox_drained(url, daemon, args.drain_timeout)
     queued = sum(stats.outbox.values())
     say(
         f"  outbox {'drained' if drained else 'NOT drained'} {waited:.1f} s after the last "
@@ -1001,7 +1039,8 @@ def main_arms(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack: Any
 
 def backlog_phase(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack: Any) -> None:
     count = args.backlog
-    say(f"\n== backlog: {count} messages waiting when helpdeskd starts ==")
+    where = "PostgreSQL" if args.pg else "SQLite"
+    say(f"\n== backlog: {count} messages waiting when helpdeskd starts (on {where}) ==")
     started = time.monotonic()
     raws = realistic_mix(count, seed=11)
     say(f"generated {count} mails in {time.monotonic() - started:.1f} s")
@@ -1018,11 +1057,16 @@ def backlog_phase(args: argparse.Namespace, dovecot: Dovecot, work: Path, stack:
     sink = TimedSink()
     sink.start()
     stack.callback(sink.stop)
-    daemon, result, db_path = run_daemon_arm(
-        dovecot, sink, work / "backlog", BACKLOG_USER, count, args.batch_size, stack, None
+    url = None
+    if args.pg:
+        databases = Databases(work, args.pg, prefix="helpdeskd_bench_ingest")
+        stack.callback(databases.close)
+        url = databases.fresh("backlog", migrate=False)  # run_daemon_arm migrates it
+    daemon, result, url = run_daemon_arm(
+        dovecot, sink, work / "backlog", BACKLOG_USER, count, args.batch_size, stack, None, url
     )
     memory = daemon.memory()
-    drained, waited = wait_outbox_drained(db_path, daemon, args.drain_timeout)
+    drained, waited = wait_outbox_drained(url, daemon, args.drain_timeout)
     code = daemon.stop()
     lags = ack_lags(daemon.log_path, sink)
     say(f"helpdeskd stopped (exit status {code})")
@@ -1125,6 +1169,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile", type=Path, help="record py-spy folded stacks of the ingest into DIR"
+    )
+    parser.add_argument(
+        "--pg",
+        metavar="URL",
+        help="the backlog phase on PostgreSQL: a server's database URL (a fresh database is "
+        "made on that server and dropped at the end)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (logs, databases) and print it"
