@@ -129,13 +129,6 @@ _OPTED = select(_OPT_OUTS.c.contact_id, _OPT_OUTS.c.category).where(
     _OPT_OUTS.c.category.in_(bindparam("categories", expanding=True)),
     _OPT_OUTS.c.contact_id.in_(bindparam("ids", expanding=True)),
 )
-_BY_EMAIL = select(  # Facts' columns, in order
-    _CONTACTS.c.id,
-    _CONTACTS.c.email,
-    _CONTACTS.c.undeliverable,
-    _CONTACTS.c.status,
-    _CONTACTS.c.suppressed,
-).where(_CONTACTS.c.email.in_(bindparam("emails", expanding=True)))
 
 
 class Facts(NamedTuple):
@@ -155,6 +148,12 @@ class Facts(NamedTuple):
         return cls(
             contact.id, contact.email, contact.undeliverable, contact.status, contact.suppressed
         )
+
+
+# Facts' columns, in Facts' order: a row of it is read as Facts.
+_BY_EMAIL = select(*(_CONTACTS.c[name] for name in Facts._fields)).where(
+    _CONTACTS.c.email.in_(bindparam("emails", expanding=True))
+)
 
 
 async def suppressed(

@@ -80,14 +80,15 @@ _ERASED = select(ErasedAddress.digest).where(
 
 async def salt(session: AsyncSession, *, create: bool = False) -> bytes | None:
     """The database's erasure salt; made at the first erasure (CREATE), else None before it."""
-    found = (await (await session.connection()).execute(_SALT)).scalar()
+    connection = await session.connection()
+    found = (await connection.execute(_SALT)).scalar()
     if found is None and create:
         await session.execute(
             insert_for(session)(PrivacyState)
             .values(name=SALT, value=secrets.token_hex(32))
             .on_conflict_do_nothing(index_elements=["name"])
         )
-        found = await session.scalar(select(PrivacyState.value).where(PrivacyState.name == SALT))
+        found = (await connection.execute(_SALT)).scalar()
     return bytes.fromhex(found) if found is not None else None
 
 
