@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import ColumnElement, Row, bindparam, func, select
+from sqlalchemy import ColumnElement, Row, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,7 @@ from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
 from helpdeskd.mail.tokens import ALL_CATEGORIES
 from helpdeskd.store.models import Base, Contact, Event, Notice, OptOut, Outbox, OutboxRecipient
+from helpdeskd.store.valuelist import one_of, values
 
 log = structlog.get_logger(__name__)
 
@@ -126,8 +127,8 @@ _OPT_OUTS = Base.metadata.tables[OptOut.__tablename__]
 # Built once, bound per call: both run for every chunk a notice is queued in and every batch of
 # it that is sent, where building the statement cost more than running it.
 _OPTED = select(_OPT_OUTS.c.contact_id, _OPT_OUTS.c.category).where(
-    _OPT_OUTS.c.category.in_(bindparam("categories", expanding=True)),
-    _OPT_OUTS.c.contact_id.in_(bindparam("ids", expanding=True)),
+    one_of(_OPT_OUTS.c.category, values("categories", "text")),
+    one_of(_OPT_OUTS.c.contact_id, values("ids", "int")),
 )
 
 
@@ -152,7 +153,7 @@ class Facts(NamedTuple):
 
 # Facts' columns, in Facts' order: a row of it is read as Facts.
 _BY_EMAIL = select(*(_CONTACTS.c[name] for name in Facts._fields)).where(
-    _CONTACTS.c.email.in_(bindparam("emails", expanding=True))
+    one_of(_CONTACTS.c.email, values("emails", "text"))
 )
 
 

@@ -35,7 +35,6 @@ from sqlalchemy import (
     ColumnElement,
     SQLColumnExpression,
     Text,
-    bindparam,
     cast,
     delete,
     func,
@@ -49,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.store.db import SessionMaker
 from helpdeskd.store.models import ErasedAddress, Message, PendingDeletion, PrivacyState, Ticket
+from helpdeskd.store.valuelist import one_of, values
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,7 @@ def insert_for(session: AsyncSession) -> Any:
 # Built once: erased() runs for every chunk of a notice queued and every batch of it sent.
 _SALT = select(PrivacyState.value).where(PrivacyState.name == SALT)
 _ERASED = select(ErasedAddress.digest).where(
-    ErasedAddress.digest.in_(bindparam("digests", expanding=True))
+    one_of(ErasedAddress.digest, values("digests", "text"))
 )
 
 

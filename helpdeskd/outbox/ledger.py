@@ -31,9 +31,9 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import BindParameter
 
 from helpdeskd.store.models import Base, Event, Notice, Outbox, OutboxRecipient
+from helpdeskd.store.valuelist import none_of, one_of, values
 
 _OUTBOX = Base.metadata.tables[Outbox.__tablename__]
 _RECIPIENTS = Base.metadata.tables[OutboxRecipient.__tablename__]
@@ -41,6 +41,7 @@ _NOTICES = Base.metadata.tables[Notice.__tablename__]
 _EVENTS = Base.metadata.tables[Event.__tablename__]
 _TIME = _OUTBOX.c.next_attempt_at.type
 _ERROR = _OUTBOX.c.last_error.type
+_IDS = values("ids", "int")  # row or recipient ids, bound as one parameter
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ def _due(*, first: bool, lease: bool) -> Any:
     query = select(*columns).where(
         _OUTBOX.c.state == "pending",
         _OUTBOX.c.next_attempt_at <= bindparam("now", type_=_TIME),
-        _OUTBOX.c.id.not_in(bindparam("exclude", expanding=True)),
+        none_of(_OUTBOX.c.id, values("exclude", "int")),
     )
     if first:
         # coalesce(): an expression, so that the planner walks the (state, next_attempt_at)
@@ -200,12 +201,12 @@ _LOAD = (
         _OUTBOX.c.next_attempt_at,
     )
     .select_from(_OUTBOX.outerjoin(_NOTICES, _NOTICES.c.id == _OUTBOX.c.notice_id))
-    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(_OUTBOX.c.id, _IDS))
 )
 _LOAD_RECIPIENTS = (
     select(_RECIPIENTS.c.outbox_id, _RECIPIENTS.c.address, _RECIPIENTS.c.id)
     .where(
-        _RECIPIENTS.c.outbox_id.in_(bindparam("ids", expanding=True)),
+        one_of(_RECIPIENTS.c.outbox_id, _IDS),
         _RECIPIENTS.c.state == "pending",
     )
     .order_by(_RECIPIENTS.c.id)
@@ -274,14 +275,17 @@ _RELEASE = (
 )
 
 
+_RENEW = (
+    update(_OUTBOX)
+    .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
+    .values(next_attempt_at=bindparam("lease", type_=_TIME))
+)
+
+
 async def renew(session: AsyncSession, ids: Sequence[int], lease: datetime) -> None:
     """PostgreSQL: lease the pending rows IDS until LEASE, in SESSION's transaction."""
-    for start in range(0, len(ids), CHUNK):
-        await session.execute(
-            update(_OUTBOX)
-            .where(_pending_rows(_OUTBOX.c.id.in_(ids[start : start + CHUNK])))
-            .values(next_attempt_at=lease)
-        )
+    connection = await session.connection()
+    await connection.execute(_RENEW, {"ids": ids, "lease": lease})
 
 
 async def release(session: AsyncSession, rows: Sequence[tuple[int, datetime]]) -> None:
@@ -292,8 +296,6 @@ async def release(session: AsyncSession, rows: Sequence[tuple[int, datetime]]) -
 
 
 # --- recording ---------------------------------------------------------------------------
-
-CHUNK = 500  # ids in one IN (...) list
 
 
 @dataclass
@@ -391,23 +393,24 @@ def _row_state() -> dict[str, Any]:
     }
 
 
-_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _NOW = bindparam("now", type_=_TIME)
-# Built once, bound per record: ids in one IN (...) list, and the time.
+# Built once, bound per record: the ids (one parameter), and the time.
 _SENT = (
     update(_RECIPIENTS)
-    .where(_RECIPIENTS.c.id.in_(_IDS), _RECIPIENTS.c.state == "pending")
+    .where(one_of(_RECIPIENTS.c.id, _IDS), _RECIPIENTS.c.state == "pending")
     .values(state="sent", attempts=_RECIPIENTS.c.attempts + 1, sent_at=_NOW)
 )
 _EXPIRED_RECIPIENTS = (
     update(_RECIPIENTS)
-    .where(_RECIPIENTS.c.outbox_id.in_(_IDS), _RECIPIENTS.c.state == "pending")
+    .where(one_of(_RECIPIENTS.c.outbox_id, _IDS), _RECIPIENTS.c.state == "pending")
     .values(state="expired")
 )
-_EXPIRED_ROWS = update(_OUTBOX).where(_pending_rows(_OUTBOX.c.id.in_(_IDS))).values(state="expired")
+_EXPIRED_ROWS = (
+    update(_OUTBOX).where(_pending_rows(one_of(_OUTBOX.c.id, _IDS))).values(state="expired")
+)
 _SENT_ROWS = (  # the common case: a row sent to all it was tried for
     update(_OUTBOX)
-    .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
+    .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
     .values(
         attempts=_OUTBOX.c.attempts + 1,
         next_attempt_at=_NOW,
@@ -417,7 +420,7 @@ _SENT_ROWS = (  # the common case: a row sent to all it was tried for
 )
 _DONE_ROWS = {
     tried: update(_OUTBOX)
-    .where(_pending_rows(_OUTBOX.c.id.in_(_IDS)))
+    .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
     .values(attempts=_OUTBOX.c.attempts + tried, next_attempt_at=_NOW, **_row_state())
     for tried in (0, 1)
 }
@@ -453,8 +456,8 @@ async def record(session: AsyncSession, results: Results, now: datetime) -> None
         (_EXPIRED_ROWS, results.expired),
     )
     for statement, ids in by_ids:
-        for part in _chunks(ids):
-            await connection.execute(statement, {"ids": part, "now": now})
+        if ids:
+            await connection.execute(statement, {"ids": ids, "now": now})
     for statement, params in (
         (_FAILED, results.failed),
         (_DEFERRED, results.deferred),
@@ -467,15 +470,11 @@ async def record(session: AsyncSession, results: Results, now: datetime) -> None
         (_DONE_ROWS[1], results.done),
         (_DONE_ROWS[0], results.settled),
     ):
-        for part in _chunks(ids):
-            await connection.execute(statement, {"ids": part, "now": now})
+        if ids:
+            await connection.execute(statement, {"ids": ids, "now": now})
     if results.retry:
         await connection.execute(_RETRY, results.retry)
     if results.released:
         await connection.execute(_RELEASE, results.released)
     if results.events:
         await connection.execute(insert(_EVENTS), results.events)
-
-
-def _chunks(ids: list[int]) -> list[list[int]]:
-    return [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]
