@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from helpdeskd.store.models import Base, Event, Notice, Outbox, OutboxRecipient
 from helpdeskd.store.valuelist import none_of, one_of, values
@@ -447,9 +447,8 @@ _RETRY = (
 )
 
 
-async def record(session: AsyncSession, results: Results, now: datetime) -> None:
-    """Write RESULTS, known at NOW, in SESSION's transaction (NOW is their sent_at)."""
-    connection = await session.connection()
+async def record(connection: AsyncConnection, results: Results, now: datetime) -> None:
+    """Write RESULTS, known at NOW, in CONNECTION's transaction (NOW is their sent_at)."""
     by_ids = (
         (_SENT, results.sent),
         (_EXPIRED_RECIPIENTS, results.expired),
