@@ -10,15 +10,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 from structlog.testing import capture_logs
 
 from helpdeskd.config.secrets import Secret
 from helpdeskd.config.settings import SendRates
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.mail.tokens import BounceToken, bounce_address, verify_bounce
+from helpdeskd.outbox import ledger, sendpass
 from helpdeskd.outbox import sender as outbox
-from helpdeskd.outbox import sendpass
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.store.db import create_engine, sessionmaker
 from helpdeskd.store.models import Notice, Outbox, OutboxRecipient
@@ -459,6 +460,46 @@ async def test_mail_queued_as_a_pass_finishes_is_left_to_the_next_pass(
         "first@example.org",
         "second@example.org",
     ]
+
+
+async def test_a_pass_records_on_one_connection_and_a_lost_one_loses_no_result(
+    make_pg_config, smtp_sink, monkeypatch
+):
+    """A pass records every result on the one connection it holds. When the database drops
+    that connection, the record fails, the pass stops, and the next pass records what was
+    sent on a fresh connection: every mail goes once."""
+    config = make_pg_config(smtp=smtp_sink, smtp_extra={"connections": 1})
+    async with Desk(config) as desk:
+        await _queue_many(desk, [[f"r{n}@example.org"] for n in range(6)], due=datetime.now(UTC))
+        sender = OutboxSender(desk.sessions, replace(config.smtp, domain_rate=None))
+        record = sendpass.SendPass._record
+        servers: list[int] = []  # the database server process of each record's connection
+
+        async def record_then_lose_the_connection(
+            self: sendpass.SendPass, results: ledger.Results
+        ) -> None:
+            if self.recorder is not None:
+                raw = await self.recorder.get_raw_connection()
+                servers.append(raw.driver_connection.get_server_pid())
+                if len(servers) == 2:  # the third record: its connection is dropped
+                    async with desk.sessions() as session:
+                        await session.execute(
+                            text("SELECT pg_terminate_backend(:pid)"), {"pid": servers[-1]}
+                        )
+            await record(self, results)
+
+        monkeypatch.setattr(sendpass.SendPass, "_record", record_then_lose_the_connection)
+        with pytest.raises(DBAPIError):
+            await sendpass.SendPass(sender, refill=True, stop=asyncio.Event()).run()
+        assert len(servers) == 2 and servers[0] == servers[1]  # one connection, held
+        assert len(sender._unrecorded) == 1  # what the lost record was to write
+        await sender.drain(10)
+        await sender.close()
+        rows = await _rows(desk)
+    got = smtp_sink.by_recipient()
+    assert sorted(got) == sorted(f"r{n}@example.org" for n in range(6))
+    assert {len(deliveries) for deliveries in got.values()} == {1}
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
 
 
 async def test_an_ack_queued_while_notices_wait_for_their_rate_goes_at_once(make_config, smtp_sink):
