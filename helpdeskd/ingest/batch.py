@@ -27,7 +27,7 @@ from helpdeskd.config.settings import Config
 from helpdeskd.errors import UserError
 from helpdeskd.ingest.lookup import Known
 from helpdeskd.ingest.parsepool import ParsePool
-from helpdeskd.ingest.writer import Writer
+from helpdeskd.ingest.writer import SLICE, Writer, give_turn
 from helpdeskd.mail.attachments import store as store_attachment
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.store.contacts import ensure_agents
@@ -381,7 +381,9 @@ class Processor:
         await known.load(session, [n for _, n in entries])
         writer = Writer(session, policy, known)
         decided = []
-        for item, mail_needs in entries:
+        for n, (item, mail_needs) in enumerate(entries):
+            if n and n % SLICE == 0:
+                await give_turn()
             try:
                 plan = decide(item, mail_needs, known.facts(mail_needs), policy)
             except Exception:
