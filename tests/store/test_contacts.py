@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import func, select
 
 from helpdeskd.store.contacts import add_participant, ensure_contact, remove_participant
-from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker
+from helpdeskd.store.db import SessionMaker
 from helpdeskd.store.models import Contact, Participant, Ticket
-
-
-@pytest.fixture
-async def sessions(db_url: str) -> AsyncIterator[SessionMaker]:
-    engine = create_engine(db_url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 async def test_ensure_contact_creates_once_lower_cased(sessions: SessionMaker) -> None:

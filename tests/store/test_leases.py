@@ -26,15 +26,6 @@ from tests.servers.pgbouncer import PgBouncer
 from tests.servers.pgbouncer import unavailable_reason as pgbouncer_missing
 
 
-@pytest.fixture
-async def sessions(db_url: str) -> AsyncIterator[SessionMaker]:
-    engine = create_engine(db_url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
-
-
 async def expire(sessions: SessionMaker, mailbox: str) -> None:
     """Make MAILBOX's lease expired, as if its holder had stopped renewing a while ago."""
     async with sessions() as session, session.begin():

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select, update
 
-from helpdeskd.store.db import SessionMaker, create_engine, reading, sessionmaker
+from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.leases import acquire, database_now
 from helpdeskd.store.models import DaemonRecord
 from helpdeskd.store.registry import (
@@ -24,15 +22,6 @@ from helpdeskd.store.registry import (
     pid_alive,
     register,
 )
-
-
-@pytest.fixture
-async def sessions(db_url: str) -> AsyncIterator[SessionMaker]:
-    engine = create_engine(db_url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 def dead_pid() -> int:

@@ -3,12 +3,10 @@ and PostgreSQL, with one statement whatever the list's length."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import event, insert, select, update
 
-from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker
+from helpdeskd.store.db import SessionMaker
 from helpdeskd.store.models import Base, Contact
 from helpdeskd.store.valuelist import none_of, one_of, values
 
@@ -18,15 +16,6 @@ EMAILS = ["ada@example.org", "bob@example.org", "chloé@exämple.org", "o'hara@e
 _BY_ID = select(_CONTACTS.c.email).where(one_of(_CONTACTS.c.id, values("ids", "int")))
 _NOT_BY_ID = select(_CONTACTS.c.email).where(none_of(_CONTACTS.c.id, values("ids", "int")))
 _BY_EMAIL = select(_CONTACTS.c.id).where(one_of(Contact.email, values("emails", "text")))
-
-
-@pytest.fixture
-async def sessions(db_url: str) -> AsyncIterator[SessionMaker]:
-    engine = create_engine(db_url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
