@@ -105,8 +105,18 @@ class SendPass:
         self.recorder: AsyncConnection | None = None  # results are recorded on it (_record)
 
     async def run(self) -> int:
+        try:
+            await self._recover()
+            await self._send()
+        finally:
+            await self._put_recorder_back()
+        if self.login_error is not None:
+            await self.sender._login_failed(self.login_error)
+        return self.handled
+
+    async def _send(self) -> None:
+        """Claim, send over every connection while there is mail, then finish (_finish)."""
         sender = self.sender
-        await self._recover()
         try:
             await self._claim()
             if sender._leasing:
@@ -138,10 +148,6 @@ class SendPass:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
-                await self._put_recorder_back()
-        if self.login_error is not None:
-            await sender._login_failed(self.login_error)
-        return self.handled
 
     async def _finish(self) -> None:
         """After the connections stop: the untried mail goes back, the results are recorded

@@ -87,15 +87,15 @@ class _OneOf(ColumnElement[bool]):
         self.negated = negated
 
 
-Column = ColumnElement[Any] | QueryableAttribute[Any]
+Operand = ColumnElement[Any] | QueryableAttribute[Any]  # a column, or a mapped attribute
 
 
-def one_of(column: Column, values: BindParameter[list[Any]]) -> ColumnElement[bool]:
+def one_of(column: Operand, values: BindParameter[list[Any]]) -> ColumnElement[bool]:
     """COLUMN's value is one of the list bound to VALUES (see :func:`values`)."""
     return _OneOf(column.expression, values, negated=False)
 
 
-def none_of(column: Column, values: BindParameter[list[Any]]) -> ColumnElement[bool]:
+def none_of(column: Operand, values: BindParameter[list[Any]]) -> ColumnElement[bool]:
     """COLUMN's value is none of the list bound to VALUES (see :func:`values`)."""
     return _OneOf(column.expression, values, negated=True)
 
