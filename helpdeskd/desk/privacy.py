@@ -31,16 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import (
-    ColumnElement,
-    SQLColumnExpression,
-    Text,
-    cast,
-    delete,
-    func,
-    select,
-    text,
-)
+from sqlalchemy import ColumnElement, SQLColumnExpression, Text, cast, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -112,12 +103,9 @@ async def erased(session: AsyncSession, addresses: Iterable[str]) -> set[str]:
     for address in given:
         by_digest.setdefault(digest(key, address), []).append(address)
     found: set[str] = set()
-    digests = list(by_digest)
     connection = await session.connection()
-    for start in range(0, len(digests), CHUNK):
-        rows = await connection.execute(_ERASED, {"digests": digests[start : start + CHUNK]})
-        for (row,) in rows:
-            found.update(by_digest[row])
+    for (row,) in await connection.execute(_ERASED, {"digests": list(by_digest)}):
+        found.update(by_digest[row])
     return found
 
 

@@ -56,7 +56,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
 from helpdeskd.config.secrets import Secret
@@ -75,7 +75,7 @@ from helpdeskd.outbox.relay import (
     SendResult,
 )
 from helpdeskd.outbox.sendpass import UNADDRESSABLE, SendPass
-from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.db import SessionMaker, engine_of, reading
 from helpdeskd.store.models import Event, Outbox, OutboxRecipient
 
 __all__ = [
@@ -211,7 +211,7 @@ class OutboxSender:
             # A wiring mistake, not the admin's: mail still goes, with the From address.
             log.error("verp_disabled", reason="smtp.return_path is set but no keys were given")
         self.sessions = sessions
-        self.engine: AsyncEngine = sessions.kw["bind"]
+        self.engine = engine_of(sessions)
         self.smtp = smtp
         self.clock = clock
         self.token_source = token_source

@@ -126,6 +126,13 @@ def sessionmaker(engine: AsyncEngine) -> SessionMaker:
 _TURNS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+def engine_of(sessions: SessionMaker) -> AsyncEngine:
+    """The engine SESSIONS are bound to (sessionmaker binds one)."""
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, AsyncEngine)
+    return engine
+
+
 def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager[object]:
     """Take this process's turn to write, around a write transaction that may have to wait.
 
@@ -137,8 +144,8 @@ def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager
     comes between two batches. Other processes (a CLI command) still wait as SQLite makes
     them. PostgreSQL locks rows, not the database: no turns there.
     """
-    engine = sessions.kw["bind"]
-    if not isinstance(engine, AsyncEngine) or engine.dialect.name != "sqlite":
+    engine = engine_of(sessions)
+    if engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
     turn = _TURNS.get(engine.sync_engine)
     if turn is None:
