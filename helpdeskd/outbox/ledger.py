@@ -88,7 +88,7 @@ def _due(*, first: bool, lease: bool) -> Any:
         none_of(_OUTBOX.c.id, values("exclude", "int")),
     )
     if first:
-        # coalesce(): an expression, so that the planner walks the (state, next_attempt_at)
+        # coalesce(): an expression, so that the planner walks the (state, next_attempt_at, id)
         # index over the few rows due since :since, not the notice_id index over every
         # transactional row ever sent.
         query = query.where(

@@ -1,15 +1,17 @@
-"""The outbox ledger's SQL: how SQLite finds the rows a record writes."""
+"""The outbox ledger's SQL: how the database finds the rows a claim takes and a record writes."""
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event, insert, text
 from sqlalchemy.dialects import sqlite
 
 from helpdeskd.outbox import ledger
+from helpdeskd.store import db
 from helpdeskd.store.models import Base
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
@@ -55,3 +57,67 @@ def test_a_record_finds_its_rows_by_primary_key(database, name) -> None:
     plan = _plan(database, statement)
     first = plan.splitlines()[0]
     assert "SEARCH outbox USING INTEGER PRIMARY KEY" in first, plan
+
+
+async def test_a_claim_reads_due_rows_in_index_order(db_url: str) -> None:
+    """A notice's thousands of rows are all due at the same time. Ordered by (next_attempt_at,
+    id) on an index of (state, next_attempt_at), each claim on PostgreSQL read and sorted every
+    due row (under FOR UPDATE SKIP LOCKED, no top-N sort): a notice to N customers cost
+    N²/batch. A claim walks the index in its order and stops at the batch."""
+    engine = db.create_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            postgres = connection.dialect.name == "postgresql"
+            due = NOW - timedelta(minutes=1)
+            await connection.execute(
+                insert(ledger._OUTBOX),
+                [
+                    {
+                        "kind": "notice",
+                        "message_id": f"<n{i}@example.org>",
+                        "envelope_from": "notices@example.org",
+                        "data": b"x" * 1200,
+                        "state": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": due,
+                        "created_at": due,
+                    }
+                    for i in range(3000)
+                ],
+            )
+            await connection.commit()
+            if postgres:
+                await connection.execute(text("ANALYZE outbox"))
+                await connection.commit()
+            for lease in (False, True) if postgres else (False,):
+                params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
+                if lease:
+                    params["lease"] = NOW + timedelta(seconds=20)
+                # The second step: the one that takes a notice's rows (the first reads the
+                # transactional mail due since the last claim, a few rows).
+                plan = await _database_plan(connection, ledger._DUE[(False, lease)], params)
+                await connection.rollback()
+                assert "ix_outbox_state_next_attempt_at_id" in plan, plan
+                assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
+    finally:
+        await engine.dispose()
+
+
+async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:
+    """The database's own plan for STATEMENT with PARAMS: the SQL and parameters the driver
+    is given, taken as the statement runs (its transaction is the caller's to roll back),
+    then explained."""
+    sent: list[tuple[str, Any]] = []
+
+    def take(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_args: Any) -> None:
+        sent.append((sql, parameters))
+
+    event.listen(connection.sync_connection, "before_cursor_execute", take)
+    try:
+        await connection.execute(statement, params)
+    finally:
+        event.remove(connection.sync_connection, "before_cursor_execute", take)
+    sql, parameters = sent[-1]
+    explain = "EXPLAIN" if connection.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+    rows = await connection.exec_driver_sql(f"{explain} {sql}", parameters)
+    return "\n".join(str(row[-1]) for row in rows)
