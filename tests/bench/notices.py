@@ -568,12 +568,13 @@ async def send_phase(
     from helpdeskd.config.settings import SendRates, SmtpConfig
     from helpdeskd.desk import notices
     from helpdeskd.outbox.sender import OutboxSender
+    from helpdeskd.store.db import engine_of
     from helpdeskd.store.models import Notice, Outbox, OutboxRecipient, utcnow
 
     assert config.smtp is not None and notice_id is not None
     # The queue phase's children wrote the database while this process held a pooled
     # connection opened before; SQLite may have removed the WAL behind it: start afresh.
-    await sessions.kw["bind"].dispose()
+    await engine_of(sessions).dispose()
     # --- keep only the first M rows due ------------------------------------------------------
     send = min(args.send, queued)
     async with sessions() as session, session.begin():
@@ -605,7 +606,7 @@ async def send_phase(
     mails = [(str(s), str(a), bytes(d)) for s, a, d in rows]
     if len(mails) != send:
         raise BenchError(f"expected {send} rendered mails, read {len(mails)}")
-    engine = sessions.kw["bind"]
+    engine = engine_of(sessions)
     if engine.dialect.name == "postgresql":
         # Moving the rows after the first M left as many dead row versions, ahead of the due
         # ones in the claim's index: vacuum them now, as autovacuum would have, so that the
