@@ -11,6 +11,7 @@ mail — follows, on the written rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,10 +324,7 @@ class Writer:
         """Take COUNT ids for new rows of MODEL, so that other rows can refer to them."""
         if not count:
             return []
-        statements = _ALLOCATE.get(model.__tablename__)
-        if statements is None:
-            statements = _ALLOCATE[model.__tablename__] = _allocating(model.__tablename__)
-        next_ids, top_id = statements
+        next_ids, top_id = _allocating(model.__tablename__)
         if self.postgres:
             return list(await self.session.scalars(next_ids, {"count": count}))
         # SQLite: the batch's BEGIN IMMEDIATE holds the write lock, so nobody else can take
@@ -451,6 +449,7 @@ class Writer:
             await opt_out(session, contact, category, "mail")
 
 
+@functools.cache
 def _allocating(table_name: str) -> tuple[Any, Any]:
     """The statements that take ids for TABLE_NAME's new rows: on PostgreSQL the next
     ``:count`` of its sequence, on SQLite its highest id. Built once per table: on PostgreSQL
@@ -461,9 +460,6 @@ def _allocating(table_name: str) -> tuple[Any, Any]:
         func.generate_series(1, bindparam("count", type_=Integer()))
     )
     return next_ids, select(func.max(table.c.id))
-
-
-_ALLOCATE: dict[str, tuple[Any, Any]] = {}
 
 
 async def _update_by_id(

@@ -39,10 +39,11 @@ SessionMaker = async_sessionmaker[AsyncSession]
 SCHEMA_HEAD = "0011"
 
 # Statements the SQLite driver keeps prepared, per connection (its default is 128). Every
-# length of an IN list (a batch's Message-IDs, a claim's rows) is a statement of its own, and
-# long ones are large prepared. In a backlog of 20,000 mails the daemon's peak RSS was 243 MiB
-# with 128 and 196 MiB with 48, at the same speed. With 16, the statements every batch runs
-# were prepared again and again, and the backlog went a third slower.
+# length of an IN list (a batch's Message-IDs) is a statement of its own, and long ones are
+# large prepared; the outbox's lists are one parameter each (store/valuelist.py). In a
+# backlog of 20,000 mails the daemon's peak RSS was 243 MiB with 128 and 196 MiB with 48, at
+# the same speed. With 16, the statements every batch runs were prepared again and again, and
+# the backlog went a third slower.
 SQLITE_STATEMENT_CACHE = 48
 
 
