@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 
 from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import Config
-from helpdeskd.store.db import upgrade
+from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade
 from tests.servers import postgres
 from tests.servers.smtp import SmtpSink
 
@@ -48,6 +48,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
         return
     yield from _pg_database()
+
+
+@pytest.fixture
+async def sessions(db_url: str) -> AsyncIterator[SessionMaker]:
+    """Sessions on a migrated, empty database (SQLite, then PostgreSQL: see db_url)."""
+    engine = create_engine(db_url)
+    try:
+        yield sessionmaker(engine)
+    finally:
+        await engine.dispose()
 
 
 def _pg_database() -> Iterator[str]:

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, event, insert, text
 from sqlalchemy.dialects import sqlite
 
 from helpdeskd.outbox import ledger
-from helpdeskd.store import db
+from helpdeskd.store.db import SessionMaker, engine_of
 from helpdeskd.store.models import Base
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
@@ -59,48 +59,44 @@ def test_a_record_finds_its_rows_by_primary_key(database, name) -> None:
     assert "SEARCH outbox USING INTEGER PRIMARY KEY" in first, plan
 
 
-async def test_a_claim_reads_due_rows_in_index_order(db_url: str) -> None:
+async def test_a_claim_reads_due_rows_in_index_order(sessions: SessionMaker) -> None:
     """A notice's thousands of rows are all due at the same time. Ordered by (next_attempt_at,
     id) on an index of (state, next_attempt_at), each claim on PostgreSQL read and sorted every
     due row (under FOR UPDATE SKIP LOCKED, no top-N sort): a notice to N customers cost
     N²/batch. A claim walks the index in its order and stops at the batch."""
-    engine = db.create_engine(db_url)
-    try:
-        async with engine.connect() as connection:
-            postgres = connection.dialect.name == "postgresql"
-            due = NOW - timedelta(minutes=1)
-            await connection.execute(
-                insert(ledger._OUTBOX),
-                [
-                    {
-                        "kind": "notice",
-                        "message_id": f"<n{i}@example.org>",
-                        "envelope_from": "notices@example.org",
-                        "data": b"x" * 1200,
-                        "state": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": due,
-                        "created_at": due,
-                    }
-                    for i in range(3000)
-                ],
-            )
+    async with engine_of(sessions).connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        due = NOW - timedelta(minutes=1)
+        await connection.execute(
+            insert(ledger._OUTBOX),
+            [
+                {
+                    "kind": "notice",
+                    "message_id": f"<n{i}@example.org>",
+                    "envelope_from": "notices@example.org",
+                    "data": b"x" * 1200,
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": due,
+                    "created_at": due,
+                }
+                for i in range(3000)
+            ],
+        )
+        await connection.commit()
+        if postgres:
+            await connection.execute(text("ANALYZE outbox"))
             await connection.commit()
-            if postgres:
-                await connection.execute(text("ANALYZE outbox"))
-                await connection.commit()
-            for lease in (False, True) if postgres else (False,):
-                params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
-                if lease:
-                    params["lease"] = NOW + timedelta(seconds=20)
-                # The second step: the one that takes a notice's rows (the first reads the
-                # transactional mail due since the last claim, a few rows).
-                plan = await _database_plan(connection, ledger._DUE[(False, lease)], params)
-                await connection.rollback()
-                assert "ix_outbox_state_next_attempt_at_id" in plan, plan
-                assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
-    finally:
-        await engine.dispose()
+        for lease in (False, True) if postgres else (False,):
+            params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
+            if lease:
+                params["lease"] = NOW + timedelta(seconds=20)
+            # The second step: the one that takes a notice's rows (the first reads the
+            # transactional mail due since the last claim, a few rows).
+            plan = await _database_plan(connection, ledger._DUE[(False, lease)], params)
+            await connection.rollback()
+            assert "ix_outbox_state_next_attempt_at_id" in plan, plan
+            assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
 
 
 async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from helpdeskd.store.db import create_engine, sessionmaker
 from helpdeskd.store.models import Notice, Outbox, OutboxRecipient
 from tests.clocks import ManualClock
 from tests.harness import Desk
+from tests.servers.smtp import SmtpSink
 
 START = datetime(2030, 1, 1, tzinfo=UTC)  # years away: only the sender's clock counts
 
@@ -88,6 +89,14 @@ async def _rows(desk: Desk) -> dict[int, Outbox]:
         return {r.id: r for r in await session.scalars(select(Outbox).order_by(Outbox.id))}
 
 
+def _each_sent_once(sink: SmtpSink, rows: dict[int, Outbox], addresses: list[str]) -> None:
+    """Every one of ADDRESSES got its mail once, and every row ended sent after one attempt."""
+    got = sink.by_recipient()
+    assert sorted(got) == sorted(addresses)
+    assert {len(deliveries) for deliveries in got.values()} == {1}
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+
+
 async def _recipient_attempts(desk: Desk) -> dict[str, tuple[str, int]]:
     async with desk.sessions() as session:
         found = await session.execute(
@@ -141,10 +150,7 @@ async def test_two_senders_on_postgresql_never_send_a_row_twice(
             await second.close()
             await other.dispose()
         rows = await _rows(desk)
-    got = smtp_sink.by_recipient()
-    assert sorted(got) == sorted(f"r{n}@example.org" for n in range(240))
-    assert {len(deliveries) for deliveries in got.values()} == {1}
-    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+    _each_sent_once(smtp_sink, rows, [f"r{n}@example.org" for n in range(240)])
     assert first.connections_opened and second.connections_opened  # both sent some
 
 
@@ -496,10 +502,7 @@ async def test_a_pass_records_on_one_connection_and_a_lost_one_loses_no_result(
         await sender.drain(10)
         await sender.close()
         rows = await _rows(desk)
-    got = smtp_sink.by_recipient()
-    assert sorted(got) == sorted(f"r{n}@example.org" for n in range(6))
-    assert {len(deliveries) for deliveries in got.values()} == {1}
-    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
+    _each_sent_once(smtp_sink, rows, [f"r{n}@example.org" for n in range(6)])
 
 
 async def test_an_ack_queued_while_notices_wait_for_their_rate_goes_at_once(make_config, smtp_sink):
