@@ -1,6 +1,6 @@
 """Notice benchmark: queueing a notice to many customers, and sending it through the outbox.
 
-    .venv/bin/python -m tests.bench.notices [--recipients 10000] [--send 2000]
+    .venv/bin/python -m tests.bench.notices [--recipients 10000] [--send 2000] [--rounds 1]
         [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Not a test: pytest never collects it (it is not named ``test_*.py``) and nothing here asserts
@@ -38,7 +38,11 @@ Phases:
    M; on PostgreSQL the dead row versions that move leaves are vacuumed before the arms run,
    as autovacuum would have. Send rate, CPU ms/mail and SQL statements/mail (the raw loops run
    none).
-5. raw arm again; the raw figure used for the ratio is the mean of the two runs.
+5. raw arm again; the raw figure used for the ratio is the mean of the two runs. With
+   ``--rounds R``, phases 4 and 5 run R times, the same M rows made due and untried again (and
+   on PostgreSQL vacuumed) before each sender's arm: a ratio per round, each against the raw
+   runs either side of it, and their median. The first round's sender starts on fresh
+   database connections; later ones on the warm connections of a daemon that has been running.
 6. incident: the first ``--incident`` rows of the notice (default 10,000; 0 skips it) made due
    again at once and their notice an ``incident`` (critical), sent at the default rates
    (``[smtp.rates] critical``, ``[smtp.domain_rates] default``): the time to hand them all to
@@ -62,6 +66,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -597,23 +602,20 @@ async def send_phase(
         )
         rows = (
             await session.execute(
-                select(Outbox.envelope_from, OutboxRecipient.address, Outbox.data)
+                select(Outbox.id, Outbox.envelope_from, OutboxRecipient.address, Outbox.data)
                 .join(OutboxRecipient, OutboxRecipient.outbox_id == Outbox.id)
                 .where(Outbox.notice_id == notice_id, Outbox.next_attempt_at <= utcnow())
                 .order_by(Outbox.next_attempt_at, Outbox.id)
             )
         ).all()
-    mails = [(str(s), str(a), bytes(d)) for s, a, d in rows]
+    ids = [int(row_id) for row_id, _, _, _ in rows]
+    mails = [(str(s), str(a), bytes(d)) for _, s, a, d in rows]
     if len(mails) != send:
         raise BenchError(f"expected {send} rendered mails, read {len(mails)}")
-    engine = engine_of(sessions)
-    if engine.dialect.name == "postgresql":
-        # Moving the rows after the first M left as many dead row versions, ahead of the due
-        # ones in the claim's index: vacuum them now, as autovacuum would have, so that the
-        # sender is measured and not this benchmark's own setup.
-        async with engine.connect() as connection:
-            auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await auto.exec_driver_sql("VACUUM ANALYZE outbox, outbox_recipients")
+    # Moving the rows after the first M left as many dead row versions, ahead of the due ones
+    # in the claim's index: vacuumed now, as autovacuum would have, so that the sender is
+    # measured and not this benchmark's own setup.
+    await _vacuum(sessions)
 
     connections = args.connections or config.smtp.connections
     # Flat out, as the raw loops: no rate (the rates' own phase is the incident's, below).
@@ -640,42 +642,60 @@ async def send_phase(
         say(arm_line(label, send, span) + ", 0 SQL statements/mail")
         return span
 
-    raw1 = await raw("raw aiosmtplib (1)")
-
-    sender = OutboxSender(sessions, flat, recheck=notices.recheck)
-    before_count, before_sql = sink.count(), counter.reading()
-    with measure() as desk:
-        await sender.drain(limit=args.drain_limit)
-    await sender.close()
-    got = sink.count() - before_count
-    sql = counter.reading()
-    states = await _states(sessions, notice_id)
-    if got != send or states.get("sent") != send:
-        raise BenchError(
-            f"helpdeskd: the sink got {got} mails, outbox states {states}, expected {send} "
-            f"sent (raise --drain-limit, now {args.drain_limit:g} s?)"
+    async def desk(label: str) -> Span:
+        sender = OutboxSender(sessions, flat, recheck=notices.recheck)
+        before_count, before_sql = sink.count(), counter.reading()
+        with measure() as span:
+            await sender.drain(limit=args.drain_limit)
+        await sender.close()
+        got = sink.count() - before_count
+        sql = counter.reading()
+        states = await _states(sessions, notice_id)
+        if got != send or states.get("sent") != send:
+            raise BenchError(
+                f"{label}: the sink got {got} mails, outbox states {states}, expected {send} "
+                f"sent (raise --drain-limit, now {args.drain_limit:g} s?)"
+            )
+        say(
+            arm_line(label, send, span)
+            + f", {(sql[0] - before_sql[0]) / send:.2f} SQL statements/mail"
         )
-    say(
-        arm_line("helpdeskd OutboxSender", send, desk)
-        + f", {(sql[0] - before_sql[0]) / send:.2f} SQL statements/mail"
-    )
-    say(
-        f"  {'':<22} {sql[0] - before_sql[0]} SQL statements and {sql[1] - before_sql[1]} "
-        f"COMMITs in all; {sender.connections_opened} SMTP connections opened"
-    )
+        say(
+            f"  {'':<22} {sql[0] - before_sql[0]} SQL statements and {sql[1] - before_sql[1]} "
+            f"COMMITs in all; {sender.connections_opened} SMTP connections opened"
+        )
+        return span
 
-    raw2 = await raw("raw aiosmtplib (2)")
+    raws = [await raw("raw aiosmtplib (1)")]
+    desks: list[Span] = []
+    for n in range(1, args.rounds + 1):
+        if n > 1:  # the same mails again: due and untried, as before the first round
+            async with sessions() as session, session.begin():
+                await _make_due(session, ids, utcnow())
+            await _vacuum(sessions)
+        desks.append(await desk("helpdeskd OutboxSender" + (f" ({n})" if args.rounds > 1 else "")))
+        raws.append(await raw(f"raw aiosmtplib ({n + 1})"))
 
-    raw_rate = (rate(send, raw1.wall) + rate(send, raw2.wall)) / 2
-    raw_cpu = (raw1.cpu + raw2.cpu) / 2
     say()
-    say(
-        f"ratio helpdeskd/raw at {connections} connections: "
-        f"{rate(send, desk.wall) / raw_rate:.3f} by rate "
-        f"({rate(send, desk.wall):.1f} / {raw_rate:.1f} mails/s, raw = mean of both runs); "
-        f"CPU per mail {desk.cpu / max(raw_cpu, 1e-9):.2f}x the raw loop's "
-        f"({1000 * desk.cpu / send:.2f} / {1000 * raw_cpu / send:.2f} ms)"
-    )
+    ratios = []
+    for n, span in enumerate(desks):
+        raw_rate = (rate(send, raws[n].wall) + rate(send, raws[n + 1].wall)) / 2
+        raw_cpu = (raws[n].cpu + raws[n + 1].cpu) / 2
+        ratios.append(rate(send, span.wall) / raw_rate)
+        which = f"round {n + 1}: raw = mean of runs {n + 1} and {n + 2}"
+        say(
+            f"ratio helpdeskd/raw at {connections} connections: "
+            f"{ratios[-1]:.3f} by rate "
+            f"({rate(send, span.wall):.1f} / {raw_rate:.1f} mails/s, "
+            + (which if args.rounds > 1 else "raw = mean of both runs")
+            + f"); CPU per mail {span.cpu / max(raw_cpu, 1e-9):.2f}x the raw loop's "
+            f"({1000 * span.cpu / send:.2f} / {1000 * raw_cpu / send:.2f} ms)"
+        )
+    if args.rounds > 1:
+        say(
+            f"ratio over {args.rounds} rounds: median {statistics.median(ratios):.3f}, "
+            f"{min(ratios):.3f} to {max(ratios):.3f}"
+        )
 
     # --- the whole notice as an incident, at the default rates --------------------------------
     count = min(args.incident, queued)
@@ -694,18 +714,7 @@ async def send_phase(
         await session.execute(
             update(Outbox).where(Outbox.notice_id == notice_id).values(next_attempt_at=now + DAY)
         )
-        for start in range(0, len(chosen), 5000):
-            part = chosen[start : start + 5000]
-            await session.execute(
-                update(Outbox)
-                .where(Outbox.id.in_(part))
-                .values(state="pending", attempts=0, next_attempt_at=now, sent_at=None)
-            )
-            await session.execute(
-                update(OutboxRecipient)
-                .where(OutboxRecipient.outbox_id.in_(part))
-                .values(state="pending", attempts=0, sent_at=None)
-            )
+        await _make_due(session, chosen, now)
         await session.execute(
             update(Notice).where(Notice.id == notice_id).values(category="incident", critical=True)
         )
@@ -734,6 +743,38 @@ async def send_phase(
         f"{1000 * span.cpu / count:.2f} ms/mail, {(sql[0] - before_sql[0]) / count:.2f} SQL "
         f"statements/mail, machine {100 * span.busy:.0f}% busy"
     )
+
+
+async def _make_due(session: Any, ids: list[int], now: Any) -> None:
+    """Make the rows IDS due at NOW and untried, and their recipients pending, in SESSION's
+    transaction (in parts: PostgreSQL takes at most 32,767 parameters in a statement)."""
+    from helpdeskd.store.models import Outbox, OutboxRecipient
+
+    for start in range(0, len(ids), 5000):
+        part = ids[start : start + 5000]
+        await session.execute(
+            update(Outbox)
+            .where(Outbox.id.in_(part))
+            .values(state="pending", attempts=0, next_attempt_at=now, sent_at=None)
+        )
+        await session.execute(
+            update(OutboxRecipient)
+            .where(OutboxRecipient.outbox_id.in_(part))
+            .values(state="pending", attempts=0, sent_at=None)
+        )
+
+
+async def _vacuum(sessions: Any) -> None:
+    """PostgreSQL: vacuum and analyze the outbox's tables (the dead row versions a bulk update
+    of the benchmark's own leaves behind); nothing on SQLite."""
+    from helpdeskd.store.db import engine_of
+
+    engine = engine_of(sessions)
+    if engine.dialect.name != "postgresql":
+        return
+    async with engine.connect() as connection:
+        auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql("VACUUM ANALYZE outbox, outbox_recipients")
 
 
 async def _states(sessions: Any, notice_id: int) -> dict[str, int]:
@@ -839,6 +880,13 @@ def main(argv: list[str] | None = None) -> int:
         help="SMTP connections of both send arms (default: [smtp] connections, 4)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="send arms: R rounds of the sender, each followed by a raw run, the same mails "
+        "made due again before each; a ratio per round and their median (default 1)",
+    )
+    parser.add_argument(
         "--incident",
         type=int,
         default=10_000,
@@ -853,8 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary dir")
     parser.add_argument("--keep", action="store_true", help="keep the temporary dir")
     args = parser.parse_args(argv)
-    if args.recipients < 1 or args.send < 1:
-        parser.error("--recipients and --send must be at least 1")
+    if args.recipients < 1 or args.send < 1 or args.rounds < 1:
+        parser.error("--recipients, --send and --rounds must be at least 1")
 
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
