@@ -66,6 +66,8 @@ class AuthAttempt:
 @dataclass
 class _Handler:
     deliveries: list[Delivery] = field(default_factory=list)
+    received: int = 0  # mails accepted so far, kept in deliveries or not
+    keep: bool = True  # False: count the mails, keep none (a benchmark's sink, which must not grow)
     refuse: dict[str, str] = field(default_factory=dict)  # address -> "450 ..." / "550 ..."
     refuse_domains: dict[str, str] = field(default_factory=dict)  # domain -> "451 ..."
     refused: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) refused
@@ -93,9 +95,14 @@ class _Handler:
             import asyncio
 
             await asyncio.sleep(self.delay)
+        if not self.keep:
+            with self.lock:
+                self.received += 1
+            return "250 Message accepted"
         content = envelope.original_content or b""
         account = session.auth_data if isinstance(session.auth_data, str) else None
         with self.lock:
+            self.received += 1
             self.deliveries.append(
                 Delivery(
                     str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos], content, account
@@ -206,19 +213,31 @@ class _CountingController(Controller):
 
 class SmtpSink:
     def __init__(
-        self, port: int | None = None, *, smtputf8: bool = False, oauth: AuthServer | None = None
+        self,
+        port: int | None = None,
+        *,
+        smtputf8: bool = False,
+        oauth: AuthServer | None = None,
+        keep: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.smtputf8 = smtputf8  # offer SMTPUTF8 (RFC 6531)
         self.oauth = oauth  # require AUTH XOAUTH2 / OAUTHBEARER, checked at this server
         self.handler = _Handler() if oauth is None else _OAuthHandler(oauth=oauth)
+        self.handler.keep = keep  # False: only count the mails (received)
         self._controller: Controller | None = None
 
     @property
     def deliveries(self) -> list[Delivery]:
         with self.handler.lock:
             return list(self.handler.deliveries)
+
+    @property
+    def received(self) -> int:
+        """How many mails the sink accepted since it was made (kept or not)."""
+        with self.handler.lock:
+            return self.handler.received
 
     @property
     def connections(self) -> int:
