@@ -67,7 +67,7 @@ class AuthAttempt:
 class _Handler:
     deliveries: list[Delivery] = field(default_factory=list)
     received: int = 0  # mails accepted so far, kept in deliveries or not
-    keep: bool = True  # False: count the mails, keep none (a benchmark's sink, which must not grow)
+    keep: bool = True  # False: count the mails, keep none (a benchmark's sink must not grow)
     refuse: dict[str, str] = field(default_factory=dict)  # address -> "450 ..." / "550 ..."
     refuse_domains: dict[str, str] = field(default_factory=dict)  # domain -> "451 ..."
     refused: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) refused
@@ -95,19 +95,19 @@ class _Handler:
             import asyncio
 
             await asyncio.sleep(self.delay)
-        if not self.keep:
-            with self.lock:
-                self.received += 1
-            return "250 Message accepted"
         content = envelope.original_content or b""
         account = session.auth_data if isinstance(session.auth_data, str) else None
         with self.lock:
             self.received += 1
-            self.deliveries.append(
-                Delivery(
-                    str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos], content, account
+            if self.keep:
+                self.deliveries.append(
+                    Delivery(
+                        str(envelope.mail_from),
+                        [str(r) for r in envelope.rcpt_tos],
+                        content,
+                        account,
+                    )
                 )
-            )
         return "250 Message accepted"
 
 
