@@ -573,8 +573,6 @@ async def send_phase(
     """Phases 3 to 6: the raw loops, the sender, the raw loops again (the first M rows of the
     notice); then the whole notice as an incident at the default rates."""
     from helpdeskd.config.settings import SendRates, SmtpConfig
-    from helpdeskd.desk import notices
-    from helpdeskd.outbox.sender import OutboxSender
     from helpdeskd.store.db import engine_of
     from helpdeskd.store.models import Notice, Outbox, OutboxRecipient, utcnow
 
@@ -645,28 +643,18 @@ async def send_phase(
         return span
 
     async def desk(label: str) -> Span:
-        sender = OutboxSender(sessions, flat, recheck=notices.recheck)
-        before_count, before_sql = sink.count(), counter.reading()
-        with measure() as span:
-            await sender.drain(limit=args.drain_limit)
-        await sender.close()
-        got = sink.count() - before_count
-        sql = counter.reading()
-        states = await _states(sessions, notice_id)
-        if got != send or states.get("sent") != send:
+        run = await _drain(sessions, flat, sink, counter, args.drain_limit, notice_id)
+        if run.got != send or run.states.get("sent") != send:
             raise BenchError(
-                f"{label}: the sink got {got} mails, outbox states {states}, expected {send} "
-                f"sent (raise --drain-limit, now {args.drain_limit:g} s?)"
+                f"{label}: the sink got {run.got} mails, outbox states {run.states}, expected "
+                f"{send} sent (raise --drain-limit, now {args.drain_limit:g} s?)"
             )
+        say(arm_line(label, send, run.span) + f", {run.statements / send:.2f} SQL statements/mail")
         say(
-            arm_line(label, send, span)
-            + f", {(sql[0] - before_sql[0]) / send:.2f} SQL statements/mail"
+            f"  {'':<22} {run.statements} SQL statements and {run.commits} COMMITs in all; "
+            f"{run.connections} SMTP connections opened"
         )
-        say(
-            f"  {'':<22} {sql[0] - before_sql[0]} SQL statements and {sql[1] - before_sql[1]} "
-            f"COMMITs in all; {sender.connections_opened} SMTP connections opened"
-        )
-        return span
+        return run.span
 
     raws = [await raw("raw aiosmtplib (1)")]
     desks: list[Span] = []
@@ -728,22 +716,55 @@ async def send_phase(
         f"([smtp.rates] critical = {defaults.critical:g}/s, [smtp.domain_rates] default = "
         f"{SmtpConfig.domain_rate:g}/s)"
     )
+    run = await _drain(sessions, smtp, sink, counter, args.drain_limit, notice_id)
+    span = run.span
+    # Both phases took the notice's first rows by id: sent now, those of the larger.
+    if run.got != count or run.states.get("sent") != max(count, send):
+        raise BenchError(f"incident: the sink got {run.got} mails, outbox states {run.states}")
+    say(
+        f"  handed to the relay in {span.wall:.1f} s = {rate(count, span.wall):.1f} mails/s "
+        f"(the rate allows {count / (defaults.critical or 1):.1f} s); CPU "
+        f"{1000 * span.cpu / count:.2f} ms/mail, {run.statements / count:.2f} SQL "
+        f"statements/mail, machine {100 * span.busy:.0f}% busy"
+    )
+
+
+@dataclass
+class Drained:
+    """One drain of the outbox: its span, the mails the sink got, the notice's rows by state,
+    the SQL statements and COMMITs run, and the SMTP connections opened."""
+
+    span: Span
+    got: int
+    states: dict[str, int]
+    statements: int
+    commits: int
+    connections: int
+
+
+async def _drain(
+    sessions: Any, smtp: Any, sink: Sink, counter: StatementCounter, limit: float, notice_id: int
+) -> Drained:
+    """Send what is due with an OutboxSender over SMTP (its rates and connections), as the
+    daemon does (notices' opt-outs looked up again), until nothing is left or LIMIT seconds."""
+    from helpdeskd.desk import notices
+    from helpdeskd.outbox.sender import OutboxSender
+
     sender = OutboxSender(sessions, smtp, recheck=notices.recheck)
     before_count, before_sql = sink.count(), counter.reading()
     with measure() as span:
-        await sender.drain(limit=args.drain_limit)
+        await sender.drain(limit=limit)
     await sender.close()
     got = sink.count() - before_count
     sql = counter.reading()
     states = await _states(sessions, notice_id)
-    # Both phases took the notice's first rows by id: sent now, those of the larger.
-    if got != count or states.get("sent") != max(count, send):
-        raise BenchError(f"incident: the sink got {got} mails, outbox states {states}")
-    say(
-        f"  handed to the relay in {span.wall:.1f} s = {rate(count, span.wall):.1f} mails/s "
-        f"(the rate allows {count / (defaults.critical or 1):.1f} s); CPU "
-        f"{1000 * span.cpu / count:.2f} ms/mail, {(sql[0] - before_sql[0]) / count:.2f} SQL "
-        f"statements/mail, machine {100 * span.busy:.0f}% busy"
+    return Drained(
+        span,
+        got,
+        states,
+        sql[0] - before_sql[0],
+        sql[1] - before_sql[1],
+        sender.connections_opened,
     )
 
 
