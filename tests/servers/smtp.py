@@ -224,8 +224,10 @@ class SmtpSink:
         self.port = port or free_port()
         self.smtputf8 = smtputf8  # offer SMTPUTF8 (RFC 6531)
         self.oauth = oauth  # require AUTH XOAUTH2 / OAUTHBEARER, checked at this server
-        self.handler = _Handler() if oauth is None else _OAuthHandler(oauth=oauth)
-        self.handler.keep = keep  # False: only count the mails (received)
+        # KEEP False: the handler only counts the mails it accepts (received)
+        self.handler = (
+            _Handler(keep=keep) if oauth is None else _OAuthHandler(keep=keep, oauth=oauth)
+        )
         self._controller: Controller | None = None
 
     @property
