@@ -28,7 +28,7 @@ from helpdeskd.desk.privacy import digest, salt
 from helpdeskd.errors import UserError
 from helpdeskd.mail.parse import is_address
 from helpdeskd.store.contacts import ensure_contact
-from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker
+from helpdeskd.store.db import SessionMaker, create_engine, engine_of, sessionmaker
 from helpdeskd.store.models import Contact, ErasedAddress
 
 
@@ -357,7 +357,7 @@ async def test_a_few_statements_a_chunk_and_a_file_broken_half_way_stores_nothin
     rows = "".join(f"customer{i}@x{i % 7}.example,{{plan}}\n" for i in range(1200))
     path.write_text("email,plan\n" + rows.format(plan="basic"))
     statements: list[str] = []
-    engine = sessions.kw["bind"]
+    engine = engine_of(sessions)
 
     def record(_conn, _cursor, statement, _params, _context, _many):  # type: ignore[no-untyped-def]
         statements.append(" ".join(statement.split()[:3]))

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from helpdeskd.clock import system_clock
 from helpdeskd.errors import UserError
 from helpdeskd.outbox.sender import OutboxSender
+from helpdeskd.store.db import engine_of
 from helpdeskd.web.unsubscribe import UnsubscribePages
 from tests.harness import Desk, cli, cli_json
 from tests.mailgen import customer_mail
@@ -548,7 +549,7 @@ async def test_a_notice_that_fails_midway_queues_nothing(crowd, way, renderers):
         if statement.startswith("INSERT INTO outbox_recipients"):
             inserts.append(statement)
 
-    engine = sessions.kw["bind"]
+    engine = engine_of(sessions)
     event.listen(engine.sync_engine, "before_cursor_execute", seen)
     async with sessions.begin() as session:
         if engine.dialect.name == "postgresql":
