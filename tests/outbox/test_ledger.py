@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event, insert, text
+from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.dialects import sqlite
 
 from helpdeskd.outbox import ledger
@@ -117,3 +117,66 @@ async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]
     explain = "EXPLAIN" if connection.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
     rows = await connection.exec_driver_sql(f"{explain} {sql}", parameters)
     return "\n".join(str(row[-1]) for row in rows)
+
+
+async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_pending_again(
+    sessions: SessionMaker,
+) -> None:
+    """A row sent to every recipient it was tried for is sent, at the record's time. One whose
+    failed recipient was made pending again meanwhile (``outbox retry`` of the row while it was
+    in flight) counts the attempt and stays pending, its sent_at untouched, so that recipient
+    still gets the mail."""
+    engine = engine_of(sessions)
+    earlier = NOW - timedelta(hours=1)
+    async with engine.connect() as connection:
+        rows = [
+            {
+                "kind": "notice",
+                "message_id": f"<r{i}@example.org>",
+                "envelope_from": "notices@example.org",
+                "data": b"x",
+                "state": "pending",
+                "attempts": 1,
+                "next_attempt_at": earlier,
+                "created_at": earlier,
+            }
+            for i in range(2)
+        ]
+        ids = list(
+            (
+                await connection.execute(
+                    insert(ledger._OUTBOX).returning(ledger._OUTBOX.c.id), rows
+                )
+            ).scalars()
+        )
+        recipients = [
+            {"outbox_id": ids[0], "address": "a@example.org", "state": "pending", "attempts": 0},
+            {"outbox_id": ids[1], "address": "b@example.org", "state": "pending", "attempts": 0},
+            # failed at the first attempt, made pending again by `outbox retry`
+            {"outbox_id": ids[1], "address": "c@example.org", "state": "pending", "attempts": 0},
+        ]
+        rids = list(
+            (
+                await connection.execute(
+                    insert(ledger._RECIPIENTS).returning(ledger._RECIPIENTS.c.id), recipients
+                )
+            ).scalars()
+        )
+        await connection.commit()
+        results = ledger.Results(sent=rids[:2], sent_rows=ids)
+        async with connection.begin():
+            await ledger.record(connection, results, NOW)
+        found = {
+            row_id: (state, attempts, sent_at, due)
+            for row_id, state, attempts, sent_at, due in await connection.execute(
+                select(
+                    ledger._OUTBOX.c.id,
+                    ledger._OUTBOX.c.state,
+                    ledger._OUTBOX.c.attempts,
+                    ledger._OUTBOX.c.sent_at,
+                    ledger._OUTBOX.c.next_attempt_at,
+                )
+            )
+        }
+    assert found[ids[0]] == ("sent", 2, NOW, NOW)
+    assert found[ids[1]] == ("pending", 2, None, NOW)
