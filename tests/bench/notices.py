@@ -37,7 +37,8 @@ Phases:
    stay in the table (a large queue) but are moved a day ahead, so that ``drain()`` stops after
    M; on PostgreSQL the dead row versions that move leaves are vacuumed before the arms run,
    as autovacuum would have. Send rate, CPU ms/mail and SQL statements/mail (the raw loops run
-   none).
+   none); on PostgreSQL also the server's side (:class:`PgCost`): its backends' CPU per mail,
+   and with ``pg_stat_statements`` the executor's time and WAL per mail, and by statement.
 5. raw arm again; the raw figure used for the ratio is the mean of the two runs. With
    ``--rounds R``, phases 4 and 5 run R times, the same M rows made due and untried again (and
    on PostgreSQL vacuumed) before each sender's arm: a ratio per round, each against the raw
@@ -80,7 +81,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, select, text, update
 
 from tests.bench.databases import Databases
 
@@ -642,8 +643,11 @@ async def send_phase(
         say(arm_line(label, send, span) + ", 0 SQL statements/mail")
         return span
 
+    pg = await PgCost.of(engine_of(sessions))
+    pg_used: list[PgUse] = []
+
     async def desk(label: str) -> Span:
-        run = await _drain(sessions, flat, sink, counter, args.drain_limit, notice_id)
+        run = await _drain(sessions, flat, sink, counter, pg, args.drain_limit, notice_id)
         if run.got != send or run.states.get("sent") != send:
             raise BenchError(
                 f"{label}: the sink got {run.got} mails, outbox states {run.states}, expected "
@@ -654,6 +658,9 @@ async def send_phase(
             f"  {'':<22} {run.statements} SQL statements and {run.commits} COMMITs in all; "
             f"{run.connections} SMTP connections opened"
         )
+        if run.pg is not None:
+            say(pg_line(run.pg, send))
+            pg_used.append(run.pg)
         return run.span
 
     raws = [await raw("raw aiosmtplib (1)")]
@@ -686,6 +693,13 @@ async def send_phase(
             f"ratio over {args.rounds} rounds: median {statistics.median(ratios):.3f}, "
             f"{min(ratios):.3f} to {max(ratios):.3f}"
         )
+    if pg_used and pg_used[0].statements:
+        total = pg_used[0]
+        for use in pg_used[1:]:
+            total = total.add(use)
+        say(f"PostgreSQL's executor over the sender's {len(pg_used)} arm(s), by statement:")
+        for line in pg_statements(total, send * len(pg_used)):
+            say(line)
 
     # --- the whole notice as an incident, at the default rates --------------------------------
     count = min(args.incident, queued)
@@ -716,7 +730,7 @@ async def send_phase(
         f"([smtp.rates] critical = {defaults.critical:g}/s, [smtp.domain_rates] default = "
         f"{SmtpConfig.domain_rate:g}/s)"
     )
-    run = await _drain(sessions, smtp, sink, counter, args.drain_limit, notice_id)
+    run = await _drain(sessions, smtp, sink, counter, pg, args.drain_limit, notice_id)
     span = run.span
     # Both phases took the notice's first rows by id: sent now, those of the larger.
     if run.got != count or run.states.get("sent") != max(count, send):
@@ -727,12 +741,15 @@ async def send_phase(
         f"{1000 * span.cpu / count:.2f} ms/mail, {run.statements / count:.2f} SQL "
         f"statements/mail, machine {100 * span.busy:.0f}% busy"
     )
+    if run.pg is not None:
+        say(pg_line(run.pg, count))
 
 
 @dataclass
 class Drained:
     """One drain of the outbox: its span, the mails the sink got, the notice's rows by state,
-    the SQL statements and COMMITs run, and the SMTP connections opened."""
+    the SQL statements and COMMITs run, the SMTP connections opened, and what PostgreSQL spent
+    (None on SQLite)."""
 
     span: Span
     got: int
@@ -740,10 +757,17 @@ class Drained:
     statements: int
     commits: int
     connections: int
+    pg: PgUse | None
 
 
 async def _drain(
-    sessions: Any, smtp: Any, sink: Sink, counter: StatementCounter, limit: float, notice_id: int
+    sessions: Any,
+    smtp: Any,
+    sink: Sink,
+    counter: StatementCounter,
+    pg: PgCost | None,
+    limit: float,
+    notice_id: int,
 ) -> Drained:
     """Send what is due with an OutboxSender over SMTP (its rates and connections), as the
     daemon does (notices' opt-outs looked up again), until nothing is left or LIMIT seconds."""
@@ -751,12 +775,14 @@ async def _drain(
     from helpdeskd.outbox.sender import OutboxSender
 
     sender = OutboxSender(sessions, smtp, recheck=notices.recheck)
+    pg_before = None if pg is None else await pg.reading()
     before_count, before_sql = sink.count(), counter.reading()
     with measure() as span:
         await sender.drain(limit=limit)
     await sender.close()
     got = sink.count() - before_count
     sql = counter.reading()
+    pg_use = None if pg is None or pg_before is None else pg.spent(pg_before, await pg.reading())
     states = await _states(sessions, notice_id)
     return Drained(
         span,
@@ -765,6 +791,7 @@ async def _drain(
         sql[0] - before_sql[0],
         sql[1] - before_sql[1],
         sender.connections_opened,
+        pg_use,
     )
 
 
@@ -832,6 +859,130 @@ class StatementCounter:
 
     def reading(self) -> tuple[int, int]:
         return self.statements, self.commits
+
+
+# A reading of PostgreSQL's counters: each backend's CPU seconds so far (None: not readable
+# here), and by statement its calls, executor milliseconds and WAL bytes so far.
+PgReading = tuple[dict[int, float] | None, dict[str, tuple[int, float, int]]]
+
+
+@dataclass
+class PgUse:
+    """What PostgreSQL spent over a stretch: its backends' CPU seconds (None: the server's
+    processes cannot be read here), and per statement (with ``pg_stat_statements``) the calls,
+    the executor's milliseconds and the WAL bytes written."""
+
+    cpu: float | None
+    statements: dict[str, tuple[int, float, int]]
+
+    def add(self, other: PgUse) -> PgUse:
+        statements = dict(self.statements)
+        for query, (calls, ms, wal) in other.statements.items():
+            was = statements.get(query, (0, 0.0, 0))
+            statements[query] = (was[0] + calls, was[1] + ms, was[2] + wal)
+        cpu = None if self.cpu is None or other.cpu is None else self.cpu + other.cpu
+        return PgUse(cpu, statements)
+
+
+class PgCost:
+    """PostgreSQL's side of the sender's work, which the sender's own CPU figure leaves out.
+
+    - The CPU of the server's backends for this database, read from ``/proc`` (the server runs
+      on this machine, as in these benchmarks; else not reported).
+    - Per statement, the executor's time and the WAL written, when the server has the
+      ``pg_stat_statements`` library loaded (``shared_preload_libraries``): the extension is
+      then made in the benchmark's own database, which is dropped at the end.
+    """
+
+    def __init__(self, engine: Any, statements: bool) -> None:
+        self.engine = engine
+        self.statements = statements
+
+    @classmethod
+    async def of(cls, engine: Any) -> PgCost | None:
+        """None on SQLite."""
+        if engine.dialect.name != "postgresql":
+            return None
+        async with engine.connect() as connection:
+            auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            loaded = await auto.scalar(select(func.current_setting("shared_preload_libraries")))
+            statements = "pg_stat_statements" in str(loaded)
+            if statements:
+                await auto.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return cls(engine, statements)
+
+    async def reading(self) -> PgReading:
+        """The counters now: the backends of this database, and its statements."""
+        async with self.engine.connect() as connection:
+            pids = list(
+                await connection.scalars(
+                    select(text("pid"))
+                    .select_from(text("pg_stat_activity"))
+                    .where(text("datname = current_database()"))
+                )
+            )
+            found: dict[str, tuple[int, float, int]] = {}
+            if self.statements:
+                rows = await connection.exec_driver_sql(
+                    "SELECT query, calls, total_exec_time, wal_bytes FROM pg_stat_statements "
+                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+                for query, calls, ms, wal in rows:
+                    if "pg_stat_statements" in query:  # this reading's own
+                        continue
+                    was = found.get(query, (0, 0.0, 0))
+                    found[query] = (was[0] + calls, was[1] + ms, was[2] + int(wal))
+        cpu: dict[int, float] = {}
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:  # the server runs elsewhere (or in another PID namespace)
+                return None, found
+            fields = stat[stat.rfind(")") + 2 :].split()
+            cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu, found
+
+    @staticmethod
+    def spent(before: PgReading, after: PgReading) -> PgUse:
+        """What was spent from BEFORE to AFTER, two readings. A backend that started meanwhile
+        counts from nothing; one that ended meanwhile is not counted."""
+        cpu = None
+        if before[0] is not None and after[0] is not None:
+            cpu = sum(now - before[0].get(pid, 0.0) for pid, now in after[0].items())
+        statements = {}
+        for query, (calls, ms, wal) in after[1].items():
+            was = before[1].get(query, (0, 0.0, 0))
+            if calls > was[0]:
+                statements[query] = (calls - was[0], ms - was[1], wal - was[2])
+        return PgUse(cpu, statements)
+
+
+def pg_line(use: PgUse, count: int) -> str:
+    """One line: PostgreSQL's CPU and executor time per mail."""
+    cpu = "n/a" if use.cpu is None else f"{1e6 * use.cpu / max(1, count):.0f} us/mail"
+    line = f"  {'':<22} PostgreSQL: backends' CPU {cpu}"
+    if use.statements:
+        ms = sum(ms for _, ms, _ in use.statements.values())
+        wal = sum(wal for _, _, wal in use.statements.values())
+        line += (
+            f", executor {1000 * ms / max(1, count):.0f} us/mail, "
+            f"WAL {wal / max(1, count):.0f} bytes/mail"
+        )
+    return line
+
+
+def pg_statements(use: PgUse, count: int, top: int = 8) -> list[str]:
+    """The statements that took the executor longest, per mail."""
+    lines = []
+    ranked = sorted(use.statements.items(), key=lambda item: -item[1][1])
+    for query, (calls, ms, wal) in ranked[:top]:
+        shown = " ".join(query.split())
+        shown = shown if len(shown) <= 90 else shown[:87] + "..."
+        lines.append(
+            f"    {1000 * ms / max(1, count):6.1f} us/mail {calls / max(1, count):5.3f} calls/mail "
+            f"WAL {wal / max(1, count):6.0f} B/mail  {shown}"
+        )
+    return lines
 
 
 def rate(count: int, seconds: float) -> float:
