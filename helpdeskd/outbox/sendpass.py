@@ -14,7 +14,7 @@ import collections
 import contextlib
 import math
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -82,6 +82,9 @@ class SendPass:
         self.loop = asyncio.get_running_loop()
         self.pool: list[Mail] = []  # claimed, not yet handed to a connection, in order
         self.results = Results()
+        # One per customer's or agent's mail whose result is in self.results: resolved when
+        # the record that holds that result ends (with its error, None when it was written).
+        self.recording: list[asyncio.Future[BaseException | None]] = []
         self.handled = 0
         self.idle: collections.deque[asyncio.Future[None]] = collections.deque()
         self.halted = False
@@ -418,29 +421,39 @@ class SendPass:
 
     # --- connections ---------------------------------------------------------------------
 
-    async def _recorded(self) -> None:
-        """Before a customer's or an agent's mail goes: wait until every result so far is
-        recorded. Each connection then holds at most one such mail sent and not recorded, so a
-        crash sends again at most one per connection (SQLite's write lock, held by a backlog's
-        ingest, must not let sent mail pile up unrecorded)."""
-        while self.refill and not self.finished:
+    async def _recorded(self, last: asyncio.Future[BaseException | None] | None) -> None:
+        """Before a customer's or an agent's mail goes: wait until the last such mail this
+        connection sent (LAST: the record that holds its result) is recorded. Each connection
+        then holds at most one such mail sent and not recorded, so a crash sends again at most
+        one per connection (SQLite's write lock, held by a backlog's ingest, must not let sent
+        mail pile up unrecorded). Only its own: a connection that waited for the others'
+        results too waited for a second record whenever theirs came during the first, and
+        through a backlog on PostgreSQL acknowledgements fell behind the mail they answer."""
+        if last is None or not self.refill:
+            return
+        while not last.done():
             task = self.flushing
-            if task is not None and not task.done():
-                await asyncio.wait([task])
-                continue
-            if task is not None and task.cancelled():
-                return
-            if task is not None and task.exception() is not None:
-                task.result()  # the record failed: nothing more is sent, the pass fails with it
-            if not (self.urgent and len(self.results)):
-                return
-            self._flush_due()
-            if self.flushing is task:
-                return  # no record could start
+            if task is not None and task.done():
+                if not task.cancelled() and task.exception() is not None:
+                    task.result()  # a record failed: none is started after it (_flush_due)
+                await asyncio.wait([last])  # the next record holds it (it is urgent)
+            else:
+                waits: list[asyncio.Future[Any]] = [last] if task is None else [last, task]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        error = last.result()
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            raise error  # the record failed: nothing more is sent, the pass fails with it
+
+    def _recording(self) -> asyncio.Future[BaseException | None]:
+        """A future resolved when the record that holds the result noted last ends."""
+        waiter: asyncio.Future[BaseException | None] = self.loop.create_future()
+        self.recording.append(waiter)
+        return waiter
 
     async def _work(self, relay: Relay) -> None:
         """Send mail over RELAY until there is none left (or the pass halts)."""
         sender = self.sender
+        last: asyncio.Future[BaseException | None] | None = None  # its last such mail's record
         while (picked := await self._next()) is not None:
             mail, go, held = picked
             row = mail.row
@@ -459,7 +472,7 @@ class SendPass:
                 continue
             if mail.kind == "transactional":
                 try:
-                    await self._recorded()
+                    await self._recorded(last)
                 except BaseException:
                     self.pool.insert(0, mail)  # untried: it goes back with the rest
                     raise
@@ -502,6 +515,8 @@ class SendPass:
                     result.throttled,
                 )
             self._done(mail, result, held, sender.clock())
+            if mail.kind == "transactional":
+                last = self._recording()
 
     def _halt(self, mail: Mail) -> None:
         """Stop handing out mail; MAIL, untried, goes back with the rest."""
@@ -653,18 +668,24 @@ class SendPass:
         sender = self.sender
         async with self.writing:
             results, self.results = self.results, Results()
+            waiters, self.recording = self.recording, []
             self.oldest, self.urgent = None, False
             sent, self.notices_sent = self.notices_sent, {}
             for notice_id, count in sent.items():
                 log.info("notice_mail_sent", notice=notice_id, mails=count)
-            if not len(results):
-                return
+            error: BaseException | None = None
             try:
-                await self._record(results)
-            except BaseException:
+                if len(results):
+                    await self._record(results)
+                    sender._held.difference_update(results.row_ids())
+            except BaseException as exc:
                 sender._unrecorded.merge(results)  # the next pass records them
+                error = exc
                 raise
-            sender._held.difference_update(results.row_ids())
+            finally:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(error)
         if self.refill and self.oldest is not None:  # results came meanwhile: their turn
             wait = 0.0 if self.urgent else FLUSH_AGE - (self.loop.time() - self.oldest)
             self.loop.call_later(max(0.0, wait), self._flush_due)

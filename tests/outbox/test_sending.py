@@ -430,6 +430,52 @@ async def test_claims_and_records_interleaved_never_send_a_row_twice(
     assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}
 
 
+async def test_a_connection_waits_for_the_record_of_its_own_last_ack_only(
+    make_config, smtp_sink, monkeypatch
+):
+    """Before a customer's or an agent's mail goes, the last one its connection sent is
+    recorded: a crash sends again at most one per connection. A connection does not wait for
+    the others' mail: it sends while a mail another one sent is still being recorded (waiting
+    for all of them, acknowledgements fell behind their mail through a backlog)."""
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 4})
+    smtp = replace(config.smtp, domain_rate=None)
+    recorded: set[int] = set()  # rows whose result is committed
+    sent_by: dict[int, list[int]] = {}  # each connection's rows, as it sent them
+    unrecorded_own: list[int] = []  # a connection's mail found unrecorded when it sent again
+    others_unrecorded: list[int] = []  # rows another connection had not seen recorded yet
+    record = sendpass.SendPass._record
+    transmit = OutboxSender._transmit
+
+    async def slow_record(self: sendpass.SendPass, results: ledger.Results) -> None:
+        await asyncio.sleep(0.03)  # a database busy with a backlog's ingest
+        await record(self, results)
+        recorded.update(results.row_ids())
+
+    async def watched(self: OutboxSender, relay: Any, row: Any, *args: Any) -> Any:
+        mine = sent_by.setdefault(id(relay), [])
+        unrecorded_own.extend(r for r in mine if r not in recorded)
+        for key, rows in sent_by.items():
+            if key != id(relay):
+                others_unrecorded.extend(r for r in rows if r not in recorded)
+        result = await transmit(self, relay, row, *args)
+        mine.append(row.row_id)
+        return result
+
+    monkeypatch.setattr(sendpass.SendPass, "_record", slow_record)
+    monkeypatch.setattr(OutboxSender, "_transmit", watched)
+    async with Desk(config) as desk:
+        addresses = [f"r{n}@example.org" for n in range(40)]
+        await _queue_many(desk, [[a] for a in addresses], due=datetime.now(UTC))
+        sender = OutboxSender(desk.sessions, smtp)
+        await sender.drain(60)
+        await sender.close()
+        rows = await _rows(desk)
+    _each_sent_once(smtp_sink, rows, addresses)
+    assert len(sent_by) == 4
+    assert unrecorded_own == []
+    assert others_unrecorded  # the connections did not wait for each other
+
+
 async def test_mail_queued_as_a_pass_finishes_is_left_to_the_next_pass(
     make_config, smtp_sink, monkeypatch
 ):
