@@ -432,14 +432,15 @@ class SendPass:
         if last is None or not self.refill:
             return
         while not last.done():
-            task = self.flushing
-            if task is not None and task.done():
-                if not task.cancelled() and task.exception() is not None:
-                    task.result()  # a record failed: none is started after it (_flush_due)
-                await asyncio.wait([last])  # the next record holds it (it is urgent)
-            else:
-                waits: list[asyncio.Future[Any]] = [last] if task is None else [last, task]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            # LAST is the running record's, or the next one's (it is urgent); a record that
+            # failed starts none after it (_flush_due), so the pass fails with it.
+            waits: list[asyncio.Future[Any]] = [last]
+            if (task := self.flushing) is not None:
+                if not task.done():
+                    waits.append(task)
+                elif not task.cancelled() and task.exception() is not None:
+                    task.result()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         error = last.result()
         if error is not None and not isinstance(error, asyncio.CancelledError):
             raise error  # the record failed: nothing more is sent, the pass fails with it
