@@ -933,13 +933,14 @@ class PgCost:
                     was = found.get(query, (0, 0.0, 0))
                     found[query] = (was[0] + calls, was[1] + ms, was[2] + int(wal))
         cpu: dict[int, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
         for pid in pids:
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:  # the server runs elsewhere (or in another PID namespace)
                 return None, found
             fields = stat[stat.rfind(")") + 2 :].split()
-            cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
         return cpu, found
 
     @staticmethod

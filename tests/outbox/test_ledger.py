@@ -68,20 +68,7 @@ async def test_a_claim_reads_due_rows_in_index_order(sessions: SessionMaker) -> 
         postgres = connection.dialect.name == "postgresql"
         due = NOW - timedelta(minutes=1)
         await connection.execute(
-            insert(ledger._OUTBOX),
-            [
-                {
-                    "kind": "notice",
-                    "message_id": f"<n{i}@example.org>",
-                    "envelope_from": "notices@example.org",
-                    "data": b"x" * 1200,
-                    "state": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": due,
-                    "created_at": due,
-                }
-                for i in range(3000)
-            ],
+            insert(ledger._OUTBOX), _pending_rows(3000, due, data=b"x" * 1200, attempts=0)
         )
         await connection.commit()
         if postgres:
@@ -97,6 +84,23 @@ async def test_a_claim_reads_due_rows_in_index_order(sessions: SessionMaker) -> 
             await connection.rollback()
             assert "ix_outbox_state_next_attempt_at_id" in plan, plan
             assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
+
+
+def _pending_rows(count: int, due: datetime, *, data: bytes, attempts: int) -> list[dict[str, Any]]:
+    """COUNT pending outbox rows of a notice, due at DUE, each with DATA as its mail."""
+    return [
+        {
+            "kind": "notice",
+            "message_id": f"<n{i}@example.org>",
+            "envelope_from": "notices@example.org",
+            "data": data,
+            "state": "pending",
+            "attempts": attempts,
+            "next_attempt_at": due,
+            "created_at": due,
+        }
+        for i in range(count)
+    ]
 
 
 async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:
@@ -129,19 +133,7 @@ async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_
     engine = engine_of(sessions)
     earlier = NOW - timedelta(hours=1)
     async with engine.connect() as connection:
-        rows = [
-            {
-                "kind": "notice",
-                "message_id": f"<r{i}@example.org>",
-                "envelope_from": "notices@example.org",
-                "data": b"x",
-                "state": "pending",
-                "attempts": 1,
-                "next_attempt_at": earlier,
-                "created_at": earlier,
-            }
-            for i in range(2)
-        ]
+        rows = _pending_rows(2, earlier, data=b"x", attempts=1)
         ids = list(
             (
                 await connection.execute(
