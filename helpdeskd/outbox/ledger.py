@@ -131,9 +131,9 @@ async def _step(
         params["since"] = since
     connection = await session.connection()
     if lease is None:
-        found = await connection.execute(statement, params)
+        found = (await connection.execute(statement, params)).all()
         return [(row_id, size or 0, None) for row_id, size in found]
-    found = await connection.execute(statement, {**params, "lease": lease})
+    found = (await connection.execute(statement, {**params, "lease": lease})).all()
     rows = [(row_id, size or 0, due) for row_id, size, due in found]
     rows.sort(key=lambda r: (r[2], r[0]))  # RETURNING keeps no order
     return rows
@@ -235,7 +235,7 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
         expires,
         tries,
         next_attempt_at,
-    ) in await connection.execute(_LOAD, {"ids": ids}):
+    ) in (await connection.execute(_LOAD, {"ids": ids})).all():
         rows[row_id] = Claimed(
             row_id,
             kind,
@@ -250,7 +250,8 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
             due[row_id] or next_attempt_at,
             tries,
         )
-    for outbox_id, address, rcpt_id in await connection.execute(_LOAD_RECIPIENTS, {"ids": ids}):
+    recipients = (await connection.execute(_LOAD_RECIPIENTS, {"ids": ids})).all()
+    for outbox_id, address, rcpt_id in recipients:
         rows[outbox_id].recipients[address] = rcpt_id
     return [rows[i] for i in ids if i in rows]
 
