@@ -1,11 +1,12 @@
 """The outbox table's side of sending: claim due rows in batches, put rows back, record results.
 
 Claiming. :func:`claim` takes up to a batch of due rows in two steps: first the transactional
-mail (anything that is not a notice) that became due since the last claim, then the rest, the
-longest due first. Rows of a big notice due at once therefore never hold an acknowledgement
-back; and the first step reads only the rows due since the last claim (a watermark), not the
-whole backlog, so its cost does not grow with a notice's size. A row missed by the first step
-(due before the watermark, or under another daemon's lock at the time) is taken by the second.
+mail (anything that is not a notice), then the rest, each the longest due first. Rows of a big
+notice due at once therefore never hold an acknowledgement back. The first step walks an index
+of the pending transactional rows only (``ix_outbox_transactional_due``), so its cost does not
+grow with a notice's size, and it finds every such row due, whenever it was committed: a batch
+that stored its acknowledgements, due when it began, after a claim had run meanwhile is read
+like any other. (A row under another daemon's lock at the time is taken by a later claim.)
 
 - PostgreSQL serves several daemons: each step is one ``UPDATE … RETURNING`` over a
   ``SELECT … FOR UPDATE SKIP LOCKED`` that moves the rows' ``next_attempt_at`` to a lease, and
@@ -29,7 +30,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, exists, func, insert, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from helpdeskd.store.models import Base, Event, Notice, Outbox, OutboxRecipient
@@ -63,38 +74,33 @@ class Claimed:
     recipients: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class Claim:
-    """What one claim took, and where its first step got to."""
-
-    rows: list[Claimed]
-    watermark: datetime | None
-
-
 # --- claiming ----------------------------------------------------------------------------
 
 
 def _due(*, first: bool, lease: bool) -> Any:
     """The rows due at ``:now`` but ``:exclude``, longest due first, at most ``:limit``; FIRST:
-    only transactional mail that became due at ``:since`` or later. Their id and size; with
-    LEASE, leased until ``:lease`` and when they were due (SQLite's rows bring that along when
-    they are loaded). Built once: a claim only binds its values."""
+    only transactional mail. Their id and size; with LEASE, leased until ``:lease`` and when
+    they were due (SQLite's rows bring that along when they are loaded). Built once: a claim
+    only binds its values."""
     columns: list[Any] = [_OUTBOX.c.id, func.length(_OUTBOX.c.data).label("size")]
     if lease:
         columns.append(_OUTBOX.c.next_attempt_at.label("due"))
+    if first:
+        # The terms of the index of the pending transactional rows, as its own are written
+        # (models.TRANSACTIONAL_DUE). Expressions, so that no other index serves them (SQLite,
+        # without statistics, took the notice_id index); no bound value, so that a plan made
+        # for any value of a parameter (asyncpg prepares each statement once) can use it.
+        which = [
+            func.coalesce(_OUTBOX.c.state, literal_column("''")) == literal_column("'pending'"),
+            func.coalesce(_OUTBOX.c.notice_id, literal_column("0")) == literal_column("0"),
+        ]
+    else:
+        which = [_OUTBOX.c.state == "pending"]
     query = select(*columns).where(
-        _OUTBOX.c.state == "pending",
+        *which,
         _OUTBOX.c.next_attempt_at <= bindparam("now", type_=_TIME),
         none_of(_OUTBOX.c.id, values("exclude", "int")),
     )
-    if first:
-        # coalesce(): an expression, so that the planner walks the (state, next_attempt_at, id)
-        # index over the few rows due since :since, not the notice_id index over every
-        # transactional row ever sent.
-        query = query.where(
-            _OUTBOX.c.next_attempt_at >= bindparam("since", type_=_TIME),
-            func.coalesce(_OUTBOX.c.notice_id, 0) == 0,
-        )
     query = query.order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id).limit(bindparam("limit"))
     if not lease:
         return query
@@ -119,16 +125,14 @@ async def _step(
     now: datetime,
     limit: int,
     *,
-    since: datetime | None,
+    first: bool,
     exclude: Collection[int],
     lease: datetime | None,
 ) -> list[tuple[int, int, datetime | None]]:
     """One step of a claim: (id, size, due or None) of up to LIMIT due rows, longest due
-    first; with SINCE, the first step's (transactional mail due since then)."""
-    statement = _DUE[(since is not None, lease is not None)]
+    first; FIRST: the first step's (transactional mail only)."""
+    statement = _DUE[(first, lease is not None)]
     params = {"now": now, "exclude": list(exclude), "limit": limit}
-    if since is not None:
-        params["since"] = since
     connection = await session.connection()
     if lease is None:
         found = (await connection.execute(statement, params)).all()
@@ -145,21 +149,19 @@ async def claim(
     *,
     limit: int,
     max_bytes: int,
-    since: datetime | None,
     exclude: Collection[int] = (),
     lease: datetime | None = None,
     rest: bool = True,
-) -> Claim:
+) -> list[Claimed]:
     """Claim up to LIMIT rows due at NOW in SESSION's transaction, at most MAX_BYTES of mail
-    (at least one row); with LEASE (PostgreSQL), leased until then. SINCE is the watermark of
-    the last claim's first step (None: never claimed). Without REST, only the first step:
-    transactional mail newly due."""
-    first = await _step(session, now, limit, since=since or _EPOCH, exclude=exclude, lease=lease)
+    (at least one row); with LEASE (PostgreSQL), leased until then. Without REST, only the
+    first step: transactional mail."""
+    first = await _step(session, now, limit, first=True, exclude=exclude, lease=lease)
     others: list[tuple[int, int, datetime | None]] = []
     if rest and len(first) < limit:
         taken = {row_id for row_id, _, _ in first}
         others = await _step(
-            session, now, limit - len(first), since=None, exclude={*exclude, *taken}, lease=lease
+            session, now, limit - len(first), first=False, exclude={*exclude, *taken}, lease=lease
         )
     chosen: dict[int, datetime | None] = {}
     extra: list[tuple[int, datetime]] = []
@@ -173,16 +175,7 @@ async def claim(
             chosen[row_id] = due
     if extra:
         await release(session, extra)
-    rows = await _load(session, chosen)
-    # Where the first step got to: NOW if it took every row there was, else the last it took
-    # (the next claim looks again from there); as it was if rows of it did not fit.
-    watermark = since
-    if len(first) < limit:
-        watermark = now
-    elif all(row_id in chosen for row_id, _, _ in first):
-        loaded = {row.row_id: row.due for row in rows}
-        watermark = max((loaded[r] for r, _, _ in first if r in loaded), default=since)
-    return Claim(rows, watermark)
+    return await _load(session, chosen)
 
 
 _LOAD = (
@@ -254,9 +247,6 @@ async def _load(session: AsyncSession, due: dict[int, datetime | None]) -> list[
     for outbox_id, address, rcpt_id in recipients:
         rows[outbox_id].recipients[address] = rcpt_id
     return [rows[i] for i in ids if i in rows]
-
-
-_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
 def _pending_rows(ids: Any) -> Any:

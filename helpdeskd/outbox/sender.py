@@ -229,7 +229,6 @@ class OutboxSender:
         self._login_retry_at: datetime | None = None  # no sending before it (a failed login)
         self._relay_failures = 0
         self._relay_retry_at: datetime | None = None  # no sending before it (relay unreachable)
-        self._watermark: datetime | None = None  # where the last claim's first step got to
         self._held: set[int] = set()  # rows claimed and not yet recorded (SQLite: excluded)
         self._unrecorded = Results()  # results a failed pass could not record
         self._leasing: bool | None = None  # PostgreSQL: claims lease their rows

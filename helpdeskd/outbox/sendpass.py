@@ -2,9 +2,9 @@
 
 :class:`helpdeskd.outbox.sender.OutboxSender` runs one :class:`SendPass` after another (the
 steps and guarantees are told there). A pass reads and updates what outlives it, the sender's:
-the rows in hand, the results a failed pass could not record, the claim's watermark, and the
-backoff of a failed login or an unreachable relay. The mails it holds, and which of them may go
-now, are :mod:`helpdeskd.outbox.pool`'s.
+the rows in hand, the results a failed pass could not record, and the backoff of a failed login
+or an unreachable relay. The mails it holds, and which of them may go now, are
+:mod:`helpdeskd.outbox.pool`'s.
 """
 
 from __future__ import annotations
@@ -243,24 +243,22 @@ class SendPass:
         async with sender._claiming() as session:
             lease = now + timedelta(seconds=LEASE)
             started = self.loop.time()
-            claim = await ledger.claim(
+            claimed = await ledger.claim(
                 session,
                 now,
                 limit=CLAIM_BATCH,
                 max_bytes=CLAIM_BYTES,
-                since=sender._watermark,
                 exclude=held,
                 lease=lease if sender._leasing else None,
                 rest=fifo,
             )
-            mails = [in_hand(row, t, self.last_claim) for row in claim.rows]
+            mails = [in_hand(row, t, self.last_claim) for row in claimed]
             await self._recheck(session, mails, now)
-        sender._watermark = claim.watermark
-        sender._held.update(row.row_id for row in claim.rows)
-        if sender._leasing and claim.rows:
+        sender._held.update(row.row_id for row in claimed)
+        if sender._leasing and claimed:
             self.renewed = min(self.renewed, started)  # the oldest lease not yet renewed
         if fifo:
-            self.exhausted = not claim.rows
+            self.exhausted = not claimed
         fresh = []
         for mail in mails:
             if mail.row.recipients:

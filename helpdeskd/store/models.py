@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -277,12 +278,23 @@ class MailboxState(Base):
     alerted_at: Mapped[datetime | None] = mapped_column()  # agents told it is failing
 
 
+TRANSACTIONAL_DUE = "coalesce(state, '') = 'pending' AND coalesce(notice_id, 0) = 0"
+
+
 class Outbox(Base):
     """A fully rendered outgoing mail, written in the transaction that caused it."""
 
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_state_next_attempt_at_id", "state", "next_attempt_at", "id"),
+        # The pending transactional mail only: a claim's first step walks it (outbox.ledger).
+        Index(
+            "ix_outbox_transactional_due",
+            "next_attempt_at",
+            "id",
+            sqlite_where=text(TRANSACTIONAL_DUE),
+            postgresql_where=text(TRANSACTIONAL_DUE),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -78,12 +78,49 @@ async def test_a_claim_reads_due_rows_in_index_order(sessions: SessionMaker) -> 
             params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
             if lease:
                 params["lease"] = NOW + timedelta(seconds=20)
-            # The second step: the one that takes a notice's rows (the first reads the
-            # transactional mail due since the last claim, a few rows).
+            # The second step: the one that takes a notice's rows.
             plan = await _database_plan(connection, ledger._DUE[(False, lease)], params)
             await connection.rollback()
             assert "ix_outbox_state_next_attempt_at_id" in plan, plan
             assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
+
+
+async def test_a_claims_first_step_reads_the_pending_transactional_mail_alone(
+    sessions: SessionMaker,
+) -> None:
+    """The first step takes every transactional mail due, however long ago it became due (a
+    batch commits its acknowledgements after a claim may have run), without walking the rows
+    of a notice queued beside them: on the partial index of the pending transactional rows.
+    On PostgreSQL also in the plan it keeps for any values of the parameters (asyncpg prepares
+    each statement once), which could not use the index if the state were a parameter."""
+    async with engine_of(sessions).connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        due = NOW - timedelta(minutes=1)
+        notice = (
+            await connection.execute(
+                insert(ledger._NOTICES).returning(ledger._NOTICES.c.id),
+                {"category": "survey", "template": "t", "audience": "all", "critical": False},
+            )
+        ).scalar_one()
+        rows = _pending_rows(3000, due, data=b"x" * 1200, attempts=0)
+        for n, row in enumerate(rows):  # a notice's, and a hundred acknowledgements
+            row["notice_id"] = notice if n < 2900 else None
+        await connection.execute(insert(ledger._OUTBOX), rows)
+        await connection.commit()
+        if postgres:
+            await connection.execute(text("ANALYZE outbox"))
+            await connection.commit()
+        for lease in (False, True) if postgres else (False,):
+            params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
+            if lease:
+                params["lease"] = NOW + timedelta(seconds=20)
+            plans = [await _database_plan(connection, ledger._DUE[(True, lease)], params)]
+            await connection.rollback()
+            if postgres:
+                plans.append(await _generic_plan(connection, ledger._DUE[(True, lease)], params))
+            for plan in plans:
+                assert "ix_outbox_transactional_due" in plan, plan
+                assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
 
 
 def _pending_rows(count: int, due: datetime, *, data: bytes, attempts: int) -> list[dict[str, Any]]:
@@ -121,6 +158,43 @@ async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]
     explain = "EXPLAIN" if connection.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
     rows = await connection.exec_driver_sql(f"{explain} {sql}", parameters)
     return "\n".join(str(row[-1]) for row in rows)
+
+
+async def _generic_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:
+    """PostgreSQL's plan for STATEMENT made for any values of its parameters, as a prepared
+    statement keeps once it has run a few times."""
+    sent: list[tuple[str, Any]] = []
+
+    def take(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_args: Any) -> None:
+        sent.append((sql, parameters))
+
+    event.listen(connection.sync_connection, "before_cursor_execute", take)
+    try:
+        await connection.execute(statement, params)
+    finally:
+        event.remove(connection.sync_connection, "before_cursor_execute", take)
+        await connection.rollback()
+    sql, parameters = sent[-1]
+    await connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    await connection.exec_driver_sql(f"PREPARE claim_step AS {sql}")
+    try:
+        arguments = ", ".join(_literal(value) for value in parameters)
+        rows = await connection.exec_driver_sql(f"EXPLAIN EXECUTE claim_step({arguments})")
+        return "\n".join(str(row[-1]) for row in rows)
+    finally:
+        await connection.rollback()
+        await connection.exec_driver_sql("DEALLOCATE claim_step")
+        await connection.exec_driver_sql("RESET plan_cache_mode")
+        await connection.commit()
+
+
+def _literal(value: Any) -> str:
+    """VALUE (a claim's parameter: a time, a list of ids, a number) as SQL."""
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, list):
+        return f"ARRAY[{', '.join(str(int(v)) for v in value)}]::integer[]"
+    return str(int(value))
 
 
 async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_pending_again(

@@ -576,6 +576,35 @@ async def test_an_ack_queued_while_notices_wait_for_their_rate_goes_at_once(make
     assert [d.recipients for d in smtp_sink.deliveries][1] == ["ack@example.org"]
 
 
+async def test_an_ack_due_before_the_last_claim_goes_at_once_while_the_pool_is_full(
+    make_config, smtp_sink
+):
+    """A batch stores its acknowledgements due when it began, and commits them when it ends: a
+    claim may have run in between. Such an acknowledgement goes as soon as the processor wakes
+    the sender, even while the pool is full of mail waiting for its domain's turn. (The first
+    step of a claim read only what became due since the claim before, and the second does not
+    run while the pool is full: through a backlog such acknowledgements waited until its end.)"""
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, domain_rates=(("slow.example", 5.0),))
+    stop = asyncio.Event()
+    async with Desk(config) as desk:
+        began = datetime.now(UTC)
+        await _queue_many(desk, [[f"s{n}@slow.example"] for n in range(150)], due=began)
+        # All 150 held in the pool for their turns (30 s): the pool stays full for 10 s.
+        sender = OutboxSender(desk.sessions, smtp, idle_poll=30, hold=60)
+        running = asyncio.create_task(sender.run(stop))
+        try:
+            await _until(lambda: len(smtp_sink.deliveries) >= 1)
+            await asyncio.sleep(0.3)  # claims have run since the batch began
+            await _queue(desk, ["ack@example.org"], due=began)
+            sender.wakeup.set()  # as the processor does once the batch is committed
+            await _until(lambda: "ack@example.org" in smtp_sink.by_recipient(), seconds=2)
+        finally:
+            stop.set()
+            await running
+    assert len(smtp_sink.deliveries) < 150  # the slow domain's mail was still waiting
+
+
 async def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
     """Wait until CONDITION holds (the sink works in another thread), SECONDS at most."""
     for _ in range(int(seconds / 0.02)):
