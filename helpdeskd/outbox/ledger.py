@@ -334,6 +334,21 @@ class Results:
         ):
             getattr(self, name).extend(getattr(other, name))
 
+    def sent_only(self) -> bool:
+        """Whether these are all of the common kind: recipients sent, and their rows sent to
+        all they were tried for (:func:`record_sent` writes them in one statement)."""
+        return bool(self.sent_rows) and not (
+            self.failed
+            or self.deferred
+            or self.skipped
+            or self.done
+            or self.settled
+            or self.retry
+            or self.expired
+            or self.released
+            or self.events
+        )
+
     def row_ids(self) -> set[int]:
         return {
             *self.sent_rows,
@@ -436,6 +451,43 @@ _RETRY = (
         ),
     )
 )
+
+
+# PostgreSQL: the common record, recipients sent and their rows sent to all they were tried for,
+# in one statement. Its recipients' update is a CTE: the rows' update reads the table as it was
+# before the statement (a CTE's changes are not seen), so a row stays pending when a recipient is
+# left pending besides those it marks sent (one made pending again by `outbox retry`).
+_RIDS = values("rids", "int")
+_LEFT_PENDING = exists().where(
+    _RECIPIENTS.c.outbox_id == _OUTBOX.c.id,
+    _RECIPIENTS.c.state == "pending",
+    none_of(_RECIPIENTS.c.id, _RIDS),
+)
+_SENT_AT_ONCE = (
+    update(_OUTBOX)
+    .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
+    .values(
+        attempts=_OUTBOX.c.attempts + 1,
+        next_attempt_at=_NOW,
+        state=case((_LEFT_PENDING, "pending"), else_="sent"),
+        sent_at=case((_LEFT_PENDING, _OUTBOX.c.sent_at), else_=_NOW),
+    )
+    .add_cte(
+        update(_RECIPIENTS)
+        .where(one_of(_RECIPIENTS.c.id, _RIDS), _RECIPIENTS.c.state == "pending")
+        .values(state="sent", attempts=_RECIPIENTS.c.attempts + 1, sent_at=_NOW)
+        .returning(_RECIPIENTS.c.id)
+        .cte("sent")
+    )
+)
+
+
+async def record_sent(connection: AsyncConnection, results: Results, now: datetime) -> None:
+    """PostgreSQL: write RESULTS, all of the common kind (:meth:`Results.sent_only`), known at
+    NOW, in one statement; on a connection that commits each statement, in one round trip."""
+    await connection.execute(
+        _SENT_AT_ONCE, {"ids": results.sent_rows, "rids": results.sent, "now": now}
+    )
 
 
 async def record(connection: AsyncConnection, results: Results, now: datetime) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.dialects import sqlite
 
 from helpdeskd.outbox import ledger
+from helpdeskd.store import db
 from helpdeskd.store.db import SessionMaker, engine_of
 from helpdeskd.store.models import Base
 
@@ -204,7 +205,25 @@ async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_
     failed recipient was made pending again meanwhile (``outbox retry`` of the row while it was
     in flight) counts the attempt and stays pending, its sent_at untouched, so that recipient
     still gets the mail."""
-    engine = engine_of(sessions)
+    await _sent_unless_pending_again(engine_of(sessions), ledger.record)
+
+
+async def test_postgresqls_record_in_one_statement_writes_what_the_record_writes(
+    pg_url: str,
+) -> None:
+    """PostgreSQL's common record in one statement: the same rows and recipients, the row
+    with a recipient pending again left pending (its recipients' update, a CTE, is not seen by
+    the rows' update)."""
+    engine = db.create_engine(pg_url)
+    try:
+        await _sent_unless_pending_again(engine, ledger.record_sent)
+    finally:
+        await engine.dispose()
+
+
+async def _sent_unless_pending_again(engine: Any, write: Any) -> None:
+    """Two rows: one to a@, one to b@ and c@, c@ failed once and made pending again; WRITE the
+    results of sending both rows to a@ and b@."""
     earlier = NOW - timedelta(hours=1)
     async with engine.connect() as connection:
         rows = _pending_rows(2, earlier, data=b"x", attempts=1)
@@ -219,7 +238,7 @@ async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_
             {"outbox_id": ids[0], "address": "a@example.org", "state": "pending", "attempts": 0},
             {"outbox_id": ids[1], "address": "b@example.org", "state": "pending", "attempts": 0},
             # failed at the first attempt, made pending again by `outbox retry`
-            {"outbox_id": ids[1], "address": "c@example.org", "state": "pending", "attempts": 0},
+            {"outbox_id": ids[1], "address": "c@example.org", "state": "pending", "attempts": 1},
         ]
         rids = list(
             (
@@ -230,8 +249,9 @@ async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_
         )
         await connection.commit()
         results = ledger.Results(sent=rids[:2], sent_rows=ids)
+        assert results.sent_only()
         async with connection.begin():
-            await ledger.record(connection, results, NOW)
+            await write(connection, results, NOW)
         found = {
             row_id: (state, attempts, sent_at, due)
             for row_id, state, attempts, sent_at, due in await connection.execute(
@@ -244,5 +264,21 @@ async def test_a_row_sent_to_all_it_was_tried_for_is_sent_unless_a_recipient_is_
                 )
             )
         }
+        sent = {
+            address: (state, attempts, sent_at)
+            for address, state, attempts, sent_at in await connection.execute(
+                select(
+                    ledger._RECIPIENTS.c.address,
+                    ledger._RECIPIENTS.c.state,
+                    ledger._RECIPIENTS.c.attempts,
+                    ledger._RECIPIENTS.c.sent_at,
+                )
+            )
+        }
     assert found[ids[0]] == ("sent", 2, NOW, NOW)
     assert found[ids[1]] == ("pending", 2, None, NOW)
+    assert sent == {
+        "a@example.org": ("sent", 1, NOW),
+        "b@example.org": ("sent", 1, NOW),
+        "c@example.org": ("pending", 1, None),
+    }
