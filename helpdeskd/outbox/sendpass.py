@@ -717,13 +717,16 @@ class SendPass:
                 await ledger.record(connection, results, now)
                 await connection.exec_driver_sql("COMMIT")
         except BaseException:
-            # The next record takes a connection afresh; closing this one ends (rolls back)
-            # a transaction left open on PostgreSQL.
-            await self._put_recorder_back()
+            # The next record takes a connection afresh. On PostgreSQL this one may hold the
+            # transaction its error left open, which the pool would not roll back (to it, the
+            # connection commits each statement): it is discarded, not put back.
+            await self._put_recorder_back(discard=bool(self.sender._leasing))
             raise
 
-    async def _put_recorder_back(self) -> None:
+    async def _put_recorder_back(self, *, discard: bool = False) -> None:
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
             with contextlib.suppress(Exception):  # a connection the database dropped
+                if discard:
+                    await recorder.invalidate()
                 await recorder.close()

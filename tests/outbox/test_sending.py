@@ -551,6 +551,47 @@ async def test_a_pass_records_on_one_connection_and_a_lost_one_loses_no_result(
     _each_sent_once(smtp_sink, rows, [f"r{n}@example.org" for n in range(6)])
 
 
+async def test_a_record_that_fails_in_its_transaction_leaves_no_transaction_in_the_pool(
+    make_pg_config, smtp_sink, monkeypatch
+):
+    """PostgreSQL: the pass's recording connection commits each statement, and a record other
+    than the common kind is an explicit transaction on it. When a statement of that transaction
+    fails, the connection is discarded: put back in the pool, it would keep the failed
+    transaction open for whoever takes it next. What the record was to write is written by the
+    next pass: every mail goes once."""
+    config = make_pg_config(smtp=smtp_sink, smtp_extra={"connections": 1})
+    async with Desk(config) as desk:
+        ids = await _queue_many(
+            desk, [[f"f{n}@example.org"] for n in range(3)], due=datetime.now(UTC)
+        )
+        sender = OutboxSender(desk.sessions, replace(config.smtp, domain_rate=None))
+        record = ledger.record
+
+        async def record_then_fail(connection: Any, results: ledger.Results, now: Any) -> None:
+            await record(connection, results, now)
+            await connection.exec_driver_sql("SELECT 1 / 0")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ledger.Results, "sent_only", lambda self: False)  # the general path
+            patch.setattr(ledger, "record", record_then_fail)
+            with pytest.raises(DBAPIError, match="division by zero"):
+                await sendpass.SendPass(sender, refill=True, stop=asyncio.Event()).run()
+        async with desk.sessions() as session:
+            open_transactions = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state LIKE 'idle in transaction%'"
+                )
+            )
+        assert open_transactions == 0
+        # not written: the first mail's result, and the other two put back untried
+        assert sender._unrecorded.sent_rows == ids[:1]
+        await sender.drain(10)
+        await sender.close()
+        rows = await _rows(desk)
+    _each_sent_once(smtp_sink, rows, [f"f{n}@example.org" for n in range(3)])
+
+
 async def test_an_ack_queued_while_notices_wait_for_their_rate_goes_at_once(make_config, smtp_sink):
     """The daemon's loop: optional notices at one a second wait in memory for their turns; an
     acknowledgement queued after the first of them goes as soon as the processor wakes the
