@@ -141,10 +141,9 @@ def _pending_rows(count: int, due: datetime, *, data: bytes, attempts: int) -> l
     ]
 
 
-async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:
-    """The database's own plan for STATEMENT with PARAMS: the SQL and parameters the driver
-    is given, taken as the statement runs (its transaction is the caller's to roll back),
-    then explained."""
+async def _sent_to_driver(connection: Any, statement: Any, params: dict[str, Any]) -> Any:
+    """Run STATEMENT with PARAMS (in the caller's transaction) and return the SQL and the
+    parameters the driver was given."""
     sent: list[tuple[str, Any]] = []
 
     def take(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_args: Any) -> None:
@@ -155,7 +154,14 @@ async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]
         await connection.execute(statement, params)
     finally:
         event.remove(connection.sync_connection, "before_cursor_execute", take)
-    sql, parameters = sent[-1]
+    return sent[-1]
+
+
+async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:
+    """The database's own plan for STATEMENT with PARAMS: the SQL and parameters the driver
+    is given, taken as the statement runs (its transaction is the caller's to roll back),
+    then explained."""
+    sql, parameters = await _sent_to_driver(connection, statement, params)
     explain = "EXPLAIN" if connection.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
     rows = await connection.exec_driver_sql(f"{explain} {sql}", parameters)
     return "\n".join(str(row[-1]) for row in rows)
@@ -164,18 +170,10 @@ async def _database_plan(connection: Any, statement: Any, params: dict[str, Any]
 async def _generic_plan(connection: Any, statement: Any, params: dict[str, Any]) -> str:
     """PostgreSQL's plan for STATEMENT made for any values of its parameters, as a prepared
     statement keeps once it has run a few times."""
-    sent: list[tuple[str, Any]] = []
-
-    def take(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_args: Any) -> None:
-        sent.append((sql, parameters))
-
-    event.listen(connection.sync_connection, "before_cursor_execute", take)
     try:
-        await connection.execute(statement, params)
+        sql, parameters = await _sent_to_driver(connection, statement, params)
     finally:
-        event.remove(connection.sync_connection, "before_cursor_execute", take)
         await connection.rollback()
-    sql, parameters = sent[-1]
     await connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
     await connection.exec_driver_sql(f"PREPARE claim_step AS {sql}")
     try:
