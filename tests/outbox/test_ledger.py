@@ -66,19 +66,10 @@ async def test_a_claim_reads_due_rows_in_index_order(sessions: SessionMaker) -> 
     due row (under FOR UPDATE SKIP LOCKED, no top-N sort): a notice to N customers cost
     N²/batch. A claim walks the index in its order and stops at the batch."""
     async with engine_of(sessions).connect() as connection:
-        postgres = connection.dialect.name == "postgresql"
         due = NOW - timedelta(minutes=1)
-        await connection.execute(
-            insert(ledger._OUTBOX), _pending_rows(3000, due, data=b"x" * 1200, attempts=0)
-        )
-        await connection.commit()
-        if postgres:
-            await connection.execute(text("ANALYZE outbox"))
-            await connection.commit()
-        for lease in (False, True) if postgres else (False,):
-            params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
-            if lease:
-                params["lease"] = NOW + timedelta(seconds=20)
+        rows = _pending_rows(3000, due, data=b"x" * 1200, attempts=0)
+        postgres = await _stored(connection, rows)
+        for lease, params in _step_params(postgres):
             # The second step: the one that takes a notice's rows.
             plan = await _database_plan(connection, ledger._DUE[(False, lease)], params)
             await connection.rollback()
@@ -95,7 +86,6 @@ async def test_a_claims_first_step_reads_the_pending_transactional_mail_alone(
     On PostgreSQL also in the plan it keeps for any values of the parameters (asyncpg prepares
     each statement once), which could not use the index if the state were a parameter."""
     async with engine_of(sessions).connect() as connection:
-        postgres = connection.dialect.name == "postgresql"
         due = NOW - timedelta(minutes=1)
         notice = (
             await connection.execute(
@@ -106,15 +96,8 @@ async def test_a_claims_first_step_reads_the_pending_transactional_mail_alone(
         rows = _pending_rows(3000, due, data=b"x" * 1200, attempts=0)
         for n, row in enumerate(rows):  # a notice's, and a hundred acknowledgements
             row["notice_id"] = notice if n < 2900 else None
-        await connection.execute(insert(ledger._OUTBOX), rows)
-        await connection.commit()
-        if postgres:
-            await connection.execute(text("ANALYZE outbox"))
-            await connection.commit()
-        for lease in (False, True) if postgres else (False,):
-            params: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
-            if lease:
-                params["lease"] = NOW + timedelta(seconds=20)
+        postgres = await _stored(connection, rows)
+        for lease, params in _step_params(postgres):
             plans = [await _database_plan(connection, ledger._DUE[(True, lease)], params)]
             await connection.rollback()
             if postgres:
@@ -122,6 +105,25 @@ async def test_a_claims_first_step_reads_the_pending_transactional_mail_alone(
             for plan in plans:
                 assert "ix_outbox_transactional_due" in plan, plan
                 assert ("Sort" if postgres else "TEMP B-TREE") not in plan, plan
+
+
+async def _stored(connection: Any, rows: list[dict[str, Any]]) -> bool:
+    """Insert outbox ROWS and commit; on PostgreSQL, analyze the table as autovacuum would.
+    Whether it is PostgreSQL."""
+    await connection.execute(insert(ledger._OUTBOX), rows)
+    await connection.commit()
+    postgres = bool(connection.dialect.name == "postgresql")
+    if postgres:
+        await connection.execute(text("ANALYZE outbox"))
+        await connection.commit()
+    return postgres
+
+
+def _step_params(postgres: bool) -> list[tuple[bool, dict[str, Any]]]:
+    """A claim step's parameters without a lease, and on POSTGRES with one too."""
+    plain: dict[str, Any] = {"now": NOW, "exclude": [1, 2], "limit": 200}
+    leased = {**plain, "lease": NOW + timedelta(seconds=20)}
+    return [(False, plain), (True, leased)] if postgres else [(False, plain)]
 
 
 def _pending_rows(count: int, due: datetime, *, data: bytes, attempts: int) -> list[dict[str, Any]]:
