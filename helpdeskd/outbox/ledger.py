@@ -21,6 +21,8 @@ kind of outcome (an executemany), whatever the number of rows: recipients sent, 
 deferred, skipped; rows expired; the rows attempted; the ``delivery_failed`` events. A row's
 state is worked out in SQL from its recipients, so it is right even if ``outbox retry`` changed
 a recipient meanwhile. Attempts are counted in SQL (``attempts + 1``): nothing is read first.
+On PostgreSQL the common batch (recipients sent, their rows sent to all they were tried for)
+is one statement, :func:`record_sent`: committed on its own, one round trip.
 """
 
 from __future__ import annotations
