@@ -402,12 +402,34 @@ def _row_state() -> dict[str, Any]:
 
 
 _NOW = bindparam("now", type_=_TIME)
+
+
+def _recipients_sent(ids: Any) -> Any:
+    """The pending recipients IDS (a parameter of ids) sent at ``:now``."""
+    return (
+        update(_RECIPIENTS)
+        .where(one_of(_RECIPIENTS.c.id, ids), _RECIPIENTS.c.state == "pending")
+        .values(state="sent", attempts=_RECIPIENTS.c.attempts + 1, sent_at=_NOW)
+    )
+
+
+def _rows_sent(left_pending: Any) -> Any:
+    """The pending rows ``:ids`` tried at ``:now``: sent, unless LEFT_PENDING (a recipient is
+    still to go)."""
+    return (
+        update(_OUTBOX)
+        .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
+        .values(
+            attempts=_OUTBOX.c.attempts + 1,
+            next_attempt_at=_NOW,
+            state=case((left_pending, "pending"), else_="sent"),
+            sent_at=case((left_pending, _OUTBOX.c.sent_at), else_=_NOW),
+        )
+    )
+
+
 # Built once, bound per record: the ids (one parameter), and the time.
-_SENT = (
-    update(_RECIPIENTS)
-    .where(one_of(_RECIPIENTS.c.id, _IDS), _RECIPIENTS.c.state == "pending")
-    .values(state="sent", attempts=_RECIPIENTS.c.attempts + 1, sent_at=_NOW)
-)
+_SENT = _recipients_sent(_IDS)
 _EXPIRED_RECIPIENTS = (
     update(_RECIPIENTS)
     .where(one_of(_RECIPIENTS.c.outbox_id, _IDS), _RECIPIENTS.c.state == "pending")
@@ -416,16 +438,7 @@ _EXPIRED_RECIPIENTS = (
 _EXPIRED_ROWS = (
     update(_OUTBOX).where(_pending_rows(one_of(_OUTBOX.c.id, _IDS))).values(state="expired")
 )
-_SENT_ROWS = (  # the common case: a row sent to all it was tried for
-    update(_OUTBOX)
-    .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
-    .values(
-        attempts=_OUTBOX.c.attempts + 1,
-        next_attempt_at=_NOW,
-        state=case((_any("pending"), "pending"), else_="sent"),
-        sent_at=case((_any("pending"), _OUTBOX.c.sent_at), else_=_NOW),
-    )
-)
+_SENT_ROWS = _rows_sent(_any("pending"))  # the common case: sent to all it was tried for
 _DONE_ROWS = {
     tried: update(_OUTBOX)
     .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
@@ -460,27 +473,8 @@ _RETRY = (
 # before the statement (a CTE's changes are not seen), so a row stays pending when a recipient is
 # left pending besides those it marks sent (one made pending again by `outbox retry`).
 _RIDS = values("rids", "int")
-_LEFT_PENDING = exists().where(
-    _RECIPIENTS.c.outbox_id == _OUTBOX.c.id,
-    _RECIPIENTS.c.state == "pending",
-    none_of(_RECIPIENTS.c.id, _RIDS),
-)
-_SENT_AT_ONCE = (
-    update(_OUTBOX)
-    .where(_pending_rows(one_of(_OUTBOX.c.id, _IDS)))
-    .values(
-        attempts=_OUTBOX.c.attempts + 1,
-        next_attempt_at=_NOW,
-        state=case((_LEFT_PENDING, "pending"), else_="sent"),
-        sent_at=case((_LEFT_PENDING, _OUTBOX.c.sent_at), else_=_NOW),
-    )
-    .add_cte(
-        update(_RECIPIENTS)
-        .where(one_of(_RECIPIENTS.c.id, _RIDS), _RECIPIENTS.c.state == "pending")
-        .values(state="sent", attempts=_RECIPIENTS.c.attempts + 1, sent_at=_NOW)
-        .returning(_RECIPIENTS.c.id)
-        .cte("sent")
-    )
+_SENT_AT_ONCE = _rows_sent(_any("pending").where(none_of(_RECIPIENTS.c.id, _RIDS))).add_cte(
+    _recipients_sent(_RIDS).returning(_RECIPIENTS.c.id).cte("sent")
 )
 
 
