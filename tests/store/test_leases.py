@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text, update
 
 from helpdeskd.ingest.batch import MailboxMark, Processor
 from helpdeskd.store import leases
-from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade
+from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade, write_turn
 from helpdeskd.store.leases import Lease, LeaseLost, acquire, fence, release, renew
 from helpdeskd.store.models import MailboxLease, MailboxState, RawMessage, Ticket
 from helpdeskd.triage.received import Incoming
@@ -47,6 +47,34 @@ async def test_one_holder_at_a_time_and_a_new_token_for_each(sessions: SessionMa
     # the holder that lost it finds out when it renews, and can take it back only when free
     assert not await renew(sessions, first, seconds=60)
     assert await acquire(sessions, "support", "daemon-a", seconds=60) is None
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_renewal_gets_its_turn_while_other_writers_hand_the_database_on(
+    sessions: SessionMaker,
+) -> None:
+    """SQLite: through a backlog the ingest's batches and the sender's records hand the write
+    lock to each other, taking turns (write_turn). A renewal takes its turn with them and is
+    done after one of their transactions; one left to SQLite's busy handler lost the lock to
+    them until the lease ran out."""
+    lease = await acquire(sessions, "support", "daemon-a", seconds=60)
+    assert lease is not None
+    stop = asyncio.Event()
+
+    async def writer() -> None:  # a batch after a record after a batch, each holding the lock
+        while not stop.is_set():
+            async with write_turn(sessions), sessions() as session, session.begin():
+                await session.execute(update(MailboxState).values(last_uid=MailboxState.last_uid))
+                await asyncio.sleep(0.5)
+
+    writers = [asyncio.create_task(writer()) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.2)
+        # after one of their transactions: 0.7 s measured (busy-waiting: over 10 s)
+        assert await asyncio.wait_for(renew(sessions, lease, seconds=60), timeout=3)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
 
 
 async def test_a_released_lease_is_free_at_once_and_its_token_goes_on(
