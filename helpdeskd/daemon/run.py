@@ -42,6 +42,7 @@ from helpdeskd.ingest.parsepool import ParsePool
 from helpdeskd.mail.render import Renderer
 from helpdeskd.oauth import login_command
 from helpdeskd.oauth.credential import Credentials
+from helpdeskd.outbox.journal import FILENAME as JOURNAL_FILE
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.rules import loader
 from helpdeskd.store import leases, registry
@@ -258,6 +259,7 @@ class Daemon:
                     token_source=self.credentials.for_smtp(),
                     on_login=self._smtp_login,
                     keys=config.service.secret_keys,  # VERP return paths ([smtp] return_path)
+                    journal=config.service.state_dir / JOURNAL_FILE,  # SQLite (outbox.journal)
                 )
                 supervisor.add("outbox", sender.run)
             if self.credentials.all():

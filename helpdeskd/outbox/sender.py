@@ -26,7 +26,9 @@ and reused, each fed by a task of its own from the batch in hand:
    or a lost connection retries with backoff (a 4xx: when the domain's backoff ends), a 5xx
    fails that recipient, a recipient who accepted a mail is never sent it again. A recipient
    that cannot be addressed (no address a mail can carry, or a non-ASCII one where the relay
-   lacks SMTPUTF8) fails at once with the reason; the others still go.
+   lacks SMTPUTF8) fails at once with the reason; the others still go. On SQLite, while the
+   ingest holds the database, a record goes to an append-only journal flushed to disk, and is
+   written to the database at the sender's next turn (:mod:`helpdeskd.outbox.journal`).
 
 Guarantees: at least once (a crash between send and record sends again; on PostgreSQL once
 the lease of the crashed daemon's rows ends), and never twice otherwise.
@@ -53,9 +55,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.clock import Clock, system_clock
@@ -64,6 +67,7 @@ from helpdeskd.config.settings import DkimConfig, SmtpConfig
 from helpdeskd.mail.tokens import bounce_address
 from helpdeskd.oauth import TokenSource
 from helpdeskd.outbox.dkim import Signer
+from helpdeskd.outbox.journal import Journal
 from helpdeskd.outbox.ledger import Claimed, Results
 from helpdeskd.outbox.policy import SendingPolicy, backoff
 from helpdeskd.outbox.relay import (
@@ -75,8 +79,9 @@ from helpdeskd.outbox.relay import (
     SendResult,
 )
 from helpdeskd.outbox.sendpass import UNADDRESSABLE, SendPass
-from helpdeskd.store.db import SessionMaker, engine_of, reading
+from helpdeskd.store.db import SessionMaker, engine_of, reading, turn_taken, write_turn
 from helpdeskd.store.models import Event, Outbox, OutboxRecipient
+from helpdeskd.store.valuelist import none_of, values
 
 __all__ = [
     "LOGIN_RETRY_BASE",
@@ -101,8 +106,19 @@ HOLD = 2.0  # seconds a claimed mail may wait in memory for its turn; later ones
 # rows, return the recipients to skip now, with the reason.
 Recheck = Callable[[AsyncSession, str, bool, list[str]], Awaitable[dict[str, str]]]
 
+# When the next row is due, of those a pass may claim (not the rows the journal holds): the
+# first of the (state, next_attempt_at) index that is not excluded.
+_NEXT_DUE = (
+    select(Outbox.next_attempt_at)
+    .where(Outbox.state == "pending", none_of(Outbox.id, values("exclude", "int")))
+    .order_by(Outbox.next_attempt_at)
+    .limit(1)
+)
+
 LOGIN_RETRY_BASE = 30.0  # seconds before trying a failed SMTP login again; doubles per failure
 LOGIN_RETRY_MAX = 600.0
+JOURNAL_RETRY = 1.0  # seconds before writing the journal's entries again after a failure
+JOURNAL_CLOSE = 5.0  # seconds a stopping sender waits to write them; the file keeps the rest
 
 
 def enqueue(
@@ -201,12 +217,15 @@ class OutboxSender:
         on_login: LoginReport | None = None,
         keys: tuple[tuple[str, Secret], ...] = (),
         hold: float = HOLD,
+        journal: Path | None = None,
     ) -> None:
         """TOKEN_SOURCE gives the access tokens for ``auth = "oauth2"``. ON_LOGIN hears of a
         failed login (its message and fix) when a streak of failures starts, and of the first
         login that works after one (``None, None``). KEYS (``[service]``'s secret keys) sign
         the VERP return paths of ``[smtp] return_path``. HOLD: seconds a claimed mail may wait
-        in memory for its rate before it is put back in the table."""
+        in memory for its rate before it is put back in the table. JOURNAL: on SQLite, the
+        file that keeps results while another writer holds the database
+        (:mod:`helpdeskd.outbox.journal`)."""
         if smtp.return_path is not None and not keys:
             # A wiring mistake, not the admin's: mail still goes, with the From address.
             log.error("verp_disabled", reason="smtp.return_path is set but no keys were given")
@@ -232,6 +251,10 @@ class OutboxSender:
         self._held: set[int] = set()  # rows claimed and not yet recorded (SQLite: excluded)
         self._unrecorded = Results()  # results a failed pass could not record
         self._leasing: bool | None = None  # PostgreSQL: claims lease their rows
+        self.journal: Journal | None = None
+        if journal is not None and self.engine.dialect.name == "sqlite":
+            self.journal = Journal(journal)
+        self._journal_writer: asyncio.Task[None] | None = None
 
     @property
     def connections_opened(self) -> int:
@@ -296,10 +319,21 @@ class OutboxSender:
             await self._close()
 
     async def close(self) -> None:
-        """Close the SMTP connections, and stop the DKIM signing processes, if any."""
+        """Close the SMTP connections, and stop the DKIM signing processes, if any. The
+        journal's entries are written first, if the database takes them within JOURNAL_CLOSE
+        seconds; the file keeps the rest for the next start."""
         await self._close()
         if self._signer is not None:
             self._signer.close()
+        if (writer := self._journal_writer) is not None:
+            await asyncio.wait([writer], timeout=JOURNAL_CLOSE)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        if self.journal is not None:
+            if self.journal.entries:
+                log.warning("outbox_journal_left", entries=len(self.journal.entries))
+            self.journal.close()
 
     async def _close(self) -> None:
         await asyncio.gather(*(relay.close() for relay in self.relays))
@@ -342,15 +376,73 @@ class OutboxSender:
         self._relay_retry_at = self.clock() + timedelta(seconds=delay)
         log.warning("smtp_unreachable", error=reason, retry_in=round(delay, 1))
 
+    # --- the journal (SQLite): results kept while another writer holds the database --------
+
+    def _excluded(self) -> frozenset[int]:
+        """The rows no claim may take: those in hand, and those whose results the journal
+        holds (SQLite; on PostgreSQL a claim leaves them out by their lease)."""
+        if self.journal is None:
+            return frozenset(self._held)
+        return frozenset(self._held | self.journal.rows)
+
+    async def _open_journal(self) -> None:
+        """Before the first claim: load what the journal holds from before a crash (its rows
+        stay out of claims) and write it to the database when the turn comes."""
+        journal = self.journal
+        if journal is None or journal.loaded:
+            return
+        async with reading(self.sessions) as session:  # beside a batch being stored
+            await journal.load(await session.connection())
+        if journal.entries:
+            log.warning("outbox_journal_recovered", entries=len(journal.entries))
+            self._write_journal_soon()
+
+    async def _journaled(self, results: Results, now: datetime) -> bool:
+        """SQLite: while another writer of this process holds the database (the ingest storing
+        a backlog), keep RESULTS, known at NOW, in the journal rather than wait for it; return
+        whether they were. Their rows are the journal's until they are written."""
+        journal = self.journal
+        if journal is None or not turn_taken(self.sessions):
+            return False
+        try:
+            await journal.append(results, now)
+        except OSError as exc:  # a full disk: the record waits for its turn instead
+            log.warning("outbox_journal_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        self._held.difference_update(results.row_ids())
+        self._write_journal_soon()
+        return True
+
+    def _write_journal_soon(self) -> None:
+        if self._journal_writer is None or self._journal_writer.done():
+            self._journal_writer = asyncio.create_task(self._write_journal())
+
+    async def _write_journal(self) -> None:
+        """Write the journal's entries to the database at this process's next turn to write,
+        all of them in one transaction; again while entries come (or after a failure)."""
+        journal = self.journal
+        assert journal is not None
+        while journal.entries:
+            try:
+                async with write_turn(self.sessions), self.engine.begin() as connection:
+                    entries = await journal.write(connection)
+                await journal.written(entries)
+                self.wakeup.set()  # their rows may be claimed again (one put back, a retry)
+            except Exception as exc:  # the database out of reach: the file keeps them
+                log.warning(
+                    "outbox_journal_not_written",
+                    entries=len(journal.entries),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                await asyncio.sleep(JOURNAL_RETRY)
+
     async def _until_due(self) -> float:
         """Seconds until the next row is due (a retry's backoff, a rate's turn), at most
         idle_poll; or until a failed login or relay may be tried again."""
         if wait := self._wait_left():
             return wait
         async with reading(self.sessions) as session:  # waits for no batch being stored
-            due = await session.scalar(
-                select(func.min(Outbox.next_attempt_at)).where(Outbox.state == "pending")
-            )
+            due = await session.scalar(_NEXT_DUE, {"exclude": list(self._excluded())})
         if due is None:
             return self.idle_poll
         return min(self.idle_poll, max(0.05, (due - self.clock()).total_seconds()))

@@ -25,7 +25,7 @@ from helpdeskd.outbox.ledger import Results
 from helpdeskd.outbox.policy import backoff, domain_of
 from helpdeskd.outbox.pool import Mail, in_hand, pick, pool_order, sweep, utc
 from helpdeskd.outbox.relay import LoginFailed, Relay, RelayDown, SendResult
-from helpdeskd.store.db import reading
+from helpdeskd.store.db import reading, write_turn
 
 if TYPE_CHECKING:  # the sender runs passes; a pass only needs its type
     from helpdeskd.outbox.sender import OutboxSender
@@ -176,6 +176,7 @@ class SendPass:
         """Before a pass: record what a failed pass could not, and give back the rows it held
         (they may have been sent: at least once)."""
         sender = self.sender
+        await sender._open_journal()
         if len(sender._unrecorded):
             self.results, sender._unrecorded = sender._unrecorded, Results()
             await self._flush()
@@ -239,7 +240,7 @@ class SendPass:
         # The rows in hand, copied before the claim reads anything: a row recorded meanwhile
         # (and so no longer in hand) is then recorded in what the claim reads too. Read after
         # the claim's first query, the set could miss a row that its snapshot still shows due.
-        held = frozenset(sender._held)
+        held = sender._excluded()
         async with sender._claiming() as session:
             lease = now + timedelta(seconds=LEASE)
             started = self.loop.time()
@@ -699,7 +700,11 @@ class SendPass:
         sent to all it was tried for) is one statement: one round trip instead of four (BEGIN,
         two updates, COMMIT). Through a backlog the event loop is busy with the ingest, each
         round trip waits for it, and each acknowledgement waits for the record of the one
-        before it (_recorded). Any other record is one explicit transaction."""
+        before it (_recorded). Any other record is one explicit transaction.
+
+        On SQLite a record takes this process's turn to write; while the turn is another
+        writer's (the ingest storing a backlog), the sender's journal keeps the results
+        instead, and the connections go on (OutboxSender._journaled)."""
         if self.recorder is None:
             recorder = await self.sender.engine.connect()
             if self.sender._leasing:
@@ -708,7 +713,9 @@ class SendPass:
         connection, now = self.recorder, self.sender.clock()
         try:
             if not self.sender._leasing:
-                async with connection.begin():
+                if await self.sender._journaled(results, now):
+                    return
+                async with write_turn(self.sender.sessions), connection.begin():
                     await ledger.record(connection, results, now)
             elif results.sent_only():
                 await ledger.record_sent(connection, results, now)

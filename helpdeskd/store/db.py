@@ -36,7 +36,7 @@ SessionMaker = async_sessionmaker[AsyncSession]
 # The newest migration's revision, which check_schema asks of the database. Known here, the
 # check needs no alembic (its import and reading the migrations take a command a third of a
 # second); a test holds it to migrations/.
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 
 # Statements the SQLite driver keeps prepared, per connection (its default is 128). Every
 # length of an IN list (a batch's Message-IDs) is a statement of its own, and long ones are
@@ -141,9 +141,10 @@ def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager
     (busy_timeout): one that commits and begins again at once, as the ingest does through a
     backlog, takes the lock back before a sleeper wakes, and the outbox starves — its
     acknowledgements trailed a backlog by minutes. Writers that take turns here queue in
-    arrival order (an asyncio.Lock is first come, first served), so the sender's next claim
-    comes between two batches. Other processes (a CLI command) still wait as SQLite makes
-    them. PostgreSQL locks rows, not the database: no turns there.
+    arrival order (an asyncio.Lock is first come, first served), so the sender's record comes
+    between two batches; while the turn is taken, the sender keeps its results in a journal
+    and writes them at its turn (helpdeskd.outbox.journal). Other processes (a CLI command)
+    still wait as SQLite makes them. PostgreSQL locks rows, not the database: no turns there.
     """
     engine = engine_of(sessions)
     if engine.dialect.name != "sqlite":
@@ -152,6 +153,12 @@ def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager
     if turn is None:
         turn = _TURNS[engine.sync_engine] = asyncio.Lock()
     return turn
+
+
+def turn_taken(sessions: SessionMaker) -> bool:
+    """Whether a writer of this process holds the turn to write (SQLite; never on PostgreSQL)."""
+    turn = write_turn(sessions)
+    return isinstance(turn, asyncio.Lock) and turn.locked()
 
 
 # --- migrations ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -330,6 +331,17 @@ class OutboxRecipient(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
 
     outbox: Mapped[Outbox] = relationship(back_populates="recipients", lazy="raise")
+
+
+class OutboxJournalMark(Base):
+    """SQLite: the last entry of the sender's journal of results written to the database
+    (helpdeskd.outbox.journal). An entry's results and this mark are written in one
+    transaction, so an entry the file still holds after a crash is not written twice."""
+
+    __tablename__ = "outbox_journal"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    applied: Mapped[int] = mapped_column(BigInteger)  # the entry's number
 
 
 class OptOut(Base):

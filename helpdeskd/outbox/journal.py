@@ -1,0 +1,217 @@
+"""SQLite: the sender's results kept in an append-only file while another writer holds the database.
+
+SQLite has one writer at a time. Through a backlog the ingest's batches hold the write lock
+almost all the time, each for a fraction of a second, and take turns with this process's other
+writers (:func:`helpdeskd.store.db.write_turn`). A customer's or an agent's mail is recorded
+before its connection sends the next such mail, so that a crash sends again only the mail in
+flight; with each record waiting for a turn, acknowledgements went out at about one per
+connection per batch, and through a backlog most of them left only when the ingest ended.
+
+So while this process's write turn is taken, the sender appends a record to the journal
+instead: one line of JSON, flushed to disk (fsync: as durable as SQLite's commit under
+``synchronous=FULL``), and the connection goes on. When the turn comes, every entry appended
+meanwhile is written to the database in one transaction (:meth:`Journal.write`), which also
+moves the database's mark of the last entry written (``outbox_journal``); until then the
+entries' rows stay out of every claim. After a crash the sender loads what the file holds
+beyond the mark before it claims anything (:meth:`Journal.load`), so an entry is written once,
+even if the crash came between that transaction and the file's rewrite. A line the crash cut
+short was never confirmed to its connection: that mail was in flight, and goes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from helpdeskd.outbox import ledger
+from helpdeskd.outbox.ledger import Results
+from helpdeskd.store.models import OutboxJournalMark
+
+__all__ = ["FILENAME", "Entry", "Journal"]
+
+log = structlog.get_logger(__name__)
+
+FILENAME = "outbox.journal"  # in the state directory
+MARK = "outbox"  # the mark's row in outbox_journal
+_FIELDS = tuple(f.name for f in dataclasses.fields(Results))
+_TIME = "$time"  # a datetime in an entry's JSON: {"$time": ISO 8601}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One record kept in the journal: its number, when its results were known (their
+    sent_at), and the results."""
+
+    number: int
+    at: datetime
+    results: Results
+
+
+class Journal:
+    """The journal at PATH: entries appended, not yet written to the database, and their rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[Entry] = []
+        self.rows: set[int] = set()  # the entries' rows: no claim may take them
+        self._next: int | None = None  # the next entry's number, once loaded
+        self._fd: int | None = None
+        self._file = asyncio.Lock()  # one append or rewrite of the file at a time
+
+    @property
+    def loaded(self) -> bool:
+        return self._next is not None
+
+    async def load(self, connection: AsyncConnection) -> None:
+        """Read the entries the file holds beyond the database's mark (what a crash left)."""
+        mark = await _mark(connection)
+        found = await asyncio.to_thread(_read, self.path)
+        self.entries = [entry for entry in found if entry.number > mark]
+        self.rows = {row for entry in self.entries for row in entry.results.row_ids()}
+        self._next = max([mark, *(entry.number for entry in found)]) + 1
+        if len(self.entries) < len(found):  # the file keeps only what is left to write
+            async with self._file:
+                await asyncio.to_thread(self._rewrite, self.entries)
+
+    async def append(self, results: Results, at: datetime) -> None:
+        """Keep RESULTS, known AT, on disk; their rows stay out of claims until written."""
+        if self._next is None:
+            raise RuntimeError("the journal is appended to before it was loaded")
+        async with self._file:  # the entries in memory are the lines in the file, in order
+            entry = Entry(self._next, at, results)
+            await asyncio.to_thread(self._append, _encode(entry))
+            self._next += 1
+            self.entries.append(entry)
+            self.rows.update(results.row_ids())
+
+    async def write(self, connection: AsyncConnection) -> list[Entry]:
+        """Write the entries so far beyond the database's mark, in CONNECTION's transaction
+        (which holds the write lock), and move the mark to the last; return those entries.
+        Their results are recorded together, at the time of the first (their sent_at)."""
+        entries = list(self.entries)
+        if not entries:
+            return []
+        mark = await _mark(connection)
+        left = [entry for entry in entries if entry.number > mark]
+        if left:
+            results = Results()
+            for entry in left:
+                results.merge(entry.results)
+            await ledger.record(connection, results, left[0].at)
+        last = max(mark, entries[-1].number)  # the mark only moves on
+        moved = await connection.execute(
+            update(OutboxJournalMark).where(OutboxJournalMark.name == MARK).values(applied=last)
+        )
+        if not moved.rowcount:
+            await connection.execute(insert(OutboxJournalMark).values(name=MARK, applied=last))
+        return entries
+
+    async def written(self, entries: list[Entry]) -> None:
+        """ENTRIES are in the database (the transaction of :meth:`write` committed): forget
+        them, and leave the file only what is still to write."""
+        numbers = {entry.number for entry in entries}
+        self.entries = [entry for entry in self.entries if entry.number not in numbers]
+        for entry in entries:
+            self.rows.difference_update(entry.results.row_ids())
+        async with self._file:
+            await asyncio.to_thread(self._rewrite, list(self.entries))  # as they are by now
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # --- the file, in a worker thread ------------------------------------------------------
+
+    def _append(self, line: bytes) -> None:
+        if self._fd is None:
+            created = not self.path.exists()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if created:
+                _sync_folder(self.path.parent)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fsync(self._fd)
+
+    def _rewrite(self, entries: list[Entry]) -> None:
+        """The file holds ENTRIES only: emptied in place, or replaced at once."""
+        if not entries:
+            if self._fd is not None:
+                os.ftruncate(self._fd, 0)
+                os.fsync(self._fd)
+            elif self.path.exists():
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(0)
+                    os.fsync(handle.fileno())
+            return
+        fresh = self.path.with_name(self.path.name + ".new")
+        with open(fresh, "wb") as handle:
+            handle.writelines(_encode(entry) for entry in entries)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(fresh, self.path)
+        _sync_folder(self.path.parent)
+        self.close()  # the next append opens the new file
+
+
+async def _mark(connection: AsyncConnection) -> int:
+    mark = await connection.scalar(
+        select(OutboxJournalMark.applied).where(OutboxJournalMark.name == MARK)
+    )
+    return mark or 0
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode(entry: Entry) -> bytes:
+    results = {name: value for name in _FIELDS if (value := getattr(entry.results, name))}
+    line = {"n": entry.number, "at": entry.at, "results": results}
+    return (json.dumps(line, default=_time, separators=(",", ":")) + "\n").encode()
+
+
+def _time(value: object) -> dict[str, str]:
+    if isinstance(value, datetime):
+        return {_TIME: value.isoformat()}
+    raise TypeError(f"{type(value).__name__} in an outbox journal entry")
+
+
+def _untime(value: dict[str, Any]) -> Any:
+    if len(value) == 1 and _TIME in value:
+        return datetime.fromisoformat(value[_TIME])
+    return value
+
+
+def _read(path: Path) -> list[Entry]:
+    """The entries in the file at PATH, in order; a line that is not whole is left out (the
+    last, cut short by a crash: its record was never confirmed)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for number, line in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("cut short")
+            found = json.loads(line, object_hook=_untime)
+            entries.append(Entry(int(found["n"]), found["at"], Results(**found["results"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("outbox_journal_line_skipped", path=str(path), line=number, error=str(exc))
+    return entries
