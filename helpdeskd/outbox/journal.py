@@ -1,4 +1,4 @@
-"""SQLite: the sender's results kept in an append-only file while another writer holds the database.
+"""SQLite: the sender's results kept in an append-only file until its turn to write comes.
 
 SQLite has one writer at a time. Through a backlog the ingest's batches hold the write lock
 almost all the time, each for a fraction of a second, and take turns with this process's other
@@ -7,20 +7,22 @@ before its connection sends the next such mail, so that a crash sends again only
 flight; with each record waiting for a turn, acknowledgements went out at about one per
 connection per batch, and through a backlog most of them left only when the ingest ended.
 
-So while this process's write turn is taken, the sender appends a record to the journal
-instead: one line of JSON, flushed to disk (fsync: as durable as SQLite's commit under
-``synchronous=FULL``), and the connection goes on. When the turn comes, every entry appended
-meanwhile is written to the database in one transaction (:meth:`Journal.write`), which also
-moves the database's mark of the last entry written (``outbox_journal``); until then the
-entries' rows stay out of every claim. After a crash the sender loads what the file holds
-beyond the mark before it claims anything (:meth:`Journal.load`), so an entry is written once,
-even if the crash came between that transaction and the file's rewrite. A line the crash cut
-short was never confirmed to its connection: that mail was in flight, and goes again.
+So on SQLite the sender appends each record to the journal instead: one line of JSON, flushed
+to disk (fsync: as durable as SQLite's commit under ``synchronous=FULL``), and the connection
+goes on. At the sender's next turn to write, every entry appended meanwhile is written to the
+database in one transaction (:meth:`Journal.write`), which also moves the database's mark of
+the last entry written (``outbox_journal``); until then the entries' rows stay out of every
+claim. Every record goes there, not only those that meet a batch: one that found the turn free
+a moment before a batch took it would wait for the whole batch, with its connection. After a
+crash the sender loads what the file holds beyond the mark before it claims anything
+(:meth:`Journal.load`), so an entry is written once, even if the crash came between that
+transaction and the file's rewrite. A line the crash cut short was never confirmed to its
+connection: that mail was in flight, and goes again.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -66,7 +68,6 @@ class Journal:
         self.rows: set[int] = set()  # the entries' rows: no claim may take them
         self._next: int | None = None  # the next entry's number, once loaded
         self._fd: int | None = None
-        self._file = asyncio.Lock()  # one append or rewrite of the file at a time
 
     @property
     def loaded(self) -> bool:
@@ -75,24 +76,22 @@ class Journal:
     async def load(self, connection: AsyncConnection) -> None:
         """Read the entries the file holds beyond the database's mark (what a crash left)."""
         mark = await _mark(connection)
-        found = await asyncio.to_thread(_read, self.path)
+        found = _read(self.path)
         self.entries = [entry for entry in found if entry.number > mark]
         self.rows = {row for entry in self.entries for row in entry.results.row_ids()}
         self._next = max([mark, *(entry.number for entry in found)]) + 1
         if len(self.entries) < len(found):  # the file keeps only what is left to write
-            async with self._file:
-                await asyncio.to_thread(self._rewrite, self.entries)
+            self._rewrite(self.entries)
 
-    async def append(self, results: Results, at: datetime) -> None:
+    def append(self, results: Results, at: datetime) -> None:
         """Keep RESULTS, known AT, on disk; their rows stay out of claims until written."""
         if self._next is None:
             raise RuntimeError("the journal is appended to before it was loaded")
-        async with self._file:  # the entries in memory are the lines in the file, in order
-            entry = Entry(self._next, at, results)
-            await asyncio.to_thread(self._append, _encode(entry))
-            self._next += 1
-            self.entries.append(entry)
-            self.rows.update(results.row_ids())
+        entry = Entry(self._next, at, results)
+        self._next += 1  # a number is used once, even by a line that could not be written
+        self._append(_encode(entry))
+        self.entries.append(entry)
+        self.rows.update(results.row_ids())
 
     async def write(self, connection: AsyncConnection) -> list[Entry]:
         """Write the entries so far beyond the database's mark, in CONNECTION's transaction
@@ -116,22 +115,25 @@ class Journal:
             await connection.execute(insert(OutboxJournalMark).values(name=MARK, applied=last))
         return entries
 
-    async def written(self, entries: list[Entry]) -> None:
+    def written(self, entries: list[Entry]) -> None:
         """ENTRIES are in the database (the transaction of :meth:`write` committed): forget
         them, and leave the file only what is still to write."""
         numbers = {entry.number for entry in entries}
         self.entries = [entry for entry in self.entries if entry.number not in numbers]
         for entry in entries:
             self.rows.difference_update(entry.results.row_ids())
-        async with self._file:
-            await asyncio.to_thread(self._rewrite, list(self.entries))  # as they are by now
+        self._rewrite(self.entries)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    # --- the file, in a worker thread ------------------------------------------------------
+    # --- the file ---------------------------------------------------------------------------
+    # Written on the event loop's own thread, so that no two writes interleave and the entries
+    # in memory are the lines in the file, in order. An append and its fsync take a fraction of
+    # a millisecond; a hop to a worker thread, with the loop busy storing a backlog, took
+    # milliseconds (the thread waits for the GIL), and each connection waited that long.
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:
@@ -139,10 +141,20 @@ class Journal:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if created:
                 _sync_folder(self.path.parent)
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        os.fsync(self._fd)
+        fd = self._fd
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            # The record is written to the database instead (OutboxSender._journaled): the
+            # line must not be written again from here after a crash.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            raise
 
     def _rewrite(self, entries: list[Entry]) -> None:
         """The file holds ENTRIES only: emptied in place, or replaced at once."""
@@ -156,7 +168,8 @@ class Journal:
                     os.fsync(handle.fileno())
             return
         fresh = self.path.with_name(self.path.name + ".new")
-        with open(fresh, "wb") as handle:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        with os.fdopen(os.open(fresh, flags, 0o600), "wb") as handle:
             handle.writelines(_encode(entry) for entry in entries)
             handle.flush()
             os.fsync(handle.fileno())

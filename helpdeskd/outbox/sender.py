@@ -26,9 +26,10 @@ and reused, each fed by a task of its own from the batch in hand:
    or a lost connection retries with backoff (a 4xx: when the domain's backoff ends), a 5xx
    fails that recipient, a recipient who accepted a mail is never sent it again. A recipient
    that cannot be addressed (no address a mail can carry, or a non-ASCII one where the relay
-   lacks SMTPUTF8) fails at once with the reason; the others still go. On SQLite, while the
-   ingest holds the database, a record goes to an append-only journal flushed to disk, and is
-   written to the database at the sender's next turn (:mod:`helpdeskd.outbox.journal`).
+   lacks SMTPUTF8) fails at once with the reason; the others still go. On SQLite, where the
+   ingest holds the database through a backlog, a record goes to an append-only journal
+   flushed to disk, and is written to the database at the sender's next turn to write
+   (:mod:`helpdeskd.outbox.journal`).
 
 Guarantees: at least once (a crash between send and record sends again; on PostgreSQL once
 the lease of the crashed daemon's rows ends), and never twice otherwise.
@@ -79,7 +80,7 @@ from helpdeskd.outbox.relay import (
     SendResult,
 )
 from helpdeskd.outbox.sendpass import UNADDRESSABLE, SendPass
-from helpdeskd.store.db import SessionMaker, engine_of, reading, turn_taken, write_turn
+from helpdeskd.store.db import SessionMaker, engine_of, reading, write_turn
 from helpdeskd.store.models import Event, Outbox, OutboxRecipient
 from helpdeskd.store.valuelist import none_of, values
 
@@ -398,14 +399,17 @@ class OutboxSender:
             self._write_journal_soon()
 
     async def _journaled(self, results: Results, now: datetime) -> bool:
-        """SQLite: while another writer of this process holds the database (the ingest storing
-        a backlog), keep RESULTS, known at NOW, in the journal rather than wait for it; return
-        whether they were. Their rows are the journal's until they are written."""
+        """SQLite: keep RESULTS, known at NOW, in the journal, to be written at the sender's
+        next turn to write; return whether they were. Their rows are the journal's until then.
+
+        Every record goes there, not only those that meet a batch being stored: a record that
+        found the turn free a moment before a batch took it waited for the whole batch, and
+        its connection with it."""
         journal = self.journal
-        if journal is None or not turn_taken(self.sessions):
+        if journal is None:
             return False
         try:
-            await journal.append(results, now)
+            journal.append(results, now)
         except OSError as exc:  # a full disk: the record waits for its turn instead
             log.warning("outbox_journal_failed", error=f"{type(exc).__name__}: {exc}")
             return False
@@ -426,8 +430,9 @@ class OutboxSender:
             try:
                 async with write_turn(self.sessions), self.engine.begin() as connection:
                     entries = await journal.write(connection)
-                await journal.written(entries)
-                self.wakeup.set()  # their rows may be claimed again (one put back, a retry)
+                journal.written(entries)
+                if any(e.results.released or e.results.retry for e in entries):
+                    self.wakeup.set()  # rows to claim again (put back, to retry) are claimable
             except Exception as exc:  # the database out of reach: the file keeps them
                 log.warning(
                     "outbox_journal_not_written",

@@ -702,9 +702,9 @@ class SendPass:
         round trip waits for it, and each acknowledgement waits for the record of the one
         before it (_recorded). Any other record is one explicit transaction.
 
-        On SQLite a record takes this process's turn to write; while the turn is another
-        writer's (the ingest storing a backlog), the sender's journal keeps the results
-        instead, and the connections go on (OutboxSender._journaled)."""
+        On SQLite the sender's journal keeps the results, to be written at the sender's turn to
+        write, and the connections go on (OutboxSender._journaled); without a journal (or when
+        it cannot be written) the record takes this process's turn to write."""
         if self.recorder is None:
             recorder = await self.sender.engine.connect()
             if self.sender._leasing:

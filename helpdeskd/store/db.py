@@ -141,10 +141,10 @@ def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager
     (busy_timeout): one that commits and begins again at once, as the ingest does through a
     backlog, takes the lock back before a sleeper wakes, and the outbox starves — its
     acknowledgements trailed a backlog by minutes. Writers that take turns here queue in
-    arrival order (an asyncio.Lock is first come, first served), so the sender's record comes
-    between two batches; while the turn is taken, the sender keeps its results in a journal
-    and writes them at its turn (helpdeskd.outbox.journal). Other processes (a CLI command)
-    still wait as SQLite makes them. PostgreSQL locks rows, not the database: no turns there.
+    arrival order (an asyncio.Lock is first come, first served), so the sender's records
+    are written between two batches (meanwhile its journal keeps them:
+    helpdeskd.outbox.journal). Other processes (a CLI command) still wait as SQLite makes
+    them. PostgreSQL locks rows, not the database: no turns there.
     """
     engine = engine_of(sessions)
     if engine.dialect.name != "sqlite":
@@ -153,12 +153,6 @@ def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager
     if turn is None:
         turn = _TURNS[engine.sync_engine] = asyncio.Lock()
     return turn
-
-
-def turn_taken(sessions: SessionMaker) -> bool:
-    """Whether a writer of this process holds the turn to write (SQLite; never on PostgreSQL)."""
-    turn = write_turn(sessions)
-    return isinstance(turn, asyncio.Lock) and turn.locked()
 
 
 # --- migrations ------------------------------------------------------------------------------

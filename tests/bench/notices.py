@@ -647,7 +647,7 @@ async def send_phase(
     pg_used: list[PgUse] = []
 
     async def desk(label: str) -> Span:
-        run = await _drain(sessions, flat, sink, counter, pg, args.drain_limit, notice_id)
+        run = await _drain(sessions, flat, sink, counter, pg, args, notice_id)
         if run.got != send or run.states.get("sent") != send:
             raise BenchError(
                 f"{label}: the sink got {run.got} mails, outbox states {run.states}, expected "
@@ -730,7 +730,7 @@ async def send_phase(
         f"([smtp.rates] critical = {defaults.critical:g}/s, [smtp.domain_rates] default = "
         f"{SmtpConfig.domain_rate:g}/s)"
     )
-    run = await _drain(sessions, smtp, sink, counter, pg, args.drain_limit, notice_id)
+    run = await _drain(sessions, smtp, sink, counter, pg, args, notice_id)
     span = run.span
     # Both phases took the notice's first rows by id: sent now, those of the larger.
     if run.got != count or run.states.get("sent") != max(count, send):
@@ -766,19 +766,22 @@ async def _drain(
     sink: Sink,
     counter: StatementCounter,
     pg: PgCost | None,
-    limit: float,
+    args: argparse.Namespace,
     notice_id: int,
 ) -> Drained:
     """Send what is due with an OutboxSender over SMTP (its rates and connections), as the
-    daemon does (notices' opt-outs looked up again), until nothing is left or LIMIT seconds."""
+    daemon does (notices' opt-outs looked up again; on SQLite its records through the
+    journal), until nothing is left or ``--drain-limit`` seconds."""
     from helpdeskd.desk import notices
+    from helpdeskd.outbox.journal import FILENAME
     from helpdeskd.outbox.sender import OutboxSender
 
-    sender = OutboxSender(sessions, smtp, recheck=notices.recheck)
+    journal = Path(args.workdir) / FILENAME
+    sender = OutboxSender(sessions, smtp, recheck=notices.recheck, journal=journal)
     pg_before = None if pg is None else await pg.reading()
     before_count, before_sql = sink.count(), counter.reading()
     with measure() as span:
-        await sender.drain(limit=limit)
+        await sender.drain(limit=args.drain_limit)
     await sender.close()
     got = sink.count() - before_count
     sql = counter.reading()

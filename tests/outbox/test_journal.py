@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -155,7 +158,7 @@ async def test_an_entry_written_before_a_crash_left_it_in_the_file_is_not_writte
             retry=[{"oid": row_id, "e": "451 later", "next": T0 + timedelta(minutes=5), "t": T0}],
         )
         journal = await _loaded(desk, path)
-        await journal.append(retry, T0)
+        journal.append(retry, T0)
         async with write_turn(desk.sessions), desk.engine.begin() as connection:
             assert len(await journal.write(connection)) == 1
         journal.close()  # the crash: written() never ran
@@ -166,7 +169,7 @@ async def test_an_entry_written_before_a_crash_left_it_in_the_file_is_not_writte
         async with desk.sessions() as session:
             row = await session.get(Outbox, row_id)
             recipient = await session.get(OutboxRecipient, rid)
-        await again.append(Results(), T0)
+        again.append(Results(), T0)
         again.close()
     assert left == [] and again.rows == set() and emptied
     assert [entry.number for entry in again.entries] == [2]
@@ -183,6 +186,33 @@ async def test_an_entry_written_before_a_crash_left_it_in_the_file_is_not_writte
 
 
 @SQLITE
+async def test_an_entry_appended_while_the_entries_before_it_were_written_is_kept(
+    make_config, tmp_path: Path
+):
+    """A record came while the entries before it were being written, and the crash came
+    before the file was rewritten: the next start keeps that entry alone, and the file holds
+    only it (readable by the daemon's user alone)."""
+    path = tmp_path / "outbox.journal"
+    async with Desk(make_config()) as desk:
+        [row_id, other_id] = await _queue_many(desk, [["a@example.org"], ["b@example.org"]], due=T0)
+        journal = await _loaded(desk, path)
+        journal.append(Results(settled=[row_id]), T0)
+        async with write_turn(desk.sessions), desk.engine.begin() as connection:
+            await journal.write(connection)
+            journal.append(Results(settled=[other_id]), T0)  # meanwhile
+        journal.close()  # the crash: written() never ran
+        again = await _loaded(desk, path)
+        again.close()
+        kept = await _loaded(desk, path)
+        kept.close()
+    assert [(e.number, e.results.settled) for e in again.entries] == [(2, [other_id])]
+    assert again.rows == {other_id}
+    assert [(e.number, e.results.settled) for e in kept.entries] == [(2, [other_id])]
+    assert len(path.read_bytes().splitlines()) == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@SQLITE
 async def test_a_line_a_crash_cut_short_is_left_out_and_the_rest_is_kept(
     make_config, tmp_path: Path
 ):
@@ -190,7 +220,7 @@ async def test_a_line_a_crash_cut_short_is_left_out_and_the_rest_is_kept(
     path = tmp_path / "outbox.journal"
     async with Desk(config) as desk:
         journal = await _loaded(desk, path)
-        await journal.append(Results(sent=[7], sent_rows=[3]), T0)
+        journal.append(Results(sent=[7], sent_rows=[3]), T0)
         journal.close()
         with path.open("ab") as handle:
             handle.write(b'{"n":2,"at":{"$time":"2030-')  # the crash came mid-write
@@ -229,7 +259,7 @@ async def test_a_journal_entry_holds_every_kind_of_result_as_it_was(make_config,
     path = tmp_path / "outbox.journal"
     async with Desk(make_config()) as desk:
         first = await _loaded(desk, path)
-        await first.append(results, T0)
+        first.append(results, T0)
         first.close()
         again = await _loaded(desk, path)
         again.close()
@@ -253,3 +283,33 @@ async def test_on_postgresql_results_go_to_the_database_and_no_journal_is_kept(
         rows = await _rows(desk)
     assert sender.journal is None and not path.exists()
     _each_sent_once(smtp_sink, rows, addresses)
+
+
+@SQLITE
+async def test_a_journal_that_cannot_be_written_leaves_the_records_to_the_database(
+    make_config, smtp_sink: SmtpSink, tmp_path: Path, monkeypatch
+):
+    """A full disk: the line is taken back out of the file, and the record is written to the
+    database at the sender's turn, as without a journal. Every mail goes once."""
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 2})
+    path = tmp_path / "outbox.journal"
+    addresses = [f"r{n}@example.org" for n in range(6)]
+    fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if fd != -1 and os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    async with Desk(config) as desk:
+        await _queue_many(desk, [[a] for a in addresses], due=datetime.now(UTC))
+        sender = OutboxSender(desk.sessions, config.smtp, journal=path)
+        monkeypatch.setattr(os, "fsync", full)
+        with capture_logs() as logs:
+            await sender.drain(5)
+            await sender.close()
+        monkeypatch.undo()
+        rows = await _rows(desk)
+    _each_sent_once(smtp_sink, rows, addresses)
+    assert "outbox_journal_failed" in [entry["event"] for entry in logs]
+    assert path.read_bytes() == b""
