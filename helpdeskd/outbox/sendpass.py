@@ -705,6 +705,8 @@ class SendPass:
         On SQLite the sender's journal keeps the results, to be written at the sender's turn to
         write, and the connections go on (OutboxSender._journaled); without a journal (or when
         it cannot be written) the record takes this process's turn to write."""
+        if await self.sender._journaled(results, self.sender.clock()):
+            return
         if self.recorder is None:
             recorder = await self.sender.engine.connect()
             if self.sender._leasing:
@@ -713,8 +715,6 @@ class SendPass:
         connection, now = self.recorder, self.sender.clock()
         try:
             if not self.sender._leasing:
-                if await self.sender._journaled(results, now):
-                    return
                 async with write_turn(self.sender.sessions), connection.begin():
                     await ledger.record(connection, results, now)
             elif results.sent_only():
