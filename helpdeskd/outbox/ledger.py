@@ -39,6 +39,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     literal_column,
     select,
     update,
@@ -307,7 +308,7 @@ class Results:
     retry: list[dict[str, Any]] = field(default_factory=list)  # oid, e, next, t: to try again
     expired: list[int] = field(default_factory=list)  # rows
     released: list[dict[str, Any]] = field(default_factory=list)  # oid, at: put back untried
-    events: list[dict[str, Any]] = field(default_factory=list)  # Event rows
+    events: list[dict[str, Any]] = field(default_factory=list)  # delivery_failed events
 
     def __len__(self) -> int:
         return (
@@ -468,6 +469,27 @@ _RETRY = (
 )
 
 
+# A recipient's delivery_failed event (ticket_id, rid, recipient, detail, created_at), written
+# only while the recipient still has the address it names: an erasure that came between the
+# send and the record (a result the journal kept over a restart) took the address out of the
+# recipient, and must not find it back in an event.
+_FAILED_EVENT = insert(_EVENTS).from_select(
+    ["ticket_id", "type", "actor", "detail", "created_at"],
+    select(
+        bindparam("ticket_id", type_=_EVENTS.c.ticket_id.type),
+        literal("delivery_failed"),
+        literal("system"),
+        bindparam("detail", type_=_EVENTS.c.detail.type),
+        bindparam("created_at", type_=_TIME),
+    ).where(
+        exists().where(
+            _RECIPIENTS.c.id == bindparam("rid"),
+            _RECIPIENTS.c.address == bindparam("recipient", type_=_RECIPIENTS.c.address.type),
+        )
+    ),
+)
+
+
 # PostgreSQL: the common record, recipients sent and their rows sent to all they were tried for,
 # in one statement. Its recipients' update is a CTE: the rows' update reads the table as it was
 # before the statement (a CTE's changes are not seen), so a row stays pending when a recipient is
@@ -515,4 +537,4 @@ async def record(connection: AsyncConnection, results: Results, now: datetime) -
     if results.released:
         await connection.execute(_RELEASE, results.released)
     if results.events:
-        await connection.execute(insert(_EVENTS), results.events)
+        await connection.execute(_FAILED_EVENT, results.events)

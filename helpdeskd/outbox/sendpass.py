@@ -568,11 +568,11 @@ class SendPass:
         fields = {"outbox_id": row.row_id, "message_id": row.message_id, "ticket_id": row.ticket_id}
         for address, reason in result.permanent.items():
             results.failed.append({"rid": row.recipients[address], "e": reason})
-            results.events.append(
+            results.events.append(  # a delivery_failed event (ledger.record)
                 {
                     "ticket_id": row.ticket_id,
-                    "type": "delivery_failed",
-                    "actor": "system",
+                    "rid": row.recipients[address],
+                    "recipient": address,
                     "detail": {"recipient": address, "error": reason, "message_id": row.message_id},
                     "created_at": now,
                 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,12 +18,13 @@ import pytest
 from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
+from helpdeskd.desk.erasure import erase
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox.journal import Journal
 from helpdeskd.outbox.ledger import Results
 from helpdeskd.outbox.sender import OutboxSender
 from helpdeskd.store.db import reading, write_turn
-from helpdeskd.store.models import Outbox, OutboxJournalMark, OutboxRecipient
+from helpdeskd.store.models import Event, Outbox, OutboxJournalMark, OutboxRecipient
 from tests.harness import Desk
 from tests.outbox.test_sending import _each_sent_once, _queue_many, _rows
 from tests.servers.smtp import SmtpSink
@@ -249,8 +251,8 @@ async def test_a_journal_entry_holds_every_kind_of_result_as_it_was(make_config,
         events=[
             {
                 "ticket_id": None,
-                "type": "delivery_failed",
-                "actor": "system",
+                "rid": 3,
+                "recipient": "x@example.org",
                 "detail": {"recipient": "x@example.org", "error": "550", "message_id": "<m>"},
                 "created_at": T0,
             }
@@ -313,3 +315,56 @@ async def test_a_journal_that_cannot_be_written_leaves_the_records_to_the_databa
     _each_sent_once(smtp_sink, rows, addresses)
     assert "outbox_journal_failed" in [entry["event"] for entry in logs]
     assert path.read_bytes() == b""
+
+
+@SQLITE
+async def test_a_failure_kept_over_an_erasure_does_not_bring_the_address_back(
+    make_config, tmp_path: Path
+):
+    """The person was erased between the send and the record (the daemon stopped with the
+    result in its journal, and the erasure ran while it was down): no delivery_failed event
+    names the address again, and the recipient stays as the erasure left it. Another
+    recipient's failure is recorded as ever."""
+    config = make_config()
+    path = tmp_path / "outbox.journal"
+    async with Desk(config) as desk:
+        addresses = ["gone@example.org", "kept@example.org"]
+        row_ids = await _queue_many(desk, [[a] for a in addresses], due=T0)
+        rows = dict(zip(addresses, row_ids, strict=True))
+        async with desk.sessions() as session:
+            found = await session.execute(select(OutboxRecipient.address, OutboxRecipient.id))
+            rids = dict(found.all())
+        journal = await _loaded(desk, path)
+        for address, row_id in rows.items():
+            journal.append(
+                Results(
+                    failed=[{"rid": rids[address], "e": "550 no such user"}],
+                    done=[row_id],
+                    events=[
+                        {
+                            "ticket_id": None,
+                            "rid": rids[address],
+                            "recipient": address,
+                            "detail": {"recipient": address, "error": "550 no such user"},
+                            "created_at": T0,
+                        }
+                    ],
+                ),
+                T0,
+            )
+        journal.close()
+        await erase(desk.sessions, config, "gone@example.org", by="admin@acme.test", now=T0)
+        again = await _loaded(desk, path)
+        async with write_turn(desk.sessions), desk.engine.begin() as connection:
+            await again.write(connection)
+        again.close()
+        async with desk.sessions() as session:
+            details = list(await session.scalars(select(Event.detail)))
+            recipients = dict(
+                (await session.execute(select(OutboxRecipient.id, OutboxRecipient.state))).all()
+            )
+    assert "gone@example.org" not in json.dumps(details)
+    assert [d for d in details if d.get("error") == "550 no such user"] == [
+        {"recipient": "kept@example.org", "error": "550 no such user"}
+    ]
+    assert recipients == {rids["gone@example.org"]: "skipped", rids["kept@example.org"]: "failed"}

@@ -282,3 +282,62 @@ async def _sent_unless_pending_again(engine: Any, write: Any) -> None:
         "b@example.org": ("sent", 1, NOW),
         "c@example.org": ("pending", 1, None),
     }
+
+
+async def test_a_delivery_failure_is_not_recorded_against_an_address_erased_meanwhile(
+    sessions: SessionMaker,
+) -> None:
+    """A recipient's delivery_failed event names its address. When an erasure took the address
+    out of the recipient between the send and the record, the record writes no event that
+    would bring it back; another recipient's event is written as ever."""
+    async with engine_of(sessions).connect() as connection:
+        rows = _pending_rows(2, NOW, data=b"x", attempts=0)
+        ids = list(
+            (
+                await connection.execute(
+                    insert(ledger._OUTBOX).returning(ledger._OUTBOX.c.id), rows
+                )
+            ).scalars()
+        )
+        rids = []
+        for row_id, address in zip(ids, ["gone@example.org", "kept@example.org"], strict=True):
+            rids.append(
+                await connection.scalar(
+                    insert(ledger._RECIPIENTS)
+                    .values(outbox_id=row_id, address=address, state="pending", attempts=0)
+                    .returning(ledger._RECIPIENTS.c.id)
+                )
+            )
+        # the erasure: the recipient's address is a pseudonym, its mail cancelled
+        await connection.execute(
+            ledger._RECIPIENTS.update()
+            .where(ledger._RECIPIENTS.c.id == rids[0])
+            .values(address="erased-1@erased.invalid", state="skipped")
+        )
+        await connection.commit()
+        results = ledger.Results(done=ids)
+        for rid, address in zip(rids, ["gone@example.org", "kept@example.org"], strict=True):
+            results.failed.append({"rid": rid, "e": "550 no such user"})
+            results.events.append(
+                {
+                    "ticket_id": None,
+                    "rid": rid,
+                    "recipient": address,
+                    "detail": {"recipient": address, "error": "550 no such user"},
+                    "created_at": NOW,
+                }
+            )
+        async with connection.begin():
+            await ledger.record(connection, results, NOW)
+        events = (
+            await connection.execute(
+                select(ledger._EVENTS.c.type, ledger._EVENTS.c.actor, ledger._EVENTS.c.detail)
+            )
+        ).all()
+    assert [tuple(e) for e in events] == [
+        (
+            "delivery_failed",
+            "system",
+            {"recipient": "kept@example.org", "error": "550 no such user"},
+        )
+    ]
