@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from helpdeskd.outbox import ledger
 from helpdeskd.outbox.ledger import Results
 from helpdeskd.store.models import OutboxJournalMark
+from helpdeskd.store.spool import sync_directory
 
 __all__ = ["FILENAME", "Entry", "Journal"]
 
@@ -140,7 +141,7 @@ class Journal:
             created = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if created:
-                _sync_folder(self.path.parent)
+                sync_directory(self.path.parent)
         fd = self._fd
         size = os.lseek(fd, 0, os.SEEK_END)
         try:
@@ -174,7 +175,7 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(fresh, self.path)
-        _sync_folder(self.path.parent)
+        sync_directory(self.path.parent)
         self.close()  # the next append opens the new file
 
 
@@ -183,14 +184,6 @@ async def _mark(connection: AsyncConnection) -> int:
         select(OutboxJournalMark.applied).where(OutboxJournalMark.name == MARK)
     )
     return mark or 0
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode(entry: Entry) -> bytes:
