@@ -225,7 +225,7 @@ class OutboxSender:
         login that works after one (``None, None``). KEYS (``[service]``'s secret keys) sign
         the VERP return paths of ``[smtp] return_path``. HOLD: seconds a claimed mail may wait
         in memory for its rate before it is put back in the table. JOURNAL: on SQLite, the
-        file that keeps results while another writer holds the database
+        file that keeps the results until the sender's turn to write
         (:mod:`helpdeskd.outbox.journal`)."""
         if smtp.return_path is not None and not keys:
             # A wiring mistake, not the admin's: mail still goes, with the From address.
@@ -377,7 +377,7 @@ class OutboxSender:
         self._relay_retry_at = self.clock() + timedelta(seconds=delay)
         log.warning("smtp_unreachable", error=reason, retry_in=round(delay, 1))
 
-    # --- the journal (SQLite): results kept while another writer holds the database --------
+    # --- the journal (SQLite): results kept until the sender's turn to write ---------------
 
     def _excluded(self) -> frozenset[int]:
         """The rows no claim may take: those in hand, and those whose results the journal

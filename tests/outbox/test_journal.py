@@ -1,5 +1,6 @@
-"""SQLite: the sender's results go to a journal while another writer holds the database, and
-are written once, when the turn comes or after a crash. Against a real SMTP server and SQLite."""
+"""SQLite: the sender's results go to a journal, so that no batch being stored holds the mail
+back, and are written once, at the sender's turn or after a crash. Against a real SMTP server
+and SQLite."""
 
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ async def test_results_left_in_the_journal_are_written_at_the_next_start_and_not
     make_config, smtp_sink: SmtpSink, tmp_path: Path, monkeypatch
 ):
     """The sender stops (or dies) while the database is still held: its results stay in the
-    journal. The next sender writes them before it claims anything and sends nothing again."""
+    journal. The next sender loads them before it claims anything, writes them, and sends
+    nothing again."""
     monkeypatch.setattr(outbox, "JOURNAL_CLOSE", 0.1)
     config = make_config(smtp=smtp_sink, smtp_extra={"connections": 2})
     smtp = replace(config.smtp, domain_rate=None)
