@@ -66,7 +66,6 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: list[Entry] = []
-        self.rows: set[int] = set()  # the entries' rows: no claim may take them
         self._next: int | None = None  # the next entry's number, once loaded
         self._fd: int | None = None
 
@@ -74,12 +73,16 @@ class Journal:
     def loaded(self) -> bool:
         return self._next is not None
 
+    @property
+    def rows(self) -> set[int]:
+        """The entries' rows: no claim may take them until they are written."""
+        return {row for entry in self.entries for row in entry.results.row_ids()}
+
     async def load(self, connection: AsyncConnection) -> None:
         """Read the entries the file holds beyond the database's mark (what a crash left)."""
         mark = await _mark(connection)
         found = _read(self.path)
         self.entries = [entry for entry in found if entry.number > mark]
-        self.rows = {row for entry in self.entries for row in entry.results.row_ids()}
         self._next = max([mark, *(entry.number for entry in found)]) + 1
         if len(self.entries) < len(found):  # the file keeps only what is left to write
             self._rewrite(self.entries)
@@ -92,7 +95,6 @@ class Journal:
         self._next += 1  # a number is used once, even by a line that could not be written
         self._append(_encode(entry))
         self.entries.append(entry)
-        self.rows.update(results.row_ids())
 
     async def write(self, connection: AsyncConnection) -> list[Entry]:
         """Write the entries so far beyond the database's mark, in CONNECTION's transaction
@@ -121,8 +123,6 @@ class Journal:
         them, and leave the file only what is still to write."""
         numbers = {entry.number for entry in entries}
         self.entries = [entry for entry in self.entries if entry.number not in numbers]
-        for entry in entries:
-            self.rows.difference_update(entry.results.row_ids())
         self._rewrite(self.entries)
 
     def close(self) -> None:
