@@ -120,6 +120,14 @@ async def reading(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+@contextlib.asynccontextmanager
+async def writing(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session in a transaction that writes, begun once this process's turn to write comes
+    (:func:`write_turn`); committed at the end, rolled back on an error."""
+    async with write_turn(sessions), sessions() as session, session.begin():
+        yield session
+
+
 def sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -24,7 +24,7 @@ from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox.journal import Journal
 from helpdeskd.outbox.ledger import Results
 from helpdeskd.outbox.sender import OutboxSender
-from helpdeskd.store.db import reading, write_turn
+from helpdeskd.store.db import reading, write_turn, writing
 from helpdeskd.store.models import Event, Outbox, OutboxJournalMark, OutboxRecipient
 from tests.harness import Desk
 from tests.outbox.test_sending import _each_sent_once, _queue_many, _rows
@@ -38,7 +38,7 @@ SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the jou
 async def _another_writer(desk: Desk) -> AsyncIterator[None]:
     """Hold the database as a batch of the ingest does: this process's turn to write, and
     SQLite's write lock, in a transaction that wrote."""
-    async with write_turn(desk.sessions), desk.sessions() as session, session.begin():
+    async with writing(desk.sessions) as session:
         await session.execute(update(OutboxJournalMark).values(applied=OutboxJournalMark.applied))
         yield
 

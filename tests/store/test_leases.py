@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text, update
 
 from helpdeskd.ingest.batch import MailboxMark, Processor
 from helpdeskd.store import leases
-from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade, write_turn
+from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade, writing
 from helpdeskd.store.leases import Lease, LeaseLost, acquire, fence, release, renew
 from helpdeskd.store.models import MailboxLease, MailboxState, RawMessage, Ticket
 from helpdeskd.triage.received import Incoming
@@ -63,7 +63,7 @@ async def test_a_renewal_gets_its_turn_while_other_writers_hand_the_database_on(
 
     async def writer() -> None:  # a batch after a record after a batch, each holding the lock
         while not stop.is_set():
-            async with write_turn(sessions), sessions() as session, session.begin():
+            async with writing(sessions) as session:
                 await session.execute(update(MailboxState).values(last_uid=MailboxState.last_uid))
                 await asyncio.sleep(0.5)
 
