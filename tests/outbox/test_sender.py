@@ -132,6 +132,49 @@ async def test_all_refused_permanently_fails_the_row(make_config, smtp_sink):
     assert smtp_sink.deliveries == []
 
 
+async def test_a_mail_refused_to_every_recipient_leaves_the_connection_to_the_next(
+    make_config, smtp_sink
+):
+    """The envelope of a mail nobody took is reset: the next mail goes over the same
+    connection (a second MAIL FROM without it is refused as a nested transaction)."""
+    config = make_config(smtp=smtp_sink, smtp_extra={"connections": 1})
+    smtp_sink.handler.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    async with Desk(config) as desk:
+        await _queue(desk, ["gone@example.org"])
+        await _queue(desk, ["a@example.org"])
+        sender = OutboxSender(desk.sessions, config.smtp)
+        await sender.drain(5)
+    first, second = cli_json(config, "outbox", "list")
+    assert (first["state"], second["state"]) == ("failed", "sent")
+    assert [d.recipients for d in smtp_sink.deliveries] == [["a@example.org"]]
+    assert sender.connections_opened == 1 and smtp_sink.connections == 1
+
+
+async def test_the_relay_is_told_the_size_of_each_mail_as_it_goes(make_config, smtp_sink):
+    """RFC 1870: MAIL FROM's SIZE is the mail's octets on the wire, every line ending a CRLF,
+    whatever endings the stored mail has."""
+    config = make_config(smtp=smtp_sink)
+    bodies = [
+        b"Subject: crlf\r\n\r\none\r\ntwo\r\n",
+        b"Subject: bare\n\none\ntwo\rthree\r\n",
+    ]
+    async with Desk(config) as desk:
+        async with desk.sessions() as session, session.begin():
+            for n, data in enumerate(bodies):
+                outbox.enqueue(
+                    session,
+                    kind="test",
+                    message_id=f"<size{n}@acme.test>",
+                    envelope_from="support@acme.test",
+                    recipients=[f"r{n}@example.org"],
+                    data=data,
+                )
+        await OutboxSender(desk.sessions, config.smtp).drain(5)
+    deliveries = sorted(smtp_sink.deliveries, key=lambda d: d.recipients)
+    assert [d.data.count(b"\r\n") for d in deliveries] == [4, 5]
+    assert [d.mail_options for d in deliveries] == [[f"SIZE={len(d.data)}"] for d in deliveries]
+
+
 async def test_temporary_failures_give_up_after_max_attempts(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink, smtp_extra={"max_attempts": 3})
     smtp_sink.handler.refuse["slow@example.org"] = "451 4.3.0 try later"

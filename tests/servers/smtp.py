@@ -44,6 +44,7 @@ class Delivery:
     recipients: list[str]
     data: bytes
     account: str | None = None  # the OAuth account that sent it; None without oauth
+    mail_options: list[str] = field(default_factory=list)  # MAIL FROM's parameters (SIZE=…)
 
     @property
     def message(self) -> EmailMessage:
@@ -106,6 +107,7 @@ class _Handler:
                         [str(r) for r in envelope.rcpt_tos],
                         content,
                         account,
+                        list(envelope.mail_options),
                     )
                 )
         return "250 Message accepted"
