@@ -31,7 +31,7 @@ from helpdeskd.ingest.writer import SLICE, Writer, give_turn
 from helpdeskd.mail.attachments import store as store_attachment
 from helpdeskd.mail.parse import ParsedMessage
 from helpdeskd.store.contacts import ensure_agents
-from helpdeskd.store.db import SessionMaker, reading, writing
+from helpdeskd.store.db import SessionMaker, reading
 from helpdeskd.store.models import MailboxState, Quarantine, RawMessage
 from helpdeskd.store.spool import spool
 from helpdeskd.triage.decision import decide
@@ -136,7 +136,7 @@ class Processor:
         async with self._lock:
             policy = self.runtime.policy  # the whole batch is decided under one policy
             outcomes: list[Outcome] = []
-            async with writing(self.sessions) as session:
+            async with self.sessions() as session, session.begin():
                 # Outside every SAVEPOINT: a run rolled back must not take the agents' ids.
                 await ensure_agents(session, policy.config)
                 while len(outcomes) < len(items):

@@ -2,9 +2,9 @@
 
 SQLite has one writer at a time. Through a backlog the ingest's batches hold the write lock
 almost all the time, each for a fraction of a second, and take turns with this process's other
-writers (:func:`helpdeskd.store.db.write_turn`). A customer's or an agent's mail is recorded
-before its connection sends the next such mail, so that a crash sends again only the mail in
-flight; with each record waiting for a turn, acknowledgements went out at about one per
+writers as each begins (:class:`helpdeskd.store.db._Turn`). A customer's or an agent's mail is
+recorded before its connection sends the next such mail, so that a crash sends again only the
+mail in flight; with each record waiting for a turn, acknowledgements went out at about one per
 connection per batch, and through a backlog most of them left only when the ingest ended.
 
 So on SQLite the sender appends each record to the journal instead: one line of JSON, flushed

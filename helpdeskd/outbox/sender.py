@@ -80,7 +80,7 @@ from helpdeskd.outbox.relay import (
     SendResult,
 )
 from helpdeskd.outbox.sendpass import UNADDRESSABLE, SendPass
-from helpdeskd.store.db import SessionMaker, engine_of, reading, write_turn
+from helpdeskd.store.db import SessionMaker, engine_of, reading
 from helpdeskd.store.models import Event, Outbox, OutboxRecipient
 from helpdeskd.store.valuelist import none_of, values
 
@@ -428,7 +428,7 @@ class OutboxSender:
         assert journal is not None
         while journal.entries:
             try:
-                async with write_turn(self.sessions), self.engine.begin() as connection:
+                async with self.engine.begin() as connection:
                     entries = await journal.write(connection)
                 journal.written(entries)
                 if any(e.results.released or e.results.retry for e in entries):

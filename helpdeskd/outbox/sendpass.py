@@ -25,7 +25,7 @@ from helpdeskd.outbox.ledger import Results
 from helpdeskd.outbox.policy import backoff, domain_of
 from helpdeskd.outbox.pool import Mail, in_hand, pick, pool_order, sweep, utc
 from helpdeskd.outbox.relay import LoginFailed, Relay, RelayDown, SendResult
-from helpdeskd.store.db import reading, write_turn
+from helpdeskd.store.db import reading
 
 if TYPE_CHECKING:  # the sender runs passes; a pass only needs its type
     from helpdeskd.outbox.sender import OutboxSender
@@ -715,7 +715,7 @@ class SendPass:
         connection, now = self.recorder, self.sender.clock()
         try:
             if not self.sender._leasing:
-                async with write_turn(self.sender.sessions), connection.begin():
+                async with connection.begin():
                     await ledger.record(connection, results, now)
             elif results.sent_only():
                 await ledger.record_sent(connection, results, now)

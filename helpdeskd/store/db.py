@@ -2,7 +2,8 @@
 
 SQLite is set up as DESIGN.md asks: WAL, ``synchronous=FULL``, foreign keys on, and SQLAlchemy's
 documented aiosqlite hook that hands BEGIN to us, so every transaction is ``BEGIN IMMEDIATE``
-(writers never deadlock on a lock upgrade) and SAVEPOINT works.
+(writers never deadlock on a lock upgrade) and SAVEPOINT works. The writers of one process
+take turns as they begin (:class:`_Turn`); a reader (:func:`reading`) waits for none of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, event, inspect, text
+import structlog
+from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 from helpdeskd import __version__
 from helpdeskd.config.settings import PACKAGE_DIR
@@ -31,6 +34,8 @@ from helpdeskd.errors import DatabaseUnreachable, SchemaError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+
+log = structlog.get_logger(__name__)
 
 SessionMaker = async_sessionmaker[AsyncSession]
 # The newest migration's revision, which check_schema asks of the database. Known here, the
@@ -84,6 +89,8 @@ def _statement_name() -> str:
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
+    turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = weakref.WeakKeyDictionary()
+
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Stop the driver from issuing BEGIN itself; the "begin" hook below does it.
@@ -97,10 +104,92 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Connection) -> None:
-        # A writer takes the write lock at once; a reader (READ_ONLY) reads a WAL snapshot and
-        # waits for nobody, not even a batch being stored.
-        read_only = conn.get_execution_options().get(_READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # A writer takes the write lock at once, in its turn; a reader (READ_ONLY) reads a WAL
+        # snapshot and waits for nobody, not even a batch being stored.
+        if conn.get_execution_options().get(_READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        loop = asyncio.get_running_loop()
+        turn = turns.get(loop)
+        if turn is None:
+            turn = turns[loop] = _Turn()
+        holder = _dbapi(conn.connection)
+        turn.take(holder)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            turn.give_back(holder)
+            raise
+
+    # The turn ends with the transaction: its COMMIT or ROLLBACK (the pool's too, when a
+    # connection goes back to it), or its connection's close.
+    dialect = engine.sync_engine.dialect
+    for name in ("do_commit", "do_rollback", "do_close", "do_terminate"):
+        setattr(dialect, name, _ending(getattr(dialect, name), turns))
+
+
+TURN_WAIT = 60.0  # seconds a writer waits for its turn, as long as for SQLite's lock after it
+
+
+class _Turn:
+    """This process's turn to write to one SQLite database, on one event loop.
+
+    SQLite has one writer at a time, and a writer that finds the lock taken sleeps and retries
+    (busy_timeout): one that commits and begins again at once, as the ingest does through a
+    backlog, takes the lock back before a sleeper wakes. The outbox's acknowledgements trailed
+    a backlog by minutes so, a mailbox lease's renewal lost every race until it expired, and an
+    unsubscribe, the heartbeat, housekeeping and the scheduler each waited up to a minute. So
+    every write transaction of the process takes its turn as it begins (the "begin" hook), and
+    writers queue in arrival order (an asyncio.Lock is first come, first served): the sender's
+    records are written between two batches (meanwhile its journal keeps them:
+    helpdeskd.outbox.journal). Other processes (a CLI command) still wait as SQLite makes them.
+    PostgreSQL locks rows, not the database: no turns there.
+
+    A writer that waits TURN_WAIT seconds goes on without its turn, to wait for the lock as
+    SQLite makes it: a transaction begun inside another one of the same task (which SQLite
+    would refuse after busy_timeout anyway) fails as it did, and never hangs.
+    """
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holder: object | None = None  # the DBAPI connection whose transaction has it
+
+    def take(self, holder: object) -> None:
+        """Wait for the turn (in the greenlet of SQLAlchemy's asyncio bridge) and give it to
+        HOLDER's transaction."""
+        try:
+            await_only(asyncio.wait_for(self.lock.acquire(), TURN_WAIT))
+        except TimeoutError:
+            log.warning("sqlite_write_turn_not_taken", waited=TURN_WAIT)
+            return
+        self.holder = holder
+
+    def give_back(self, holder: object) -> None:
+        if self.holder is holder:
+            self.holder = None
+            self.lock.release()
+
+
+def _dbapi(connection: Any) -> object:
+    """The driver's connection: a pooled connection's, or CONNECTION itself."""
+    return getattr(connection, "dbapi_connection", None) or connection
+
+
+def _ending(
+    step: Callable[[Any], None], turns: weakref.WeakKeyDictionary[Any, _Turn]
+) -> Callable[[Any], None]:
+    """STEP (a dialect's commit, rollback or close), after which the turn of the transaction
+    it ends, if it had one, is given back."""
+
+    def end(dbapi_connection: Any) -> None:
+        try:
+            step(dbapi_connection)
+        finally:
+            holder = _dbapi(dbapi_connection)
+            for turn in list(turns.values()):
+                turn.give_back(holder)
+
+    return end
 
 
 _READ_ONLY = "helpdeskd_read_only"
@@ -120,19 +209,8 @@ async def reading(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-@contextlib.asynccontextmanager
-async def writing(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
-    """A session in a transaction that writes, begun once this process's turn to write comes
-    (:func:`write_turn`); committed at the end, rolled back on an error."""
-    async with write_turn(sessions), sessions() as session, session.begin():
-        yield session
-
-
 def sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-_TURNS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def engine_of(sessions: SessionMaker) -> AsyncEngine:
@@ -140,27 +218,6 @@ def engine_of(sessions: SessionMaker) -> AsyncEngine:
     engine = sessions.kw["bind"]
     assert isinstance(engine, AsyncEngine)
     return engine
-
-
-def write_turn(sessions: SessionMaker) -> contextlib.AbstractAsyncContextManager[object]:
-    """Take this process's turn to write, around a write transaction that may have to wait.
-
-    SQLite has one writer at a time, and a writer that finds the lock taken sleeps and retries
-    (busy_timeout): one that commits and begins again at once, as the ingest does through a
-    backlog, takes the lock back before a sleeper wakes, and the outbox starves — its
-    acknowledgements trailed a backlog by minutes. Writers that take turns here queue in
-    arrival order (an asyncio.Lock is first come, first served), so the sender's records
-    are written between two batches (meanwhile its journal keeps them:
-    helpdeskd.outbox.journal). Other processes (a CLI command) still wait as SQLite makes
-    them. PostgreSQL locks rows, not the database: no turns there.
-    """
-    engine = engine_of(sessions)
-    if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
-    turn = _TURNS.get(engine.sync_engine)
-    if turn is None:
-        turn = _TURNS[engine.sync_engine] = asyncio.Lock()
-    return turn
 
 
 # --- migrations ------------------------------------------------------------------------------

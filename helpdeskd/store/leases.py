@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from helpdeskd.errors import HelpdeskError
-from helpdeskd.store.db import SessionMaker, writing
+from helpdeskd.store.db import SessionMaker
 from helpdeskd.store.models import Base, MailboxLease, UTCDateTime
 
 LEASE_SECONDS = 10.0
@@ -129,7 +129,7 @@ async def acquire(
     """Take MAILBOX's lease for HOLDER for SECONDS if it is free, expired, HOLDER's own, or
     held by one of REPLACING (daemons known to be dead); return it, or None if another daemon
     holds it."""
-    async with writing(sessions) as session:
+    async with sessions() as session, session.begin():
         dialect = dialect_of(session)
         if not await _legacy_free(session, mailbox):
             return None
@@ -173,7 +173,7 @@ def _own(lease: Lease) -> list[ColumnElement[bool]]:
 async def renew(sessions: SessionMaker, lease: Lease, *, seconds: float = LEASE_SECONDS) -> bool:
     """Extend LEASE by SECONDS from now; False when it is no longer held (taken over, or left
     to a daemon of the previous release, in which case it is released too)."""
-    async with writing(sessions) as session:
+    async with sessions() as session, session.begin():
         dialect = dialect_of(session)
         if not await _legacy_free(session, lease.mailbox):
             await session.execute(
@@ -209,7 +209,7 @@ async def fence(session: AsyncSession, lease: Lease) -> None:
 
 async def release(sessions: SessionMaker, lease: Lease) -> None:
     """Give LEASE up (a clean stop): another daemon may take the mailbox at once."""
-    async with writing(sessions) as session:
+    async with sessions() as session, session.begin():
         await session.execute(
             update(_LEASES)
             .where(*_own(lease))

@@ -24,7 +24,7 @@ from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox.journal import Journal
 from helpdeskd.outbox.ledger import Results
 from helpdeskd.outbox.sender import OutboxSender
-from helpdeskd.store.db import reading, write_turn, writing
+from helpdeskd.store.db import reading
 from helpdeskd.store.models import Event, Outbox, OutboxJournalMark, OutboxRecipient
 from tests.harness import Desk
 from tests.outbox.test_sending import _each_sent_once, _queue_many, _rows
@@ -38,7 +38,7 @@ SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the jou
 async def _another_writer(desk: Desk) -> AsyncIterator[None]:
     """Hold the database as a batch of the ingest does: this process's turn to write, and
     SQLite's write lock, in a transaction that wrote."""
-    async with writing(desk.sessions) as session:
+    async with desk.sessions() as session, session.begin():
         await session.execute(update(OutboxJournalMark).values(applied=OutboxJournalMark.applied))
         yield
 
@@ -163,7 +163,7 @@ async def test_an_entry_written_before_a_crash_left_it_in_the_file_is_not_writte
         )
         journal = await _loaded(desk, path)
         journal.append(retry, T0)
-        async with write_turn(desk.sessions), desk.engine.begin() as connection:
+        async with desk.engine.begin() as connection:
             assert len(await journal.write(connection)) == 1
         journal.close()  # the crash: written() never ran
         assert path.stat().st_size > 0
@@ -201,7 +201,7 @@ async def test_an_entry_appended_while_the_entries_before_it_were_written_is_kep
         [row_id, other_id] = await _queue_many(desk, [["a@example.org"], ["b@example.org"]], due=T0)
         journal = await _loaded(desk, path)
         journal.append(Results(settled=[row_id]), T0)
-        async with write_turn(desk.sessions), desk.engine.begin() as connection:
+        async with desk.engine.begin() as connection:
             await journal.write(connection)
             journal.append(Results(settled=[other_id]), T0)  # meanwhile
         journal.close()  # the crash: written() never ran
@@ -357,7 +357,7 @@ async def test_a_failure_kept_over_an_erasure_does_not_bring_the_address_back(
         journal.close()
         await erase(desk.sessions, config, "gone@example.org", by="admin@acme.test", now=T0)
         again = await _loaded(desk, path)
-        async with write_turn(desk.sessions), desk.engine.begin() as connection:
+        async with desk.engine.begin() as connection:
             await again.write(connection)
         again.close()
         async with desk.sessions() as session:

@@ -1,5 +1,5 @@
-"""SQLite transactions as helpdeskd opens them: a writer locks at once, a READ_ONLY reader never
-waits."""
+"""SQLite transactions as helpdeskd opens them: a writer locks at once, in its turn among the
+process's writers; a READ_ONLY reader never waits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+import structlog
+from sqlalchemy import select, text, update
 
+from helpdeskd.store import db
 from helpdeskd.store.db import (
     READ_ONLY,
     SQLITE_STATEMENT_CACHE,
@@ -42,6 +44,86 @@ async def test_a_read_only_transaction_reads_beside_a_writer(tmp_path: Path) -> 
             await asyncio.sleep(0.5)
             assert not waiting.done()  # a default transaction waits for the write lock
         assert await asyncio.wait_for(waiting, 5) == ["support"]
+    finally:
+        await engine.dispose()
+
+
+async def _engine(tmp_path: Path) -> Any:
+    url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
+    await asyncio.to_thread(upgrade, url)
+    return create_engine(url)
+
+
+async def _touch(sessions: Any, hold: float = 0.0) -> None:
+    """A write transaction, holding the write lock HOLD seconds."""
+    async with sessions() as session, session.begin():
+        await session.execute(update(MailboxState).values(last_uid=MailboxState.last_uid))
+        await asyncio.sleep(hold)
+
+
+async def test_a_writer_gets_its_turn_while_others_hand_the_database_on(tmp_path: Path) -> None:
+    """Two writers commit and begin again at once, as the ingest's batches and the sender's
+    records do through a backlog. A third (an unsubscribe, the heartbeat) is done after one of
+    their transactions: left to SQLite's busy handler it lost the lock to them, each time."""
+    engine = await _engine(tmp_path)
+    sessions = sessionmaker(engine)
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await _touch(sessions, hold=0.3)
+
+    writers = [asyncio.create_task(writer()) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(_touch(sessions), timeout=3)  # about 0.6 s
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+        await engine.dispose()
+
+
+async def test_a_turn_ends_with_its_transaction_however_it_ends(tmp_path: Path) -> None:
+    """Committed, rolled back by an error, or left open on a connection handed back to the
+    pool: the next writer begins at once (a turn kept would hold every writer of the process)."""
+    engine = await _engine(tmp_path)
+    sessions = sessionmaker(engine)
+    try:
+        await asyncio.wait_for(_touch(sessions), timeout=2)
+        with pytest.raises(ZeroDivisionError):
+            async with sessions() as session, session.begin():
+                await session.execute(update(MailboxState).values(last_uid=1))
+                _ = 1 / 0
+        await asyncio.wait_for(_touch(sessions), timeout=2)
+        connection = await engine.connect()
+        await connection.execute(update(MailboxState).values(last_uid=2))
+        await connection.close()  # the pool rolls it back
+        await asyncio.wait_for(_touch(sessions), timeout=2)
+        async with engine.connect() as reader:  # a reader takes no turn, and holds none
+            await reader.execution_options(**READ_ONLY)
+            await reader.execute(select(MailboxState.name))
+            await asyncio.wait_for(_touch(sessions), timeout=2)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_writer_that_waited_too_long_for_its_turn_waits_for_the_lock_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After TURN_WAIT seconds a writer goes on to wait for SQLite's lock itself, so a turn
+    held by a transaction of its own task fails as SQLite makes it, never hangs; it takes no
+    turn then, and leaves none taken."""
+    monkeypatch.setattr(db, "TURN_WAIT", 0.2)
+    engine = await _engine(tmp_path)
+    sessions = sessionmaker(engine)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            holder = asyncio.create_task(_touch(sessions, hold=0.6))
+            await asyncio.sleep(0.1)
+            await asyncio.wait_for(_touch(sessions), timeout=5)
+            await holder
+        assert [e["event"] for e in logs] == ["sqlite_write_turn_not_taken"]
+        await asyncio.wait_for(_touch(sessions), timeout=2)
     finally:
         await engine.dispose()
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text, update
 
 from helpdeskd.ingest.batch import MailboxMark, Processor
 from helpdeskd.store import leases
-from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade, writing
+from helpdeskd.store.db import SessionMaker, create_engine, sessionmaker, upgrade
 from helpdeskd.store.leases import Lease, LeaseLost, acquire, fence, release, renew
 from helpdeskd.store.models import MailboxLease, MailboxState, RawMessage, Ticket
 from helpdeskd.triage.received import Incoming
@@ -54,7 +54,7 @@ async def test_a_renewal_gets_its_turn_while_other_writers_hand_the_database_on(
     sessions: SessionMaker,
 ) -> None:
     """SQLite: through a backlog the ingest's batches and the sender's records hand the write
-    lock to each other, taking turns (write_turn). A renewal takes its turn with them and is
+    lock to each other, taking turns as each begins. A renewal takes its turn with them and is
     done after one of their transactions; one left to SQLite's busy handler lost the lock to
     them until the lease ran out."""
     lease = await acquire(sessions, "support", "daemon-a", seconds=60)
@@ -63,7 +63,7 @@ async def test_a_renewal_gets_its_turn_while_other_writers_hand_the_database_on(
 
     async def writer() -> None:  # a batch after a record after a batch, each holding the lock
         while not stop.is_set():
-            async with writing(sessions) as session:
+            async with sessions() as session, session.begin():
                 await session.execute(update(MailboxState).values(last_uid=MailboxState.last_uid))
                 await asyncio.sleep(0.5)
 
