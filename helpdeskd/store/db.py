@@ -112,7 +112,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         loop = asyncio.get_running_loop()
         turn = turns.get(loop)
         if turn is None:
-            turn = turns[loop] = _Turn()
+            turn = turns[loop] = _Turn(loop)
         holder = _dbapi(conn.connection)
         turn.take(holder)
         try:
@@ -136,38 +136,53 @@ class _Turn:
 
     SQLite has one writer at a time, and a writer that finds the lock taken sleeps and retries
     (busy_timeout): one that commits and begins again at once, as the ingest does through a
-    backlog, takes the lock back before a sleeper wakes. The outbox's acknowledgements trailed
-    a backlog by minutes so, a mailbox lease's renewal lost every race until it expired, and an
-    unsubscribe, the heartbeat, housekeeping and the scheduler each waited up to a minute. So
-    every write transaction of the process takes its turn as it begins (the "begin" hook), and
-    writers queue in arrival order (an asyncio.Lock is first come, first served): the sender's
-    records are written between two batches (meanwhile its journal keeps them:
-    helpdeskd.outbox.journal). Other processes (a CLI command) still wait as SQLite makes them.
-    PostgreSQL locks rows, not the database: no turns there.
+    backlog, takes the lock back before a sleeper wakes. Left to it, the outbox's
+    acknowledgements trailed a backlog by minutes, a mailbox lease's renewal lost every race
+    until the lease ran out, and an unsubscribe, the heartbeat, housekeeping and the scheduler
+    could each wait up to a minute. So every write transaction of the process takes its turn as
+    it begins (the "begin" hook), and writers queue in arrival order (an asyncio.Lock is first
+    come, first served): the sender's records are written between two batches (meanwhile its
+    journal keeps them: helpdeskd.outbox.journal). Other processes (a CLI command) still wait
+    as SQLite makes them. PostgreSQL locks rows, not the database: no turns there.
 
     A writer that waits TURN_WAIT seconds goes on without its turn, to wait for the lock as
     SQLite makes it: a transaction begun inside another one of the same task (which SQLite
     would refuse after busy_timeout anyway) fails as it did, and never hangs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.lock = asyncio.Lock()
         self.holder: object | None = None  # the DBAPI connection whose transaction has it
 
     def take(self, holder: object) -> None:
         """Wait for the turn (in the greenlet of SQLAlchemy's asyncio bridge) and give it to
-        HOLDER's transaction."""
-        try:
-            await_only(asyncio.wait_for(self.lock.acquire(), TURN_WAIT))
-        except TimeoutError:
-            log.warning("sqlite_write_turn_not_taken", waited=TURN_WAIT)
-            return
+        HOLDER's transaction. A free turn is taken at once, without a task to wait in."""
+        lock = self.lock
+        if lock.locked():
+            try:
+                await_only(asyncio.wait_for(lock.acquire(), TURN_WAIT))
+            except TimeoutError:
+                log.warning("sqlite_write_turn_not_taken", waited=TURN_WAIT)
+                return
+        else:
+            await_only(lock.acquire())
         self.holder = holder
 
     def give_back(self, holder: object) -> None:
-        if self.holder is holder:
-            self.holder = None
+        """HOLDER's transaction ended: the next writer's turn. (A connection the garbage
+        collector closes may end it on another thread: the loop's own thread releases it.)"""
+        if self.holder is not holder:
+            return
+        self.holder = None
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self.loop:
             self.lock.release()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.lock.release)
 
 
 def _dbapi(connection: Any) -> object:
