@@ -151,7 +151,7 @@ class _Turn:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = weakref.ref(loop)  # not kept alive by its turn (they are kept by loop)
         self.lock = asyncio.Lock()
         self.holder: object | None = None  # the DBAPI connection whose transaction has it
 
@@ -179,10 +179,11 @@ class _Turn:
             here = asyncio.get_running_loop()
         except RuntimeError:
             here = None
-        if here is self.loop:
+        loop = self.loop()
+        if here is not None and here is loop:
             self.lock.release()
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.lock.release)
+        elif loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.lock.release)
 
 
 def _dbapi(connection: Any) -> object:

@@ -128,6 +128,29 @@ async def test_a_writer_that_waited_too_long_for_its_turn_waits_for_the_lock_ins
         await engine.dispose()
 
 
+async def test_a_turn_ended_on_another_thread_is_released_on_the_loops() -> None:
+    """A connection the garbage collector closes may end its transaction on any thread: the
+    lock (an asyncio.Lock, not thread-safe) is released on the loop's own thread, and the
+    writer waiting for it goes on. (In debug mode the loop refuses a call from another
+    thread.)"""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        turn = db._Turn(loop)
+        holder = object()
+        await turn.lock.acquire()
+        turn.holder = holder
+        waiting = asyncio.ensure_future(turn.lock.acquire())
+        await asyncio.to_thread(turn.give_back, object())  # not its holder: nothing happens
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and turn.holder is holder
+        await asyncio.to_thread(turn.give_back, holder)
+        await asyncio.wait_for(waiting, timeout=2)
+        assert turn.holder is None
+    finally:
+        loop.set_debug(False)
+
+
 async def test_sqlite_connections_keep_fewer_statements_prepared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
