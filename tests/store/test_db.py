@@ -64,7 +64,8 @@ async def _touch(sessions: Any, hold: float = 0.0) -> None:
 async def test_a_writer_gets_its_turn_while_others_hand_the_database_on(tmp_path: Path) -> None:
     """Two writers commit and begin again at once, as the ingest's batches and the sender's
     records do through a backlog. A third (an unsubscribe, the heartbeat) is done after one of
-    their transactions: left to SQLite's busy handler it lost the lock to them, each time."""
+    their transactions: left to SQLite's busy handler it lost the lock to them (in 3 runs of
+    3, before every writer took its turn)."""
     engine = await _engine(tmp_path)
     sessions = sessionmaker(engine)
     stop = asyncio.Event()
@@ -110,9 +111,9 @@ async def test_a_turn_ends_with_its_transaction_however_it_ends(tmp_path: Path) 
 async def test_a_writer_that_waited_too_long_for_its_turn_waits_for_the_lock_instead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After TURN_WAIT seconds a writer goes on to wait for SQLite's lock itself, so a turn
-    held by a transaction of its own task fails as SQLite makes it, never hangs; it takes no
-    turn then, and leaves none taken."""
+    """After TURN_WAIT seconds a writer goes on to wait for SQLite's lock itself (so a
+    transaction nested in another of its own task fails as SQLite makes it, and never hangs);
+    it takes no turn then, and leaves none taken. Here the turn is another task's, held 0.6 s."""
     monkeypatch.setattr(db, "TURN_WAIT", 0.2)
     engine = await _engine(tmp_path)
     sessions = sessionmaker(engine)
