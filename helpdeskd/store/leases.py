@@ -15,10 +15,11 @@ holder's batch serialise on the row: the batch commits before the takeover, or n
 Each call is one short transaction and keeps no session state, so leases work through
 PgBouncer's transaction pooling (session-level advisory locks do not). Times are the database's
 own clock on PostgreSQL (``clock_timestamp()``: hosts whose clocks differ still agree) and the
-daemon's on SQLite, which serves one host. On SQLite each call takes this process's turn to
-write (:func:`helpdeskd.store.db.writing`): a renewal left to wait in SQLite's busy handler
-lost every race for the lock to the ingest's batches and the sender's records, which hand it
-to each other through a backlog, and the lease ran out.
+daemon's on SQLite, which serves one host. On SQLite each call's transaction takes this
+process's turn to write as it begins, as every writer's does (:class:`helpdeskd.store.db._Turn`):
+a renewal left to wait in SQLite's busy handler lost every race for the lock to the ingest's
+batches and the sender's records, which hand it to each other through a backlog, and the lease
+ran out.
 """
 
 from __future__ import annotations
