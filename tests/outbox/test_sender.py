@@ -15,6 +15,7 @@ from helpdeskd.desk.redelivery import retry_outbox
 from helpdeskd.mail.build import OutgoingMail, build_message, new_message_id
 from helpdeskd.outbox import sender as outbox
 from helpdeskd.outbox import sendpass
+from helpdeskd.outbox.relay import Relay
 from helpdeskd.outbox.sender import OutboxSender, backoff
 from helpdeskd.store.models import Outbox
 from tests.clocks import ManualClock
@@ -173,6 +174,32 @@ async def test_the_relay_is_told_the_size_of_each_mail_as_it_goes(make_config, s
     deliveries = sorted(smtp_sink.deliveries, key=lambda d: d.recipients)
     assert [d.data.count(b"\r\n") for d in deliveries] == [4, 5]
     assert [d.mail_options for d in deliveries] == [[f"SIZE={len(d.data)}"] for d in deliveries]
+
+
+async def test_the_relay_is_given_each_address_as_stored_and_nothing_after_it(
+    make_config, smtp_sink
+):
+    """MAIL and RCPT carry an address the desk stores as it is: a local part with stray dots,
+    an address literal, the null sender. An address it would not store goes through
+    aiosmtplib's own quoting, so nothing after it reaches the relay as a parameter or a
+    command."""
+    config = make_config(smtp=smtp_sink)
+    relay = Relay(config.smtp)
+    stored = ["foo..bar.@docomo.ne.jp", "user+tag@example.org", "x@[127.0.0.1]"]
+    hostile = ["a@example.org> NOTIFY=NEVER", "b@example.org>\r\nRSET"]
+    mails = [b"Subject: a\r\n\r\none\r\n", b"Subject: b\r\n\r\n"]
+    await relay.connect()
+    try:
+        first = await relay.send("", stored, mails[0])
+        second = await relay.send("bounces@acme.test> RET=FULL", hostile, mails[1])
+    finally:
+        await relay.close()
+    assert first.accepted == tuple(stored) and second.accepted == tuple(hostile)
+    assert [(d.sender, d.recipients) for d in smtp_sink.deliveries] == [
+        ("<>", stored),
+        ("bounces@acme.test", ["a@example.org", "b@example.org"]),
+    ]
+    assert [d.mail_options for d in smtp_sink.deliveries] == [[f"SIZE={len(m)}"] for m in mails]
 
 
 async def test_temporary_failures_give_up_after_max_attempts(make_config, smtp_sink):
