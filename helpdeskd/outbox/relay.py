@@ -275,8 +275,8 @@ def _path(address: str, encoding: str) -> bytes | None:
     for none) when :func:`helpdeskd.mail.parse.is_address` accepts it: then it has no
     whitespace, control character, angle bracket or other special that could end the path or
     the line, and aiosmtplib's ``mail`` and ``rcpt`` would write it the same, after parsing
-    it as an RFC 5322 address list (without that, the sender's CPU per mail at the relay's
-    full speed fell by about 6 %). None for any other address: aiosmtplib's own commands
+    it as an RFC 5322 address list (skipping that parse cut the sender's CPU per mail at the
+    relay's full speed by about 6 %). None for any other address: aiosmtplib's own commands
     quote and check it, as before."""
     if address and not is_address(address):
         return None
