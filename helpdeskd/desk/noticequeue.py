@@ -5,10 +5,11 @@ A notice to a hundred thousand customers is queued in memory that does not grow 
 audience is read CHUNK recipients at a time (keyset pagination by contact id), each chunk's
 opt-outs and erasures looked up at once (helpdeskd.desk.notices.suppressed), its mail rendered,
 and its rows inserted with one multi-row INSERT per table; across chunks only counts are kept
-(Tally). Queued whole or not at all: ``notice send`` (send_notice) renders into a compressed
-Spool on disk under a read-only transaction, then inserts it all in one transaction, so that on
-SQLite the write lock is held only while inserting; queue_notice does both in its caller's
-transaction. Rendering is most of a notice's cost: a large one (PARALLEL_FROM recipients) is
+(Tally). Queued whole or not at all: on SQLite ``notice send`` (send_notice) renders into a
+compressed Spool on disk under a read-only transaction, then inserts it all in one transaction,
+so that the write lock is held only while inserting; queue_notice does both in its caller's
+transaction, as ``notice send`` does on PostgreSQL, where an open write transaction blocks no
+other writer. Rendering is most of a notice's cost: a large one (PARALLEL_FROM recipients) is
 rendered by a process per core (helpdeskd.workers), a few chunks ahead of the one stored, in
 the audience's order still, while this process reads and writes the database.
 """
@@ -58,7 +59,7 @@ from helpdeskd.mail.build import new_message_id
 from helpdeskd.mail.parse import is_address
 from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox import sender as outbox
-from helpdeskd.store.db import SessionMaker, reading
+from helpdeskd.store.db import SessionMaker, engine_of, reading
 from helpdeskd.store.models import Base, Event, Notice, Outbox, OutboxRecipient
 from helpdeskd.workers import worker_pool
 
@@ -591,15 +592,35 @@ async def send_notice(
     chunk: int = CHUNK,
     renderers: int | None = None,
 ) -> NoticeReport:
-    """Like queue_notice, in two steps so that no write transaction is open while rendering: a
-    running daemon keeps storing mail while a hundred thousand notices are rendered.
+    """Queue a notice as queue_notice does, in a transaction of its own, without keeping
+    SQLite's write lock while rendering: a running daemon keeps storing mail while a hundred
+    thousand notices are rendered.
 
-    The mail is rendered chunk by chunk in a read-only transaction into a Spool on disk, then
-    inserted from it in one transaction: the notice is queued whole or not at all, and the
-    sender sees none of it before the commit.
+    On SQLite the mail is rendered chunk by chunk in a read-only transaction into a Spool on
+    disk, then inserted from it in one transaction: the notice is queued whole or not at all,
+    and the sender sees none of it before the commit. On PostgreSQL an open write transaction
+    keeps no other writer waiting: the notice is queue_notice's, each chunk inserted while the
+    next ones are rendered, in one transaction all the same.
     """
     now = clock()
     send_at = send_at or now
+    if not dry_run and engine_of(sessions).dialect.name == "postgresql":
+        async with sessions() as session, session.begin():
+            return await queue_notice(
+                session,
+                config,
+                renderer,
+                category=category,
+                template=template,
+                audience=audience,
+                now=now,
+                send_at=send_at,
+                expires_at=expires_at,
+                extra=extra,
+                progress=progress,
+                chunk=chunk,
+                renderers=renderers,
+            )
     plan = plan_notice(config, renderer, category=category, template=template, audience=audience)
     with Spool() as spool:
         async with reading(sessions) as session:

@@ -19,8 +19,9 @@ Phases:
 2. queue: the optional category ``feature_update`` with the shipped template
    ``feature_update`` to every customer (``Audience()``: all), at 10,000 customers (when N is
    more) and then at N, each of two ways: ``queue_notice`` in one transaction (as incidents and
-   maintenance notices are queued) and ``send_notice`` (``helpdeskd notice send``: rendered
-   into a spool on disk under a read-only transaction, then inserted in one transaction). Each
+   maintenance notices are queued) and ``send_notice`` (``helpdeskd notice send``: on SQLite
+   rendered into a spool on disk under a read-only transaction, then inserted in one
+   transaction; on PostgreSQL as ``queue_notice``, in a transaction of its own). Each
    run is a fresh child process (``spawn``) on a fresh copy of its database, so that each peak
    RSS is its own; the last one, ``notice send`` to all N, runs on the database the send phases
    use. Per run: wall time (and each step's, as its progress reports them), recipients/s, CPU,
@@ -329,8 +330,8 @@ def setup_database(url: str, csv_path: Path) -> tuple[float, int, int, float, fl
 # --- the queue phase: each measurement in a child process of its own --------------------------
 
 QUEUE_WAYS = {
-    "notice send": "send_notice: rendered into a spool under a read-only transaction, then "
-    "inserted in one transaction",
+    "notice send": "send_notice: on SQLite rendered into a spool under a read-only "
+    "transaction, then inserted in one transaction; on PostgreSQL as queue_notice",
     "queue_notice": "queue_notice in one transaction (as incidents and maintenance do)",
 }
 FIRST_SIZE = 10_000  # the first measurement; then the full --recipients

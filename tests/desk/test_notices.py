@@ -606,6 +606,50 @@ async def test_a_renderer_process_that_dies_queues_nothing(crowd, way):
     assert await _stored(sessions) == before
 
 
+async def test_notice_send_holds_sqlites_lock_only_to_insert_and_postgresqls_rows_as_it_renders(
+    crowd,
+):
+    """On SQLite, ``notice send`` renders every chunk before its write transaction begins (the
+    daemon keeps writing meanwhile); on PostgreSQL, where an open write transaction keeps no
+    other writer waiting, each chunk is inserted while the next ones are rendered. Either way
+    the notice is queued whole, in one transaction."""
+    from contextlib import contextmanager
+
+    from helpdeskd.desk.noticequeue import send_notice
+    from helpdeskd.desk.notices import Audience
+    from helpdeskd.mail.render import Renderer
+    from helpdeskd.store.db import engine_of
+
+    config, sessions = crowd
+    stages: list[str] = []
+
+    @contextmanager
+    def progress(label, _total):
+        stages.append(label)
+        yield lambda _count: None
+
+    before = await _stored(sessions)
+    report = await send_notice(
+        sessions,
+        config,
+        Renderer(config.paths.templates),
+        category="feature_update",
+        template="feature_update",
+        audience=Audience(),
+        send_at=SEND_AT,
+        extra={"message": "hello"},
+        progress=progress,
+        chunk=2,
+        renderers=0,
+    )
+    after = await _stored(sessions)
+    postgresql = engine_of(sessions).dialect.name == "postgresql"
+    assert stages == (["queueing"] if postgresql else ["rendering", "queueing"])
+    assert after["notices"] == before["notices"] + 1
+    assert after["outbox"] - before["outbox"] == report.queued + report.failed
+    assert report.queued > 0
+
+
 def test_the_command_line_names_the_recipient_a_template_fails_for(crowd):
     config, _sessions = crowd
     proc = cli(config, "notice", "send", "feature_update", "--template", "fragile", check=False)
