@@ -609,10 +609,10 @@ async def test_a_renderer_process_that_dies_queues_nothing(crowd, way):
 async def test_notice_send_holds_sqlites_lock_only_to_insert_and_postgresqls_rows_as_it_renders(
     crowd,
 ):
-    """On SQLite, ``notice send`` renders every chunk before its write transaction begins (the
-    daemon keeps writing meanwhile); on PostgreSQL, where an open write transaction keeps no
-    other writer waiting, each chunk is inserted while the next ones are rendered. Either way
-    the notice is queued whole, in one transaction."""
+    """On SQLite, ``notice send`` renders every chunk (its ``rendering`` step) before one write
+    transaction inserts them all (``queueing``); on PostgreSQL, where an open write transaction
+    keeps no other writer waiting, it has the one step, each chunk inserted while the next ones
+    are rendered. Either way the whole notice is queued."""
     from contextlib import contextmanager
 
     from helpdeskd.desk.noticequeue import send_notice
