@@ -382,11 +382,20 @@ async def crowd(make_config, tmp_path):
 
 
 async def _queue(
-    way, config, sessions, *, category, template, extra=None, dry_run=False, renderers=0
+    way,
+    config,
+    sessions,
+    *,
+    category,
+    template,
+    extra=None,
+    dry_run=False,
+    renderers=0,
+    progress=None,
 ):
     """Queue a notice the WAY named, two recipients a chunk, rendered in this process or by
-    RENDERERS processes (as a large notice is)."""
-    from helpdeskd.desk.noticequeue import queue_notice, send_notice
+    RENDERERS processes (as a large notice is), its steps shown to PROGRESS (if given)."""
+    from helpdeskd.desk.noticequeue import no_progress, queue_notice, send_notice
     from helpdeskd.desk.notices import Audience
     from helpdeskd.mail.render import Renderer
 
@@ -402,6 +411,7 @@ async def _queue(
             send_at=SEND_AT,
             extra=extra,
             dry_run=dry_run,
+            progress=progress or no_progress,
             chunk=2,
             renderers=renderers,
         )
@@ -417,6 +427,7 @@ async def _queue(
             send_at=SEND_AT,
             extra=extra,
             dry_run=dry_run,
+            progress=progress or no_progress,
             chunk=2,
             renderers=renderers,
         )
@@ -615,9 +626,6 @@ async def test_notice_send_holds_sqlites_lock_only_to_insert_and_postgresqls_row
     are rendered. Either way the whole notice is queued."""
     from contextlib import contextmanager
 
-    from helpdeskd.desk.noticequeue import send_notice
-    from helpdeskd.desk.notices import Audience
-    from helpdeskd.mail.render import Renderer
     from helpdeskd.store.db import engine_of
 
     config, sessions = crowd
@@ -629,18 +637,14 @@ async def test_notice_send_holds_sqlites_lock_only_to_insert_and_postgresqls_row
         yield lambda _count: None
 
     before = await _stored(sessions)
-    report = await send_notice(
-        sessions,
+    report = await _queue(
+        "notice send",
         config,
-        Renderer(config.paths.templates),
+        sessions,
         category="feature_update",
         template="feature_update",
-        audience=Audience(),
-        send_at=SEND_AT,
         extra={"message": "hello"},
         progress=progress,
-        chunk=2,
-        renderers=0,
     )
     after = await _stored(sessions)
     postgresql = engine_of(sessions).dialect.name == "postgresql"
