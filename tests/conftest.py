@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,12 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 CORPUS_NOT_MAIL = frozenset({"LICENSE", "NOTICE", "README.md"})  # the corpus's own papers
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, in their order, then the rest: the suite's CPU is its limit, and
+    a slow test handed out last kept the run going long after every other test was done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def need(reason: str | None) -> None:
     """Skip for REASON outside CI; in CI a missing server is a failure."""
     if reason is None:
@@ -43,11 +52,9 @@ _pg_reason: list[str | None] = []
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database: SQLite in a temp dir, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
-        upgrade(url)
-        yield url
+        yield sqlite_database(request, tmp_path / "helpdeskd.db")
         return
-    yield from _pg_database()
+    yield from _pg_database(request)
 
 
 @pytest.fixture
@@ -60,13 +67,44 @@ async def sessions(db_url: str) -> AsyncIterator[SessionMaker]:
         await engine.dispose()
 
 
-def _pg_database() -> Iterator[str]:
-    if not _pg_reason:
-        _pg_reason.append(postgres.available())
-    need(_pg_reason[0])
+# A test's database is a copy of one migrated once per test process: migrating each took a
+# sizeable share of the suite's CPU (tests/store/test_migrations.py migrates for itself).
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite database, whole in its one file (its WAL checkpointed)."""
+    path = tmp_path_factory.mktemp("template") / "helpdeskd.db"
+    upgrade(f"sqlite:///{path}")
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+def sqlite_database(request: pytest.FixtureRequest, path: Path) -> str:
+    """A migrated, empty SQLite database at PATH; its URL."""
+    shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def _pg_template() -> Iterator[str]:
+    """A migrated, empty PostgreSQL database, which nobody connects to: it is only copied."""
     url = postgres.create_database()
     try:
         upgrade(url)
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+def _pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, dropped afterwards; its URL."""
+    if not _pg_reason:
+        _pg_reason.append(postgres.available())
+    need(_pg_reason[0])
+    url = postgres.create_database(template=request.getfixturevalue("_pg_template"))
+    try:
         yield url
     finally:
         postgres.drop_database(url)
@@ -90,9 +128,9 @@ def make_config(tmp_path: Path, db_url: str) -> ConfigFactory:
 
 
 @pytest.fixture
-def pg_url(tmp_path: Path) -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database, for tests that only make sense there."""
-    yield from _pg_database()
+    yield from _pg_database(request)
 
 
 @pytest.fixture

@@ -10,19 +10,17 @@ import sys
 import pytest
 from sqlalchemy import select, text
 
-from helpdeskd.store.db import upgrade
 from helpdeskd.store.models import Outbox, Ticket
-from tests.conftest import config_factory
+from tests.conftest import config_factory, sqlite_database
 from tests.desk.privacy_scene import ADA, PHRASE, build_light, table_traces
 from tests.harness import ROOT, Desk, cli, cli_json
 
 
 @pytest.fixture
-def sqlite_config(tmp_path):
+def sqlite_config(request, tmp_path):
     """The commands print what the services return, the same on either database (the services
     are tested on both): SQLite only, to spare each command's start-up time."""
-    url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
-    upgrade(url)
+    url = sqlite_database(request, tmp_path / "helpdeskd.db")
     return config_factory(tmp_path, url)()
 
 

@@ -10,19 +10,18 @@ import pytest
 from helpdeskd.cli.retention import _print_report
 from helpdeskd.clock import system_clock
 from helpdeskd.desk.retention import Due, report
-from helpdeskd.store.db import reading, upgrade
-from tests.conftest import config_factory
+from helpdeskd.store.db import reading
+from tests.conftest import config_factory, sqlite_database
 from tests.desk.privacy_scene import build_light
 from tests.desk.test_retention import age
 from tests.harness import Desk, cli, cli_json
 
 
 @pytest.fixture
-def sqlite_config(tmp_path):
+def sqlite_config(request, tmp_path):
     """SQLite only: the commands print what helpdeskd.desk.retention returns, which is tested
     on both databases."""
-    url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
-    upgrade(url)
+    url = sqlite_database(request, tmp_path / "helpdeskd.db")
     return config_factory(tmp_path, url)()
 
 

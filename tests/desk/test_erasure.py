@@ -18,7 +18,6 @@ from helpdeskd.desk.notices import Audience, plan_notice, recheck
 from helpdeskd.errors import UserError
 from helpdeskd.mail.render import Renderer
 from helpdeskd.outbox.sender import OutboxSender
-from helpdeskd.store.db import upgrade
 from helpdeskd.store.models import (
     Contact,
     Outbox,
@@ -29,7 +28,7 @@ from helpdeskd.store.models import (
     Ticket,
 )
 from helpdeskd.store.views import ticket_detail
-from tests.conftest import config_factory
+from tests.conftest import config_factory, sqlite_database
 from tests.desk import privacy_scene as scene_
 from tests.desk.privacy_scene import (
     ADA,
@@ -293,10 +292,9 @@ async def test_the_desk_its_agents_and_pseudonyms_cannot_be_erased(tmp_path, add
 
 
 @pytest.fixture
-def sqlite_config(tmp_path, smtp_sink):
+def sqlite_config(request, tmp_path, smtp_sink):
     """On SQLite only, for what does not depend on the database (the send-time check)."""
-    url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
-    upgrade(url)
+    url = sqlite_database(request, tmp_path / "helpdeskd.db")
     return with_sections(config_factory(tmp_path, url)(smtp=smtp_sink), NOTICES)
 
 

@@ -10,9 +10,8 @@ from sqlalchemy import func, select, update
 from helpdeskd.clock import system_clock
 from helpdeskd.desk.erasure import erase
 from helpdeskd.imap.erase import expunge_pending, imap_date, keep_mailboxes, quoted, sweep_processed
-from helpdeskd.store.db import upgrade
 from helpdeskd.store.models import PendingDeletion, Ticket
-from tests.conftest import config_factory
+from tests.conftest import config_factory, sqlite_database
 from tests.desk.privacy_scene import ADA, ADA_NAME, BOB, mail_with_file, with_sections
 from tests.harness import Desk
 from tests.servers.fixtures import SUPPORT_PASSWORD as PASSWORD
@@ -22,11 +21,10 @@ NO_UIDPLUS = "imap_capability = IMAP4rev1 IDLE MOVE"
 
 
 @pytest.fixture
-def sqlite_config(tmp_path):
+def sqlite_config(request, tmp_path):
     """The config factory on SQLite only: what IMAP does is the same on either database (the
     first test here runs on both)."""
-    url = f"sqlite:///{tmp_path / 'helpdeskd.db'}"
-    upgrade(url)
+    url = sqlite_database(request, tmp_path / "helpdeskd.db")
     return config_factory(tmp_path, url)
 
 

@@ -36,7 +36,6 @@ from helpdeskd.config.load import load_config
 from helpdeskd.config.settings import DEFAULT_RULES, Config
 from helpdeskd.desk.notices import unsubscribe_mailto
 from helpdeskd.ingest.sources import read_sources
-from helpdeskd.store.db import upgrade
 from helpdeskd.store.models import (
     Agent,
     AutoReplyLog,
@@ -56,7 +55,14 @@ from helpdeskd.store.models import (
 from helpdeskd.triage.received import Incoming, Outcome
 from helpdeskd.vocab import OUTCOMES
 from tests.clocks import ManualClock
-from tests.conftest import CORPUS, CORPUS_NOT_MAIL, _pg_database, config_factory, need
+from tests.conftest import (
+    CORPUS,
+    CORPUS_NOT_MAIL,
+    _pg_database,
+    config_factory,
+    need,
+    sqlite_database,
+)
 from tests.desk.test_agents import AGENTS, ALICE, BOB, FIXTURES, HEROKU, reply_to
 from tests.harness import Desk
 from tests.mailgen import abuse_report, customer_mail, delivery_report, realistic_mix
@@ -76,22 +82,24 @@ Stored = tuple[list[Outcome], dict[str, list[Any]], dict[str, int]]  # outcomes,
 
 
 @contextmanager
-def two_databases(kind: str, folder: Path) -> Iterator[tuple[str, str]]:
+def two_databases(
+    request: pytest.FixtureRequest, kind: str, folder: Path
+) -> Iterator[tuple[str, str]]:
     """Two empty, migrated databases of KIND: one for runs, one for single mail."""
     if kind == "sqlite":
-        urls = (f"sqlite:///{folder / 'runs.db'}", f"sqlite:///{folder / 'single.db'}")
-        for url in urls:
-            upgrade(url)
-        yield urls
+        yield (
+            sqlite_database(request, folder / "runs.db"),
+            sqlite_database(request, folder / "single.db"),
+        )
         return
     database = contextmanager(_pg_database)
-    with database() as first, database() as second:
+    with database(request) as first, database(request) as second:
         yield first, second
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def two_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    with two_databases(request.param, tmp_path) as urls:
+    with two_databases(request, request.param, tmp_path) as urls:
         yield urls
 
 
@@ -488,7 +496,7 @@ def corpus(
     sink = SmtpSink()  # nothing is sent: with [smtp], acknowledgements are composed
     sink.start()
     try:
-        with two_databases(request.param, folder) as (runs_url, single_url):
+        with two_databases(request, request.param, folder) as (runs_url, single_url):
             runs_config = configure(folder / "runs", runs_url, sink)
             single_config = configure(folder / "single", single_url, sink)
             runs = asyncio.run(store_corpus(runs_config, items, runs=True))

@@ -28,9 +28,12 @@ def available() -> str | None:
     return None
 
 
-def create_database() -> str:
+def create_database(template: str | None = None) -> str:
+    """A new, empty database; with TEMPLATE (a database's URL), a copy of that one, which
+    nobody may be connected to meanwhile."""
     name = f"helpdeskd_test_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    copy = "" if template is None else f' TEMPLATE "{template.rsplit("/", 1)[1]}"'
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"{copy}'))
     base = PG_DSN.rsplit("/", 1)[0]
     return f"{base}/{name}"
 
