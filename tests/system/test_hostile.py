@@ -99,7 +99,9 @@ BIG = settings(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-PARSE_BUDGET = 10.0  # seconds; the worker kills a parse at 20 s
+# Seconds of this thread's CPU a parse may take (the worker kills one at 20 s): CPU, not the
+# clock, so that a busy machine running other tests beside it cannot fail it.
+PARSE_BUDGET = 10.0
 
 
 # --- strategies -----------------------------------------------------------------------------
@@ -627,9 +629,9 @@ def notification_for(parsed: ParsedMessage) -> tuple[bytes, list[str]]:
 
 def pipeline(raw: bytes) -> ParsedMessage:
     """Push RAW through parse, classify, loops, threading and (when allowed) the ack."""
-    started = time.perf_counter()
+    started = time.thread_time()
     parsed = parse_message(raw)  # must not raise at all: see the module docstring
-    assert time.perf_counter() - started < PARSE_BUDGET
+    assert time.thread_time() - started < PARSE_BUDGET
     check_parsed(parsed)
     check_core(parsed)
     if parsed.sender:
@@ -853,9 +855,9 @@ def deep_trees(draw: st.DrawFn) -> bytes:
 @BIG
 @given(deep_trees())
 def test_deep_nesting_parses_in_bounded_time_without_losing_the_headers(raw: bytes) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()
     parsed = parse_message(raw)  # must not raise: a too-deep tree falls back to the headers
-    assert time.perf_counter() - started < PARSE_BUDGET
+    assert time.thread_time() - started < PARSE_BUDGET
     assert parsed.sender == "deep@x.test"
     assert parsed.message_id == "<deep@x.test>"
     record(pipeline(raw))
