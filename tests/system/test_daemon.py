@@ -41,6 +41,7 @@ def _customers(sink) -> dict:
     return {k: v for k, v in sink.by_recipient().items() if k.endswith("@example.org")}
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_send_loses_nothing(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink)
     async with Desk(config) as desk:
