@@ -89,6 +89,29 @@ async def test_sink_down_then_back_delivers_once(make_config):
     assert [d.recipients for d in sink.deliveries] == [["a@example.org"]]
 
 
+async def test_a_relay_that_falls_silent_is_dropped_and_the_mail_waits(make_config, smtp_sink):
+    """A reply that does not come within [smtp] timeout fails the connection: it is dropped
+    (a late reply would be taken for the next command's), and the mail waits for its retry,
+    charged an attempt. The retry goes over a new connection."""
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, timeout=0.3, connections=1)
+    smtp_sink.handler.delay = 2.0  # the relay answers the mail's DATA too late
+    async with Desk(config) as desk:
+        await _queue(desk, ["a@example.org"])
+        clock = ManualClock()
+        sender = OutboxSender(desk.sessions, smtp, clock=clock)
+        assert await sender.run_once() == 1
+        [row] = cli_json(config, "outbox", "list")
+        assert row["state"] == "pending" and row["attempts"] == 1
+        assert row["last_error"] == "SMTPReadTimeoutError: no reply within 0.3 s"
+        assert not sender.relays[0].connected
+        smtp_sink.handler.delay = 0.0
+        rows = await _until_done(sender, config, clock)
+    assert rows[0]["state"] == "sent"
+    assert sender.connections_opened == 2
+    assert smtp_sink.by_recipient()["a@example.org"]  # at least once
+
+
 async def test_accepted_recipient_is_never_sent_again(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink)
     smtp_sink.handler.refuse["b@example.org"] = "450 4.2.0 mailbox busy"
