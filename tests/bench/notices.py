@@ -51,7 +51,10 @@ Phases:
    the relay.
 
 The sink runs in its own process (``--inproc-sink`` puts it in a thread of this one, as the
-tests do), so its work does not compete with the sender for this process's GIL. helpdeskd logs
+tests do), so its work does not compete with the sender for this process's GIL. Each send arm
+also says how busy the sink was (its process's CPU time over the arm's wall time): a raw loop
+that keeps the sink busy all the time runs at the sink's own speed, and a sender that leaves it
+waiting for commands shows it there. helpdeskd logs
 as the daemon does (``helpdeskd.daemon.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
 ``CPU ms/mail`` is this process's CPU time (all its threads, aiosqlite's included) over the
 arm, which does not depend on how busy the (possibly shared) machine is; ``machine busy`` says
@@ -205,6 +208,14 @@ class Sink:
         if not self._conn.poll(30):
             raise BenchError("the SMTP sink did not start within 30 s")
         self.host, self.port = self._conn.recv()
+
+    def cpu(self) -> float | None:
+        """The CPU seconds the sink's process has used so far; None when it runs in this one."""
+        if self._process is None or self._process.pid is None:
+            return None
+        stat = Path(f"/proc/{self._process.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def count(self) -> int:
         if self._local is not None:
@@ -636,12 +647,13 @@ async def send_phase(
     )
 
     async def raw(label: str) -> Span:
-        before = sink.count()
+        before, sink_cpu = sink.count(), sink.cpu()
         span = await raw_send(config.smtp.host, config.smtp.port, mails, connections)
+        sink_busy = sink_share(sink, sink_cpu, span)
         got = sink.count() - before
         if got != send:
             raise BenchError(f"{label}: the sink got {got} mails, not {send}")
-        say(arm_line(label, send, span) + ", 0 SQL statements/mail")
+        say(arm_line(label, send, span, sink_busy) + ", 0 SQL statements/mail")
         return span
 
     pg = await PgCost.of(engine_of(sessions))
@@ -654,7 +666,10 @@ async def send_phase(
                 f"{label}: the sink got {run.got} mails, outbox states {run.states}, expected "
                 f"{send} sent (raise --drain-limit, now {args.drain_limit:g} s?)"
             )
-        say(arm_line(label, send, run.span) + f", {run.statements / send:.2f} SQL statements/mail")
+        say(
+            arm_line(label, send, run.span, run.sink_busy)
+            + f", {run.statements / send:.2f} SQL statements/mail"
+        )
         say(
             f"  {'':<22} {run.statements} SQL statements and {run.commits} COMMITs in all; "
             f"{run.connections} SMTP connections opened"
@@ -753,6 +768,7 @@ class Drained:
     (None on SQLite)."""
 
     span: Span
+    sink_busy: float | None  # the sink's CPU time over the span's wall time
     got: int
     states: dict[str, int]
     statements: int
@@ -781,8 +797,10 @@ async def _drain(
     sender = OutboxSender(sessions, smtp, recheck=notices.recheck, journal=journal)
     pg_before = None if pg is None else await pg.reading()
     before_count, before_sql = sink.count(), counter.reading()
+    sink_cpu = sink.cpu()
     with measure() as span:
         await sender.drain(limit=args.drain_limit)
+    sink_busy = sink_share(sink, sink_cpu, span)
     await sender.close()
     got = sink.count() - before_count
     sql = counter.reading()
@@ -790,6 +808,7 @@ async def _drain(
     states = await _states(sessions, notice_id)
     return Drained(
         span,
+        sink_busy,
         got,
         states,
         sql[0] - before_sql[0],
@@ -994,11 +1013,20 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def arm_line(name: str, count: int, span: Span) -> str:
+def sink_share(sink: Sink, before: float | None, span: Span) -> float | None:
+    """How busy the sink was over SPAN, from its CPU time BEFORE (None: not measured)."""
+    after = sink.cpu()
+    if before is None or after is None or span.wall <= 0:
+        return None
+    return (after - before) / span.wall
+
+
+def arm_line(name: str, count: int, span: Span, sink_busy: float | None = None) -> str:
+    sink = "" if sink_busy is None else f", sink {100 * sink_busy:3.0f}% busy"
     return (
         f"  {name:<22} {count} mails in {span.wall:6.2f} s = {rate(count, span.wall):7.1f} "
         f"mails/s, CPU {1000 * span.cpu / max(1, count):5.2f} ms/mail, "
-        f"machine {100 * span.busy:3.0f}% busy"
+        f"machine {100 * span.busy:3.0f}% busy{sink}"
     )
 
 
