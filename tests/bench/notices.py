@@ -54,8 +54,8 @@ The sink runs in its own process (``--inproc-sink`` puts it in a thread of this 
 tests do), so its work does not compete with the sender for this process's GIL. Each send arm
 also says how busy the sink was (its process's CPU time over the arm's wall time): a raw loop
 that keeps the sink busy all the time runs at the sink's own speed, and a sender that leaves it
-waiting for commands shows it there. helpdeskd logs
-as the daemon does (``helpdeskd.daemon.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
+waiting for commands shows it there. helpdeskd logs as the daemon does
+(``helpdeskd.daemon.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
 ``CPU ms/mail`` is this process's CPU time (all its threads, aiosqlite's included) over the
 arm, which does not depend on how busy the (possibly shared) machine is; ``machine busy`` says
 how busy all cores were meanwhile.
