@@ -124,6 +124,17 @@ def machine_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds PID has used so far; None when its /proc entry cannot be read
+    (gone, or in another PID namespace)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command's name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 @dataclass
 class Span:
     """Wall and CPU time of one measured stretch, and how busy the machine was."""
@@ -213,9 +224,7 @@ class Sink:
         """The CPU seconds the sink's process has used so far; None when it runs in this one."""
         if self._process is None or self._process.pid is None:
             return None
-        stat = Path(f"/proc/{self._process.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return cpu_seconds(self._process.pid)
 
     def count(self) -> int:
         if self._local is not None:
@@ -956,14 +965,11 @@ class PgCost:
                     was = found.get(query, (0, 0.0, 0))
                     found[query] = (was[0] + calls, was[1] + ms, was[2] + int(wal))
         cpu: dict[int, float] = {}
-        tick = os.sysconf("SC_CLK_TCK")
         for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:  # the server runs elsewhere (or in another PID namespace)
+            used = cpu_seconds(int(pid))
+            if used is None:  # the server runs elsewhere (or in another PID namespace)
                 return None, found
-            fields = stat[stat.rfind(")") + 2 :].split()
-            cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
+            cpu[int(pid)] = used
         return cpu, found
 
     @staticmethod
