@@ -255,6 +255,9 @@ async def _transaction(
 ) -> dict[str, tuple[int, str]]:
     """One mail transaction (MAIL, a RCPT per recipient, DATA); return the refused recipients
     (code, message). Raises SMTPResponseException when the mail is refused as a whole.
+    DEADLINE times each reply, moved on before each command here (the commands themselves,
+    :func:`_mail` and :func:`_rcpt` included, go with ``timeout=None``); the enclosing
+    ``asyncio.timeout`` raises TimeoutError when a reply is late.
 
     aiosmtplib's ``sendmail`` does the same, and more: it parses and checks every address
     before MAIL, which ``mail`` and ``rcpt`` then do again, and it normalizes the whole mail's
