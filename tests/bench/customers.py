@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.databases import Databases
+from tests.bench.procstat import machine_ticks
 
 TARGET_SQLITE = 10_000  # rows/s, issue 21
 
@@ -64,13 +65,6 @@ def say(line: str = "") -> None:
 def peak_rss_mb() -> float:
     """This process's peak RSS so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def machine_ticks() -> tuple[int, int]:
-    """Return (busy, total) jiffies of all cores since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 # --- setup: the CSV, the config, the databases ----------------------------------------------

@@ -55,6 +55,7 @@ from helpdeskd.imap.client import MAX_FETCH
 from helpdeskd.imap.wire import encode_mailbox, parse_fetch, parse_search, uid_set
 from helpdeskd.store.db import create_engine, upgrade
 from tests.bench.databases import Databases
+from tests.bench.procstat import busy_since, cpu_seconds, machine_ticks
 from tests.mailgen import customer_mail, realistic_mix
 from tests.servers.dovecot import Dovecot, ensure_system_user
 from tests.servers.smtp import SmtpSink, _Handler
@@ -77,33 +78,6 @@ TARGET_ACK_LAG = 60.0  # s: acknowledgements never trail their mail by more (--b
 
 class BenchError(RuntimeError):
     """The benchmark could not run (a server or the daemon failed)."""
-
-
-# --- CPU accounting: this machine is shared, so say how busy it was ---------------------------
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_ticks() -> tuple[int, int]:
-    """Return (busy, total) jiffies of all cores since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def busy_since(start: tuple[int, int]) -> float:
-    """Fraction of all cores that were busy since START (a machine_ticks() reading)."""
-    busy, total = machine_ticks()
-    return (busy - start[0]) / max(1, total - start[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by PID (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
 def say(text: str = "") -> None:
@@ -777,8 +751,12 @@ class DaemonResult:
 
 
 def workers_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds used so far by each parse worker of the daemon PID."""
-    return {child: cpu_seconds(child) for child, role in children_of(pid) if role == "parse worker"}
+    """CPU seconds used so far by each parse worker of the daemon PID (0 for one that is gone)."""
+    return {
+        child: cpu_seconds(child) or 0.0
+        for child, role in children_of(pid)
+        if role == "parse worker"
+    }
 
 
 def run_daemon_arm(
@@ -804,12 +782,13 @@ def run_daemon_arm(
     stack.callback(daemon.stop)
     spy = start_profile(profile, daemon.pid, stack) if profile else None
     connected = daemon.wait_event("imap_connected", 60)
-    cpu_start, machine_start = cpu_seconds(daemon.pid), machine_ticks()
+    cpu_start, machine_start = cpu_seconds(daemon.pid) or 0.0, machine_ticks()
     # The workers started before READY: their imports are not part of the ingest.
     workers_start = workers_cpu(daemon.pid)
     progress: list[tuple[float, int]] = [(connected, 0)]
     done, resolution = wait_stored(url, count, daemon, progress)
-    cpu_main, busy = cpu_seconds(daemon.pid) - cpu_start, busy_since(machine_start)
+    cpu_main = (cpu_seconds(daemon.pid) or 0.0) - cpu_start
+    busy = busy_since(machine_start)
     cpu_workers = sum(
         cpu - workers_start.get(pid, 0.0) for pid, cpu in workers_cpu(daemon.pid).items()
     )

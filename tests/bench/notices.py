@@ -54,7 +54,11 @@ The sink runs in its own process (``--inproc-sink`` puts it in a thread of this 
 tests do), so its work does not compete with the sender for this process's GIL. Each send arm
 also says how busy the sink was (its process's CPU time over the arm's wall time): a raw loop
 that keeps the sink busy all the time runs at the sink's own speed, and a sender that leaves it
-waiting for commands shows it there. helpdeskd logs as the daemon does
+waiting shows it there. A line under each arm says what share of the arm the sink's threads,
+and this process's, spent ready to run but waiting for a CPU (``/proc/PID/task/*/schedstat``):
+on a machine of two cores the sink, the sender and the database server take turns, and the
+sink can wait for a core as well as for commands. On PostgreSQL the server's CPU is also given
+as a share of one core over the arm. helpdeskd logs as the daemon does
 (``helpdeskd.daemon.logs.configure``: JSON lines, INFO) but to ``/dev/null``.
 ``CPU ms/mail`` is this process's CPU time (all its threads, aiosqlite's included) over the
 arm, which does not depend on how busy the (possibly shared) machine is; ``machine busy`` says
@@ -88,6 +92,7 @@ import aiosmtplib
 from sqlalchemy import event, func, select, text, update
 
 from tests.bench.databases import Databases
+from tests.bench.procstat import cpu_seconds, machine_ticks, waited_seconds
 
 SERVICE_NAME = "Acme Postgres add-on"
 DAY = timedelta(days=1)
@@ -117,37 +122,22 @@ def current_rss_mb() -> float:
     return 0.0
 
 
-def machine_ticks() -> tuple[int, int]:
-    """Return (busy, total) jiffies of all cores since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds PID has used so far; None when its /proc entry cannot be read
-    (gone, or in another PID namespace)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # after the command's name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 @dataclass
 class Span:
-    """Wall and CPU time of one measured stretch, and how busy the machine was."""
+    """Wall and CPU time of one measured stretch, how busy the machine was, and how long this
+    process's threads waited for a CPU meanwhile (None: not known here)."""
 
     wall: float = 0.0
     cpu: float = 0.0
     busy: float = 0.0
+    waited: float | None = None
 
 
 @contextmanager
 def measure() -> Iterator[Span]:
     span = Span()
     ticks = machine_ticks()
+    waited = waited_seconds(os.getpid())
     cpu = time.process_time()
     start = time.perf_counter()
     try:
@@ -157,6 +147,15 @@ def measure() -> Iterator[Span]:
         span.cpu = time.process_time() - cpu
         busy, total = machine_ticks()
         span.busy = (busy - ticks[0]) / max(1, total - ticks[1])
+        span.waited = since(waited, waited_seconds(os.getpid()))
+
+
+def since(before: float | None, after: float | None) -> float | None:
+    """AFTER - BEFORE, two readings of a counter; None when either is. Never below 0 (a
+    thread that ended meanwhile takes its count with it)."""
+    if before is None or after is None:
+        return None
+    return max(0.0, after - before)
 
 
 def filesystem_of(path: Path) -> str:
@@ -226,6 +225,24 @@ class Sink:
             return None
         return cpu_seconds(self._process.pid)
 
+    def waited(self) -> float | None:
+        """The seconds the sink's threads have waited for a CPU so far (waited_seconds); None
+        when it runs in this process."""
+        if self._process is None or self._process.pid is None:
+            return None
+        return waited_seconds(self._process.pid)
+
+    def reading(self) -> tuple[float | None, float | None]:
+        """Its counters now, for use(): CPU seconds, seconds waited for a CPU."""
+        return self.cpu(), self.waited()
+
+    def use(self, before: tuple[float | None, float | None], span: Span) -> SinkUse:
+        """What the sink did over SPAN, from a reading() BEFORE it."""
+        cpu, waited = since(before[0], self.cpu()), since(before[1], self.waited())
+        if cpu is None or span.wall <= 0:
+            return SinkUse(None, waited)
+        return SinkUse(cpu / span.wall, waited)
+
     def count(self) -> int:
         if self._local is not None:
             return self._local.received
@@ -251,6 +268,18 @@ class Sink:
                 self._process.kill()
                 self._process.join()
             self._process = None
+
+
+@dataclass
+class SinkUse:
+    """The sink over one arm (None: not measured, as when it runs in this process): its CPU
+    time over the arm's wall time, and the seconds its threads spent ready to run but waiting
+    for a CPU. A raw loop keeps the sink busy nearly all the time, and it runs at the sink's
+    speed; where the sink is less busy, it waited either for commands or for a core (the
+    database server, the sender and the sink taking turns on a small machine)."""
+
+    busy: float | None
+    waited: float | None
 
 
 # --- setup: config, database, customers -------------------------------------------------------
@@ -656,13 +685,15 @@ async def send_phase(
     )
 
     async def raw(label: str) -> Span:
-        before, sink_cpu = sink.count(), sink.cpu()
+        before, sink_before = sink.count(), sink.reading()
         span = await raw_send(config.smtp.host, config.smtp.port, mails, connections)
-        sink_busy = sink_share(sink, sink_cpu, span)
+        sink_use = sink.use(sink_before, span)
         got = sink.count() - before
         if got != send:
             raise BenchError(f"{label}: the sink got {got} mails, not {send}")
-        say(arm_line(label, send, span, sink_busy) + ", 0 SQL statements/mail")
+        say(arm_line(label, send, span, sink_use) + ", 0 SQL statements/mail")
+        if line := wait_line(span, sink_use):
+            say(line)
         return span
 
     pg = await PgCost.of(engine_of(sessions))
@@ -676,7 +707,7 @@ async def send_phase(
                 f"{send} sent (raise --drain-limit, now {args.drain_limit:g} s?)"
             )
         say(
-            arm_line(label, send, run.span, run.sink_busy)
+            arm_line(label, send, run.span, run.sink)
             + f", {run.statements / send:.2f} SQL statements/mail"
         )
         say(
@@ -684,8 +715,10 @@ async def send_phase(
             f"{run.connections} SMTP connections opened"
         )
         if run.pg is not None:
-            say(pg_line(run.pg, send))
+            say(pg_line(run.pg, send, run.span))
             pg_used.append(run.pg)
+        if line := wait_line(run.span, run.sink):
+            say(line)
         return run.span
 
     raws = [await raw("raw aiosmtplib (1)")]
@@ -767,7 +800,7 @@ async def send_phase(
         f"statements/mail, machine {100 * span.busy:.0f}% busy"
     )
     if run.pg is not None:
-        say(pg_line(run.pg, count))
+        say(pg_line(run.pg, count, span))
 
 
 @dataclass
@@ -777,7 +810,7 @@ class Drained:
     (None on SQLite)."""
 
     span: Span
-    sink_busy: float | None  # the sink's CPU time over the span's wall time
+    sink: SinkUse
     got: int
     states: dict[str, int]
     statements: int
@@ -806,10 +839,10 @@ async def _drain(
     sender = OutboxSender(sessions, smtp, recheck=notices.recheck, journal=journal)
     pg_before = None if pg is None else await pg.reading()
     before_count, before_sql = sink.count(), counter.reading()
-    sink_cpu = sink.cpu()
+    sink_before = sink.reading()
     with measure() as span:
         await sender.drain(limit=args.drain_limit)
-    sink_busy = sink_share(sink, sink_cpu, span)
+    sink_use = sink.use(sink_before, span)
     await sender.close()
     got = sink.count() - before_count
     sql = counter.reading()
@@ -817,7 +850,7 @@ async def _drain(
     states = await _states(sessions, notice_id)
     return Drained(
         span,
-        sink_busy,
+        sink_use,
         got,
         states,
         sql[0] - before_sql[0],
@@ -987,9 +1020,14 @@ class PgCost:
         return PgUse(cpu, statements)
 
 
-def pg_line(use: PgUse, count: int) -> str:
-    """One line: PostgreSQL's CPU and executor time per mail."""
-    cpu = "n/a" if use.cpu is None else f"{1e6 * use.cpu / max(1, count):.0f} us/mail"
+def pg_line(use: PgUse, count: int, span: Span) -> str:
+    """One line: PostgreSQL's CPU per mail (and as a share of one core over SPAN), and its
+    executor's time per mail."""
+    cpu = "n/a"
+    if use.cpu is not None:
+        cpu = f"{1e6 * use.cpu / max(1, count):.0f} us/mail"
+        if span.wall > 0:
+            cpu += f" ({100 * use.cpu / span.wall:.0f}% of a core)"
     line = f"  {'':<22} PostgreSQL: backends' CPU {cpu}"
     if use.statements:
         ms = sum(ms for _, ms, _ in use.statements.values())
@@ -1019,21 +1057,25 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def sink_share(sink: Sink, before: float | None, span: Span) -> float | None:
-    """How busy the sink was over SPAN, from its CPU time BEFORE (None: not measured)."""
-    after = sink.cpu()
-    if before is None or after is None or span.wall <= 0:
-        return None
-    return (after - before) / span.wall
-
-
-def arm_line(name: str, count: int, span: Span, sink_busy: float | None = None) -> str:
-    sink = "" if sink_busy is None else f", sink {100 * sink_busy:3.0f}% busy"
+def arm_line(name: str, count: int, span: Span, sink_use: SinkUse | None = None) -> str:
+    busy = None if sink_use is None else sink_use.busy
+    sink = "" if busy is None else f", sink {100 * busy:3.0f}% busy"
     return (
         f"  {name:<22} {count} mails in {span.wall:6.2f} s = {rate(count, span.wall):7.1f} "
         f"mails/s, CPU {1000 * span.cpu / max(1, count):5.2f} ms/mail, "
         f"machine {100 * span.busy:3.0f}% busy{sink}"
     )
+
+
+def wait_line(span: Span, sink_use: SinkUse) -> str | None:
+    """One line: how long the sink's threads and this process's waited for a CPU, as shares
+    of SPAN's wall time (see SinkUse); None when neither is known."""
+    parts = [
+        f"{who} {100 * waited / span.wall:.1f}%"
+        for who, waited in (("sink", sink_use.waited), ("this process", span.waited))
+        if waited is not None and span.wall > 0
+    ]
+    return f"  {'':<22} waiting for a CPU: " + ", ".join(parts) if parts else None
 
 
 async def bench(args: argparse.Namespace, config_path: Path, sink: Sink) -> None:
