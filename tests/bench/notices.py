@@ -219,18 +219,20 @@ class Sink:
             raise BenchError("the SMTP sink did not start within 30 s")
         self.host, self.port = self._conn.recv()
 
+    def _pid(self) -> int | None:
+        """The sink's process; None when it runs in this one."""
+        return None if self._process is None else self._process.pid
+
     def cpu(self) -> float | None:
         """The CPU seconds the sink's process has used so far; None when it runs in this one."""
-        if self._process is None or self._process.pid is None:
-            return None
-        return cpu_seconds(self._process.pid)
+        pid = self._pid()
+        return None if pid is None else cpu_seconds(pid)
 
     def waited(self) -> float | None:
         """The seconds the sink's threads have waited for a CPU so far (waited_seconds); None
         when it runs in this process."""
-        if self._process is None or self._process.pid is None:
-            return None
-        return waited_seconds(self._process.pid)
+        pid = self._pid()
+        return None if pid is None else waited_seconds(pid)
 
     def reading(self) -> tuple[float | None, float | None]:
         """Its counters now, for use(): CPU seconds, seconds waited for a CPU."""
