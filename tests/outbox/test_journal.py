@@ -112,6 +112,9 @@ async def test_results_left_in_the_journal_are_written_at_the_next_start_and_not
     """The sender stops (or dies) while the database is still held: its results stay in the
     journal. The next sender loads them before it claims anything, writes them, and sends
     nothing again."""
+    close_wait = outbox.JOURNAL_CLOSE
+    # The first sender gives up on the held database after a tenth of a second. The second
+    # waits as long as a sender does: under load its write can take longer than that.
     monkeypatch.setattr(outbox, "JOURNAL_CLOSE", 0.1)
     config = make_config(smtp=smtp_sink, smtp_extra={"connections": 2})
     smtp = replace(config.smtp, domain_rate=None)
@@ -133,6 +136,7 @@ async def test_results_left_in_the_journal_are_written_at_the_next_start_and_not
                 await running
         assert await _states(desk) == {"pending"}
         assert path.stat().st_size > 0
+        monkeypatch.setattr(outbox, "JOURNAL_CLOSE", close_wait)
         second = OutboxSender(desk.sessions, smtp, idle_poll=30, journal=path)
         with capture_logs() as starting:
             await second.drain(3)
