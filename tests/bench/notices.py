@@ -92,7 +92,7 @@ import aiosmtplib
 from sqlalchemy import event, func, select, text, update
 
 from tests.bench.databases import Databases
-from tests.bench.procstat import cpu_seconds, machine_ticks, waited_seconds
+from tests.bench.procstat import busy_since, cpu_seconds, machine_ticks, waited_seconds
 
 SERVICE_NAME = "Acme Postgres add-on"
 DAY = timedelta(days=1)
@@ -145,8 +145,7 @@ def measure() -> Iterator[Span]:
     finally:
         span.wall = time.perf_counter() - start
         span.cpu = time.process_time() - cpu
-        busy, total = machine_ticks()
-        span.busy = (busy - ticks[0]) / max(1, total - ticks[1])
+        span.busy = busy_since(ticks)
         span.waited = since(waited, waited_seconds(os.getpid()))
 
 
