@@ -163,9 +163,12 @@ class Relay:
                 utf8 = False
             async with asyncio.timeout(None) as limit:
                 deadline = _Deadline(limit, self.smtp.timeout)
-                refused = await _transaction(
-                    client, sender, recipients, data, utf8=utf8, deadline=deadline
-                )
+                try:
+                    refused = await _transaction(
+                        client, sender, recipients, data, utf8=utf8, deadline=deadline
+                    )
+                finally:
+                    deadline.stop()
         except aiosmtplib.SMTPResponseException as exc:
             await self.close()
             reason = f"{exc.code} {exc.message}"
@@ -232,16 +235,36 @@ class _Deadline:
     aiosmtplib limits each reply itself, with an ``asyncio.wait_for`` per reply. That cost a
     tenth of the relay's CPU per mail at the relay's full speed, and a turn of the event loop
     per reply. A transaction's commands go without it (``timeout=None``) inside one
-    ``asyncio.timeout``, moved on before each command."""
+    ``asyncio.timeout`` (LIMIT), which this expires when a reply is late.
+
+    A command only notes when its reply is due (:meth:`start`). One timer watches: when it
+    goes off at a due time that a later command has moved on, it is set again for that one;
+    when the time it was set for is still the one due, the reply is late and LIMIT expires.
+    (Moving LIMIT itself before each command cost a timer per command: a twelfth of the
+    sender's CPU per mail at the relay's full speed.) :meth:`stop` ends the watch."""
 
     def __init__(self, limit: asyncio.Timeout, seconds: float) -> None:
         self._limit = limit
         self._seconds = seconds
         self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + seconds
+        self._set = self._due  # the due time the timer was set for
+        self._timer = self._loop.call_at(self._set, self._check)
 
     def start(self, replies: int = 1) -> None:
         """A command goes now, answered by REPLIES replies (DATA and its message: two)."""
-        self._limit.reschedule(self._loop.time() + replies * self._seconds)
+        self._due = self._loop.time() + replies * self._seconds
+
+    def stop(self) -> None:
+        """The transaction is over: no reply is waited for any more."""
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        if self._due > self._set:  # a later command's reply is due later: watch for that
+            self._set = self._due
+            self._timer = self._loop.call_at(self._set, self._check)
+        else:  # the reply awaited when the timer was set has not come in time
+            self._limit.reschedule(self._loop.time())
 
 
 async def _transaction(
@@ -255,7 +278,7 @@ async def _transaction(
 ) -> dict[str, tuple[int, str]]:
     """One mail transaction (MAIL, a RCPT per recipient, DATA); return the refused recipients
     (code, message). Raises SMTPResponseException when the mail is refused as a whole.
-    DEADLINE times each reply, moved on before each command here (the commands themselves,
+    DEADLINE times each reply, told of each command here (the commands themselves,
     :func:`_mail` and :func:`_rcpt` included, go with ``timeout=None``); the enclosing
     ``asyncio.timeout`` raises TimeoutError when a reply is late.
 

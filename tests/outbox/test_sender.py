@@ -112,6 +112,28 @@ async def test_a_relay_that_falls_silent_is_dropped_and_the_mail_waits(make_conf
     assert smtp_sink.by_recipient()["a@example.org"]  # at least once
 
 
+async def test_each_reply_has_its_own_time_however_long_the_mail_takes(make_config, smtp_sink):
+    """[smtp] timeout limits each reply from its command, not the whole mail: a relay slow to
+    answer every command, each within the limit, gets the mail on the first try, though the
+    mail takes several times the limit in all."""
+    config = make_config(smtp=smtp_sink)
+    smtp = replace(config.smtp, timeout=0.4, connections=1)
+    smtp_sink.handler.rcpt_delay = 0.25  # three recipients: 0.75 s of RCPT replies
+    smtp_sink.handler.delay = 0.25
+    recipients = ["a@example.org", "b@example.org", "c@example.org"]
+    async with Desk(config) as desk:
+        await _queue(desk, recipients)
+        sender = OutboxSender(desk.sessions, smtp, clock=ManualClock())
+        try:
+            assert await sender.run_once() == 1
+        finally:
+            await sender.close()
+    [row] = cli_json(config, "outbox", "list")
+    assert (row["state"], row["attempts"], row["last_error"]) == ("sent", 1, None)
+    assert [sorted(d.recipients) for d in smtp_sink.deliveries] == [recipients]
+    assert sender.connections_opened == 1
+
+
 async def test_accepted_recipient_is_never_sent_again(make_config, smtp_sink):
     config = make_config(smtp=smtp_sink)
     smtp_sink.handler.refuse["b@example.org"] = "450 4.2.0 mailbox busy"

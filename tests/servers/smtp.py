@@ -74,12 +74,15 @@ class _Handler:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) refused
     connections: int = 0  # connections made to the sink so far
     receiving: int = 0  # mails whose DATA has come (before the delay), accepted or not yet
-    delay: float = 0.0
+    delay: float = 0.0  # seconds before DATA's reply
+    rcpt_delay: float = 0.0  # seconds before each RCPT's reply
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         lowered = address.lower()
         reply = self.refuse.get(lowered) or self.refuse_domains.get(lowered.rpartition("@")[2])
         if reply:
