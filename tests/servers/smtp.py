@@ -96,8 +96,6 @@ class _Handler:
         with self.lock:
             self.receiving += 1
         if self.delay:
-            import asyncio
-
             await asyncio.sleep(self.delay)
         content = envelope.original_content or b""
         account = session.auth_data if isinstance(session.auth_data, str) else None
